@@ -1,0 +1,324 @@
+// Package config loads paas-runner's TOML configuration: the gitlab-runner /
+// Heptapod PAAS Runner shape, decoded strictly (an unknown key is an error),
+// with defaults, and validated so that every problem is reported at once,
+// each naming the file, line and key.
+//
+// config imports no other project package; cmd maps it into the small
+// option structs of the packages it configures.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Config is the whole file.
+type Config struct {
+	// Path is the file the configuration was read from.
+	Path string
+
+	Concurrent                     int
+	CheckInterval                  float64 // seconds
+	JobProgressPollInterval        float64 // seconds
+	StateFile                      string
+	ShutdownTimeout                float64 // seconds
+	LogLevel                       string
+	LogFormat                      string
+	ListenAddress                  string
+	PaasMaxConcurrentProvisioning  int
+	PaasFinishedJobsKeepResources  bool
+	PaasDecommissionLaunchFailures bool
+	PaasMinSecondsBetweenLaunches  float64
+	PaasLogStatistics              bool
+	// PaasTrackingRequestsPerSecond caps the GitLab requests spent on
+	// watching launched jobs, however many there are.
+	PaasTrackingRequestsPerSecond float64
+	// QuotaComputation is Heptapod's weighted-quota table, accepted so that
+	// Heptapod configurations load unchanged.
+	QuotaComputation map[string]any
+
+	Runners []Runner
+}
+
+// Runner is one [[runners]] entry.
+type Runner struct {
+	Index    int // position in the file, for error messages
+	Name     string
+	URL      string
+	Token    string
+	Executor string
+	Limit    int
+	// TLSCAFile is a PEM bundle trusted for GitLab, in addition to the system's.
+	TLSCAFile string
+
+	UnhealthyRequestsLimit int
+	UnhealthyInterval      float64 // seconds
+
+	// InnerImage is the base image of the host the executor provisions
+	// (inner_image or its Heptapod alias heptapod_runner_main_image).
+	InnerImage string
+
+	LocalDocker LocalDocker
+	Clever      Clever
+
+	// Inner holds everything forwarded verbatim to the inner runner's
+	// runner.toml: [runners.docker], [runners.cache] and the gitlab-runner
+	// job-level keys. It never holds the runner token nor executor keys.
+	Inner map[string]any
+}
+
+// LocalDocker is [runners.local_docker] (plus Heptapod's runner-level host).
+type LocalDocker struct {
+	Host        string
+	NetworkMode string
+}
+
+// Clever holds the cc_* keys of the clever-docker executor.
+type Clever struct {
+	APIURL                   string
+	Zone                     string
+	DefaultFlavor            string
+	MaxFlavor                string
+	DeploymentRepoTimeout    float64
+	DeploymentRepoWaitStep   float64
+	MultiTenant              bool
+	OrgaID                   string
+	Token                    string
+	NamespaceAttributesToken string
+	OrgaIDAttribute          string
+	OrgaTokenAttribute       string
+	AuthUser                 string
+	InstanceVariantUUID      string
+	FlavorContext            string
+	FlavorNamePrefix         string
+	ExtraEnv                 map[string]string
+	AuthScheme               string
+}
+
+// Options are what the caller knows that the file cannot say.
+type Options struct {
+	// Executors are the executor names this build supports.
+	Executors []string
+}
+
+// Error is one problem, located as precisely as the file allows.
+type Error struct {
+	File string
+	Line int    // 0 when unknown
+	Key  string // key path such as runners[0].limit; empty for syntax errors
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", e.File, e.Line)
+	}
+	if e.Key == "" {
+		return loc + ": " + e.Msg
+	}
+	return fmt.Sprintf("%s: %s: %s", loc, e.Key, e.Msg)
+}
+
+// Errors is every problem found in one file, in file order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Load reads and validates the configuration file at path. The returned
+// error is an Errors listing every problem, or a plain error when the file
+// cannot be read.
+func Load(path string, opts Options) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	return Parse(path, data, opts)
+}
+
+// Defaults, the same as Heptapod PAAS Runner's where it has one.
+const (
+	DefaultConcurrent              = 50
+	DefaultCheckInterval           = 3
+	DefaultJobProgressPollInterval = 30
+	DefaultShutdownTimeout         = 60
+	DefaultMaxProvisioning         = 10
+	DefaultTrackingRPS             = 40
+	DefaultUnhealthyRequestsLimit  = 3
+	DefaultUnhealthyInterval       = 3600
+)
+
+func (c *Config) validate(d *decoder, opts Options) {
+	if c.Concurrent <= 0 && d.defined("concurrent") {
+		d.errKey("concurrent", "must be a positive number of jobs")
+	}
+	for _, k := range []struct {
+		key string
+		v   float64
+	}{
+		{"check_interval", c.CheckInterval},
+		{"job_progress_poll_interval", c.JobProgressPollInterval},
+		{"shutdown_timeout", c.ShutdownTimeout},
+		{"paas_min_seconds_between_launches", c.PaasMinSecondsBetweenLaunches},
+	} {
+		if k.v < 0 {
+			d.errKey(k.key, "must not be negative")
+		}
+	}
+	if c.PaasMaxConcurrentProvisioning <= 0 && d.defined("paas_max_concurrent_provisioning") {
+		d.errKey("paas_max_concurrent_provisioning", "must be a positive number")
+	}
+	if c.PaasTrackingRequestsPerSecond <= 0 && d.defined("paas_tracking_requests_per_second") {
+		d.errKey("paas_tracking_requests_per_second", "must be positive")
+	}
+	if c.StateFile == "" {
+		d.errKey("state_file", "required: path of the JSON state file (kept across restarts)")
+	}
+	if c.LogFormat != "" && !oneOf(c.LogFormat, "text", "json", "runner") {
+		d.errKey("log_format", fmt.Sprintf("unknown format %q (want text or json)", c.LogFormat))
+	}
+	if c.LogLevel != "" && !oneOf(strings.ToLower(c.LogLevel), "debug", "info", "warn", "warning", "error", "fatal", "panic", "critical") {
+		d.errKey("log_level", fmt.Sprintf("unknown level %q (want debug, info, warn or error)", c.LogLevel))
+	}
+	if len(c.Runners) == 0 && d.ok() {
+		d.errs = append(d.errs, &Error{File: d.file, Msg: "no [[runners]] section: there is nothing to run jobs for"})
+	}
+	names := map[string]int{}
+	tokens := map[string]int{}
+	for i := range c.Runners {
+		r := &c.Runners[i]
+		p := fmt.Sprintf("runners[%d]", i)
+		if r.Token == "" {
+			d.errKey(p+".token", "required: the runner authentication token")
+		} else if j, dup := tokens[r.Token]; dup {
+			d.errKey(p+".token", fmt.Sprintf("same token as runners[%d]", j))
+		} else {
+			tokens[r.Token] = i
+		}
+		if r.Name != "" {
+			if j, dup := names[r.Name]; dup {
+				d.errKey(p+".name", fmt.Sprintf("same name as runners[%d]", j))
+			}
+			names[r.Name] = i
+		}
+		if r.URL == "" {
+			d.errKey(p+".url", "required: the GitLab URL, such as https://gitlab.example.com")
+		} else if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			d.errKey(p+".url", fmt.Sprintf("%q is not an http:// or https:// URL", r.URL))
+		}
+		if r.Limit < 0 {
+			d.errKey(p+".limit", "must not be negative (0 means no per-runner limit)")
+		}
+		if r.UnhealthyRequestsLimit < 0 {
+			d.errKey(p+".unhealthy_requests_limit", "must not be negative")
+		}
+		if r.UnhealthyInterval < 0 {
+			d.errKey(p+".unhealthy_interval", "must not be negative")
+		}
+		if r.TLSCAFile != "" {
+			if _, err := os.Stat(r.TLSCAFile); err != nil {
+				d.errKey(p+".tls-ca-file", fmt.Sprintf("cannot read %s: %v", r.TLSCAFile, errors.Unwrap(err)))
+			}
+		}
+		switch {
+		case r.Executor == "":
+			d.errKey(p+".executor", "required: one of "+strings.Join(sorted(opts.Executors), ", "))
+		case len(opts.Executors) > 0 && !oneOf(r.Executor, opts.Executors...):
+			d.errKey(p+".executor", fmt.Sprintf("unknown executor %q (this build has %s)", r.Executor, strings.Join(sorted(opts.Executors), ", ")))
+		}
+		r.validateExecutorKeys(d, p)
+	}
+}
+
+func (r *Runner) validateExecutorKeys(d *decoder, p string) {
+	localKeys, ccKeys := d.runnerKeysWithPrefix(r.Index, "local_docker"), d.runnerKeysWithPrefix(r.Index, "cc_")
+	if r.Executor != "local-docker" {
+		for _, k := range localKeys {
+			d.errKey(p+"."+k, fmt.Sprintf("only for executor local-docker (this runner uses %q)", r.Executor))
+		}
+		if d.defined(p + ".host") {
+			d.errKey(p+".host", fmt.Sprintf("only for executor local-docker (this runner uses %q)", r.Executor))
+		}
+	}
+	if r.Executor != "clever-docker" {
+		for _, k := range ccKeys {
+			d.errKey(p+"."+k, fmt.Sprintf("only for executor clever-docker (this runner uses %q)", r.Executor))
+		}
+	}
+	switch r.Executor {
+	case "local-docker":
+		if h := r.LocalDocker.Host; h != "" && !strings.HasPrefix(h, "unix://") && !strings.HasPrefix(h, "tcp://") {
+			key := p + ".local_docker.host"
+			if !d.defined(key) {
+				key = p + ".host"
+			}
+			d.errKey(key, fmt.Sprintf("%q: only unix:// and tcp:// Docker hosts are supported", h))
+		}
+	case "clever-docker":
+		c := &r.Clever
+		if !c.MultiTenant {
+			if c.OrgaID == "" {
+				d.errKey(p+".cc_orga_id", "required unless cc_multi_tenant = true")
+			}
+			if c.Token == "" {
+				d.errKey(p+".cc_token", "required unless cc_multi_tenant = true")
+			}
+		}
+		if u, err := url.Parse(c.APIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			d.errKey(p+".cc_api_url", fmt.Sprintf("%q is not an http:// or https:// URL", c.APIURL))
+		}
+		if c.DeploymentRepoTimeout <= 0 {
+			d.errKey(p+".cc_deployment_repo_timeout", "must be positive")
+		}
+		if c.DeploymentRepoWaitStep <= 0 {
+			d.errKey(p+".cc_deployment_repo_wait_step", "must be positive")
+		}
+		if !oneOf(c.AuthScheme, "token", "bearer") {
+			d.errKey(p+".cc_auth_scheme", fmt.Sprintf("%q: want token or bearer", c.AuthScheme))
+		}
+	}
+}
+
+// UniqueName is how Heptapod identifies a runner in resource names and
+// state files: the first 8 characters of its token (kept exactly, so that
+// Heptapod state files import).
+func (r *Runner) UniqueName() string {
+	t := r.Token
+	if len(t) > 8 {
+		t = t[:8]
+	}
+	return t
+}
+
+// DisplayName is the runner's name, or its unique name when it has none.
+func (r *Runner) DisplayName() string {
+	if r.Name != "" {
+		return r.Name
+	}
+	return r.UniqueName()
+}
+
+func oneOf(s string, set ...string) bool {
+	for _, x := range set {
+		if s == x {
+			return true
+		}
+	}
+	return false
+}
+
+func sorted(s []string) []string {
+	c := append([]string(nil), s...)
+	sort.Strings(c)
+	return c
+}

@@ -1,0 +1,181 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var execs = Options{Executors: []string{"local-docker", "clever-docker"}}
+
+func TestLoadHeptapodConfig(t *testing.T) {
+	c, err := Load("testdata/heptapod.toml", execs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Concurrent != 30 || c.CheckInterval != 5 || c.JobProgressPollInterval != 20 || c.PaasMaxConcurrentProvisioning != 5 {
+		t.Errorf("globals: %+v", c)
+	}
+	if c.PaasMinSecondsBetweenLaunches != 0.5 || c.PaasLogStatistics || !c.PaasDecommissionLaunchFailures {
+		t.Errorf("paas globals: %+v", c)
+	}
+	if c.ShutdownTimeout != DefaultShutdownTimeout || c.PaasTrackingRequestsPerSecond != DefaultTrackingRPS {
+		t.Errorf("defaults: %+v", c)
+	}
+	if len(c.Runners) != 2 {
+		t.Fatalf("runners: %d", len(c.Runners))
+	}
+	cl := c.Runners[0]
+	if cl.Clever.OrgaID != "orga_123" || cl.Clever.Token != "secret-cc-token" || cl.Clever.DefaultFlavor != "S" || cl.Clever.Zone != "par" {
+		t.Errorf("clever: %+v", cl.Clever)
+	}
+	if cl.Clever.ExtraEnv["CC_ENABLE_HEPTAPOD_RUNNER"] != "true" || cl.Clever.FlavorNamePrefix != "heptapod-runner-" {
+		t.Errorf("clever extras: %+v", cl.Clever)
+	}
+	if cl.InnerImage != "registry.example/runner:1" || cl.UniqueName() != "Cl3vr123" {
+		t.Errorf("inner image %q unique %q", cl.InnerImage, cl.UniqueName())
+	}
+	docker, _ := cl.Inner["docker"].(map[string]any)
+	if docker["image"] != "alpine" || cl.Inner["cache"] == nil {
+		t.Errorf("inner: %#v", cl.Inner)
+	}
+	for k := range cl.Inner {
+		if strings.HasPrefix(k, "cc_") || k == "token" || k == "host" || k == "executor" {
+			t.Errorf("provisioning key %q forwarded to inner runner", k)
+		}
+	}
+	lo := c.Runners[1]
+	if lo.LocalDocker.Host != "unix:///run/docker.sock" || lo.Inner["environment"] == nil {
+		t.Errorf("local: %+v", lo)
+	}
+}
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const minimal = `state_file = "/tmp/s.json"
+[[runners]]
+url = "https://gitlab.example"
+token = "glrt-abcdefgh"
+executor = "local-docker"
+`
+
+func TestMinimalDefaults(t *testing.T) {
+	c, err := Load(write(t, minimal), execs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Concurrent != 50 || c.CheckInterval != 3 || c.PaasMaxConcurrentProvisioning != 10 || !c.PaasDecommissionLaunchFailures || c.PaasFinishedJobsKeepResources {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.Runners[0].UnhealthyRequestsLimit != 3 || c.Runners[0].DisplayName() != "glrt-abc" {
+		t.Errorf("runner defaults: %+v", c.Runners[0])
+	}
+}
+
+func TestAllErrorsAtOnceWithLines(t *testing.T) {
+	body := `concurrent = -1
+check_interval = "soon"
+bogus = 1
+[[runners]]
+url = "ftp://gitlab.example"
+executor = "kubernetes"
+limit = -2
+weird = true
+cc_token = "x"
+  [runners.local_docker]
+  nope = 1
+[[runners]]
+url = "https://gitlab.example"
+token = "t2"
+executor = "clever-docker"
+`
+	p := write(t, body)
+	_, err := Load(p, execs)
+	var es Errors
+	if !errors.As(err, &es) {
+		t.Fatalf("want Errors, got %T %v", err, err)
+	}
+	want := []string{
+		p + ":1: concurrent: must be a positive number of jobs",
+		p + ":2: check_interval: wrong type",
+		p + ":3: bogus: unknown key",
+		p + ":5: runners[0].url: \"ftp://gitlab.example\" is not an http:// or https:// URL",
+		p + ":6: runners[0].executor: unknown executor \"kubernetes\"",
+		p + ":7: runners[0].limit: must not be negative",
+		p + ":8: runners[0].weird: unknown key",
+		p + ":9: runners[0].cc_token: only for executor clever-docker",
+		p + ":11: runners[0].local_docker.nope: unknown key",
+		p + ": state_file: required",
+		p + ": runners[0].token: required",
+		p + ": runners[1].cc_orga_id: required unless cc_multi_tenant = true",
+	}
+	got := err.Error()
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			t.Errorf("missing %q in:\n%s", w, got)
+		}
+	}
+	for _, line := range strings.Split(got, "\n") {
+		if !strings.HasPrefix(line, p) {
+			t.Errorf("error line does not name the file: %q", line)
+		}
+	}
+}
+
+func TestBadInputs(t *testing.T) {
+	cases := map[string]struct{ body, want string }{
+		"malformed":       {"state_file = \n", ":1: invalid TOML"},
+		"unclosed table":  {"[[runners]\n", ":2: invalid TOML"},
+		"no runners":      {`state_file = "s"`, "no [[runners]] section"},
+		"missing token":   {strings.Replace(minimal, `token = "glrt-abcdefgh"`, "", 1), "runners[0].token: required"},
+		"bad url":         {strings.Replace(minimal, "https://gitlab.example", "gitlab.example", 1), "runners[0].url"},
+		"negative":        {"shutdown_timeout = -5\n" + minimal, ":1: shutdown_timeout: must not be negative"},
+		"zero concurrent": {"concurrent = 0\n" + minimal, "concurrent: must be a positive"},
+		"unknown exec":    {strings.Replace(minimal, "local-docker", "ssh", 1), `unknown executor "ssh"`},
+		"docker host":     {minimal + "host = \"http://x\"\n", "runners[0].host: \"http://x\": only unix:// and tcp://"},
+		"wrong type":      {strings.Replace(minimal, `executor = "local-docker"`, `executor = "local-docker"`+"\nlimit = \"3\"", 1), "runners[0].limit: wrong type"},
+		"dup token":       {minimal + "[[runners]]\nurl = \"https://g\"\ntoken = \"glrt-abcdefgh\"\nexecutor = \"local-docker\"\n", "runners[1].token: same token as runners[0]"},
+		"log format":      {"log_format = \"xml\"\n" + minimal, "log_format: unknown format"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(write(t, tc.body), execs)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want %q, got %v", tc.want, err)
+			}
+		})
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.toml"), execs)
+	if err == nil || !strings.Contains(err.Error(), "nope.toml") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	seed, _ := os.ReadFile("testdata/heptapod.toml")
+	f.Add(seed)
+	f.Add([]byte(minimal))
+	f.Add([]byte("[[runners]]\n[runners.local_docker]\nhost=1\n"))
+	f.Add([]byte("runners = 3\nquota_computation = []\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.toml", data, execs)
+		if err == nil && c == nil {
+			t.Fatal("nil config without error")
+		}
+		if err != nil && strings.Contains(err.Error(), "\n\n") {
+			t.Fatal("empty error line")
+		}
+	})
+}

@@ -1,0 +1,192 @@
+// Package job holds the vocabulary shared by every part of paas-runner: the
+// job payload GitLab hands out on POST /api/v4/jobs/request, its variables,
+// and failure reasons. Standard library only.
+package job
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Payload is the 201 body of POST /api/v4/jobs/request. Only the fields
+// paas-runner reads are typed; the raw bytes are kept alongside (see
+// Acquired) so that nothing GitLab sent is lost when the payload is handed
+// to the inner runner.
+type Payload struct {
+	ID            int64          `json:"id"`
+	Token         string         `json:"token"`
+	AllowGitFetch bool           `json:"allow_git_fetch"`
+	JobInfo       JobInfo        `json:"job_info"`
+	GitInfo       GitInfo        `json:"git_info"`
+	RunnerInfo    RunnerInfo     `json:"runner_info"`
+	Variables     Variables      `json:"variables"`
+	Steps         []Step         `json:"steps"`
+	Hooks         []Hook         `json:"hooks,omitempty"`
+	Image         Image          `json:"image"`
+	Services      []Service      `json:"services"`
+	Artifacts     []Artifact     `json:"artifacts"`
+	Cache         []Cache        `json:"cache"`
+	Credentials   []Credentials  `json:"credentials"`
+	Dependencies  []Dependency   `json:"dependencies"`
+	Features      GitlabFeatures `json:"features"`
+}
+
+type JobInfo struct {
+	ID              int64  `json:"id,omitempty"`
+	Name            string `json:"name"`
+	Stage           string `json:"stage"`
+	PipelineID      int64  `json:"pipeline_id,omitempty"`
+	ProjectID       int64  `json:"project_id"`
+	ProjectName     string `json:"project_name"`
+	ProjectFullPath string `json:"project_full_path,omitempty"`
+	NamespaceID     int64  `json:"namespace_id,omitempty"`
+	RootNamespaceID int64  `json:"root_namespace_id,omitempty"`
+}
+
+type GitInfo struct {
+	RepoURL          string   `json:"repo_url"`
+	RepoObjectFormat string   `json:"repo_object_format,omitempty"`
+	Ref              string   `json:"ref"`
+	Sha              string   `json:"sha"`
+	BeforeSha        string   `json:"before_sha"`
+	RefType          string   `json:"ref_type"`
+	Refspecs         []string `json:"refspecs"`
+	Depth            int      `json:"depth"`
+	Protected        bool     `json:"protected,omitempty"`
+}
+
+type RunnerInfo struct {
+	UUID    string `json:"uuid,omitempty"`
+	Timeout int    `json:"timeout"`
+}
+
+type Step struct {
+	Name         string   `json:"name"`
+	Script       []string `json:"script"`
+	Timeout      int      `json:"timeout"`
+	When         string   `json:"when"`
+	AllowFailure bool     `json:"allow_failure"`
+}
+
+type Hook struct {
+	Name   string   `json:"name"`
+	Script []string `json:"script"`
+}
+
+type Port struct {
+	Number   int    `json:"number"`
+	Protocol string `json:"protocol,omitempty"`
+	Name     string `json:"name,omitempty"`
+}
+
+type Image struct {
+	Name       string   `json:"name"`
+	Alias      string   `json:"alias,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Command    []string `json:"command,omitempty"`
+	Ports      []Port   `json:"ports,omitempty"`
+	PullPolicy []string `json:"pull_policy,omitempty"`
+}
+
+type Service struct {
+	Image
+	Variables Variables `json:"variables,omitempty"`
+}
+
+type Artifact struct {
+	Name     string   `json:"name"`
+	Untracked bool    `json:"untracked"`
+	Paths    []string `json:"paths"`
+	Exclude  []string `json:"exclude,omitempty"`
+	When     string   `json:"when"`
+	ExpireIn string   `json:"expire_in"`
+	Type     string   `json:"artifact_type"`
+	Format   string   `json:"artifact_format"`
+}
+
+type Cache struct {
+	Key          string   `json:"key"`
+	Untracked    bool     `json:"untracked"`
+	Paths        []string `json:"paths"`
+	Policy       string   `json:"policy"`
+	When         string   `json:"when"`
+	FallbackKeys []string `json:"fallback_keys,omitempty"`
+}
+
+type Credentials struct {
+	Type     string `json:"type"`
+	URL      string `json:"url"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+type Dependency struct {
+	ID            int64  `json:"id"`
+	Name          string `json:"name"`
+	Token         string `json:"token"`
+	ArtifactsFile *struct {
+		Filename string `json:"filename"`
+		Size     int64  `json:"size"`
+	} `json:"artifacts_file,omitempty"`
+}
+
+type GitlabFeatures struct {
+	TraceSections     bool     `json:"trace_sections"`
+	FailureReasons    []string `json:"failure_reasons,omitempty"`
+	TokenMaskPrefixes []string `json:"token_mask_prefixes,omitempty"`
+}
+
+// Acquired is a job as the dispatcher holds it: the raw payload (handed on
+// unchanged) plus the few fields it needs.
+type Acquired struct {
+	ID      int64
+	Token   string
+	Payload *Payload
+	Raw     json.RawMessage
+}
+
+// Parse decodes and validates a jobs/request payload. A payload without an
+// id or token cannot be tracked, reported or handed on, so it is refused.
+func Parse(raw []byte) (*Acquired, error) {
+	var p Payload
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, fmt.Errorf("decoding job payload: %w", err)
+	}
+	if p.ID <= 0 {
+		return nil, fmt.Errorf("job payload has no valid id")
+	}
+	if p.Token == "" {
+		return nil, fmt.Errorf("job %d payload has no token", p.ID)
+	}
+	return &Acquired{ID: p.ID, Token: p.Token, Payload: &p, Raw: append(json.RawMessage(nil), raw...)}, nil
+}
+
+// Failure reasons paas-runner sends (GitLab's CommitStatus enum).
+const (
+	ScriptFailure         = "script_failure"
+	RunnerSystemFailure   = "runner_system_failure"
+	JobExecutionTimeout   = "job_execution_timeout"
+	UnknownFailure        = "unknown_failure"
+	APIFailure            = "api_failure"
+	ConfigurationError    = "runner_configuration_error"
+	ExternalDependency    = "runner_external_dependency_failure"
+	StuckOrTimeoutFailure = "stuck_or_timeout_failure"
+)
+
+// Job statuses as GitLab reports them (Job-Status header, GET /job).
+const (
+	StatusRunning   = "running"
+	StatusCanceling = "canceling"
+	StatusCanceled  = "canceled"
+	StatusSuccess   = "success"
+	StatusFailed    = "failed"
+)
+
+// IsFinal reports whether a job status means the job will not run further.
+func IsFinal(status string) bool {
+	switch status {
+	case StatusCanceled, StatusSuccess, StatusFailed, "skipped", "manual":
+		return true
+	}
+	return false
+}

@@ -1,0 +1,362 @@
+// Package state is paas-runner's crash-safe memory: a versioned JSON file
+// listing every job the daemon is responsible for, in the shape of Heptapod
+// PAAS Runner's state file (launched / pending with the full payload /
+// to_decommission), so that a Heptapod file imports.
+//
+// The file is only ever replaced atomically (temp file, fsync, rename, dir
+// fsync), is mode 0600, and is protected by an exclusive flock on a lock
+// file beside it. It is never deleted or truncated, whatever goes wrong.
+// Writes are grouped: any number of changes made while a write is in
+// progress go to disk together in the next one (group commit).
+package state
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/internal/atomicfile"
+)
+
+// Version is the state file format this build writes.
+const Version = 1
+
+// Phase is where a job is in its life, as far as the state file is concerned.
+type Phase string
+
+const (
+	// Acquired: received from GitLab, nothing created yet.
+	Acquired Phase = "acquired"
+	// Provisioning: the host may be being created (its handle is recorded).
+	Provisioning Phase = "provisioning"
+	// Launching: the host exists; the job may be being handed to it.
+	Launching Phase = "launching"
+	// Launched: the job runs on its host.
+	Launched Phase = "launched"
+	// Decommissioning: the host must be removed.
+	Decommissioning Phase = "decommissioning"
+)
+
+// Pending reports whether the job has not been launched yet (its full
+// payload is kept).
+func (p Phase) Pending() bool { return p == Acquired || p == Provisioning || p == Launching }
+
+// Job is one job handle. The JSON keys are Heptapod's where it has them.
+type Job struct {
+	RunnerName     string          `json:"runner_name"`
+	JobID          int64           `json:"job_id"`
+	Token          string          `json:"token"`
+	TraceOffset    int64           `json:"trace_offset"`
+	ExpectedWeight float64         `json:"expected_weight"`
+	Resource       json.RawMessage `json:"paas_resource,omitempty"`
+	Phase          Phase           `json:"phase,omitempty"`
+	Executor       string          `json:"executor,omitempty"`
+	AcquiredAt     time.Time       `json:"acquired_at,omitzero"`
+	LaunchedAt     time.Time       `json:"launched_at,omitzero"`
+	// KeepResources: never decommission (paas_finished_jobs_keep_resources,
+	// paas_decommission_launch_failures=false). Still counted as a job.
+	KeepResources bool `json:"keep_resources,omitempty"`
+	// Failure, when set, is why the job failed before launch; it must be
+	// reported to GitLab before the job is forgotten.
+	Failure string `json:"failure,omitempty"`
+	// Reported: GitLab has been told about Failure.
+	Reported bool `json:"failure_reported,omitempty"`
+	// Payload is the full jobs/request payload, kept while Phase.Pending().
+	Payload json.RawMessage `json:"-"`
+	// Imported marks a handle read from a Heptapod state file.
+	Imported bool `json:"imported,omitempty"`
+}
+
+// Key identifies a job across runners.
+type Key struct {
+	Runner string
+	ID     int64
+}
+
+func (j *Job) Key() Key { return Key{j.RunnerName, j.JobID} }
+
+func (k Key) String() string { return fmt.Sprintf("%s/%d", k.Runner, k.ID) }
+
+// Errors that make loading refuse the file (and the daemon exit 2).
+var (
+	ErrLocked = errors.New("state file is in use by another paas-runner")
+)
+
+// FormatError is a file that cannot be read as a state file: corrupted, or
+// written by a newer version. The file is left untouched.
+type FormatError struct {
+	Path string
+	Msg  string
+}
+
+func (e *FormatError) Error() string { return e.Path + ": " + e.Msg }
+
+// Store holds the jobs in memory and writes them to the file.
+type Store struct {
+	path string
+	lock *os.File
+
+	mu       sync.Mutex
+	jobs     map[Key]*entry
+	seq      uint64 // bumped on every change
+	durable  uint64 // seq of the last durable write
+	writeErr error  // last write error, nil once a write succeeded
+	cond     *sync.Cond
+	closed   bool
+	wake     chan struct{}
+	done     chan struct{}
+	writes   uint64 // number of file writes, for tests and metrics
+	imported bool
+}
+
+type entry struct {
+	job Job
+	enc []byte // the handle's JSON, cached between writes
+}
+
+// Open locks and loads the state file at path. A missing or empty file is an
+// empty state; a Heptapod file (no version) is imported; a corrupted or
+// future-version file is refused with a *FormatError.
+func Open(path string) (*Store, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	lock, err := lockFile(abs + ".lock")
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{path: abs, lock: lock, jobs: map[Key]*entry{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	s.cond = sync.NewCond(&s.mu)
+	if err := s.load(); err != nil {
+		_ = unlock(lock)
+		return nil, err
+	}
+	go s.writer()
+	return s, nil
+}
+
+func lockFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening state lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			if h := bytes.TrimSpace(holder); len(h) > 0 {
+				return nil, fmt.Errorf("%w (pid %s holds %s)", ErrLocked, h, path)
+			}
+			return nil, fmt.Errorf("%w (%s is locked)", ErrLocked, path)
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
+	return f, nil
+}
+
+func unlock(f *os.File) error {
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return f.Close()
+}
+
+// Path is the state file's absolute path.
+func (s *Store) Path() string { return s.path }
+
+// Imported tells whether the file loaded was a Heptapod state file.
+func (s *Store) Imported() bool { return s.imported }
+
+// Jobs returns a copy of every job, sorted by runner then job id.
+func (s *Store) Jobs() []Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Job, 0, len(s.jobs))
+	for _, e := range s.jobs {
+		out = append(out, e.job)
+	}
+	sort.Slice(out, func(i, j int) bool { return less(out[i].Key(), out[j].Key()) })
+	return out
+}
+
+func less(a, b Key) bool {
+	if a.Runner != b.Runner {
+		return a.Runner < b.Runner
+	}
+	return a.ID < b.ID
+}
+
+// Get returns the job with key k.
+func (s *Store) Get(k Key) (Job, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.jobs[k]
+	if !ok {
+		return Job{}, false
+	}
+	return e.job, true
+}
+
+// Len is the number of jobs held.
+func (s *Store) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.jobs)
+}
+
+// Put records j (replacing the job with the same key). It is durable once
+// a later Sync returns nil.
+func (s *Store) Put(j Job) {
+	if !j.Phase.Pending() {
+		j.Payload = nil
+	}
+	enc, err := encodeHandle(j)
+	if err != nil {
+		// Every field is plain data; this cannot happen with valid JSON
+		// in Resource. Keep the job without its resource rather than lose it.
+		j.Resource = nil
+		enc, _ = encodeHandle(j)
+	}
+	s.mu.Lock()
+	s.jobs[j.Key()] = &entry{job: j, enc: enc}
+	s.changed()
+	s.mu.Unlock()
+}
+
+// Delete forgets the job with key k.
+func (s *Store) Delete(k Key) {
+	s.mu.Lock()
+	if _, ok := s.jobs[k]; ok {
+		delete(s.jobs, k)
+		s.changed()
+	}
+	s.mu.Unlock()
+}
+
+func (s *Store) changed() {
+	s.seq++
+	if s.closed {
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Sync returns once every change made before the call is on disk, or with
+// the write error, or when ctx is done.
+func (s *Store) Sync(ctx context.Context) error {
+	s.mu.Lock()
+	target := s.seq
+	if s.durable >= target {
+		s.mu.Unlock()
+		return nil
+	}
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
+	for s.durable < target && ctx.Err() == nil && !s.closed {
+		if s.writeErr != nil {
+			err := s.writeErr
+			s.mu.Unlock()
+			return err
+		}
+		s.cond.Wait()
+	}
+	durable, err := s.durable >= target, s.writeErr
+	s.mu.Unlock()
+	if durable {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errors.New("state store closed")
+}
+
+// Writes counts the file writes made so far.
+func (s *Store) Writes() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writes
+}
+
+// writer is the single goroutine that writes the file. It writes whenever
+// something changed, grouping every change made during the previous write.
+func (s *Store) writer() {
+	defer close(s.done)
+	backoff := 50 * time.Millisecond
+	for range s.wake {
+		for {
+			s.mu.Lock()
+			if s.durable >= s.seq {
+				s.mu.Unlock()
+				break
+			}
+			target := s.seq
+			data := s.encodeLocked()
+			s.mu.Unlock()
+
+			err := atomicfile.WriteFile(s.path, data, 0o600)
+
+			s.mu.Lock()
+			s.writes++
+			s.writeErr = err
+			if err == nil {
+				s.durable = target
+				backoff = 50 * time.Millisecond
+			}
+			s.cond.Broadcast()
+			closed := s.closed
+			s.mu.Unlock()
+			if err != nil {
+				if closed {
+					return
+				}
+				// A full disk or a permission change: keep the data in
+				// memory, retry, and let Sync callers see the error.
+				time.Sleep(backoff)
+				backoff = min(backoff*2, 5*time.Second)
+			}
+		}
+	}
+}
+
+// Close writes what is left, stops the writer and releases the lock.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err := s.Sync(ctx)
+	cancel()
+	s.mu.Lock()
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	close(s.wake)
+	<-s.done
+	if uerr := unlock(s.lock); err == nil {
+		err = uerr
+	}
+	return err
+}

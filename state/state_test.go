@@ -1,0 +1,293 @@
+package state
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+func copyFixture(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "state.json")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestMissingFileIsEmptyAndWrittenOnChange(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Len() != 0 {
+		t.Fatal("not empty")
+	}
+	s.Put(Job{RunnerName: "r", JobID: 1, Token: "t", Phase: Acquired, Payload: json.RawMessage(`{"id":1}`)})
+	if err := s.Sync(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	j, ok := s2.Get(Key{"r", 1})
+	if !ok || j.Phase != Acquired || string(j.Payload) != `{"id":1}` || j.Token != "t" {
+		t.Fatalf("reloaded %+v", j)
+	}
+}
+
+func TestEmptyFileIsEmpty(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(p, []byte("  \n"), 0o600)
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+}
+
+func TestLoadV1Fixture(t *testing.T) {
+	s, err := Open(copyFixture(t, "state-v1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	jobs := s.Jobs()
+	if len(jobs) != 3 {
+		t.Fatalf("jobs %+v", jobs)
+	}
+	want := map[int64]Phase{11: Decommissioning, 12: Launched, 13: Provisioning}
+	for _, j := range jobs {
+		if j.Phase != want[j.JobID] || j.Imported {
+			t.Errorf("job %d: phase %s imported %v", j.JobID, j.Phase, j.Imported)
+		}
+	}
+	j12, _ := s.Get(Key{"glrt-abc", 12})
+	if j12.TraceOffset != 345 || j12.LaunchedAt.IsZero() || string(j12.Resource) != `{"container":"paas-job-glrt-abc-12"}` {
+		t.Errorf("job 12: %+v", j12)
+	}
+	j13, _ := s.Get(Key{"glrt-abc", 13})
+	if string(j13.Payload) != `{"id":13,"token":"tok13"}` {
+		t.Errorf("payload %s", j13.Payload)
+	}
+}
+
+func TestImportHeptapod(t *testing.T) {
+	p := copyFixture(t, "heptapod-1.0.json")
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Imported() {
+		t.Error("not marked imported")
+	}
+	want := map[int64]Phase{956: Launched, 950: Decommissioning, 949: Decommissioning, 957: Acquired, 958: Launching}
+	for _, j := range s.Jobs() {
+		if j.Phase != want[j.JobID] || !j.Imported || j.RunnerName != "D3adNQYu" {
+			t.Errorf("job %d: %+v", j.JobID, j)
+		}
+		delete(want, j.JobID)
+	}
+	if len(want) != 0 {
+		t.Errorf("missing jobs %v", want)
+	}
+	j, _ := s.Get(Key{"D3adNQYu", 956})
+	if j.TraceOffset != 120 || j.ExpectedWeight != 13.45 || !strings.Contains(string(j.Resource), "app_956") {
+		t.Errorf("launched handle %+v", j)
+	}
+	// The import is kept (Heptapod deletes its file after loading; we don't).
+	if _, err := os.Stat(p); err != nil {
+		t.Fatal(err)
+	}
+	// Rewriting turns it into a v1 file that loads back the same.
+	s.Put(j)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(p)
+	if !strings.HasPrefix(string(raw), `{"version": 1`) {
+		t.Fatalf("not rewritten as v1: %.60s", raw)
+	}
+	s2, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if len(s2.Jobs()) != 5 {
+		t.Fatalf("reloaded %d jobs", len(s2.Jobs()))
+	}
+	j958, _ := s2.Get(Key{"D3adNQYu", 958})
+	if j958.Phase != Launching || string(j958.Payload) != `{"id": 958, "token": "job-token-958"}` {
+		t.Errorf("958: %+v", j958)
+	}
+}
+
+func TestRefusesBadFilesAndLeavesThemAlone(t *testing.T) {
+	cases := map[string]string{
+		"garbage":        "{not json",
+		"truncated":      `{"version": 1, "launched": [{"runner_name": "r", "job_id"`,
+		"future":         `{"version": 2, "launched": []}`,
+		"zero version":   `{"version": 0}`,
+		"trailing":       `{"version": 1} {"x":1}`,
+		"bad pair":       `{"version": 1, "pending": [[{"runner_name":"r","job_id":1}]]}`,
+		"no job id":      `{"version": 1, "launched": [{"runner_name":"r"}]}`,
+		"duplicate":      `{"version": 1, "launched": [{"runner_name":"r","job_id":1}], "to_decommission": [{"runner_name":"r","job_id":1}]}`,
+		"wrong type":     `{"version": 1, "launched": [{"runner_name":"r","job_id":"one"}]}`,
+		"array document": `[]`,
+	}
+	for name, body := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "state.json")
+			os.WriteFile(p, []byte(body), 0o600)
+			_, err := Open(p)
+			var fe *FormatError
+			if !errors.As(err, &fe) {
+				t.Fatalf("want FormatError, got %v", err)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("multi-line error: %q", err)
+			}
+			if name == "future" && !strings.Contains(err.Error(), "newer") {
+				t.Errorf("future version message: %v", err)
+			}
+			got, _ := os.ReadFile(p)
+			if string(got) != body {
+				t.Fatal("file changed")
+			}
+			// the lock was released: a second attempt gets the same error, not ErrLocked
+			if _, err := Open(p); errors.Is(err, ErrLocked) {
+				t.Fatal("lock leaked")
+			}
+		})
+	}
+}
+
+func TestSecondOpenIsRefused(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = Open(p)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "pid") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestUnwritableDirectory(t *testing.T) {
+	if os.Getuid() == 0 {
+		// root writes anywhere; use a path under a file instead
+		f := filepath.Join(t.TempDir(), "file")
+		os.WriteFile(f, nil, 0o600)
+		if _, err := Open(filepath.Join(f, "state.json")); err == nil {
+			t.Fatal("opened a state file under a regular file")
+		}
+		return
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o500)
+	defer os.Chmod(dir, 0o700)
+	if _, err := Open(filepath.Join(dir, "state.json")); err == nil {
+		t.Fatal("opened in read-only dir")
+	}
+}
+
+func TestGroupCommit(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const writers, per = 20, 100
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				s.Put(Job{RunnerName: "r", JobID: int64(w*per + i + 1), Token: "t", Phase: Launched})
+				if err := s.Sync(context.Background()); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	if s.Len() != writers*per {
+		t.Fatalf("len %d", s.Len())
+	}
+	// Every Sync returned only after its change was durable, yet writes were
+	// shared: fewer file writes than changes.
+	if w := s.Writes(); w >= writers*per {
+		t.Errorf("no grouping: %d writes for %d changes", w, writers*per)
+	}
+	raw, _ := os.ReadFile(p)
+	var doc fileDoc
+	if err := json.Unmarshal(raw, &doc); err != nil || len(doc.Launched) != writers*per {
+		t.Fatalf("file has %d launched, err %v", len(doc.Launched), err)
+	}
+}
+
+func TestDeleteAndPayloadDroppedAfterLaunch(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, _ := Open(p)
+	s.Put(Job{RunnerName: "r", JobID: 1, Phase: Launching, Payload: json.RawMessage(`{"id":1}`)})
+	s.Put(Job{RunnerName: "r", JobID: 1, Phase: Launched, Payload: json.RawMessage(`{"id":1}`)})
+	s.Put(Job{RunnerName: "r", JobID: 2, Phase: Decommissioning})
+	s.Delete(Key{"r", 2})
+	s.Sync(ctx(t))
+	s.Close()
+	raw, _ := os.ReadFile(p)
+	if strings.Contains(string(raw), `"id":1`) || strings.Contains(string(raw), `"job_id":2`) {
+		t.Fatalf("file: %s", raw)
+	}
+}
+
+func TestSystemID(t *testing.T) {
+	dir := t.TempDir()
+	sp := filepath.Join(dir, "state.json")
+	a, err := SystemID(sp)
+	if err != nil || !systemIDRe.MatchString(a) {
+		t.Fatalf("%q %v", a, err)
+	}
+	b, _ := SystemID(sp)
+	if a != b {
+		t.Fatal("system id not stable")
+	}
+	os.WriteFile(filepath.Join(dir, SystemIDFile), []byte("garbage"), 0o600)
+	if _, err := SystemID(sp); err == nil {
+		t.Fatal("garbage accepted")
+	}
+}

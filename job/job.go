@@ -94,14 +94,14 @@ type Service struct {
 }
 
 type Artifact struct {
-	Name     string   `json:"name"`
-	Untracked bool    `json:"untracked"`
-	Paths    []string `json:"paths"`
-	Exclude  []string `json:"exclude,omitempty"`
-	When     string   `json:"when"`
-	ExpireIn string   `json:"expire_in"`
-	Type     string   `json:"artifact_type"`
-	Format   string   `json:"artifact_format"`
+	Name      string   `json:"name"`
+	Untracked bool     `json:"untracked"`
+	Paths     []string `json:"paths"`
+	Exclude   []string `json:"exclude,omitempty"`
+	When      string   `json:"when"`
+	ExpireIn  string   `json:"expire_in"`
+	Type      string   `json:"artifact_type"`
+	Format    string   `json:"artifact_format"`
 }
 
 type Cache struct {

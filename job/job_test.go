@@ -24,7 +24,6 @@ func TestParse(t *testing.T) {
 	}
 }
 
-
 func TestExpandMatchesOsExpand(t *testing.T) {
 	vars := Variables{{Key: "A", Value: "x"}, {Key: "B_1", Value: "y"}, {Key: "A", Value: "z"}}
 	m := func(k string) string { return vars.Get(k) }

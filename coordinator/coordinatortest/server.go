@@ -1,0 +1,558 @@
+// Package coordinatortest is an in-process GitLab double for the runner API,
+// faithful to ../shared/research/gitlab-runner-api.md: job states, 403 with
+// Job-Status when a job is not running, 416 with Range on trace offsets,
+// 401 on GET /job after the end, last_update caching, and injectable
+// failures (409, 429 with Retry-After, 502, …). It closes itself at the end
+// of the test.
+package coordinatortest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Job is a job as the fake GitLab knows it.
+type Job struct {
+	ID            int64
+	Token         string
+	RunnerToken   string // the runner it is queued for ("" = any)
+	Status        string // pending, running, canceling, canceled, success, failed
+	FailureReason string
+	ExitCode      int
+	Trace         []byte
+	Acquisitions  int // how many times it was handed out (must stay ≤ 1)
+	Payload       map[string]any
+	Updates       []map[string]any
+}
+
+// Runner is a registered runner.
+type Runner struct {
+	Token            string
+	ID               int64
+	Paused           bool
+	CancelGracefully bool
+	SystemIDs        map[string]bool
+	Requests         int
+}
+
+type injection struct {
+	status  int
+	header  http.Header
+	body    string
+	remain  int
+	pattern *regexp.Regexp
+	method  string
+}
+
+// Server is the fake GitLab.
+type Server struct {
+	*httptest.Server
+	t testing.TB
+
+	mu          sync.Mutex
+	runners     map[string]*Runner
+	jobs        map[int64]*Job
+	byToken     map[string]*Job
+	queue       []int64
+	nextID      int64
+	lastUpdate  int
+	injections  []*injection
+	counts      map[string]int // "METHOD route" → requests
+	changed     chan struct{}
+	TraceUpdate int // X-GitLab-Trace-Update-Interval value (seconds)
+	// HoldRequests makes POST /jobs/request wait until the job queue
+	// changes or this long passes when last_update is current (long poll).
+	LongPoll time.Duration
+}
+
+// New starts a fake GitLab for the duration of the test.
+func New(t testing.TB) *Server {
+	s := &Server{t: t, runners: map[string]*Runner{}, jobs: map[int64]*Job{}, byToken: map[string]*Job{},
+		counts: map[string]int{}, changed: make(chan struct{}), nextID: 1000, TraceUpdate: 3}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// AddRunner registers a runner authentication token.
+func (s *Server) AddRunner(token string) *Runner {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &Runner{Token: token, ID: int64(len(s.runners) + 1), SystemIDs: map[string]bool{}}
+	s.runners[token] = r
+	return r
+}
+
+// SetPaused pauses or resumes a runner.
+func (s *Server) SetPaused(token string, paused bool) {
+	s.mu.Lock()
+	s.runners[token].Paused = paused
+	s.notify()
+	s.mu.Unlock()
+}
+
+// RemoveRunner deletes a runner: its requests get 403 from now on.
+func (s *Server) RemoveRunner(token string) {
+	s.mu.Lock()
+	delete(s.runners, token)
+	s.notify()
+	s.mu.Unlock()
+}
+
+// Enqueue queues a job for runnerToken ("" = any runner) and returns it.
+// extra fields are merged into the payload.
+func (s *Server) Enqueue(runnerToken string, extra map[string]any) *Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextID++
+	id := s.nextID
+	tok := fmt.Sprintf("glcbt-job%d-%s", id, strconv.FormatInt(time.Now().UnixNano()%1e9, 36))
+	payload := map[string]any{
+		"id": id, "token": tok, "allow_git_fetch": true,
+		"job_info":    map[string]any{"id": id, "name": "test", "stage": "test", "project_id": 1, "project_name": "p", "project_full_path": "g/p"},
+		"git_info":    map[string]any{"repo_url": s.URL + "/g/p.git", "ref": "main", "sha": strings.Repeat("a", 40), "before_sha": strings.Repeat("0", 40), "ref_type": "branch", "refspecs": []string{}, "depth": 20},
+		"runner_info": map[string]any{"timeout": 3600},
+		"variables": []map[string]any{
+			{"key": "CI_JOB_ID", "value": strconv.FormatInt(id, 10), "public": true, "masked": false},
+			{"key": "CI_JOB_TOKEN", "value": tok, "public": false, "masked": true},
+			{"key": "CI_SERVER_URL", "value": s.URL, "public": true, "masked": false},
+		},
+		"steps":        []map[string]any{{"name": "script", "script": []string{"true"}, "timeout": 3600, "when": "on_success", "allow_failure": false}},
+		"image":        map[string]any{"name": "busybox"},
+		"services":     []any{},
+		"artifacts":    []any{},
+		"cache":        []any{},
+		"credentials":  []any{},
+		"dependencies": []any{},
+		"features":     map[string]any{"trace_sections": true, "failure_reasons": []string{"unknown_failure", "script_failure", "runner_system_failure", "job_execution_timeout"}},
+	}
+	for k, v := range extra {
+		payload[k] = v
+	}
+	j := &Job{ID: id, Token: tok, RunnerToken: runnerToken, Status: "pending", Payload: payload}
+	s.jobs[id] = j
+	s.byToken[tok] = j
+	s.queue = append(s.queue, id)
+	s.lastUpdate++
+	s.notify()
+	return j
+}
+
+// Job returns a snapshot of job id.
+func (s *Server) Job(id int64) Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j := *s.jobs[id]
+	j.Trace = append([]byte(nil), j.Trace...)
+	return j
+}
+
+// Jobs returns snapshots of every job.
+func (s *Server) Jobs() []Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		c := *j
+		c.Trace = append([]byte(nil), j.Trace...)
+		out = append(out, c)
+	}
+	return out
+}
+
+// Finish ends a running job as its inner runner would (success or failed).
+func (s *Server) Finish(id int64, status string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j := s.jobs[id]
+	if j.Status == "running" || j.Status == "canceling" {
+		j.Status = status
+		if j.Status == "failed" && j.FailureReason == "" {
+			j.FailureReason = "script_failure"
+		}
+	}
+	s.notify()
+}
+
+// AppendTrace writes to a job's log as the inner runner would.
+func (s *Server) AppendTrace(id int64, data string) {
+	s.mu.Lock()
+	s.jobs[id].Trace = append(s.jobs[id].Trace, data...)
+	s.notify()
+	s.mu.Unlock()
+}
+
+// Cancel cancels a job like a user pressing "Cancel": a running job moves to
+// canceling when its runner advertised cancel_gracefully, else to canceled;
+// a pending one to canceled.
+func (s *Server) Cancel(id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j := s.jobs[id]
+	switch j.Status {
+	case "pending":
+		j.Status = "canceled"
+		s.dequeue(id)
+	case "running":
+		j.Status = "canceled"
+		if r := s.runnerOf(j); r != nil && r.CancelGracefully {
+			j.Status = "canceling"
+		}
+	case "canceling":
+		j.Status = "canceled"
+	}
+	s.notify()
+}
+
+// ForceCancel moves a job straight to canceled.
+func (s *Server) ForceCancel(id int64) {
+	s.mu.Lock()
+	j := s.jobs[id]
+	if j.Status == "pending" {
+		s.dequeue(id)
+	}
+	if !isFinal(j.Status) {
+		j.Status = "canceled"
+	}
+	s.notify()
+	s.mu.Unlock()
+}
+
+func (s *Server) dequeue(id int64) {
+	for i, q := range s.queue {
+		if q == id {
+			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			return
+		}
+	}
+}
+
+func (s *Server) runnerOf(j *Job) *Runner {
+	for _, r := range s.runners {
+		if r.Token == j.RunnerToken || (j.RunnerToken == "" && r.Requests > 0) {
+			return r
+		}
+	}
+	return nil
+}
+
+// Inject makes the next count requests whose "METHOD path" matches pattern
+// (a regexp over e.g. "POST /api/v4/jobs/request") answer status with
+// header and a JSON {"message": …} body. count < 0 means forever.
+func (s *Server) Inject(pattern string, status int, count int, header http.Header) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.injections = append(s.injections, &injection{pattern: regexp.MustCompile(pattern), status: status, remain: count, header: header,
+		body: fmt.Sprintf(`{"message":"%d %s"}`, status, http.StatusText(status))})
+}
+
+// ClearInjections removes every pending injection.
+func (s *Server) ClearInjections() {
+	s.mu.Lock()
+	s.injections = nil
+	s.mu.Unlock()
+}
+
+// Count returns how many requests matched route (e.g. "GET /api/v4/job").
+func (s *Server) Count(route string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.counts[route]
+}
+
+// WaitFor blocks until cond (called with the server locked) holds, or fails
+// the test after timeout. It wakes on every change, never polls.
+func (s *Server) WaitFor(timeout time.Duration, what string, cond func(s *Server) bool) {
+	s.t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		ok := cond(s)
+		ch := s.changed
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			s.t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+	}
+}
+
+// Locked helpers for WaitFor conditions.
+
+// StatusOf is a job's status (call inside WaitFor).
+func (s *Server) StatusOf(id int64) string { return s.jobs[id].Status }
+
+// TraceOf is a job's log (call inside WaitFor).
+func (s *Server) TraceOf(id int64) string { return string(s.jobs[id].Trace) }
+
+// CountOf is Count for use inside WaitFor.
+func (s *Server) CountOf(route string) int { return s.counts[route] }
+
+// Each calls fn for every job (inside WaitFor).
+func (s *Server) Each(fn func(j *Job)) {
+	for _, j := range s.jobs {
+		fn(j)
+	}
+}
+
+func (s *Server) notify() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func isFinal(st string) bool { return st == "success" || st == "failed" || st == "canceled" }
+
+var (
+	reJobPUT   = regexp.MustCompile(`^/api/v4/jobs/(\d+)$`)
+	reJobTrace = regexp.MustCompile(`^/api/v4/jobs/(\d+)/trace$`)
+)
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	route := r.Method + " " + r.URL.Path
+	s.mu.Lock()
+	s.counts[route]++
+	for i, inj := range s.injections {
+		if inj.remain != 0 && inj.pattern.MatchString(route) {
+			if inj.remain > 0 {
+				inj.remain--
+			}
+			if inj.remain == 0 {
+				s.injections = append(s.injections[:i], s.injections[i+1:]...)
+			}
+			s.notify()
+			s.mu.Unlock()
+			for k, vs := range inj.header {
+				w.Header()[k] = vs
+			}
+			writeJSON(w, inj.status, inj.body)
+			return
+		}
+	}
+	s.notify()
+	s.mu.Unlock()
+
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/api/v4/jobs/request":
+		s.requestJob(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/api/v4/job":
+		s.getJob(w, r)
+	case r.Method == http.MethodPut && reJobPUT.MatchString(r.URL.Path):
+		id, _ := strconv.ParseInt(reJobPUT.FindStringSubmatch(r.URL.Path)[1], 10, 64)
+		s.updateJob(w, r, id)
+	case r.Method == http.MethodPatch && reJobTrace.MatchString(r.URL.Path):
+		id, _ := strconv.ParseInt(reJobTrace.FindStringSubmatch(r.URL.Path)[1], 10, 64)
+		s.patchTrace(w, r, id)
+	default:
+		writeJSON(w, http.StatusNotFound, `{"message":"404 Not Found"}`)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Token      string `json:"token"`
+		SystemID   string `json:"system_id"`
+		LastUpdate string `json:"last_update"`
+		Info       struct {
+			Features map[string]bool `json:"features"`
+		} `json:"info"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Token == "" {
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
+	s.mu.Lock()
+	rn, ok := s.runners[req.Token]
+	if !ok {
+		s.mu.Unlock()
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
+		return
+	}
+	rn.Requests++
+	rn.CancelGracefully = req.Info.Features["cancel_gracefully"]
+	if req.SystemID != "" {
+		rn.SystemIDs[req.SystemID] = true
+	}
+	lu := strconv.Itoa(s.lastUpdate)
+	if rn.Paused || (req.LastUpdate == lu && s.LongPoll == 0) {
+		s.mu.Unlock()
+		w.Header().Set("X-GitLab-Last-Update", lu)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if req.LastUpdate == lu {
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-time.After(s.LongPoll):
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	for i, id := range s.queue {
+		j := s.jobs[id]
+		if j.RunnerToken != "" && j.RunnerToken != req.Token {
+			continue
+		}
+		s.queue = append(s.queue[:i], s.queue[i+1:]...)
+		j.Status = "running"
+		j.Acquisitions++
+		if j.RunnerToken == "" {
+			j.RunnerToken = req.Token
+		}
+		body, _ := json.Marshal(j.Payload)
+		s.notify()
+		s.mu.Unlock()
+		writeJSON(w, http.StatusCreated, string(body))
+		return
+	}
+	s.mu.Unlock()
+	w.Header().Set("X-GitLab-Last-Update", lu)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func jobToken(r *http.Request) string {
+	if t := r.Header.Get("Job-Token"); t != "" {
+		return t
+	}
+	if t := r.URL.Query().Get("job_token"); t != "" {
+		return t
+	}
+	return r.URL.Query().Get("token")
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	tok := jobToken(r)
+	s.mu.Lock()
+	j, ok := s.byToken[tok]
+	if !ok || (j.Status != "running" && j.Status != "canceling") {
+		s.mu.Unlock()
+		writeJSON(w, http.StatusUnauthorized, `{"message":"401 Unauthorized"}`)
+		return
+	}
+	body, _ := json.Marshal(map[string]any{"id": j.ID, "status": j.Status, "name": "test", "stage": "test", "ref": "main",
+		"pipeline": map[string]any{"id": 1, "status": "running"}, "web_url": s.URL + "/g/p/-/jobs/" + strconv.FormatInt(j.ID, 10)})
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, string(body))
+}
+
+// authJob applies authenticate_job!: the job must exist, the token match,
+// and the job be running or canceling; otherwise 403 with Job-Status.
+func (s *Server) authJob(w http.ResponseWriter, id int64, tok string) (*Job, bool) {
+	j, ok := s.jobs[id]
+	if !ok || j.Token != tok || tok == "" {
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
+		return nil, false
+	}
+	if j.Status != "running" && j.Status != "canceling" {
+		w.Header().Set("Job-Status", j.Status)
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden - Job is not processing on runner"}`)
+		return nil, false
+	}
+	return j, true
+}
+
+func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
+	var req map[string]any
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeJSON(w, http.StatusBadRequest, `{"error":"invalid json"}`)
+		return
+	}
+	tok, _ := req["token"].(string)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.authJob(w, id, tok)
+	if !ok {
+		return
+	}
+	j.Updates = append(j.Updates, req)
+	state, _ := req["state"].(string)
+	switch state {
+	case "running", "pending":
+	case "success":
+		j.Status = "success"
+	case "failed":
+		reason, _ := req["failure_reason"].(string)
+		if reason == "" {
+			reason = "unknown_failure"
+		}
+		j.FailureReason = reason
+		if ec, ok := req["exit_code"].(float64); ok {
+			j.ExitCode = int(ec)
+		}
+		if j.Status == "canceling" {
+			j.Status = "canceled"
+		} else {
+			j.Status = "failed"
+		}
+	default:
+		writeJSON(w, http.StatusBadRequest, `{"error":"state does not have a valid value"}`)
+		return
+	}
+	s.notify()
+	w.Header().Set("Job-Status", j.Status)
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, "200")
+}
+
+var contentRangeRe = regexp.MustCompile(`^(\d+)-(\d+)(/\d+)?$`)
+
+func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
+	body, _ := io.ReadAll(r.Body)
+	cr := r.Header.Get("Content-Range")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.authJob(w, id, jobToken(r))
+	if !ok {
+		return
+	}
+	if cr == "" {
+		writeJSON(w, http.StatusBadRequest, `{"message":"400 Missing header Content-Range"}`)
+		return
+	}
+	m := contentRangeRe.FindStringSubmatch(cr)
+	if m == nil {
+		writeJSON(w, http.StatusBadRequest, `{"message":"400 Bad Request"}`)
+		return
+	}
+	start, _ := strconv.Atoi(m[1])
+	if start != len(j.Trace) {
+		w.Header().Set("Range", fmt.Sprintf("0-%d", len(j.Trace)))
+		w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+		return
+	}
+	j.Trace = append(j.Trace, body...)
+	s.notify()
+	w.Header().Set("Job-Status", j.Status)
+	w.Header().Set("Range", fmt.Sprintf("0-%d", len(j.Trace)))
+	w.Header().Set("X-GitLab-Trace-Update-Interval", strconv.Itoa(s.TraceUpdate))
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// TraceContains reports whether a job's log contains sub (inside WaitFor).
+func (s *Server) TraceContains(id int64, sub string) bool {
+	return bytes.Contains(s.jobs[id].Trace, []byte(sub))
+}

@@ -1,0 +1,226 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/job"
+)
+
+type jobRequest struct {
+	Token      string `json:"token"`
+	SystemID   string `json:"system_id,omitempty"`
+	LastUpdate string `json:"last_update,omitempty"`
+	Info       Info   `json:"info"`
+}
+
+// RequestJob polls POST /jobs/request once. It returns (nil, nil) when
+// there is no job (204), the job when one was assigned (201), and an
+// *APIError or transport error otherwise. A 201 whose payload is unusable
+// is a *PayloadError, carrying the job id and token when they could be read.
+func (c *Client) RequestJob(ctx context.Context) (*job.Acquired, error) {
+	c.mu.Lock()
+	lu := c.lastUp
+	c.mu.Unlock()
+	body, _ := json.Marshal(jobRequest{Token: c.cfg.Token, SystemID: c.cfg.SystemID, LastUpdate: lu, Info: c.cfg.Info})
+	const path = "jobs/request"
+	resp, err := c.do(ctx, request{method: http.MethodPost, path: path, body: body, jsonBody: true,
+		header: http.Header{"Accept": {"application/json"}, "Runner-Token": {c.cfg.Token}}})
+	if err != nil {
+		return nil, err
+	}
+	switch resp.status {
+	case http.StatusNoContent:
+		return nil, nil
+	case http.StatusCreated:
+		if !isJSON(resp.header) {
+			return nil, &PayloadError{Err: fmt.Errorf("content type %q is not application/json", resp.header.Get("Content-Type"))}
+		}
+		a, err := job.Parse(resp.body)
+		if err != nil {
+			return nil, &PayloadError{Err: err}
+		}
+		return a, nil
+	}
+	return nil, c.apiError(http.MethodPost, path, resp)
+}
+
+// JobStatus asks GitLab (GET /job with the job token) how a job is doing:
+// running or canceling. A job that is no longer running answers 401, which
+// is ErrJobNotRunning.
+func (c *Client) JobStatus(ctx context.Context, jobToken string) (string, error) {
+	const path = "job"
+	resp, err := c.do(ctx, request{method: http.MethodGet, path: path,
+		header: http.Header{"Accept": {"application/json"}, "Job-Token": {jobToken}}})
+	if err != nil {
+		return "", err
+	}
+	switch resp.status {
+	case http.StatusOK:
+		var j struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(resp.body, &j); err != nil || j.Status == "" {
+			return "", fmt.Errorf("GET /api/v4/job: undecodable answer")
+		}
+		return j.Status, nil
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return "", ErrJobNotRunning
+	}
+	return "", c.apiError(http.MethodGet, path, resp)
+}
+
+// Update is a PUT /jobs/:id body.
+type Update struct {
+	State         string `json:"state"`
+	FailureReason string `json:"failure_reason,omitempty"`
+	ExitCode      int    `json:"exit_code,omitempty"`
+	Output        *struct {
+		Checksum string `json:"checksum,omitempty"`
+		Bytesize int64  `json:"bytesize"`
+	} `json:"output,omitempty"`
+}
+
+// UpdateResult is GitLab's answer to a PUT /jobs/:id.
+type UpdateResult struct {
+	// Accepted: 200. A 202 means "repeat after UpdateInterval".
+	Accepted       bool
+	JobStatus      string
+	UpdateInterval time.Duration
+}
+
+// UpdateJob sends one PUT /jobs/:id. A 403 (job not running) is
+// ErrJobNotRunning wrapped in the *APIError.
+func (c *Client) UpdateJob(ctx context.Context, id int64, jobToken string, u Update) (*UpdateResult, error) {
+	path := "jobs/" + strconv.FormatInt(id, 10)
+	payload := struct {
+		Token string `json:"token"`
+		Info  Info   `json:"info"`
+		Update
+	}{jobToken, c.cfg.Info, u}
+	body, _ := json.Marshal(payload)
+	resp, err := c.do(ctx, request{method: http.MethodPut, path: path, body: body, jsonBody: true,
+		header: http.Header{"Job-Token": {jobToken}}})
+	if err != nil {
+		return nil, err
+	}
+	res := &UpdateResult{JobStatus: resp.header.Get("Job-Status"), UpdateInterval: interval(resp.header)}
+	switch resp.status {
+	case http.StatusOK:
+		res.Accepted = true
+		return res, nil
+	case http.StatusAccepted:
+		return res, nil
+	case http.StatusForbidden:
+		return res, &notRunning{c.apiError(http.MethodPut, path, resp)}
+	}
+	return res, c.apiError(http.MethodPut, path, resp)
+}
+
+// notRunning is an *APIError that also matches ErrJobNotRunning.
+type notRunning struct{ *APIError }
+
+func (e *notRunning) Unwrap() []error { return []error{e.APIError, ErrJobNotRunning} }
+
+func interval(h http.Header) time.Duration {
+	if n, err := strconv.Atoi(h.Get("X-GitLab-Trace-Update-Interval")); err == nil && n > 0 {
+		return min(time.Duration(n)*time.Second, 15*time.Minute)
+	}
+	return 0
+}
+
+// FailJob marks a job failed (PUT state=failed) with reason, repeating while
+// GitLab answers 202 or fails transiently, until it is accepted or ctx ends.
+// A job that is already final (403) counts as done.
+func (c *Client) FailJob(ctx context.Context, id int64, jobToken, reason string) error {
+	var last error
+	for attempt := 0; ; attempt++ {
+		res, err := c.UpdateJob(ctx, id, jobToken, Update{State: job.StatusFailed, FailureReason: reason})
+		switch {
+		case err == nil && res.Accepted:
+			return nil
+		case errors.Is(err, ErrJobNotRunning):
+			return nil
+		case ctx.Err() != nil:
+			if last == nil {
+				last = ctx.Err()
+			}
+			return fmt.Errorf("failing job %d: gave up: %w", id, last)
+		case err != nil && !IsTransient(err):
+			return fmt.Errorf("failing job %d: %w", id, err)
+		}
+		wait := c.retry.Backoff(attempt)
+		last = err
+		if err == nil {
+			last = errors.New("GitLab has not accepted the final state yet (202)")
+			if res.UpdateInterval > 0 {
+				wait = res.UpdateInterval
+			}
+		}
+		if sleep(ctx, wait) != nil {
+			return fmt.Errorf("failing job %d: gave up: %w", id, last)
+		}
+	}
+}
+
+// TraceResult is GitLab's answer to a trace append.
+type TraceResult struct {
+	Offset         int64 // where the next append starts
+	JobStatus      string
+	UpdateInterval time.Duration
+}
+
+var rangeRe = regexp.MustCompile(`^\s*\d+-(\d+)`)
+
+// AppendTrace appends data to the job's log at offset (PATCH /jobs/:id/trace
+// with Content-Range). When GitLab's log has another length (416), the data
+// is appended at GitLab's end instead: the daemon's messages go after what
+// the inner runner wrote. A job that is not running is ErrJobNotRunning.
+func (c *Client) AppendTrace(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (TraceResult, error) {
+	path := "jobs/" + strconv.FormatInt(id, 10) + "/trace"
+	if len(data) == 0 {
+		return TraceResult{Offset: offset}, nil
+	}
+	for tries := 0; ; tries++ {
+		resp, err := c.do(ctx, request{method: http.MethodPatch, path: path, body: data,
+			header: http.Header{
+				"Job-Token":     {jobToken},
+				"Content-Type":  {"text/plain"},
+				"Content-Range": {fmt.Sprintf("%d-%d", offset, offset+int64(len(data))-1)},
+			}})
+		if err != nil {
+			return TraceResult{Offset: offset}, err
+		}
+		res := TraceResult{Offset: offset, JobStatus: resp.header.Get("Job-Status"), UpdateInterval: interval(resp.header)}
+		switch resp.status {
+		case http.StatusAccepted:
+			res.Offset = offset + int64(len(data))
+			if m := rangeRe.FindStringSubmatch(resp.header.Get("Range")); m != nil {
+				if end, err := strconv.ParseInt(m[1], 10, 64); err == nil {
+					res.Offset = end
+				}
+			}
+			return res, nil
+		case http.StatusRequestedRangeNotSatisfiable:
+			m := rangeRe.FindStringSubmatch(resp.header.Get("Range"))
+			if m == nil || tries >= 3 {
+				return res, c.apiError(http.MethodPatch, path, resp)
+			}
+			offset, _ = strconv.ParseInt(m[1], 10, 64)
+			continue
+		case http.StatusForbidden, http.StatusNotFound:
+			return res, &notRunning{c.apiError(http.MethodPatch, path, resp)}
+		}
+		return res, c.apiError(http.MethodPatch, path, resp)
+	}
+}
+
+// Checksum is the trace checksum GitLab expects in final updates.
+func Checksum(data []byte) string { return fmt.Sprintf("crc32:%08x", crc32.ChecksumIEEE(data)) }

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/job"
 )
 
 // Info describes this runner to GitLab (the request's info object).
@@ -119,6 +121,9 @@ type APIError struct {
 	RetryAfter time.Duration // from Retry-After, when sent
 }
 
+// HTTPStatus lets callers that do not import this package read the status.
+func (e *APIError) HTTPStatus() int { return e.Status }
+
 func (e *APIError) Error() string {
 	msg := e.Message
 	if msg == "" {
@@ -138,7 +143,7 @@ func StatusOf(err error) int {
 
 // ErrJobNotRunning: GitLab says the job is no longer running (401 on
 // GET /job, 403 "not running" on PUT/PATCH). Nothing more can be done for it.
-var ErrJobNotRunning = errors.New("job is not running any more")
+var ErrJobNotRunning = job.ErrNotRunning
 
 // PayloadError is a 201 whose body is not a usable job.
 type PayloadError struct{ Err error }

@@ -222,5 +222,11 @@ func (c *Client) AppendTrace(ctx context.Context, id int64, jobToken string, off
 	}
 }
 
+// WriteTrace is AppendTrace for callers that only need the next offset.
+func (c *Client) WriteTrace(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (int64, error) {
+	res, err := c.AppendTrace(ctx, id, jobToken, offset, data)
+	return res.Offset, err
+}
+
 // Checksum is the trace checksum GitLab expects in final updates.
 func Checksum(data []byte) string { return fmt.Sprintf("crc32:%08x", crc32.ChecksumIEEE(data)) }

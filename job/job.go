@@ -5,6 +5,7 @@ package job
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 )
 
@@ -190,3 +191,7 @@ func IsFinal(status string) bool {
 	}
 	return false
 }
+
+// ErrNotRunning is GitLab saying a job is no longer running (401 on GET
+// /job, 403 "not running" on PUT or PATCH): nothing more can be done for it.
+var ErrNotRunning = errors.New("job is not running any more")

@@ -1,0 +1,19 @@
+package executortest
+
+import (
+	"testing"
+)
+
+func TestFakeConforms(t *testing.T) {
+	Run(t, func(t *testing.T) Subject {
+		f := NewFake()
+		return Subject{Executor: f, Inspector: f, RunnerName: "r1"}
+	})
+}
+
+func TestDirConforms(t *testing.T) {
+	Run(t, func(t *testing.T) Subject {
+		d := &Dir{Path: t.TempDir()}
+		return Subject{Executor: d, Inspector: d, RunnerName: "r1"}
+	})
+}

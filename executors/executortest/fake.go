@@ -1,0 +1,233 @@
+// Package executortest has the executor conformance suite and two test
+// executors: Fake (in memory, with hooks, for dispatcher tests) and Dir
+// (hosts are files, so that they outlive a killed daemon, for process tests).
+package executortest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"gitlab.com/paas-runner/paas-runner/executors"
+)
+
+// Host is a fake host.
+type Host struct {
+	Name           string
+	JobID          int64
+	Provisions     int // Provision calls that found no host and created it
+	Launches       int // Launch calls that actually started the job
+	Decommissioned bool
+	TraceOffset    int64
+	Payload        json.RawMessage
+}
+
+// Fake is an in-memory executor. Hooks run inside the calls and may block
+// or fail them.
+type Fake struct {
+	Prefix string
+
+	// Hooks; nil means succeed at once.
+	OnProvision    func(ctx context.Context, j executors.Job) error
+	OnLaunch       func(ctx context.Context, j executors.Job) error
+	OnDecommission func(ctx context.Context, name string) error
+
+	mu    sync.Mutex
+	hosts map[string]*Host
+	gone  map[string]*Host
+	ends  chan executors.End
+	// Concurrency accounting of Provision calls.
+	inProvision, maxInProvision int
+}
+
+var (
+	_ executors.Executor   = (*Fake)(nil)
+	_ executors.EndWatcher = (*Fake)(nil)
+	_ executors.Reaper     = (*Fake)(nil)
+)
+
+// NewFake returns an empty fake executor.
+func NewFake() *Fake {
+	return &Fake{Prefix: "fake", hosts: map[string]*Host{}, gone: map[string]*Host{}, ends: make(chan executors.End, 1024)}
+}
+
+type fakeHandle struct {
+	Name string `json:"name"`
+}
+
+func (f *Fake) name(j executors.Job) string { return fmt.Sprintf("%s-%s-%d", f.Prefix, j.RunnerName, j.ID) }
+
+func decode(h executors.Handle) (string, error) {
+	var fh fakeHandle
+	if err := json.Unmarshal(h, &fh); err != nil || fh.Name == "" {
+		return "", executors.BadHandle(h, "not a fake handle")
+	}
+	return fh.Name, nil
+}
+
+func (f *Fake) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {
+	return json.Marshal(fakeHandle{Name: f.name(j)})
+}
+
+func (f *Fake) Provision(ctx context.Context, h executors.Handle, j executors.Job) (executors.Handle, error) {
+	name, err := decode(h)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.inProvision++
+	f.maxInProvision = max(f.maxInProvision, f.inProvision)
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.inProvision--
+		f.mu.Unlock()
+	}()
+	if f.OnProvision != nil {
+		if err := f.OnProvision(ctx, j); err != nil {
+			return nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.hosts[name]; !ok {
+		f.hosts[name] = &Host{Name: name, JobID: j.ID, Provisions: 1}
+	}
+	return h, nil
+}
+
+func (f *Fake) Launch(ctx context.Context, h executors.Handle, j executors.Job) (executors.Handle, error) {
+	name, err := decode(h)
+	if err != nil {
+		return nil, err
+	}
+	if f.OnLaunch != nil {
+		if err := f.OnLaunch(ctx, j); err != nil {
+			return nil, err
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	host, ok := f.hosts[name]
+	if !ok {
+		return nil, executors.Permanent("launch", fmt.Errorf("host %s does not exist", name))
+	}
+	if host.Launches == 0 {
+		host.Launches = 1
+		host.TraceOffset = j.TraceOffset
+		host.Payload = j.Payload
+	}
+	return h, nil
+}
+
+func (f *Fake) Decommission(ctx context.Context, h executors.Handle) error {
+	name, err := decode(h)
+	if err != nil {
+		return err
+	}
+	if f.OnDecommission != nil {
+		if err := f.OnDecommission(ctx, name); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if host, ok := f.hosts[name]; ok {
+		host.Decommissioned = true
+		f.gone[name] = host
+		delete(f.hosts, name)
+	}
+	return nil
+}
+
+// WatchEnds delivers the ends announced with End.
+func (f *Fake) WatchEnds(ctx context.Context, fn func(executors.End)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e := <-f.ends:
+			fn(e)
+		}
+	}
+}
+
+// End announces that the host of job id stopped by itself.
+func (f *Fake) End(e executors.End) { f.ends <- e }
+
+func (f *Fake) Reap(_ context.Context, keep []executors.Handle) ([]string, error) {
+	kept := map[string]bool{}
+	for _, h := range keep {
+		if n, err := decode(h); err == nil {
+			kept[n] = true
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var removed []string
+	for name, host := range f.hosts {
+		if !kept[name] {
+			host.Decommissioned = true
+			f.gone[name] = host
+			delete(f.hosts, name)
+			removed = append(removed, name)
+		}
+	}
+	return removed, nil
+}
+
+// Plant creates a host nobody asked for (an orphan from a crash).
+func (f *Fake) Plant(runner string, id int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := f.name(executors.Job{RunnerName: runner, ID: id})
+	f.hosts[name] = &Host{Name: name, JobID: id, Provisions: 1}
+}
+
+// Live returns the hosts that exist now.
+func (f *Fake) Live() map[string]Host {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]Host{}
+	for n, h := range f.hosts {
+		out[n] = *h
+	}
+	return out
+}
+
+// Removed returns the hosts decommissioned so far.
+func (f *Fake) Removed() map[string]Host {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]Host{}
+	for n, h := range f.gone {
+		out[n] = *h
+	}
+	return out
+}
+
+// MaxConcurrentProvisions is the most Provision calls seen in flight at once.
+func (f *Fake) MaxConcurrentProvisions() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.maxInProvision
+}
+
+// Inspect implements Inspector for the conformance suite.
+func (f *Fake) Inspect(_ context.Context, h executors.Handle) (exists bool, launches int, err error) {
+	name, err := decode(h)
+	if err != nil {
+		return false, 0, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	host, ok := f.hosts[name]
+	if !ok {
+		return false, 0, nil
+	}
+	return true, host.Launches, nil
+}

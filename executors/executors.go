@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Handle is an executor's description of one host: opaque to everyone else,
@@ -76,10 +77,10 @@ type EndWatcher interface {
 // or by a lost state file).
 type Reaper interface {
 	// Reap removes this executor's hosts that are not described by one of
-	// keep, sparing those created less than grace ago. It returns what it
-	// removed (names, for the log). It never touches another runner's or
-	// another daemon's hosts.
-	Reap(ctx context.Context, keep []Handle) ([]string, error)
+	// keep, sparing those created less than grace ago (a job being
+	// provisioned right now). It returns what it removed (names, for the
+	// log). It never touches another runner's or another daemon's hosts.
+	Reap(ctx context.Context, keep []Handle, grace time.Duration) ([]string, error)
 }
 
 // Error is an executor failure with what the dispatcher needs to decide:

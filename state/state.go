@@ -81,7 +81,7 @@ type Key struct {
 	ID     int64
 }
 
-func (j *Job) Key() Key { return Key{j.RunnerName, j.JobID} }
+func (j Job) Key() Key { return Key{j.RunnerName, j.JobID} }
 
 func (k Key) String() string { return fmt.Sprintf("%s/%d", k.Runner, k.ID) }
 

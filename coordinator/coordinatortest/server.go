@@ -384,6 +384,7 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rn, ok := s.runners[req.Token]
 	if !ok {
+		s.counts["403 "+req.Token]++
 		s.mu.Unlock()
 		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
 		return

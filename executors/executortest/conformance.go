@@ -150,7 +150,11 @@ func reap(t *testing.T, s Subject) {
 		}
 		handles = append(handles, h)
 	}
-	removed, err := r.Reap(ctx, handles[:1])
+	// a grace period spares hosts being created right now
+	if removed, err := r.Reap(ctx, handles[:1], time.Hour); err != nil || len(removed) != 0 {
+		t.Fatalf("reap within grace removed %v (%v)", removed, err)
+	}
+	removed, err := r.Reap(ctx, handles[:1], 0)
 	if err != nil {
 		t.Fatalf("reap: %v", err)
 	}

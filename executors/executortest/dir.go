@@ -146,7 +146,7 @@ func (d *Dir) Decommission(ctx context.Context, h executors.Handle) error {
 	return nil
 }
 
-func (d *Dir) Reap(ctx context.Context, keep []executors.Handle) ([]string, error) {
+func (d *Dir) Reap(ctx context.Context, keep []executors.Handle, grace time.Duration) ([]string, error) {
 	kept := map[string]bool{}
 	for _, h := range keep {
 		if n, err := d.decode(h); err == nil {
@@ -161,6 +161,9 @@ func (d *Dir) Reap(ctx context.Context, keep []executors.Handle) ([]string, erro
 	for _, p := range hosts {
 		name := strings.TrimSuffix(filepath.Base(p), ".host")
 		if kept[name] {
+			continue
+		}
+		if fi, err := os.Stat(p); err != nil || time.Since(fi.ModTime()) < grace {
 			continue
 		}
 		h, _ := json.Marshal(dirHandle{Name: name})

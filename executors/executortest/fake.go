@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
 )
@@ -21,6 +22,7 @@ type Host struct {
 	Decommissioned bool
 	TraceOffset    int64
 	Payload        json.RawMessage
+	Created        time.Time
 }
 
 // Fake is an in-memory executor. Hooks run inside the calls and may block
@@ -39,6 +41,7 @@ type Fake struct {
 	ends  chan executors.End
 	// Concurrency accounting of Provision calls.
 	inProvision, maxInProvision int
+	changed                     chan struct{}
 }
 
 var (
@@ -49,14 +52,16 @@ var (
 
 // NewFake returns an empty fake executor.
 func NewFake() *Fake {
-	return &Fake{Prefix: "fake", hosts: map[string]*Host{}, gone: map[string]*Host{}, ends: make(chan executors.End, 1024)}
+	return &Fake{Prefix: "fake", hosts: map[string]*Host{}, gone: map[string]*Host{}, ends: make(chan executors.End, 1024), changed: make(chan struct{})}
 }
 
 type fakeHandle struct {
 	Name string `json:"name"`
 }
 
-func (f *Fake) name(j executors.Job) string { return fmt.Sprintf("%s-%s-%d", f.Prefix, j.RunnerName, j.ID) }
+func (f *Fake) name(j executors.Job) string {
+	return fmt.Sprintf("%s-%s-%d", f.Prefix, j.RunnerName, j.ID)
+}
 
 func decode(h executors.Handle) (string, error) {
 	var fh fakeHandle
@@ -95,7 +100,8 @@ func (f *Fake) Provision(ctx context.Context, h executors.Handle, j executors.Jo
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.hosts[name]; !ok {
-		f.hosts[name] = &Host{Name: name, JobID: j.ID, Provisions: 1}
+		f.hosts[name] = &Host{Name: name, JobID: j.ID, Provisions: 1, Created: time.Now()}
+		f.notifyLocked()
 	}
 	return h, nil
 }
@@ -120,6 +126,7 @@ func (f *Fake) Launch(ctx context.Context, h executors.Handle, j executors.Job) 
 		host.Launches = 1
 		host.TraceOffset = j.TraceOffset
 		host.Payload = j.Payload
+		f.notifyLocked()
 	}
 	return h, nil
 }
@@ -140,6 +147,7 @@ func (f *Fake) Decommission(ctx context.Context, h executors.Handle) error {
 		host.Decommissioned = true
 		f.gone[name] = host
 		delete(f.hosts, name)
+		f.notifyLocked()
 	}
 	return nil
 }
@@ -159,7 +167,7 @@ func (f *Fake) WatchEnds(ctx context.Context, fn func(executors.End)) error {
 // End announces that the host of job id stopped by itself.
 func (f *Fake) End(e executors.End) { f.ends <- e }
 
-func (f *Fake) Reap(_ context.Context, keep []executors.Handle) ([]string, error) {
+func (f *Fake) Reap(_ context.Context, keep []executors.Handle, grace time.Duration) ([]string, error) {
 	kept := map[string]bool{}
 	for _, h := range keep {
 		if n, err := decode(h); err == nil {
@@ -170,13 +178,14 @@ func (f *Fake) Reap(_ context.Context, keep []executors.Handle) ([]string, error
 	defer f.mu.Unlock()
 	var removed []string
 	for name, host := range f.hosts {
-		if !kept[name] {
+		if !kept[name] && time.Since(host.Created) >= grace {
 			host.Decommissioned = true
 			f.gone[name] = host
 			delete(f.hosts, name)
 			removed = append(removed, name)
 		}
 	}
+	f.notifyLocked()
 	return removed, nil
 }
 
@@ -185,8 +194,50 @@ func (f *Fake) Plant(runner string, id int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	name := f.name(executors.Job{RunnerName: runner, ID: id})
-	f.hosts[name] = &Host{Name: name, JobID: id, Provisions: 1}
+	f.hosts[name] = &Host{Name: name, JobID: id, Provisions: 1, Created: time.Now()}
+	f.notifyLocked()
 }
+
+func (f *Fake) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// WaitFor blocks until cond (called with the fake locked: use the Locked
+// accessors) holds, waking on every change; it returns false on timeout.
+func (f *Fake) WaitFor(timeout time.Duration, cond func(f *Fake) bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		f.mu.Lock()
+		ok := cond(f)
+		ch := f.changed
+		f.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return false
+		}
+	}
+}
+
+// LiveLocked and GoneLocked are for WaitFor conditions.
+func (f *Fake) LiveLocked(name string) (Host, bool) {
+	h, ok := f.hosts[name]
+	if !ok {
+		return Host{}, false
+	}
+	return *h, true
+}
+
+// GoneLocked reports whether name was decommissioned.
+func (f *Fake) GoneLocked(name string) bool { _, ok := f.gone[name]; return ok }
+
+// CountLocked returns the number of live and removed hosts.
+func (f *Fake) CountLocked() (live, gone int) { return len(f.hosts), len(f.gone) }
 
 // Live returns the hosts that exist now.
 func (f *Fake) Live() map[string]Host {

@@ -1,0 +1,96 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/job"
+	"gitlab.com/paas-runner/paas-runner/state"
+)
+
+// acquireLoop polls GitLab for r until ctx ends or its poll cycles are
+// done. A slot is reserved before each request, so that the limits hold
+// however many loops run at once.
+func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
+	for cycle := 1; ctx.Err() == nil; cycle++ {
+		if d.cfg.PollCycles > 0 && cycle > d.cfg.PollCycles {
+			r.log.Info("poll cycles done", zap.Int("poll_cycles", d.cfg.PollCycles))
+			return
+		}
+		if wait := time.Until(r.disabledUntil); wait > 0 {
+			_ = sleepCtx(ctx, wait)
+			continue
+		}
+		if !d.reserve(r) {
+			// Saturated: wait for a slot, re-checking each interval.
+			freed := d.freedChan()
+			t := time.NewTimer(d.cfg.CheckInterval)
+			select {
+			case <-ctx.Done():
+			case <-freed:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
+		a, err := r.Source.RequestJob(ctx)
+		if err != nil || a == nil {
+			d.release(r, true)
+			if err != nil && ctx.Err() == nil {
+				d.requestFailed(r, err)
+			} else if err == nil {
+				r.forbidden = 0
+			}
+			_ = sleepCtx(ctx, d.cfg.CheckInterval)
+			continue
+		}
+		r.forbidden = 0
+		d.accept(r, a)
+		// got one: poll again at once
+	}
+}
+
+// requestFailed logs a failed poll and disables the runner after too many
+// consecutive 403s (token revoked or runner deleted), like gitlab-runner.
+func (d *Dispatcher) requestFailed(r *runnerState, err error) {
+	if httpStatus(err) != 403 {
+		r.forbidden = 0
+		r.log.Warn("requesting a job failed", zap.Error(err))
+		return
+	}
+	r.forbidden++
+	if r.UnhealthyLimit > 0 && r.forbidden >= r.UnhealthyLimit {
+		r.disabledUntil = time.Now().Add(r.UnhealthyInterval)
+		r.log.Error("GitLab refuses this runner's token: not polling for a while; check the token or re-register the runner",
+			zap.Int("consecutive_403", r.forbidden), zap.Duration("pause", r.UnhealthyInterval), zap.Error(err))
+		r.forbidden = 0
+		return
+	}
+	r.log.Warn("GitLab refused the job request (403)", zap.Int("consecutive_403", r.forbidden), zap.Error(err))
+}
+
+// accept takes charge of a job GitLab just assigned; its slot is reserved.
+func (d *Dispatcher) accept(r *runnerState, a *job.Acquired) {
+	rec := state.Job{RunnerName: r.UniqueName, JobID: a.ID, Token: a.Token, ExpectedWeight: 1,
+		Phase: state.Acquired, Executor: r.ExecutorName, AcquiredAt: time.Now().UTC(), Payload: a.Raw}
+	t := &tracked{rec: rec, r: r, acquired: a}
+	d.mu.Lock()
+	if _, dup := d.jobs[rec.Key()]; dup {
+		d.mu.Unlock()
+		r.log.Error("GitLab assigned a job that is already being handled; ignoring the duplicate", zap.Int64("job_id", a.ID))
+		d.release(r, true)
+		return
+	}
+	d.jobs[rec.Key()] = t
+	d.mu.Unlock()
+	d.stats.acquired.Add(1)
+	d.store.Put(rec)
+	r.log.Info("job acquired", zap.Int64("job_id", a.ID))
+	d.launches.Add(1)
+	go d.launchJob(t, false)
+}
+
+var errStopped = errors.New("job stopped")

@@ -1,0 +1,451 @@
+// Package dispatcher is paas-runner's loop: acquire jobs from GitLab, pass
+// them through guards, provision a host per job, launch, track, and remove
+// the host when the job ends; drain on shutdown; resume after a restart.
+//
+// It declares the small interfaces it consumes (JobSource, Store, Guard) and
+// knows executors only through the executors.Executor interface.
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/job"
+	"gitlab.com/paas-runner/paas-runner/state"
+)
+
+// JobSource is the GitLab side of one [[runners]] entry.
+type JobSource interface {
+	// RequestJob returns a job, nil when there is none, or an error.
+	RequestJob(ctx context.Context) (*job.Acquired, error)
+	// JobStatus is running or canceling; job.ErrNotRunning once it ended.
+	JobStatus(ctx context.Context, jobToken string) (string, error)
+	// FailJob reports a job failed, retrying until accepted or ctx ends;
+	// a job already final is success.
+	FailJob(ctx context.Context, id int64, jobToken, reason string) error
+	// WriteTrace appends to the job log at offset and returns the next
+	// offset; job.ErrNotRunning when the job ended.
+	WriteTrace(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (int64, error)
+}
+
+// Store is where jobs are made durable (package state implements it).
+type Store interface {
+	Jobs() []state.Job
+	Put(state.Job)
+	Delete(state.Key)
+	// Sync returns once every earlier Put/Delete is durable.
+	Sync(ctx context.Context) error
+}
+
+// Guard decides, between acquisition and provisioning, whether a job may
+// go on (deployment locks, environment pools, pipeline conflicts). It may
+// block until the job may proceed.
+type Guard interface {
+	// Admit returns nil to let the job be provisioned, or an error
+	// carrying the reason the job is failed with (see executors.Error for
+	// failure reasons). It must return when ctx ends.
+	Admit(ctx context.Context, r *Runner, j *job.Acquired) error
+}
+
+// Runner is one [[runners]] entry as the dispatcher sees it.
+type Runner struct {
+	// Name is for logs (the configured name).
+	Name string
+	// UniqueName keys the runner in the state file: the token's first 8
+	// characters, as Heptapod does.
+	UniqueName   string
+	ExecutorName string
+	Executor     executors.Executor
+	Source       JobSource
+	// Limit is the runner's own cap on jobs (0 = none).
+	Limit int
+	// UnhealthyLimit consecutive 403 answers disable polling for
+	// UnhealthyInterval.
+	UnhealthyLimit    int
+	UnhealthyInterval time.Duration
+}
+
+// Config tunes the dispatcher.
+type Config struct {
+	// Concurrent caps jobs across runners, from acquisition to removal.
+	Concurrent int
+	// MaxProvisioning caps jobs acquired but not launched yet.
+	MaxProvisioning int
+	// CheckInterval is the pause between polls when GitLab has no job,
+	// and the shortest interval between two checks of one job.
+	CheckInterval time.Duration
+	// TrackingRPS caps GitLab requests spent on watching jobs.
+	TrackingRPS float64
+	// TrackingWorkers is how many job checks may be in flight (default 8).
+	TrackingWorkers int
+	// KeepFinished: do not remove hosts of finished jobs.
+	KeepFinished bool
+	// DecommissionLaunchFailures: remove hosts of jobs that failed to launch.
+	DecommissionLaunchFailures bool
+	// MinBetweenLaunches spaces the start of provisioning.
+	MinBetweenLaunches time.Duration
+	// ShutdownTimeout bounds the wait for in-flight steps when draining.
+	ShutdownTimeout time.Duration
+	// PollCycles > 0 stops acquiring after that many polling cycles of
+	// every runner, then drains (for tests and one-shot use).
+	PollCycles int
+	// ProvisionAttempts bounds retries of transient executor errors
+	// (default 5), spaced by RetryMin doubling up to RetryMax.
+	ProvisionAttempts int
+	RetryMin          time.Duration
+	RetryMax          time.Duration
+	// ReapInterval is the period of orphan removal (0: only at start).
+	ReapInterval time.Duration
+	// ReapGrace spares hosts younger than this in periodic reaps.
+	ReapGrace time.Duration
+	// StatsInterval > 0 logs a statistics line that often.
+	StatsInterval time.Duration
+	Logger        *zap.Logger
+	Guards        []Guard
+}
+
+func (c *Config) defaults() {
+	if c.Concurrent <= 0 {
+		c.Concurrent = 50
+	}
+	if c.MaxProvisioning <= 0 {
+		c.MaxProvisioning = 10
+	}
+	if c.CheckInterval <= 0 {
+		c.CheckInterval = 3 * time.Second
+	}
+	if c.TrackingRPS <= 0 {
+		c.TrackingRPS = 40
+	}
+	if c.TrackingWorkers <= 0 {
+		c.TrackingWorkers = 8
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 60 * time.Second
+	}
+	if c.ProvisionAttempts <= 0 {
+		c.ProvisionAttempts = 5
+	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 30 * time.Second
+	}
+	if c.ReapGrace <= 0 {
+		c.ReapGrace = 10 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// Dispatcher runs the runners.
+type Dispatcher struct {
+	cfg     Config
+	log     *zap.Logger
+	store   Store
+	runners map[string]*runnerState
+	order   []*runnerState
+
+	mu           sync.Mutex
+	total        int
+	provisioning int
+	slotFreed    chan struct{}
+	jobs         map[state.Key]*tracked
+	nextLaunch   time.Time
+
+	work      context.Context // cancelled by Force: stops every step
+	forceStop context.CancelFunc
+	launches  sync.WaitGroup // provisioning/launch goroutines
+	aux       sync.WaitGroup // short-lived helpers (host ends)
+	decoms    *decommissioner
+	tracker   *tracker
+
+	stats stats
+}
+
+type runnerState struct {
+	*Runner
+	log      *zap.Logger
+	inFlight int // guarded by Dispatcher.mu
+	// acquisition loop only:
+	forbidden     int
+	disabledUntil time.Time
+}
+
+type stats struct {
+	acquired, launched, launchFailures, finished, decommissioned, decommissionErrors, trackingRequests, hostEnds atomic.Uint64
+}
+
+// New validates the runners and returns a dispatcher. Nothing starts before Run.
+func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
+	cfg.defaults()
+	d := &Dispatcher{cfg: cfg, log: cfg.Logger, store: store, runners: map[string]*runnerState{},
+		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}}
+	for _, r := range runners {
+		if r.UniqueName == "" || r.Executor == nil || r.Source == nil {
+			return nil, fmt.Errorf("runner %q: unique name, executor and job source are required", r.Name)
+		}
+		if _, dup := d.runners[r.UniqueName]; dup {
+			return nil, fmt.Errorf("runners %q and %q share the unique name %q (first 8 characters of the token)", d.runners[r.UniqueName].Name, r.Name, r.UniqueName)
+		}
+		rs := &runnerState{Runner: r, log: d.log.With(zap.String("runner", r.Name), zap.String("executor", r.ExecutorName))}
+		d.runners[r.UniqueName] = rs
+		d.order = append(d.order, rs)
+	}
+	d.work, d.forceStop = context.WithCancel(context.Background())
+	d.decoms = newDecommissioner(d)
+	d.tracker = newTracker(d)
+	return d, nil
+}
+
+// Force stops waiting for in-flight steps: they are interrupted and stay
+// recorded in the state for the next start. Call it on a second signal.
+func (d *Dispatcher) Force() { d.forceStop() }
+
+// Run resumes the jobs in the store, then acquires and runs jobs until ctx
+// is cancelled (or the poll cycles are done), then drains: no more
+// acquisitions, in-flight provisioning and decommissioning finish (within
+// ShutdownTimeout), launched jobs keep running on their hosts. It returns
+// nil after a graceful stop.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	defer d.forceStop()
+	d.resume()
+	d.reapAll(0)
+
+	var bg sync.WaitGroup
+	bgCtx, stopBG := context.WithCancel(d.work)
+	startBG := func(f func(context.Context)) {
+		bg.Add(1)
+		go func() { defer bg.Done(); f(bgCtx) }()
+	}
+	startBG(d.tracker.run)
+	d.decoms.start(bgCtx)
+	for _, r := range d.order {
+		if w, ok := r.Executor.(executors.EndWatcher); ok {
+			r := r
+			startBG(func(ctx context.Context) { d.watchEnds(ctx, r, w) })
+		}
+	}
+	if d.cfg.ReapInterval > 0 {
+		startBG(d.reapLoop)
+	}
+	if d.cfg.StatsInterval > 0 {
+		startBG(d.statsLoop)
+	}
+
+	acqCtx, stopAcq := context.WithCancel(ctx)
+	var loops sync.WaitGroup
+	for _, r := range d.order {
+		loops.Add(1)
+		go func(r *runnerState) { defer loops.Done(); d.acquireLoop(acqCtx, r) }(r)
+	}
+	loops.Wait() // ctx cancelled, or every runner did its poll cycles
+	stopAcq()
+	d.log.Info("draining: no more jobs are acquired; waiting for in-flight provisioning and decommissioning",
+		zap.Int("provisioning", d.Stats().Provisioning), zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout))
+
+	d.decoms.drain()
+	drained := make(chan struct{})
+	go func() { d.launches.Wait(); d.decoms.wait(); close(drained) }()
+	timer := time.NewTimer(d.cfg.ShutdownTimeout)
+	select {
+	case <-drained:
+	case <-timer.C:
+		d.log.Warn("shutdown timeout: interrupting in-flight steps; they resume at next start")
+		d.forceStop()
+		<-drained
+	case <-d.work.Done():
+		<-drained
+	}
+	timer.Stop()
+	stopBG()
+	bg.Wait()
+	d.aux.Wait()
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.store.Sync(sctx); err != nil {
+		return fmt.Errorf("saving state at shutdown: %w", err)
+	}
+	st := d.Stats()
+	d.log.Info("stopped", zap.Int("jobs_tracked", st.Jobs), zap.Int("launched", st.Launched), zap.Int("pending", st.Provisioning))
+	return nil
+}
+
+// reserve takes a job slot for r if the limits allow it.
+func (d *Dispatcher) reserve(r *runnerState) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.total >= d.cfg.Concurrent || d.provisioning >= d.cfg.MaxProvisioning || (r.Limit > 0 && r.inFlight >= r.Limit) {
+		return false
+	}
+	d.total++
+	d.provisioning++
+	r.inFlight++
+	return true
+}
+
+// release gives back the slots of a job leaving the dispatcher's care;
+// provisioning tells whether it still held a provisioning slot.
+func (d *Dispatcher) release(r *runnerState, provisioning bool) {
+	d.mu.Lock()
+	d.total--
+	r.inFlight--
+	if provisioning {
+		d.provisioning--
+	}
+	d.signalLocked()
+	d.mu.Unlock()
+}
+
+// launched moves a job from provisioning to running for accounting.
+func (d *Dispatcher) leaveProvisioning() {
+	d.mu.Lock()
+	d.provisioning--
+	d.signalLocked()
+	d.mu.Unlock()
+}
+
+func (d *Dispatcher) signalLocked() {
+	close(d.slotFreed)
+	d.slotFreed = make(chan struct{})
+}
+
+func (d *Dispatcher) freedChan() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.slotFreed
+}
+
+// Stats is a snapshot for metrics and logs.
+type Stats struct {
+	Jobs, Provisioning, Launched, Decommissioning, Concurrent, MaxProvisioning                                        int
+	Acquired, LaunchedTotal, LaunchFailures, Finished, Decommissioned, DecommissionErrors, TrackingRequests, HostEnds uint64
+}
+
+// Stats returns current counts.
+func (d *Dispatcher) Stats() Stats {
+	d.mu.Lock()
+	s := Stats{Jobs: d.total, Provisioning: d.provisioning, Concurrent: d.cfg.Concurrent, MaxProvisioning: d.cfg.MaxProvisioning}
+	for _, t := range d.jobs {
+		switch t.phase() {
+		case state.Launched:
+			s.Launched++
+		case state.Decommissioning:
+			s.Decommissioning++
+		}
+	}
+	d.mu.Unlock()
+	s.Acquired = d.stats.acquired.Load()
+	s.LaunchedTotal = d.stats.launched.Load()
+	s.LaunchFailures = d.stats.launchFailures.Load()
+	s.Finished = d.stats.finished.Load()
+	s.Decommissioned = d.stats.decommissioned.Load()
+	s.DecommissionErrors = d.stats.decommissionErrors.Load()
+	s.TrackingRequests = d.stats.trackingRequests.Load()
+	s.HostEnds = d.stats.hostEnds.Load()
+	return s
+}
+
+// JobInfo describes a tracked job for the debug signal (no token).
+type JobInfo struct {
+	Runner string
+	JobID  int64
+	Phase  state.Phase
+	Since  time.Time
+}
+
+// Snapshot lists the tracked jobs.
+func (d *Dispatcher) Snapshot() []JobInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]JobInfo, 0, len(d.jobs))
+	for k, t := range d.jobs {
+		t.mu.Lock()
+		since := t.rec.AcquiredAt
+		if !t.rec.LaunchedAt.IsZero() {
+			since = t.rec.LaunchedAt
+		}
+		out = append(out, JobInfo{Runner: k.Runner, JobID: k.ID, Phase: t.rec.Phase, Since: since})
+		t.mu.Unlock()
+	}
+	return out
+}
+
+func (d *Dispatcher) statsLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.StatsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s := d.Stats()
+			d.log.Info("statistics", zap.Int("jobs", s.Jobs), zap.Int("max_concurrent_jobs", s.Concurrent),
+				zap.Int("jobs_in_provisioning", s.Provisioning), zap.Int("max_jobs_in_provisioning", s.MaxProvisioning),
+				zap.Int("launched", s.Launched), zap.Int("decommissioning", s.Decommissioning),
+				zap.Uint64("acquired_total", s.Acquired), zap.Uint64("launch_failures_total", s.LaunchFailures))
+		}
+	}
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// backoff is the wait before retry attempt (0-based).
+func (d *Dispatcher) backoff(attempt int) time.Duration {
+	w := d.cfg.RetryMin
+	for i := 0; i < attempt && w < d.cfg.RetryMax; i++ {
+		w *= 2
+	}
+	w = min(w, d.cfg.RetryMax)
+	// jitter: 75%–100%
+	return w - time.Duration(float64(w)*0.25*jitter())
+}
+
+var jitterState atomic.Uint64
+
+func jitter() float64 {
+	// xorshift: cheap, good enough to spread retries
+	for {
+		old := jitterState.Load()
+		x := old
+		if x == 0 {
+			x = uint64(time.Now().UnixNano()) | 1
+		}
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		if jitterState.CompareAndSwap(old, x) {
+			return float64(x%1000) / 1000
+		}
+	}
+}
+
+func httpStatus(err error) int {
+	var hs interface{ HTTPStatus() int }
+	if errors.As(err, &hs) {
+		return hs.HTTPStatus()
+	}
+	return 0
+}

@@ -1,0 +1,105 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/job"
+	"gitlab.com/paas-runner/paas-runner/state"
+)
+
+// watchEnds listens to an executor that notices hosts stopping, restarting
+// the watch if it fails.
+func (d *Dispatcher) watchEnds(ctx context.Context, r *runnerState, w executors.EndWatcher) {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		start := time.Now()
+		err := w.WatchEnds(ctx, func(e executors.End) {
+			d.aux.Add(1)
+			go func() { defer d.aux.Done(); d.hostEnded(ctx, r, e) }()
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			attempt = 0
+		}
+		r.log.Warn("watching hosts failed; GitLab tracking still notices job ends", zap.Error(err))
+		_ = sleepCtx(ctx, d.backoff(attempt))
+	}
+}
+
+// hostEnded handles a host that stopped by itself. If GitLab still has the
+// job running, the host died before the job could report (OOM, crash): the
+// job is failed with runner_system_failure.
+func (d *Dispatcher) hostEnded(ctx context.Context, r *runnerState, e executors.End) {
+	d.mu.Lock()
+	t := d.jobs[state.Key{Runner: r.UniqueName, ID: e.JobID}]
+	d.mu.Unlock()
+	if t == nil || t.phase() != state.Launched {
+		return
+	}
+	d.stats.hostEnds.Add(1)
+	rec := t.get()
+	status, err := r.Source.JobStatus(ctx, rec.Token)
+	switch {
+	case errors.Is(err, job.ErrNotRunning) || (err == nil && job.IsFinal(status)):
+		d.finished(t, "the host stopped after the job ended")
+	case err != nil:
+		// GitLab unreachable: the tracker decides later.
+		t.logger().Warn("the host stopped but GitLab could not be asked about the job", zap.Error(err))
+	default:
+		detail := fmt.Sprintf("exit status %d", e.ExitCode)
+		if e.Detail != "" {
+			detail += ": " + e.Detail
+		}
+		t.logger().Error("the host stopped before the job reported a result", zap.String("detail", detail))
+		d.traceLine(ctx, t, "paas-runner: ERROR: the job's host stopped before the job reported a result ("+detail+")", true)
+		if err := r.Source.FailJob(ctx, rec.JobID, rec.Token, job.RunnerSystemFailure); err != nil && ctx.Err() == nil {
+			t.logger().Error("could not fail the job in GitLab", zap.Error(err))
+		}
+		d.finished(t, "the host died")
+	}
+}
+
+// reapAll removes untracked hosts of every runner whose executor can list
+// its own.
+func (d *Dispatcher) reapAll(grace time.Duration) {
+	all := d.store.Jobs()
+	for _, r := range d.order {
+		rp, ok := r.Executor.(executors.Reaper)
+		if !ok {
+			continue
+		}
+		var keep []executors.Handle
+		for _, j := range all {
+			if j.RunnerName == r.UniqueName && len(j.Resource) > 0 {
+				keep = append(keep, j.Resource)
+			}
+		}
+		removed, err := rp.Reap(d.work, keep, grace)
+		for _, name := range removed {
+			r.log.Warn("removed a host no job owns (left by a crash?)", zap.String("host", name))
+		}
+		if err != nil && d.work.Err() == nil {
+			r.log.Warn("looking for orphan hosts failed", zap.Error(err))
+		}
+	}
+}
+
+func (d *Dispatcher) reapLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.reapAll(d.cfg.ReapGrace)
+		}
+	}
+}

@@ -1,0 +1,423 @@
+package dispatcher
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/job"
+	"gitlab.com/paas-runner/paas-runner/state"
+)
+
+// tracked is a job in the dispatcher's care.
+type tracked struct {
+	r        *runnerState
+	acquired *job.Acquired // parsed payload, while pending (nil after a restart until needed)
+
+	mu     sync.Mutex
+	rec    state.Job
+	cancel context.CancelFunc // cancels provisioning
+	stop   string             // why provisioning must stop (GitLab side)
+	status string             // last GitLab status seen
+}
+
+func (t *tracked) get() state.Job {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.rec
+}
+
+func (t *tracked) phase() state.Phase {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.rec.Phase
+}
+
+// update changes the record and hands it to the store.
+func (t *tracked) update(s Store, fn func(*state.Job)) state.Job {
+	t.mu.Lock()
+	fn(&t.rec)
+	rec := t.rec
+	t.mu.Unlock()
+	s.Put(rec)
+	return rec
+}
+
+// stopProvisioning interrupts provisioning because of GitLab (cancel, end).
+func (t *tracked) stopProvisioning(why, status string) {
+	t.mu.Lock()
+	if t.stop == "" {
+		t.stop, t.status = why, status
+	}
+	cancel := t.cancel
+	t.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+func (t *tracked) stopped() (string, string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stop, t.status
+}
+
+func (t *tracked) logger() *zap.Logger { return t.r.log.With(zap.Int64("job_id", t.rec.JobID)) }
+
+// launchJob drives a pending job to launched, or to failed. resumed: the
+// job comes from the state file (a restart), so GitLab is asked first
+// whether it is still running.
+func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
+	defer d.launches.Done()
+	ctx, cancel := context.WithCancel(d.work)
+	defer cancel()
+	t.mu.Lock()
+	t.cancel = cancel
+	t.mu.Unlock()
+	log := t.logger()
+
+	rec := t.get()
+	if resumed && rec.Failure != "" {
+		d.failPending(t, errors.New(rec.Failure), false)
+		return
+	}
+	if resumed {
+		status, err := t.r.Source.JobStatus(ctx, rec.Token)
+		switch {
+		case errors.Is(err, job.ErrNotRunning) || (err == nil && job.IsFinal(status)):
+			t.stopProvisioning("the job ended in GitLab while paas-runner was stopped", job.StatusCanceled)
+		case err == nil && status == job.StatusCanceling:
+			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
+		case err != nil && d.work.Err() == nil:
+			log.Warn("could not check the resumed job in GitLab; resuming it anyway", zap.Error(err))
+		}
+		if why, _ := t.stopped(); why == "" {
+			log.Info("resuming the launch of a job", zap.String("phase", string(rec.Phase)))
+		}
+	}
+	d.tracker.add(t)
+	err := d.provisionAndLaunch(ctx, t)
+	if err == nil {
+		return
+	}
+	if why, status := t.stopped(); why != "" {
+		d.abandon(t, why, status)
+		return
+	}
+	if d.work.Err() != nil {
+		log.Info("launch interrupted by shutdown; it resumes at next start", zap.String("phase", string(t.phase())))
+		return
+	}
+	d.failPending(t, err, true)
+}
+
+func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
+	r, ex := t.r, t.r.Executor
+	rec := t.get()
+	if why, _ := t.stopped(); why != "" {
+		return errStopped
+	}
+	ej := executors.Job{RunnerName: rec.RunnerName, ID: rec.JobID, Token: rec.Token, Payload: rec.Payload}
+	if rec.Phase == state.Acquired {
+		if len(d.cfg.Guards) > 0 {
+			if err := d.store.Sync(ctx); err != nil {
+				return fmt.Errorf("saving state: %w", err)
+			}
+			if err := d.admit(ctx, t); err != nil {
+				return err
+			}
+		}
+		h, err := ex.Plan(ctx, ej)
+		if err != nil {
+			return &stepError{op: "plan", err: err}
+		}
+		rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Provisioning })
+		// Write-ahead: the host's handle is durable before it is created.
+		if err := d.store.Sync(ctx); err != nil {
+			return fmt.Errorf("saving state before provisioning: %w", err)
+		}
+	}
+	d.spaceLaunches(ctx)
+	start := time.Now()
+	d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
+	h, err := retry(ctx, d, t, "provision", func() (executors.Handle, error) { return ex.Provision(ctx, rec.Resource, ej) })
+	if err != nil {
+		return err
+	}
+	changed := !bytes.Equal(h, rec.Resource)
+	rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Launching })
+	if changed {
+		if err := d.store.Sync(ctx); err != nil {
+			return fmt.Errorf("saving state after provisioning: %w", err)
+		}
+	}
+	d.traceLine(ctx, t, fmt.Sprintf("paas-runner: host ready after %.1fs; starting the job on it", time.Since(start).Seconds()), false)
+	if why, _ := t.stopped(); why != "" {
+		return errStopped
+	}
+	ej.TraceOffset = t.get().TraceOffset
+	h, err = retry(ctx, d, t, "launch", func() (executors.Handle, error) { return ex.Launch(ctx, rec.Resource, ej) })
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.cancel = nil
+	t.mu.Unlock()
+	t.acquired = nil
+	t.update(d.store, func(j *state.Job) {
+		j.Resource = h
+		j.Phase = state.Launched
+		j.LaunchedAt = time.Now().UTC()
+		j.Payload = nil
+	})
+	d.leaveProvisioning()
+	d.stats.launched.Add(1)
+	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
+	return nil
+}
+
+func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
+	if t.acquired == nil {
+		a, err := job.Parse(t.get().Payload)
+		if err != nil {
+			return &stepError{op: "read the job payload", err: executors.Permanent("payload", err)}
+		}
+		t.acquired = a
+	}
+	for _, g := range d.cfg.Guards {
+		if err := g.Admit(ctx, t.r.Runner, t.acquired); err != nil {
+			return &stepError{op: "pass the deployment guard", err: err}
+		}
+	}
+	return nil
+}
+
+// spaceLaunches applies paas_min_seconds_between_launches.
+func (d *Dispatcher) spaceLaunches(ctx context.Context) {
+	if d.cfg.MinBetweenLaunches <= 0 {
+		return
+	}
+	d.mu.Lock()
+	at := time.Now()
+	if d.nextLaunch.After(at) {
+		at = d.nextLaunch
+	}
+	d.nextLaunch = at.Add(d.cfg.MinBetweenLaunches)
+	d.mu.Unlock()
+	_ = sleepCtx(ctx, time.Until(at))
+}
+
+// stepError says which step failed.
+type stepError struct {
+	op       string
+	err      error
+	attempts int
+}
+
+func (e *stepError) Error() string {
+	if e.attempts > 1 {
+		return fmt.Sprintf("could not %s the host (%d attempts): %v", e.op, e.attempts, e.err)
+	}
+	return fmt.Sprintf("could not %s the host: %v", e.op, e.err)
+}
+func (e *stepError) Unwrap() error { return e.err }
+
+// retry runs step until it succeeds, fails permanently, runs out of
+// attempts or ctx ends, telling the job log about each retry.
+func retry(ctx context.Context, d *Dispatcher, t *tracked, op string, step func() (executors.Handle, error)) (executors.Handle, error) {
+	for attempt := 0; ; attempt++ {
+		h, err := step()
+		if err == nil {
+			return h, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if executors.IsPermanent(err) || attempt+1 >= d.cfg.ProvisionAttempts {
+			return nil, &stepError{op: op, err: err, attempts: attempt + 1}
+		}
+		wait := d.backoff(attempt)
+		t.logger().Warn("executor step failed; retrying", zap.String("step", op), zap.Int("attempt", attempt+1), zap.Duration("wait", wait), zap.Error(err))
+		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: %s failed (attempt %d of %d), retrying in %.0fs: %v", op, attempt+1, d.cfg.ProvisionAttempts, wait.Seconds(), err), true)
+		if sleepCtx(ctx, wait) != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+const (
+	ansiRed   = "\x1b[31;1m"
+	ansiReset = "\x1b[0;m"
+)
+
+// traceLine writes one line to the job log (best effort). A job that is no
+// longer running stops provisioning.
+func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isErr bool) {
+	if isErr {
+		line = ansiRed + line + ansiReset
+	}
+	rec := t.get()
+	off, err := t.r.Source.WriteTrace(ctx, rec.JobID, rec.Token, rec.TraceOffset, []byte(line+"\n"))
+	switch {
+	case err == nil:
+		t.update(d.store, func(j *state.Job) { j.TraceOffset = off })
+	case errors.Is(err, job.ErrNotRunning):
+		if t.phase().Pending() {
+			t.stopProvisioning("the job is not running in GitLab any more", job.StatusCanceled)
+		}
+	case ctx.Err() == nil:
+		t.logger().Debug("could not write to the job log", zap.Error(err))
+	}
+}
+
+// failPending reports a launch failure to GitLab, then removes (or keeps)
+// the host. report=false: the failure was recorded before a restart.
+func (d *Dispatcher) failPending(t *tracked, cause error, fresh bool) {
+	log := t.logger()
+	rec := t.get()
+	msg := cause.Error()
+	if fresh {
+		d.stats.launchFailures.Add(1)
+		log.Error("job launch failed", zap.Error(cause))
+		ctx, cancel := context.WithTimeout(d.work, 30*time.Second)
+		d.traceLine(ctx, t, "paas-runner: ERROR: "+msg, true)
+		cancel()
+		rec = t.update(d.store, func(j *state.Job) { j.Failure = msg })
+	}
+	if !rec.Reported {
+		reason := executors.FailureReason(cause)
+		err := t.r.Source.FailJob(d.work, rec.JobID, rec.Token, reason)
+		if err != nil && d.work.Err() != nil {
+			log.Info("reporting the failure interrupted by shutdown; it is reported at next start")
+			return
+		}
+		if err != nil {
+			log.Error("could not report the launch failure to GitLab", zap.Error(err))
+		}
+		t.update(d.store, func(j *state.Job) { j.Reported = true })
+	}
+	d.endPending(t, d.cfg.DecommissionLaunchFailures)
+}
+
+// abandon ends a pending job that GitLab canceled or ended.
+func (d *Dispatcher) abandon(t *tracked, why, status string) {
+	log := t.logger()
+	log.Info("job stopped before launch; removing its host", zap.String("reason", why))
+	if status == job.StatusCanceling {
+		// complete the cancellation (canceling → canceled)
+		rec := t.get()
+		if err := t.r.Source.FailJob(d.work, rec.JobID, rec.Token, job.UnknownFailure); err != nil && d.work.Err() == nil {
+			log.Warn("could not complete the cancellation in GitLab", zap.Error(err))
+		}
+	}
+	d.endPending(t, true)
+}
+
+// endPending releases a job that will not be launched: its host is removed
+// (decommission) or kept and left in the state file for the admin.
+func (d *Dispatcher) endPending(t *tracked, decommission bool) {
+	d.tracker.remove(t)
+	rec := t.get()
+	if len(rec.Resource) == 0 || rec.Phase == state.Acquired {
+		d.forget(t, true)
+		return
+	}
+	if !decommission {
+		t.logger().Warn("keeping the host of a failed launch (paas_decommission_launch_failures = false); remove it by hand", zap.ByteString("handle", rec.Resource))
+		t.update(d.store, func(j *state.Job) { j.KeepResources = true; j.Phase = state.Decommissioning; j.Payload = nil })
+		d.untrack(t)
+		d.release(t.r, true)
+		return
+	}
+	t.update(d.store, func(j *state.Job) { j.Phase = state.Decommissioning; j.Payload = nil })
+	d.leaveProvisioning()
+	d.decoms.enqueue(t)
+}
+
+// forget drops a job that left nothing behind.
+func (d *Dispatcher) forget(t *tracked, provisioning bool) {
+	d.store.Delete(t.get().Key())
+	d.untrack(t)
+	d.release(t.r, provisioning)
+}
+
+func (d *Dispatcher) untrack(t *tracked) {
+	d.mu.Lock()
+	delete(d.jobs, t.get().Key())
+	d.mu.Unlock()
+}
+
+// finished handles a launched job that ended.
+func (d *Dispatcher) finished(t *tracked, how string) {
+	t.mu.Lock()
+	if t.rec.Phase != state.Launched {
+		t.mu.Unlock()
+		return
+	}
+	t.rec.Phase = state.Decommissioning
+	if d.cfg.KeepFinished {
+		t.rec.KeepResources = true
+	}
+	rec := t.rec
+	t.mu.Unlock()
+	d.store.Put(rec)
+	d.tracker.remove(t)
+	d.stats.finished.Add(1)
+	t.logger().Info("job finished", zap.String("how", how))
+	if d.cfg.KeepFinished {
+		t.logger().Info("keeping the host (paas_finished_jobs_keep_resources = true)", zap.ByteString("handle", rec.Resource))
+		d.untrack(t)
+		d.release(t.r, false)
+		return
+	}
+	d.decoms.enqueue(t)
+}
+
+// resume takes over the jobs of the state file.
+func (d *Dispatcher) resume() {
+	recs := d.store.Jobs()
+	var pending, launched, decom, foreign int
+	for _, rec := range recs {
+		r, ok := d.runners[rec.RunnerName]
+		if !ok {
+			foreign++
+			d.log.Error("the state file has a job of a runner that is not configured; leaving it in the state file (its host is not removed)",
+				zap.String("runner_name", rec.RunnerName), zap.Int64("job_id", rec.JobID), zap.ByteString("handle", rec.Resource))
+			continue
+		}
+		if rec.KeepResources {
+			continue
+		}
+		t := &tracked{rec: rec, r: r}
+		d.mu.Lock()
+		d.jobs[rec.Key()] = t
+		d.total++
+		r.inFlight++
+		if rec.Phase.Pending() {
+			d.provisioning++
+		}
+		d.mu.Unlock()
+		switch {
+		case rec.Phase.Pending():
+			pending++
+			d.launches.Add(1)
+			go d.launchJob(t, true)
+		case rec.Phase == state.Launched:
+			launched++
+			d.tracker.add(t)
+		default:
+			decom++
+			d.decoms.enqueue(t)
+		}
+	}
+	if len(recs) > 0 {
+		d.log.Info("resumed jobs from the state file", zap.Int("pending", pending), zap.Int("launched", launched),
+			zap.Int("to_decommission", decom), zap.Int("unknown_runner", foreign))
+	}
+}

@@ -1,0 +1,196 @@
+package dispatcher_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/executortest"
+	"gitlab.com/paas-runner/paas-runner/job"
+	"gitlab.com/paas-runner/paas-runner/state"
+)
+
+// A drain lets in-flight provisioning finish, then exits with the job
+// launched and recorded; launched jobs are left running.
+func TestDrainFinishesProvisioning(t *testing.T) {
+	h := newHarness(t, 1)
+	g := newGate()
+	h.fake.OnProvision = func(ctx context.Context, j executors.Job) error { return g.wait(ctx, j.ID) }
+	h.start()
+	running := h.gl.Enqueue("", nil)
+	<-g.entered
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	// no acquisition after the drain started
+	h.gl.WaitFor(wait, "drain started", func(*coordinatortest.Server) bool { return true })
+	g.open()
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := h.store.Get(state.Key{Runner: uniqueName(h.tokens[0]), ID: running.ID})
+	if !ok || rec.Phase != state.Launched {
+		t.Fatalf("after drain: %+v %v", rec, ok)
+	}
+	if h.gl.Job(running.ID).Status != "running" {
+		t.Fatal("launched job was touched by the drain")
+	}
+	if _, live := h.fake.Live()[h.hostName(h.tokens[0], running.ID)]; !live {
+		t.Fatal("host of a launched job removed by the drain")
+	}
+}
+
+// A forced stop (second signal) interrupts provisioning; the next start
+// completes the launch exactly once.
+func TestForceThenResume(t *testing.T) {
+	h := newHarness(t, 1)
+	g := newGate()
+	h.fake.OnProvision = func(ctx context.Context, j executors.Job) error { return g.wait(ctx, j.ID) }
+	h.start()
+	j := h.gl.Enqueue("", nil)
+	<-g.entered
+	if err := h.force(); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := h.store.Get(state.Key{Runner: uniqueName(h.tokens[0]), ID: j.ID})
+	if rec.Phase != state.Provisioning || len(rec.Resource) == 0 || len(rec.Payload) == 0 {
+		t.Fatalf("interrupted job recorded as %+v", rec)
+	}
+	h.store.Close()
+	h.store = nil
+	g.open()
+	h.start()
+	name := h.hostName(h.tokens[0], j.ID)
+	h.waitFake("resumed launch", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
+	if got := h.gl.Job(j.ID); got.Acquisitions != 1 {
+		t.Fatalf("acquired %d times", got.Acquisitions)
+	}
+	h.gl.Finish(j.ID, "success")
+	h.waitFake("removed", func(f *executortest.Fake) bool { return f.GoneLocked(name) })
+}
+
+// After a restart, launched jobs are tracked again and pending jobs whose
+// GitLab job ended meanwhile are cleaned up without launching.
+func TestResume(t *testing.T) {
+	h := newHarness(t, 1)
+	g := newGate()
+	h.fake.OnProvision = func(ctx context.Context, j executors.Job) error {
+		if j.ID%2 == 0 {
+			return g.wait(ctx, j.ID)
+		}
+		return nil
+	}
+	h.start()
+	var launched, pending *coordinatortest.Job
+	for launched == nil || pending == nil {
+		j := h.gl.Enqueue("", nil)
+		if j.ID%2 == 0 {
+			pending = j
+		} else {
+			launched = j
+		}
+	}
+	<-g.entered
+	lname, pname := h.hostName(h.tokens[0], launched.ID), h.hostName(h.tokens[0], pending.ID)
+	h.waitFake("launch", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(lname); return ok && hh.Launches == 1 })
+	if err := h.force(); err != nil {
+		t.Fatal(err)
+	}
+	h.store.Close()
+	h.store = nil
+	// while stopped: the launched job ends, the pending one is canceled
+	h.gl.Finish(launched.ID, "success")
+	h.gl.ForceCancel(pending.ID)
+	h.fake.OnProvision = nil
+	h.start()
+	h.waitFake("launched host removed", func(f *executortest.Fake) bool { return f.GoneLocked(lname) })
+	h.gl.WaitFor(wait, "state empty", func(*coordinatortest.Server) bool { return h.store.Len() == 0 })
+	if _, live := h.fake.Live()[pname]; live || h.fake.Removed()[pname].Launches != 0 {
+		t.Fatal("canceled job provisioned or launched after restart")
+	}
+}
+
+func TestHostEnds(t *testing.T) {
+	h := newHarness(t, 1)
+	h.cfg.CheckInterval = time.Hour // only the executor can tell us
+	h.start()
+	died := h.gl.Enqueue("", nil)
+	done := h.gl.Enqueue("", nil)
+	dname, okname := h.hostName(h.tokens[0], died.ID), h.hostName(h.tokens[0], done.ID)
+	h.waitFake("launches", func(f *executortest.Fake) bool {
+		a, _ := f.LiveLocked(dname)
+		b, _ := f.LiveLocked(okname)
+		return a.Launches == 1 && b.Launches == 1
+	})
+	h.fake.End(executors.End{JobID: died.ID, ExitCode: 137, Detail: "OOM killed"})
+	h.waitStatus(died.ID, "failed")
+	got := h.gl.Job(died.ID)
+	if got.FailureReason != job.RunnerSystemFailure || !contains(got.Trace, "stopped before the job reported a result (exit status 137: OOM killed)") {
+		t.Fatalf("%+v %q", got, got.Trace)
+	}
+	h.gl.Finish(done.ID, "success")
+	h.fake.End(executors.End{JobID: done.ID})
+	h.waitFake("both removed", func(f *executortest.Fake) bool { return f.GoneLocked(dname) && f.GoneLocked(okname) })
+	if h.gl.Job(done.ID).Status != "success" {
+		t.Fatal("a finished job was touched")
+	}
+}
+
+func contains(b []byte, s string) bool { return len(s) == 0 || (len(b) >= len(s) && indexOf(string(b), s) >= 0) }
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestReapAtStart(t *testing.T) {
+	h := newHarness(t, 1)
+	h.fake.Plant(uniqueName(h.tokens[0]), 777) // an orphan
+	h.start()
+	j := h.gl.Enqueue("", nil)
+	name := h.hostName(h.tokens[0], j.ID)
+	h.waitFake("orphan removed, job launched", func(f *executortest.Fake) bool {
+		hh, ok := f.LiveLocked(name)
+		return f.GoneLocked(h.hostName(h.tokens[0], 777)) && ok && hh.Launches == 1
+	})
+}
+
+type refuseGuard struct{}
+
+func (refuseGuard) Admit(ctx context.Context, r *dispatcher.Runner, j *job.Acquired) error {
+	if j.Payload.JobInfo.Name == "deploy" {
+		return executors.Permanent("guard", errors.New("environment production is locked by job 1"))
+	}
+	return nil
+}
+
+func TestGuardRunsBeforeProvisioning(t *testing.T) {
+	h := newHarness(t, 1)
+	h.cfg.Guards = []dispatcher.Guard{refuseGuard{}}
+	h.start()
+	j := h.gl.Enqueue("", map[string]any{"job_info": map[string]any{"name": "deploy", "project_id": 1}})
+	ok := h.gl.Enqueue("", nil)
+	h.waitStatus(j.ID, "failed")
+	if !contains(h.gl.Job(j.ID).Trace, "environment production is locked") {
+		t.Fatalf("trace %q", h.gl.Job(j.ID).Trace)
+	}
+	if len(h.fake.Removed())+len(h.fake.Live()) > 1 {
+		// only the admitted job may have a host
+		for n := range h.fake.Live() {
+			if n == h.hostName(h.tokens[0], j.ID) {
+				t.Fatal("refused job was provisioned")
+			}
+		}
+	}
+	h.waitFake("admitted job launched", func(f *executortest.Fake) bool {
+		hh, found := f.LiveLocked(h.hostName(h.tokens[0], ok.ID))
+		return found && hh.Launches == 1
+	})
+}

@@ -101,7 +101,8 @@ type Clever struct {
 
 // Options are what the caller knows that the file cannot say.
 type Options struct {
-	// Executors are the executor names this build supports.
+	// Executors are the executor names this build supports; nil accepts
+	// any name (for tools that do not run jobs).
 	Executors []string
 }
 
@@ -233,8 +234,12 @@ func (c *Config) validate(d *decoder, opts Options) {
 		switch {
 		case r.Executor == "":
 			d.errKey(p+".executor", "required: one of "+strings.Join(sorted(opts.Executors), ", "))
-		case len(opts.Executors) > 0 && !oneOf(r.Executor, opts.Executors...):
-			d.errKey(p+".executor", fmt.Sprintf("unknown executor %q (this build has %s)", r.Executor, strings.Join(sorted(opts.Executors), ", ")))
+		case opts.Executors != nil && !oneOf(r.Executor, opts.Executors...):
+			have := strings.Join(sorted(opts.Executors), ", ")
+			if have == "" {
+				have = "none"
+			}
+			d.errKey(p+".executor", fmt.Sprintf("unknown executor %q (this build has: %s)", r.Executor, have))
 		}
 		r.validateExecutorKeys(d, p)
 	}

@@ -139,7 +139,9 @@ func TestHostEnds(t *testing.T) {
 	}
 }
 
-func contains(b []byte, s string) bool { return len(s) == 0 || (len(b) >= len(s) && indexOf(string(b), s) >= 0) }
+func contains(b []byte, s string) bool {
+	return len(s) == 0 || (len(b) >= len(s) && indexOf(string(b), s) >= 0)
+}
 
 func indexOf(s, sub string) int {
 	for i := 0; i+len(sub) <= len(s); i++ {

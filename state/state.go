@@ -145,9 +145,14 @@ func Open(path string) (*Store, error) {
 }
 
 func lockFile(path string) (*os.File, error) {
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("state directory %s does not exist", filepath.Dir(path))
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", filepath.Dir(path))
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("opening state lock file: %w", err)
+		return nil, fmt.Errorf("creating lock file: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder, _ := os.ReadFile(path)
@@ -288,6 +293,14 @@ func (s *Store) Sync(ctx context.Context) error {
 		return ctx.Err()
 	}
 	return errors.New("state store closed")
+}
+
+// Save writes the file now, even if nothing changed, and waits for it.
+func (s *Store) Save(ctx context.Context) error {
+	s.mu.Lock()
+	s.changed()
+	s.mu.Unlock()
+	return s.Sync(ctx)
 }
 
 // Writes counts the file writes made so far.

@@ -1,0 +1,395 @@
+// Command paas-runner is the daemon: it acquires GitLab CI jobs and runs
+// each on a fresh PaaS host. This package only wires the others together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/config"
+	"gitlab.com/paas-runner/paas-runner/coordinator"
+	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/internal/logging"
+	"gitlab.com/paas-runner/paas-runner/internal/version"
+	"gitlab.com/paas-runner/paas-runner/state"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFatal   = 1
+	exitUsage   = 2
+	usageHeader = `usage: paas-runner [flags] CONFIG
+
+Runs GitLab CI jobs on fresh PaaS hosts, one per job. CONFIG is the TOML
+configuration file (gitlab-runner / Heptapod PAAS Runner shape).
+
+Flags:
+`
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type options struct {
+	configPath     string
+	pollCycles     int
+	logLevel       string
+	logFormat      string
+	version        bool
+	debugSignal    bool
+	pollInterval   float64
+	progressPoll   float64
+	setPollIntvl   bool
+	setProgressInt bool
+}
+
+// usageError is a command-line mistake: exit 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func parseArgs(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("paas-runner", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.IntVar(&o.pollCycles, "poll-cycles", 0, "stop gracefully after `N` polling cycles (0: run until signalled)")
+	fs.StringVar(&o.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default: log_level from CONFIG, else info)")
+	fs.StringVar(&o.logLevel, "l", "", "short for --log-level")
+	fs.StringVar(&o.logLevel, "logging-level", "", "alias of --log-level (Heptapod)")
+	fs.StringVar(&o.logFormat, "log-format", "", "log `format`: text or json (default: log_format from CONFIG, else text)")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.BoolVar(&o.debugSignal, "debug-signal", false, "on SIGUSR1, log the tracked jobs (tokens are not logged)")
+	fs.Float64Var(&o.pollInterval, "poll-interval", 0, "deprecated: use check_interval in CONFIG")
+	fs.Float64Var(&o.progressPoll, "job-progress-poll-interval", 0, "deprecated: use job_progress_poll_interval in CONFIG")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageHeader)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	var positional []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.Usage()
+				return nil, flag.ErrHelp
+			}
+			return nil, &usageError{err.Error()}
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			positional = append(positional, args[0])
+			args = args[1:]
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "poll-interval":
+			o.setPollIntvl = true
+		case "job-progress-poll-interval":
+			o.setProgressInt = true
+		}
+	})
+	if o.version {
+		return o, nil
+	}
+	switch {
+	case len(positional) == 0:
+		return nil, &usageError{"missing CONFIG: the path of the configuration file"}
+	case len(positional) > 1:
+		return nil, &usageError{fmt.Sprintf("unexpected arguments after CONFIG: %s", strings.Join(positional[1:], " "))}
+	}
+	if o.pollCycles < 0 {
+		return nil, &usageError{"--poll-cycles must not be negative"}
+	}
+	if (o.setPollIntvl && o.pollInterval <= 0) || (o.setProgressInt && o.progressPoll <= 0) {
+		return nil, &usageError{"--poll-interval and --job-progress-poll-interval must be positive"}
+	}
+	o.configPath = positional[0]
+	return o, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	// Catch signals first: one that arrives while starting up must drain,
+	// not kill.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+	o, err := parseArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v (see --help)\n", err)
+		return exitUsage
+	}
+	if o.version {
+		fmt.Fprintln(stdout, version.String())
+		return exitOK
+	}
+	reg := newRegistry()
+	cfg, err := config.Load(o.configPath, config.Options{Executors: reg.names()})
+	if err != nil {
+		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
+		return exitUsage
+	}
+	level, format := firstOf(o.logLevel, cfg.LogLevel, "info"), firstOf(o.logFormat, cfg.LogFormat, "text")
+	log, err := logging.New(level, format)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+	defer func() { _ = log.Sync() }()
+	if o.setPollIntvl {
+		log.Warn("--poll-interval is deprecated: set check_interval in the configuration", zap.Float64("check_interval", o.pollInterval))
+		cfg.CheckInterval = o.pollInterval
+	}
+	if o.setProgressInt {
+		log.Warn("--job-progress-poll-interval is deprecated: set job_progress_poll_interval in the configuration")
+		cfg.JobProgressPollInterval = o.progressPoll
+	}
+	if cfg.QuotaComputation != nil {
+		log.Warn("quota_computation is accepted for Heptapod compatibility but weighted quotas are not implemented: concurrent and limit apply")
+	}
+
+	store, err := state.Open(cfg.StateFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: state file %s: %v\n", cfg.StateFile, err)
+		return exitUsage
+	}
+	defer store.Close()
+	if store.Imported() {
+		log.Info("imported a Heptapod PAAS Runner state file; it is rewritten in paas-runner's format", zap.String("state_file", store.Path()))
+	}
+	systemID, err := state.SystemID(store.Path())
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+
+	ctx := context.Background()
+	runners, err := buildRunners(ctx, cfg, reg, systemID, log)
+	if err != nil {
+		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
+		return exitUsage
+	}
+	d, err := dispatcher.New(dispatcherConfig(cfg, o, log), store, runners)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+
+	if cfg.ListenAddress != "" {
+		srv, err := serveMetrics(cfg.ListenAddress, d, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
+			return exitFatal
+		}
+		defer srv.Close()
+	}
+
+	log.Info("starting", zap.String("version", version.Version), zap.String("config", cfg.Path), zap.String("state_file", store.Path()),
+		zap.Int("runners", len(runners)), zap.Int("concurrent", cfg.Concurrent), zap.String("system_id", systemID))
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go handleSignals(runCtx, sigs, stop, d, o.debugSignal, log)
+	if err := d.Run(runCtx); err != nil {
+		log.Error("fatal", zap.Error(err))
+		return exitFatal
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := store.Save(sctx); err != nil {
+		log.Error("saving state", zap.Error(err))
+		return exitFatal
+	}
+	if err := store.Close(); err != nil {
+		log.Error("saving state", zap.Error(err))
+		return exitFatal
+	}
+	log.Info("state saved; exiting", zap.String("state_file", store.Path()))
+	return exitOK
+}
+
+// handleSignals: the first SIGTERM/SIGINT/SIGQUIT drains; a second one
+// stops waiting. SIGUSR1 logs the tracked jobs when asked for.
+func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d *dispatcher.Dispatcher, debug bool, log *zap.Logger) {
+	draining := false
+	for {
+		select {
+		case <-ctx.Done():
+			if !draining {
+				return
+			}
+		case s := <-sigs:
+			if s == syscall.SIGUSR1 {
+				if debug {
+					logSnapshot(d, log)
+				}
+				continue
+			}
+			if !draining {
+				draining = true
+				log.Info("signal received: draining (send it again to stop waiting for in-flight steps)", zap.String("signal", s.String()))
+				drain()
+				continue
+			}
+			log.Warn("second signal: stopping now; in-flight steps resume at next start", zap.String("signal", s.String()))
+			d.Force()
+			return
+		}
+	}
+}
+
+func logSnapshot(d *dispatcher.Dispatcher, log *zap.Logger) {
+	jobs := d.Snapshot()
+	st := d.Stats()
+	log.Info("tracked jobs", zap.Int("jobs", st.Jobs), zap.Int("provisioning", st.Provisioning), zap.Int("launched", st.Launched))
+	for _, j := range jobs {
+		log.Info("tracked job", zap.String("runner_name", j.Runner), zap.Int64("job_id", j.JobID), zap.String("phase", string(j.Phase)), zap.Time("since", j.Since))
+	}
+}
+
+func dispatcherConfig(cfg *config.Config, o *options, log *zap.Logger) dispatcher.Config {
+	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+	dc := dispatcher.Config{
+		Concurrent:                 cfg.Concurrent,
+		MaxProvisioning:            cfg.PaasMaxConcurrentProvisioning,
+		CheckInterval:              sec(cfg.CheckInterval),
+		TrackingRPS:                cfg.PaasTrackingRequestsPerSecond,
+		KeepFinished:               cfg.PaasFinishedJobsKeepResources,
+		DecommissionLaunchFailures: cfg.PaasDecommissionLaunchFailures,
+		MinBetweenLaunches:         sec(cfg.PaasMinSecondsBetweenLaunches),
+		ShutdownTimeout:            sec(cfg.ShutdownTimeout),
+		PollCycles:                 o.pollCycles,
+		ReapInterval:               10 * time.Minute,
+		Logger:                     log.Named("dispatcher"),
+	}
+	if cfg.PaasLogStatistics {
+		dc.StatsInterval = max(sec(cfg.JobProgressPollInterval), 10*time.Second)
+	}
+	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" { // tests: fast retries
+		if d, err := time.ParseDuration(v); err == nil {
+			dc.RetryMin, dc.RetryMax = d, 10*d
+		}
+	}
+	return dc
+}
+
+func buildRunners(ctx context.Context, cfg *config.Config, reg registry, systemID string, log *zap.Logger) ([]*dispatcher.Runner, error) {
+	var out []*dispatcher.Runner
+	var errs []error
+	for i := range cfg.Runners {
+		rc := &cfg.Runners[i]
+		rlog := log.With(zap.String("runner", rc.DisplayName()))
+		client, err := coordinator.New(coordinator.Config{
+			URL: rc.URL, Token: rc.Token, TLSCAFile: rc.TLSCAFile, SystemID: systemID,
+			Info: coordinator.Info{Name: version.Name, Version: version.Version, Revision: version.Revision,
+				Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: features()},
+			UserAgent: version.UserAgent(),
+			Logger:    rlog.Named("coordinator"),
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: runners[%d]: %w", cfg.Path, i, err))
+			continue
+		}
+		ex, err := reg.build(ctx, rc, rlog.Named("executor"))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: runners[%d] (%s executor): %w", cfg.Path, i, rc.Executor, err))
+			continue
+		}
+		out = append(out, &dispatcher.Runner{
+			Name: rc.DisplayName(), UniqueName: rc.UniqueName(), ExecutorName: rc.Executor, Executor: ex, Source: client,
+			Limit: rc.Limit, UnhealthyLimit: rc.UnhealthyRequestsLimit,
+			UnhealthyInterval: time.Duration(rc.UnhealthyInterval * float64(time.Second)),
+		})
+	}
+	return out, errors.Join(errs...)
+}
+
+// features are what jobs run by this runner support, as advertised to
+// GitLab. They describe the inner runner (exec-fetched-job): keep them
+// truthful, GitLab changes behaviour on them (cancel_gracefully above all).
+func features() map[string]bool {
+	return map[string]bool{
+		"variables": true, "image": true, "services": true, "artifacts": true, "cache": true,
+		"upload_multiple_artifacts": true, "upload_raw_artifacts": true, "refspecs": true, "masking": true,
+		"raw_variables": true, "artifacts_exclude": true, "multi_build_steps": true, "cancelable": true,
+		"return_exit_code": true, "service_variables": true, "fallback_cache_keys": true,
+		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
+	}
+}
+
+func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
+			func() float64 { return f(d.Stats()) }))
+	}
+	counter := func(name, help string, f func(dispatcher.Stats) uint64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "paas_runner", Name: name, Help: help},
+			func() float64 { return float64(f(d.Stats())) }))
+	}
+	gauge("jobs", "Jobs in the daemon's care, from acquisition to host removal.", func(s dispatcher.Stats) float64 { return float64(s.Jobs) })
+	gauge("jobs_provisioning", "Jobs acquired but not launched yet.", func(s dispatcher.Stats) float64 { return float64(s.Provisioning) })
+	gauge("jobs_launched", "Jobs running on their host.", func(s dispatcher.Stats) float64 { return float64(s.Launched) })
+	gauge("jobs_decommissioning", "Hosts waiting for removal.", func(s dispatcher.Stats) float64 { return float64(s.Decommissioning) })
+	gauge("concurrent_limit", "The concurrent setting.", func(s dispatcher.Stats) float64 { return float64(s.Concurrent) })
+	counter("jobs_acquired_total", "Jobs acquired from GitLab.", func(s dispatcher.Stats) uint64 { return s.Acquired })
+	counter("jobs_launched_total", "Jobs launched on a host.", func(s dispatcher.Stats) uint64 { return s.LaunchedTotal })
+	counter("launch_failures_total", "Jobs failed before launch.", func(s dispatcher.Stats) uint64 { return s.LaunchFailures })
+	counter("jobs_finished_total", "Launched jobs seen finished.", func(s dispatcher.Stats) uint64 { return s.Finished })
+	counter("hosts_removed_total", "Hosts decommissioned.", func(s dispatcher.Stats) uint64 { return s.Decommissioned })
+	counter("host_removal_errors_total", "Failed host removal attempts.", func(s dispatcher.Stats) uint64 { return s.DecommissionErrors })
+	counter("tracking_requests_total", "GitLab requests made to watch jobs.", func(s dispatcher.Stats) uint64 { return s.TrackingRequests })
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", zap.Error(err))
+		}
+	}()
+	log.Info("serving metrics", zap.String("listen_address", ln.Addr().String()))
+	return srv, nil
+}
+
+func firstOf(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func prefixLines(prefix, s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = prefix + l
+	}
+	return strings.Join(lines, "\n")
+}
+

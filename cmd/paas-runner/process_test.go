@@ -1,0 +1,341 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "paas-runner-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "paas-runner")
+	out, err := exec.Command("go", "build", "-race", "-tags", "paasrunner_testexec", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building paas-runner: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const procWait = 60 * time.Second
+
+type env struct {
+	t        *testing.T
+	dir      string
+	hosts    string
+	config   string
+	state    string
+	gl       *coordinatortest.Server
+	token    string
+	extraEnv []string
+}
+
+func newEnv(t *testing.T, extra string) *env {
+	e := &env{t: t, dir: t.TempDir(), gl: coordinatortest.New(t), token: "glrt-proc-0123456789"}
+	e.hosts = filepath.Join(e.dir, "hosts")
+	os.Mkdir(e.hosts, 0o700)
+	e.state = filepath.Join(e.dir, "state.json")
+	e.config = filepath.Join(e.dir, "config.toml")
+	e.gl.AddRunner(e.token)
+	cfg := fmt.Sprintf(`concurrent = 10
+check_interval = 0.05
+state_file = %q
+%s
+[[runners]]
+name = "proc"
+url = %q
+token = %q
+executor = "test-dir"
+`, e.state, extra, e.gl.URL, e.token)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+type proc struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	stderr bytes.Buffer
+	done   chan struct{}
+	err    error
+}
+
+func (e *env) start(hold string, args ...string) *proc {
+	e.t.Helper()
+	p := &proc{done: make(chan struct{})}
+	p.cmd = exec.Command(binary, append(args, e.config)...)
+	p.cmd.Env = append(os.Environ(), "PAAS_RUNNER_TEST_EXECUTOR_DIR="+e.hosts, "PAAS_RUNNER_TEST_EXECUTOR_HOLD="+hold, "PAAS_RUNNER_RETRY_MIN=5ms")
+	p.cmd.Env = append(p.cmd.Env, e.extraEnv...)
+	pipe, _ := p.cmd.StderrPipe()
+	if err := p.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+		}
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	e.t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if e.t.Failed() {
+			e.t.Logf("daemon log:\n%s", p.log())
+		}
+	})
+	return p
+}
+
+func (p *proc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
+}
+
+// wait returns the exit code.
+func (p *proc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(procWait):
+		t.Fatalf("daemon did not exit; log:\n%s", p.log())
+	}
+	if p.err == nil {
+		return 0
+	}
+	if ee, ok := p.err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return -int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	t.Fatal(p.err)
+	return -1
+}
+
+func (p *proc) signal(s syscall.Signal) { _ = p.cmd.Process.Signal(s) }
+
+// waitFile waits until path exists: the daemon's test executor creates it.
+func (e *env) waitFile(path string) {
+	e.t.Helper()
+	deadline := time.Now().Add(procWait)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out waiting for %s", path)
+		}
+		// The file appears from another process; there is no event to wait on.
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (e *env) hostName(id int64) string { return fmt.Sprintf("host-%s-%d", e.token[:8], id) }
+
+func (e *env) launches() map[string]int {
+	b, _ := os.ReadFile(filepath.Join(e.hosts, "launches.log"))
+	out := map[string]int{}
+	for _, l := range strings.Fields(string(b)) {
+		out[l]++
+	}
+	return out
+}
+
+// checkStateFile asserts the state file is a valid v1 document.
+func (e *env) checkStateFile() map[string][]json.RawMessage {
+	e.t.Helper()
+	b, err := os.ReadFile(e.state)
+	if err != nil {
+		e.t.Fatalf("state file: %v", err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		e.t.Fatalf("state file is not JSON: %v\n%s", err, b)
+	}
+	if string(doc["version"]) != "1" {
+		e.t.Fatalf("state version %s", doc["version"])
+	}
+	fi, _ := os.Stat(e.state)
+	if fi.Mode().Perm() != 0o600 {
+		e.t.Fatalf("state file mode %v", fi.Mode())
+	}
+	out := map[string][]json.RawMessage{}
+	for _, k := range []string{"launched", "pending", "to_decommission"} {
+		var l []json.RawMessage
+		json.Unmarshal(doc[k], &l)
+		out[k] = l
+	}
+	return out
+}
+
+// noLeak asserts no host file is left.
+func (e *env) noLeak() {
+	e.t.Helper()
+	m, _ := filepath.Glob(filepath.Join(e.hosts, "*.host"))
+	if len(m) > 0 {
+		e.t.Fatalf("leaked hosts: %v", m)
+	}
+}
+
+func TestRunJobsAndStopGracefully(t *testing.T) {
+	e := newEnv(t, "shutdown_timeout = 20\nlisten_address = \"127.0.0.1:0\"")
+	p := e.start("", "--log-format", "json")
+	var ids []int64
+	for i := 0; i < 3; i++ {
+		ids = append(ids, e.gl.Enqueue("", nil).ID)
+	}
+	for _, id := range ids {
+		e.waitFile(filepath.Join(e.hosts, e.hostName(id)+".launched"))
+		e.gl.Finish(id, "success")
+	}
+	for _, id := range ids {
+		e.gl.WaitFor(procWait, "trace", func(s *coordinatortest.Server) bool { return s.TraceContains(id, "paas-runner: host ready") })
+	}
+	deadline := time.Now().Add(procWait)
+	for {
+		if m, _ := filepath.Glob(filepath.Join(e.hosts, "*.host")); len(m) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hosts not removed")
+		}
+		time.Sleep(10 * time.Millisecond) // another process removes them
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	st := e.checkStateFile()
+	if len(st["launched"])+len(st["pending"])+len(st["to_decommission"]) != 0 {
+		t.Fatalf("state not empty: %v", st)
+	}
+	log := p.log()
+	if strings.Contains(log, e.gl.Job(ids[0]).Token) || strings.Contains(log, e.token) {
+		t.Fatal("a token was logged whole")
+	}
+	if !strings.Contains(log, `"msg":"serving metrics"`) {
+		t.Error("metrics server not started")
+	}
+	sys, _ := os.ReadFile(filepath.Join(e.dir, ".runner_system_id"))
+	if !strings.HasPrefix(string(sys), "r_") {
+		t.Errorf("system id %q", sys)
+	}
+}
+
+// Kill (SIGKILL) or stop (SIGTERM) the daemon at a chosen point, restart it,
+// and check: no job launched twice, no host leaked, state file intact.
+func TestCrashPoints(t *testing.T) {
+	points := []string{"acquired", "provision", "launched", "decommission"}
+	for _, point := range points {
+		for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+			t.Run(point+"/"+sig.String(), func(t *testing.T) { crashAt(t, point, sig) })
+		}
+	}
+}
+
+func crashAt(t *testing.T, point string, sig syscall.Signal) {
+	e := newEnv(t, "shutdown_timeout = 1")
+	hold := ""
+	if point == "provision" || point == "decommission" {
+		hold = point
+	}
+	p := e.start(hold)
+	j := e.gl.Enqueue("", nil)
+	name := e.hostName(j.ID)
+	switch point {
+	case "acquired":
+		e.gl.WaitFor(procWait, "acquisition", func(s *coordinatortest.Server) bool { return s.StatusOf(j.ID) == "running" })
+	case "provision":
+		e.waitFile(filepath.Join(e.hosts, name+".holding-provision"))
+	case "launched":
+		e.waitFile(filepath.Join(e.hosts, name+".launched"))
+	case "decommission":
+		e.waitFile(filepath.Join(e.hosts, name+".launched"))
+		e.gl.Finish(j.ID, "success")
+		e.waitFile(filepath.Join(e.hosts, name+".holding-decommission"))
+	}
+	p.signal(sig)
+	code := p.wait(t)
+	if sig == syscall.SIGTERM && code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	recorded := true
+	if _, err := os.Stat(e.state); err != nil && point == "acquired" && sig == syscall.SIGKILL {
+		// Killed between GitLab's answer and the first state write: the job
+		// is GitLab's to time out; nothing was created for it.
+		recorded = false
+	} else {
+		st := e.checkStateFile()
+		recorded = len(st["pending"])+len(st["launched"])+len(st["to_decommission"]) > 0
+	}
+
+	// restart without holds; finish the job once it runs
+	if !recorded && point != "acquired" {
+		t.Fatal("the job was not in the state file")
+	}
+	before := e.gl.Count("POST /api/v4/jobs/request")
+	p2 := e.start("")
+	e.gl.WaitFor(procWait, "the restarted daemon polling", func(s *coordinatortest.Server) bool {
+		return s.CountOf("POST /api/v4/jobs/request") > before
+	})
+	if recorded && point != "decommission" {
+		e.waitFile(filepath.Join(e.hosts, name+".launched"))
+		e.gl.Finish(j.ID, "success")
+	}
+	deadline := time.Now().Add(procWait)
+	for {
+		m, _ := filepath.Glob(filepath.Join(e.hosts, "*.host"))
+		if len(m) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host not removed after restart: %v", m)
+		}
+		time.Sleep(10 * time.Millisecond) // the daemon, another process, removes it
+	}
+	p2.signal(syscall.SIGTERM)
+	if code := p2.wait(t); code != 0 {
+		t.Fatalf("restarted daemon: exit %d", code)
+	}
+	e.noLeak()
+	for k, n := range e.launches() {
+		if n != 1 {
+			t.Fatalf("%s launched %d times", k, n)
+		}
+	}
+	if got := e.gl.Job(j.ID); got.Acquisitions != 1 {
+		t.Fatalf("job acquired %d times", got.Acquisitions)
+	}
+	st := e.checkStateFile()
+	if n := len(st["launched"]) + len(st["pending"]) + len(st["to_decommission"]); n != 0 {
+		t.Fatalf("state not empty: %v", st)
+	}
+}

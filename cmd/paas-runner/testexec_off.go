@@ -1,0 +1,6 @@
+//go:build !paasrunner_testexec
+
+package main
+
+// addTestExecutors adds nothing to production builds.
+func addTestExecutors(registry) {}

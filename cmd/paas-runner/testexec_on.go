@@ -1,0 +1,27 @@
+//go:build paasrunner_testexec
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/config"
+	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/executortest"
+)
+
+// addTestExecutors adds "test-dir", whose hosts are files, to builds made
+// for the process-level tests (go build -tags paasrunner_testexec).
+func addTestExecutors(reg registry) {
+	reg["test-dir"] = func(_ context.Context, _ *config.Runner, _ *zap.Logger) (executors.Executor, error) {
+		dir := os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_DIR")
+		if dir == "" {
+			return nil, fmt.Errorf("PAAS_RUNNER_TEST_EXECUTOR_DIR is not set")
+		}
+		return &executortest.Dir{Path: dir, Hold: os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_HOLD")}, nil
+	}
+}

@@ -87,7 +87,8 @@ func (d *Dispatcher) accept(r *runnerState, a *job.Acquired) {
 	d.jobs[rec.Key()] = t
 	d.mu.Unlock()
 	d.stats.acquired.Add(1)
-	d.store.Put(rec)
+	// Not written yet: provisionAndLaunch makes the job durable together
+	// with its planned host, in one write.
 	r.log.Info("job acquired", zap.Int64("job_id", a.ID))
 	d.launches.Add(1)
 	go d.launchJob(t, false)

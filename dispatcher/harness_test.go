@@ -20,7 +20,7 @@ import (
 const wait = 30 * time.Second
 
 type harness struct {
-	t         *testing.T
+	t         testing.TB
 	gl        *coordinatortest.Server
 	fake      *executortest.Fake
 	statePath string
@@ -35,7 +35,7 @@ type harness struct {
 	runErr error
 }
 
-func newHarness(t *testing.T, runners int) *harness {
+func newHarness(t testing.TB, runners int) *harness {
 	h := &harness{t: t, gl: coordinatortest.New(t), fake: executortest.NewFake(),
 		statePath: filepath.Join(t.TempDir(), "state.json")}
 	for i := 0; i < runners; i++ {

@@ -124,8 +124,11 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		return errStopped
 	}
 	ej := executors.Job{RunnerName: rec.RunnerName, ID: rec.JobID, Token: rec.Token, Payload: rec.Payload}
+	traced := make(chan struct{})
 	if rec.Phase == state.Acquired {
 		if len(d.cfg.Guards) > 0 {
+			// Guards may wait long: the job is durable meanwhile.
+			t.update(d.store, func(*state.Job) {})
 			if err := d.store.Sync(ctx); err != nil {
 				return fmt.Errorf("saving state: %w", err)
 			}
@@ -138,14 +141,22 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			return &stepError{op: "plan", err: err}
 		}
 		rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Provisioning })
+		// The job log line goes out while the state is written.
+		go func() {
+			defer close(traced)
+			d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
+		}()
 		// Write-ahead: the host's handle is durable before it is created.
-		if err := d.store.Sync(ctx); err != nil {
+		err = d.store.Sync(ctx)
+		<-traced
+		if err != nil {
 			return fmt.Errorf("saving state before provisioning: %w", err)
 		}
+	} else {
+		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
 	}
 	d.spaceLaunches(ctx)
 	start := time.Now()
-	d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
 	h, err := retry(ctx, d, t, "provision", func() (executors.Handle, error) { return ex.Provision(ctx, rec.Resource, ej) })
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package state
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -101,7 +102,7 @@ func (s *Store) load() error {
 func (s *Store) checkWritable() error {
 	f, err := os.CreateTemp(filepath.Dir(s.path), ".paas-runner-probe*")
 	if err != nil {
-		return fmt.Errorf("state directory is not writable: %w", err)
+		return fmt.Errorf("state_file: directory %s is not writable: %w", filepath.Dir(s.path), errors.Unwrap(err))
 	}
 	name := f.Name()
 	f.Close()

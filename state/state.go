@@ -115,7 +115,13 @@ type Store struct {
 	done     chan struct{}
 	writes   uint64 // number of file writes, for tests and metrics
 	imported bool
+	waiters  int           // Sync calls waiting for a write
+	urgent   chan struct{} // a Sync is waiting: write now
 }
+
+// lazyDelay is how long changes nobody waits for are held, so that they
+// are written together and do not delay an urgent write-ahead Sync.
+const lazyDelay = 100 * time.Millisecond
 
 type entry struct {
 	job Job
@@ -134,7 +140,7 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{path: abs, lock: lock, jobs: map[Key]*entry{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &Store{path: abs, lock: lock, jobs: map[Key]*entry{}, wake: make(chan struct{}, 1), done: make(chan struct{}), urgent: make(chan struct{}, 1)}
 	s.cond = sync.NewCond(&s.mu)
 	if err := s.load(); err != nil {
 		_ = unlock(lock)
@@ -146,13 +152,13 @@ func Open(path string) (*Store, error) {
 
 func lockFile(path string) (*os.File, error) {
 	if fi, err := os.Stat(filepath.Dir(path)); err != nil {
-		return nil, fmt.Errorf("state directory %s does not exist", filepath.Dir(path))
+		return nil, fmt.Errorf("state_file: directory %s does not exist", filepath.Dir(path))
 	} else if !fi.IsDir() {
 		return nil, fmt.Errorf("%s is not a directory", filepath.Dir(path))
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("creating lock file: %w", err)
+		return nil, fmt.Errorf("creating state lock file: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder, _ := os.ReadFile(path)
@@ -262,10 +268,16 @@ func (s *Store) changed() {
 // the write error, or when ctx is done.
 func (s *Store) Sync(ctx context.Context) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	target := s.seq
 	if s.durable >= target {
-		s.mu.Unlock()
 		return nil
+	}
+	s.waiters++
+	defer func() { s.waiters-- }()
+	select {
+	case s.urgent <- struct{}{}:
+	default:
 	}
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
@@ -273,26 +285,18 @@ func (s *Store) Sync(ctx context.Context) error {
 		s.mu.Unlock()
 	})
 	defer stop()
-	for s.durable < target && ctx.Err() == nil && !s.closed {
-		if s.writeErr != nil {
-			err := s.writeErr
-			s.mu.Unlock()
-			return err
+	for s.durable < target {
+		switch {
+		case s.writeErr != nil:
+			return s.writeErr
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case s.closed:
+			return errors.New("state store closed")
 		}
 		s.cond.Wait()
 	}
-	durable, err := s.durable >= target, s.writeErr
-	s.mu.Unlock()
-	if durable {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errors.New("state store closed")
+	return nil
 }
 
 // Save writes the file now, even if nothing changed, and waits for it.
@@ -316,6 +320,17 @@ func (s *Store) writer() {
 	defer close(s.done)
 	backoff := 50 * time.Millisecond
 	for range s.wake {
+		s.mu.Lock()
+		lazy := s.waiters == 0 && !s.closed
+		s.mu.Unlock()
+		if lazy {
+			t := time.NewTimer(lazyDelay)
+			select {
+			case <-t.C:
+			case <-s.urgent:
+			}
+			t.Stop()
+		}
 		for {
 			s.mu.Lock()
 			if s.durable >= s.seq {
@@ -367,6 +382,10 @@ func (s *Store) Close() error {
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	close(s.wake)
+	select {
+	case s.urgent <- struct{}{}:
+	default:
+	}
 	<-s.done
 	if uerr := unlock(s.lock); err == nil {
 		err = uerr

@@ -171,7 +171,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	store, err := state.Open(cfg.StateFile)
 	if err != nil {
-		fmt.Fprintf(stderr, "paas-runner: state file %s: %v\n", cfg.StateFile, err)
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
 	defer store.Close()
@@ -392,4 +392,3 @@ func prefixLines(prefix, s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
-

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -33,6 +32,9 @@ type Job struct {
 	Acquisitions  int // how many times it was handed out (must stay ≤ 1)
 	Payload       map[string]any
 	Updates       []map[string]any
+	// AcquiredAt is when the job was handed out (just before the 201 is
+	// written), for latency measurements.
+	AcquiredAt time.Time
 }
 
 // Runner is a registered runner.
@@ -54,10 +56,18 @@ type injection struct {
 	method  string
 }
 
+// TB is what the server needs of a test: testing.TB fits, and so does a
+// benchmark program's own implementation.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Server is the fake GitLab.
 type Server struct {
 	*httptest.Server
-	t testing.TB
+	t TB
 
 	mu          sync.Mutex
 	runners     map[string]*Runner
@@ -76,7 +86,7 @@ type Server struct {
 }
 
 // New starts a fake GitLab for the duration of the test.
-func New(t testing.TB) *Server {
+func New(t TB) *Server {
 	s := &Server{t: t, runners: map[string]*Runner{}, jobs: map[int64]*Job{}, byToken: map[string]*Job{},
 		counts: map[string]int{}, changed: make(chan struct{}), nextID: 1000, TraceUpdate: 3}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
@@ -145,6 +155,18 @@ func (s *Server) Enqueue(runnerToken string, extra map[string]any) *Job {
 	s.queue = append(s.queue, id)
 	s.lastUpdate++
 	s.notify()
+	return j
+}
+
+// AddRunning creates a job already running for runnerToken, as if it had
+// been acquired before (for restart scenarios and benchmarks).
+func (s *Server) AddRunning(runnerToken string) *Job {
+	j := s.Enqueue(runnerToken, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dequeue(j.ID)
+	j.Status = "running"
+	j.Acquisitions = 1
 	return j
 }
 
@@ -420,6 +442,7 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 		s.queue = append(s.queue[:i], s.queue[i+1:]...)
 		j.Status = "running"
 		j.Acquisitions++
+		j.AcquiredAt = time.Now()
 		if j.RunnerToken == "" {
 			j.RunnerToken = req.Token
 		}

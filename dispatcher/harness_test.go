@@ -118,17 +118,6 @@ func (h *harness) stop() error {
 	}
 }
 
-// restart stops, closes the store and starts again on the same state file.
-func (h *harness) restart() {
-	h.t.Helper()
-	if err := h.stop(); err != nil {
-		h.t.Fatal(err)
-	}
-	h.store.Close()
-	h.store = nil
-	h.start()
-}
-
 func (h *harness) waitStatus(id int64, status string) {
 	h.t.Helper()
 	h.gl.WaitFor(wait, fmt.Sprintf("job %d %s", id, status), func(s *coordinatortest.Server) bool { return s.StatusOf(id) == status })

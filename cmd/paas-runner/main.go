@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
@@ -359,7 +360,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	counter("hosts_removed_total", "Hosts decommissioned.", func(s dispatcher.Stats) uint64 { return s.Decommissioned })
 	counter("host_removal_errors_total", "Failed host removal attempts.", func(s dispatcher.Stats) uint64 { return s.DecommissionErrors })
 	counter("tracking_requests_total", "GitLab requests made to watch jobs.", func(s dispatcher.Stats) uint64 { return s.TrackingRequests })
-	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ln, err := net.Listen("tcp", addr)

@@ -53,7 +53,6 @@ type injection struct {
 	body    string
 	remain  int
 	pattern *regexp.Regexp
-	method  string
 }
 
 // TB is what the server needs of a test: testing.TB fits, and so does a

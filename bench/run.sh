@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Benchmarks whose results go into BENCHMARKS.md. Usage: bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bench/out
+echo "## go test -run xxx -bench AcquireToProvision -benchtime 2000x ./dispatcher/"
+go test -run xxx -bench AcquireToProvision -benchtime 2000x ./dispatcher/ | grep Benchmark
+echo
+echo "## go run ./bench/daemon -jobs 5000 -seconds 20"
+CGO_ENABLED=0 go build -tags paasrunner_testexec -o bench/out/paas-runner ./cmd/paas-runner
+go run ./bench/daemon -binary bench/out/paas-runner -jobs 5000 -seconds 20

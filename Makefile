@@ -7,7 +7,7 @@ LDFLAGS     := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/int
 STATICCHECK_VERSION ?= 2026.2.2
 GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test lint fmt staticcheck bench clean
+.PHONY: all build test lint fmt staticcheck bench clean docker-up image
 
 all: build
 
@@ -16,9 +16,17 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/paas-runner-register ./cmd/paas-runner-register
 
 # All tests, with the race detector. Process-level tests build the binaries
-# themselves.
-test:
-	$(GO) test -race -count=1 -timeout 20m ./...
+# themselves; Docker tests need an engine, which docker-up provides.
+test: docker-up
+	PAAS_RUNNER_REQUIRE_DOCKER=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+docker-up:
+	@./.ci/docker-up.sh
+
+# The default host base image of local-docker (the daemon also builds it
+# on first use): paas-runner-host:$(VERSION), from the static binary.
+image: build
+	./bin/paas-runner host-image
 
 lint: staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

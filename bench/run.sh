@@ -9,3 +9,11 @@ echo
 echo "## go run ./bench/daemon -jobs 5000 -seconds 20"
 CGO_ENABLED=0 go build -tags paasrunner_testexec -o bench/out/paas-runner ./cmd/paas-runner
 go run ./bench/daemon -binary bench/out/paas-runner -jobs 5000 -seconds 20
+
+echo
+echo "## go test -run xxx -bench ProvisionLaunch -benchtime 20x ./executors/localdocker/"
+./.ci/docker-up.sh
+go test -run xxx -bench ProvisionLaunch -benchtime 20x ./executors/localdocker/ | grep Benchmark
+echo
+echo "## go test -run xxx -bench DecommissionLag -benchtime 20x ./cmd/paas-runner/"
+go test -run xxx -bench DecommissionLag -benchtime 20x ./cmd/paas-runner/ | grep Benchmark

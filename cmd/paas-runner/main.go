@@ -25,6 +25,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
 	"gitlab.com/paas-runner/paas-runner/state"
@@ -133,6 +134,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
+	if len(args) > 0 {
+		switch args[0] {
+		case "host-image":
+			return hostImage(args[1:], stdout, stderr)
+		case "exec-fetched-job":
+			fmt.Fprintln(stderr, "paas-runner: exec-fetched-job (the inner runner) is not available in this version; set inner_image to a Heptapod Runner image meanwhile")
+			return exitUsage
+		}
+	}
 	o, err := parseArgs(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -186,7 +196,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	ctx := context.Background()
-	runners, err := buildRunners(ctx, cfg, reg, systemID, log)
+	runners, err := buildRunners(ctx, cfg, reg, executorEnv{StatePath: store.Path(), SystemID: systemID}, log)
 	if err != nil {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
@@ -294,7 +304,8 @@ func dispatcherConfig(cfg *config.Config, o *options, log *zap.Logger) dispatche
 	return dc
 }
 
-func buildRunners(ctx context.Context, cfg *config.Config, reg registry, systemID string, log *zap.Logger) ([]*dispatcher.Runner, error) {
+func buildRunners(ctx context.Context, cfg *config.Config, reg registry, env executorEnv, log *zap.Logger) ([]*dispatcher.Runner, error) {
+	systemID := env.SystemID
 	var out []*dispatcher.Runner
 	var errs []error
 	for i := range cfg.Runners {
@@ -311,7 +322,7 @@ func buildRunners(ctx context.Context, cfg *config.Config, reg registry, systemI
 			errs = append(errs, fmt.Errorf("%s: runners[%d]: %w", cfg.Path, i, err))
 			continue
 		}
-		ex, err := reg.build(ctx, rc, rlog.Named("executor"))
+		ex, err := reg.build(ctx, rc, env, rlog.Named("executor"))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: runners[%d] (%s executor): %w", cfg.Path, i, rc.Executor, err))
 			continue
@@ -375,6 +386,28 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	}()
 	log.Info("serving metrics", zap.String("listen_address", ln.Addr().String()))
 	return srv, nil
+}
+
+// hostImage builds local-docker's default host base image:
+// paas-runner host-image [--docker-host URL] [--binary PATH].
+func hostImage(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("paas-runner host-image", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	host := fs.String("docker-host", "", "Docker engine (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
+	binary := fs.String("binary", "", "static paas-runner binary to put in the image (default: this one)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	log, _ := logging.New("info", "text")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	tag, err := localdocker.BuildBaseImage(ctx, *host, version.Version, *binary, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: host-image: %v\n", err)
+		return exitFatal
+	}
+	fmt.Fprintln(stdout, tag)
+	return exitOK
 }
 
 func firstOf(vals ...string) string {

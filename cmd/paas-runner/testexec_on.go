@@ -17,7 +17,7 @@ import (
 // addTestExecutors adds "test-dir", whose hosts are files, to builds made
 // for the process-level tests (go build -tags paasrunner_testexec).
 func addTestExecutors(reg registry) {
-	reg["test-dir"] = func(_ context.Context, _ *config.Runner, _ *zap.Logger) (executors.Executor, error) {
+	reg["test-dir"] = func(_ context.Context, _ *config.Runner, _ executorEnv, _ *zap.Logger) (executors.Executor, error) {
 		dir := os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_DIR")
 		if dir == "" {
 			return nil, fmt.Errorf("PAAS_RUNNER_TEST_EXECUTOR_DIR is not set")

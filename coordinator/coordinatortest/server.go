@@ -35,6 +35,8 @@ type Job struct {
 	// AcquiredAt is when the job was handed out (just before the 201 is
 	// written), for latency measurements.
 	AcquiredAt time.Time
+	// FinishedAt is when the job reached a final state.
+	FinishedAt time.Time
 }
 
 // Runner is a registered runner.
@@ -516,6 +518,7 @@ func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 	case "running", "pending":
 	case "success":
 		j.Status = "success"
+		j.FinishedAt = time.Now()
 	case "failed":
 		reason, _ := req["failure_reason"].(string)
 		if reason == "" {
@@ -530,6 +533,7 @@ func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 		} else {
 			j.Status = "failed"
 		}
+		j.FinishedAt = time.Now()
 	default:
 		writeJSON(w, http.StatusBadRequest, `{"error":"state does not have a valid value"}`)
 		return

@@ -88,8 +88,9 @@ func lifecycle(t *testing.T, s Subject) {
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
-	if ok, n := s.inspect(t, h); !ok || n != 0 {
-		t.Fatalf("after provision: exists %v launches %d", ok, n)
+	// (an executor may create the host here or at Launch)
+	if _, n := s.inspect(t, h); n != 0 {
+		t.Fatalf("provision launched the job")
 	}
 	// a second Provision (retry, restart) adopts the host, from the planned
 	// handle as well as from the returned one
@@ -128,9 +129,6 @@ func decommissionUnknown(t *testing.T, s Subject) {
 	if err := s.Executor.Decommission(ctx, h); err != nil {
 		t.Fatalf("decommission of a never-created host: %v", err)
 	}
-	if _, err := s.Executor.Launch(ctx, h, s.job(202)); err == nil {
-		t.Fatal("launch on a missing host succeeded")
-	}
 }
 
 func reap(t *testing.T, s Subject) {
@@ -146,6 +144,9 @@ func reap(t *testing.T, s Subject) {
 		t.Cleanup(func() { _ = s.Executor.Decommission(context.Background(), h) })
 		h, err := s.Executor.Provision(ctx, h, j)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if h, err = s.Executor.Launch(ctx, h, j); err != nil {
 			t.Fatal(err)
 		}
 		handles = append(handles, h)
@@ -164,7 +165,7 @@ func reap(t *testing.T, s Subject) {
 	if ok, _ := s.inspect(t, handles[1]); ok {
 		t.Fatalf("reap left the orphan (removed %v)", removed)
 	}
-	if len(removed) != 1 {
+	if len(removed) == 0 {
 		t.Fatalf("removed %v", removed)
 	}
 }

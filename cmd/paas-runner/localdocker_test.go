@@ -1,0 +1,208 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	cerrdefs "github.com/containerd/errdefs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+)
+
+var (
+	innerOnce sync.Once
+	innerErr  error
+	innerCli  *client.Client
+)
+
+const innerTag = "paas-runner-testinner:cmd"
+
+// dockerInner returns a client, with the test inner image built, or skips.
+func dockerInner(t *testing.T) *client.Client {
+	t.Helper()
+	innerOnce.Do(func() {
+		innerCli, innerErr = localdockertest.Client()
+		if innerErr == nil {
+			innerErr = localdockertest.BuildInnerImage(context.Background(), innerCli, innerTag)
+		}
+	})
+	if innerErr != nil {
+		if localdockertest.Required() {
+			t.Fatalf("Docker required: %v", innerErr)
+		}
+		t.Skipf("no Docker engine: %v", innerErr)
+	}
+	return innerCli
+}
+
+// ours lists containers and job images labelled with this test's runner.
+func ours(t *testing.T, cli *client.Client, runner string) (containers, images int) {
+	f := filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runner), filters.Arg("label", localdocker.LabelManaged+"=true"))
+	cs, err := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	is, err := cli.ImageList(context.Background(), image.ListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(cs), len(is)
+}
+
+func TestLocalDockerEndToEnd(t *testing.T) {
+	cli := dockerInner(t)
+	gl := coordinatortest.New(t)
+	good, bad := "glrt-ldok-0123456789", "glrt-ldbad-0123456789"
+	gl.AddRunner(good)
+	gl.AddRunner(bad)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`concurrent = 4
+check_interval = 0.1
+state_file = %q
+
+[[runners]]
+name = "local"
+url = %q
+token = %q
+executor = "local-docker"
+heptapod_runner_main_image = %q
+  [runners.local_docker]
+  network_mode = "host"
+  [runners.docker]
+  network_mode = "host"
+
+[[runners]]
+name = "broken-image"
+url = %q
+token = %q
+executor = "local-docker"
+inner_image = "127.0.0.1:1/missing/image:1"
+`, filepath.Join(dir, "state.json"), gl.URL, good, innerTag, gl.URL, bad)), 0o600)
+	e := &env{t: t, dir: dir, config: cfg, gl: gl}
+	t.Cleanup(func() {
+		f := filters.NewArgs(filters.Arg("label", localdocker.LabelManaged+"=true"), filters.Arg("label", localdocker.LabelRunner+"="+good[:8]))
+		cs, _ := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
+		for _, c := range cs {
+			cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+		}
+	})
+	p := e.start("")
+	ok := gl.Enqueue(good, nil)
+	crash := gl.Enqueue(good, map[string]any{"variables": []map[string]any{{"key": "TEST_INNER", "value": "crash", "public": true, "masked": false}}})
+	broken := gl.Enqueue(bad, nil)
+
+	gl.WaitFor(procWait, "job results", func(s *coordinatortest.Server) bool {
+		return s.StatusOf(ok.ID) == "success" && s.StatusOf(crash.ID) == "failed" && s.StatusOf(broken.ID) == "failed"
+	})
+	okTrace := string(gl.Job(ok.ID).Trace)
+	for _, want := range []string{"paas-runner: provisioning a local-docker host", "paas-runner: host ready after", "testinner: running job"} {
+		if !strings.Contains(okTrace, want) {
+			t.Errorf("successful job's log lacks %q:\n%s", want, okTrace)
+		}
+	}
+	cj := gl.Job(crash.ID)
+	if cj.FailureReason != "runner_system_failure" || !strings.Contains(string(cj.Trace), "stopped before the job reported a result (exit status 3") {
+		t.Errorf("crashed job: %s\n%s", cj.FailureReason, cj.Trace)
+	}
+	bj := gl.Job(broken.ID)
+	if bj.FailureReason != "runner_system_failure" || !strings.Contains(string(bj.Trace), "building the job's host image") || !strings.Contains(string(bj.Trace), "127.0.0.1:1") {
+		t.Errorf("broken image job: %s\n%s", bj.FailureReason, bj.Trace)
+	}
+	// every host removed, promptly: the engine's events say when a host stops
+	deadline := time.Now().Add(procWait)
+	for {
+		c1, i1 := ours(t, cli, good[:8])
+		c2, i2 := ours(t, cli, bad[:8])
+		if c1+i1+c2+i2 == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hosts left: %d containers, %d images", c1+c2, i1+i2)
+		}
+		time.Sleep(50 * time.Millisecond) // the daemon, another process, removes them
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// BenchmarkDecommissionLag: through the real daemon and engine, the time
+// from a job's final report to GitLab (its host exits right after) to the
+// host container being gone.
+func BenchmarkDecommissionLag(b *testing.B) {
+	cli, err := localdockertest.Client()
+	if err != nil {
+		b.Skip("no Docker engine")
+	}
+	if err := localdockertest.BuildInnerImage(context.Background(), cli, innerTag); err != nil {
+		b.Fatal(err)
+	}
+	gl := coordinatortest.New(b)
+	tok := "glrt-lag-0123456789"
+	gl.AddRunner(tok)
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	// check_interval is long: the end must be seen through engine events,
+	// not GitLab polling.
+	os.WriteFile(cfg, []byte(fmt.Sprintf("concurrent = 4\ncheck_interval = 30\npaas_max_concurrent_provisioning = 4\nstate_file = %q\n[[runners]]\nurl = %q\ntoken = %q\nexecutor = \"local-docker\"\ninner_image = %q\n  [runners.local_docker]\n  network_mode = \"host\"\n",
+		filepath.Join(dir, "state.json"), gl.URL, tok, innerTag)), 0o600)
+	cmd := exec.Command(binary, cfg)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	b.ResetTimer()
+	var jobs []*coordinatortest.Job
+	for i := 0; i < b.N; i++ {
+		jobs = append(jobs, gl.Enqueue(tok, nil))
+	}
+	// Watch every host: note when each container, once seen, is gone.
+	goneAt := map[int64]time.Time{}
+	seen := map[int64]bool{}
+	deadline := time.Now().Add(10 * time.Minute)
+	for len(goneAt) < len(jobs) && time.Now().Before(deadline) {
+		for _, j := range jobs {
+			if _, done := goneAt[j.ID]; done {
+				continue
+			}
+			_, err := cli.ContainerInspect(context.Background(), fmt.Sprintf("paas-job-%s-%d", tok[:8], j.ID))
+			switch {
+			case err == nil:
+				seen[j.ID] = true
+			case cerrdefs.IsNotFound(err) && seen[j.ID]:
+				goneAt[j.ID] = time.Now()
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // measuring resolution
+	}
+	var lags []time.Duration
+	for _, j := range jobs {
+		if fin := gl.Job(j.ID).FinishedAt; !fin.IsZero() && !goneAt[j.ID].IsZero() {
+			lags = append(lags, goneAt[j.ID].Sub(fin))
+		}
+	}
+	if len(lags) < len(jobs) {
+		b.Fatalf("only %d of %d hosts seen removed after their job ended", len(lags), len(jobs))
+	}
+	b.StopTimer()
+	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+	b.ReportMetric(float64(lags[len(lags)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(lags[len(lags)*9/10].Milliseconds()), "p90-ms")
+}

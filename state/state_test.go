@@ -274,20 +274,3 @@ func TestDeleteAndPayloadDroppedAfterLaunch(t *testing.T) {
 		t.Fatalf("file: %s", raw)
 	}
 }
-
-func TestSystemID(t *testing.T) {
-	dir := t.TempDir()
-	sp := filepath.Join(dir, "state.json")
-	a, err := SystemID(sp)
-	if err != nil || !systemIDRe.MatchString(a) {
-		t.Fatalf("%q %v", a, err)
-	}
-	b, _ := SystemID(sp)
-	if a != b {
-		t.Fatal("system id not stable")
-	}
-	os.WriteFile(filepath.Join(dir, SystemIDFile), []byte("garbage"), 0o600)
-	if _, err := SystemID(sp); err == nil {
-		t.Fatal("garbage accepted")
-	}
-}

@@ -27,6 +27,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
+	"gitlab.com/paas-runner/paas-runner/internal/systemid"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
@@ -189,7 +190,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if store.Imported() {
 		log.Info("imported a Heptapod PAAS Runner state file; it is rewritten in paas-runner's format", zap.String("state_file", store.Path()))
 	}
-	systemID, err := state.SystemID(store.Path())
+	systemID, err := systemid.ForStateFile(store.Path())
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage

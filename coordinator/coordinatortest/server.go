@@ -81,6 +81,10 @@ type Server struct {
 	counts      map[string]int // "METHOD route" → requests
 	changed     chan struct{}
 	TraceUpdate int // X-GitLab-Trace-Update-Interval value (seconds)
+	regTokens   map[string]bool
+	registered  map[string]map[string]any
+	// RegistrationDisabled: POST /runners answers 410 Gone.
+	RegistrationDisabled bool
 	// HoldRequests makes POST /jobs/request wait until the job queue
 	// changes or this long passes when last_update is current (long poll).
 	LongPoll time.Duration
@@ -380,9 +384,110 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPatch && reJobTrace.MatchString(r.URL.Path):
 		id, _ := strconv.ParseInt(reJobTrace.FindStringSubmatch(r.URL.Path)[1], 10, 64)
 		s.patchTrace(w, r, id)
+	case r.Method == http.MethodPost && r.URL.Path == "/api/v4/runners/verify":
+		s.verifyRunner(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/api/v4/runners":
+		s.registerRunner(w, r)
+	case r.Method == http.MethodDelete && r.URL.Path == "/api/v4/runners":
+		s.deleteRunner(w, r, false)
+	case r.Method == http.MethodDelete && r.URL.Path == "/api/v4/runners/managers":
+		s.deleteRunner(w, r, true)
 	default:
 		writeJSON(w, http.StatusNotFound, `{"message":"404 Not Found"}`)
 	}
+}
+
+// AddRegistrationToken accepts a legacy registration token; RegistrationDisabled
+// makes POST /runners answer 410 like GitLab 17+ by default.
+func (s *Server) AddRegistrationToken(tok string) {
+	s.mu.Lock()
+	if s.regTokens == nil {
+		s.regTokens = map[string]bool{}
+	}
+	s.regTokens[tok] = true
+	s.mu.Unlock()
+}
+
+// Registered returns what a legacy registration sent, by new runner token.
+func (s *Server) Registered(runnerToken string) map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.registered[runnerToken]
+}
+
+func decodeBody(r *http.Request) map[string]any {
+	var m map[string]any
+	json.NewDecoder(r.Body).Decode(&m)
+	return m
+}
+
+func (s *Server) verifyRunner(w http.ResponseWriter, r *http.Request) {
+	req := decodeBody(r)
+	tok, _ := req["token"].(string)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rn, ok := s.runners[tok]
+	if !ok {
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
+		return
+	}
+	if sid, _ := req["system_id"].(string); sid != "" {
+		rn.SystemIDs[sid] = true
+	}
+	body, _ := json.Marshal(map[string]any{"id": rn.ID, "token": rn.Token, "token_expires_at": nil})
+	writeJSON(w, http.StatusOK, string(body))
+}
+
+func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) {
+	req := decodeBody(r)
+	tok, _ := req["token"].(string)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.RegistrationDisabled {
+		writeJSON(w, http.StatusGone, `{"message":"410 Gone"}`)
+		return
+	}
+	if !s.regTokens[tok] {
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
+		return
+	}
+	id := int64(len(s.runners) + 1)
+	newTok := fmt.Sprintf("glrt-reg%d-%s", id, strconv.FormatInt(time.Now().UnixNano()%1e12, 36))
+	s.runners[newTok] = &Runner{Token: newTok, ID: id, SystemIDs: map[string]bool{}}
+	if s.registered == nil {
+		s.registered = map[string]map[string]any{}
+	}
+	s.registered[newTok] = req
+	body, _ := json.Marshal(map[string]any{"id": id, "token": newTok, "token_expires_at": nil})
+	writeJSON(w, http.StatusCreated, string(body))
+}
+
+func (s *Server) deleteRunner(w http.ResponseWriter, r *http.Request, manager bool) {
+	req := decodeBody(r)
+	tok, _ := req["token"].(string)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rn, ok := s.runners[tok]
+	if !ok {
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
+		return
+	}
+	if manager {
+		sid, _ := req["system_id"].(string)
+		if sid == "" {
+			writeJSON(w, http.StatusBadRequest, `{"error":"system_id is missing"}`)
+			return
+		}
+		if !rn.SystemIDs[sid] {
+			writeJSON(w, http.StatusNotFound, `{"message":"404 Runner manager not found"}`)
+			return
+		}
+		delete(rn.SystemIDs, sid)
+	} else {
+		delete(s.runners, tok)
+	}
+	s.notify()
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func writeJSON(w http.ResponseWriter, status int, body string) {

@@ -1,4 +1,6 @@
-package state
+// Package systemid keeps the runner manager's system_id in a file next to
+// the state file, shared by the daemon and the register command.
+package systemid
 
 import (
 	"crypto/rand"
@@ -11,17 +13,17 @@ import (
 	"gitlab.com/paas-runner/paas-runner/internal/atomicfile"
 )
 
-// SystemIDFile is the name of the file, next to the state file, holding the
+// FileName is the name of the file, next to the state file, holding the
 // runner manager's system_id.
-const SystemIDFile = ".runner_system_id"
+const FileName = ".runner_system_id"
 
 var systemIDRe = regexp.MustCompile(`^[rs]_[0-9a-zA-Z]{12}$`)
 
-// SystemID returns the system_id stored next to statePath, generating and
+// ForStateFile returns the system_id stored next to statePath, generating and
 // storing one (r_ + 12 random alphanumerics, like gitlab-runner) the first
 // time.
-func SystemID(statePath string) (string, error) {
-	p := filepath.Join(filepath.Dir(statePath), SystemIDFile)
+func ForStateFile(statePath string) (string, error) {
+	p := filepath.Join(filepath.Dir(statePath), FileName)
 	if b, err := os.ReadFile(p); err == nil {
 		id := strings.TrimSpace(string(b))
 		if !systemIDRe.MatchString(id) {

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func runReg(stdin string, args ...string) result {
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(stdin), &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+var stamp = regexp.MustCompile(`token_obtained_at = \S+`)
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	got = stamp.ReplaceAll(got, []byte("token_obtained_at = <time>"))
+	p := filepath.Join("testdata", name)
+	if os.Getenv("UPDATE_GOLDEN") != "" {
+		os.WriteFile(p, got, 0o644)
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (UPDATE_GOLDEN=1 writes it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs:\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+func setup(t *testing.T) (*coordinatortest.Server, string) {
+	gl := coordinatortest.New(t)
+	gl.AddRunner("glrt-good-0123456789")
+	gl.AddRegistrationToken("GR1348941legacy")
+	return gl, t.TempDir()
+}
+
+func TestRegisterGlrtNonInteractive(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--token", "glrt-good-0123456789", "--name", "one",
+		"--executor", "local-docker", "--state-file", filepath.Join(dir, "state.json"), "--concurrent", "4", cfg)
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	data, _ := os.ReadFile(cfg)
+	data = bytes.ReplaceAll(data, []byte(gl.URL), []byte("http://gitlab.test"))
+	golden(t, "local-docker.toml", bytes.ReplaceAll(data, []byte(dir), []byte("<dir>")))
+	fi, _ := os.Stat(cfg)
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".runner_system_id")); err != nil {
+		t.Error("system id not stored next to the state file")
+	}
+}
+
+func TestNetworkFailureAndRefusals(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	base := []string{"--non-interactive", "--name", "x", "--executor", "local-docker", "--state-file", filepath.Join(dir, "s.json"), "--concurrent", "1"}
+	closed := coordinatortest.New(t)
+	closedURL := closed.URL
+	closed.Close()
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--url", closedURL, "--token", "glrt-good-0123456789"}, 1, "cannot reach GitLab at " + closedURL},
+		{[]string{"--url", gl.URL, "--token", "glrt-bad-000000000"}, 1, "runner token rejected by " + gl.URL + " (403)"},
+		{[]string{"--url", gl.URL, "--registration-token", "nope"}, 1, "registration token rejected by " + gl.URL + " (403)"},
+		{[]string{"--url", gl.URL, "--token", "GR1348941legacy"}, 2, "--token: expected a runner authentication token"},
+		{[]string{"--token", "glrt-good-0123456789"}, 2, "--url is required with --non-interactive"},
+		{[]string{"--url", "ftp://x", "--token", "glrt-good-0123456789"}, 2, `--url: "ftp://x" is not an http:// or https:// URL`},
+	}
+	for _, c := range cases {
+		r := runReg("", append(append([]string{}, base...), append(c.args, cfg)...)...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%v: got %d %q, want %d %q", c.args, r.code, r.stderr, c.code, c.want)
+		}
+		if strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("not one line: %q", r.stderr)
+		}
+		if _, err := os.Stat(cfg); err == nil {
+			t.Fatalf("%v: config written despite the failure", c.args)
+		}
+	}
+	gl.RegistrationDisabled = true
+	r := runReg("", append(base, "--url", gl.URL, "--registration-token", "GR1348941legacy", cfg)...)
+	if r.code != 1 || !strings.Contains(r.stderr, "registration tokens are disabled") {
+		t.Errorf("410: %+v", r)
+	}
+}
+
+const existing = `# my runners, hand-written
+concurrent = 3   # keep this comment
+state_file = "STATE"
+
+[[runners]]
+  name = "first"
+  url = "https://gitlab.example"
+  token = "glrt-first-0123456789"
+  executor = "local-docker"
+  [runners.docker]
+    image = "alpine"
+`
+
+func TestAppendLegacyKeepsBytes(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	before := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
+	os.WriteFile(cfg, []byte(before), 0o640)
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--registration-token", "GR1348941legacy", "--name", "clever",
+		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", "--tag-list", "a, b", "--locked", cfg)
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	data, _ := os.ReadFile(cfg)
+	if !strings.HasPrefix(string(data), before) {
+		t.Fatalf("existing bytes changed:\n%s", data)
+	}
+	added := strings.TrimPrefix(string(data), before)
+	tok := regexp.MustCompile(`token = "(glrt-reg[^"]+)"`).FindStringSubmatch(added)
+	if tok == nil {
+		t.Fatalf("no token in %s", added)
+	}
+	golden(t, "clever-legacy.toml", []byte(strings.ReplaceAll(strings.ReplaceAll(added, gl.URL, "http://gitlab.test"), tok[1], "<token>")))
+	sent := gl.Registered(tok[1])
+	if sent["description"] != "clever" || sent["tag_list"] != "a,b" || sent["locked"] != true || sent["run_untagged"] != false {
+		t.Errorf("registration sent %v", sent)
+	}
+	if fi, _ := os.Stat(cfg); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode changed to %v", fi.Mode())
+	}
+}
+
+func TestDuplicateRefused(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	before := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
+	before = strings.Replace(before, "glrt-first-0123456789", "glrt-good-0123456789", 1)
+	os.WriteFile(cfg, []byte(before), 0o600)
+	for _, args := range [][]string{
+		{"--name", "first", "--token", "glrt-good-0123456789"},
+		{"--name", "second", "--token", "glrt-good-0123456789"},
+	} {
+		r := runReg("", append([]string{"--non-interactive", "--url", gl.URL, "--executor", "local-docker", cfg}, args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, "already") {
+			t.Errorf("%v: %+v", args, r)
+		}
+		if data, _ := os.ReadFile(cfg); string(data) != before {
+			t.Fatal("file touched")
+		}
+	}
+}
+
+func TestInteractiveThroughPipe(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	answers := strings.Join([]string{
+		filepath.Join(dir, "state.json"), // state file
+		"zero", "0", "5",                 // concurrency: two invalid answers first
+		"gitlab.example", gl.URL, // URL: invalid, then valid
+		"glrt-good-0123456789", // token
+		"",                     // name: default (hostname)
+		"kubernetes", "",       // executor: invalid, then default local-docker
+		"http://docker", "tcp://127.0.0.1:2375", // docker host: invalid, then valid
+	}, "\n") + "\n"
+	r := runReg(answers, cfg)
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	if n := strings.Count(r.stdout, "Invalid answer"); n != 5 {
+		t.Errorf("%d re-prompts in:\n%s", n, r.stdout)
+	}
+	for _, want := range []string{"This is a brand new configuration file", "Concurrency [10]:", "Executor [local-docker]:", "local-docker   one container per job"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("missing %q in:\n%s", want, r.stdout)
+		}
+	}
+	data, _ := os.ReadFile(cfg)
+	host, _ := os.Hostname()
+	for _, want := range []string{"concurrent = 5", `host = "tcp://127.0.0.1:2375"`, fmt.Sprintf("name = %q", host)} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("missing %q in:\n%s", want, data)
+		}
+	}
+	// answers ending early: a usage error naming what is missing
+	r = runReg(filepath.Join(dir, "s2.json")+"\n", filepath.Join(dir, "other.toml"))
+	if r.code != 2 || !strings.Contains(r.stderr, "standard input ended before an answer for --concurrent") {
+		t.Errorf("short input: %+v", r)
+	}
+}
+
+func TestVerifyAndUnregister(t *testing.T) {
+	gl, dir := setup(t)
+	gl.AddRunner("glrt-second-0123456789")
+	cfg := filepath.Join(dir, "config.toml")
+	body := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
+	body = strings.Replace(body, "https://gitlab.example", gl.URL, 1)
+	body += fmt.Sprintf("\n[[runners]]\n  name = \"second\"\n  url = %q\n  token = \"glrt-second-0123456789\"\n  executor = \"local-docker\"\n\n# trailing comment kept\n", gl.URL)
+	os.WriteFile(cfg, []byte(body), 0o600)
+	r := runReg("", "verify", cfg)
+	if r.code != 1 || !strings.Contains(r.stdout, `runner "first": INVALID`) || !strings.Contains(r.stdout, `runner "second": valid`) {
+		t.Fatalf("verify: %+v", r)
+	}
+	r = runReg("", "unregister", "--name", "second", cfg)
+	if r.code != 0 {
+		t.Fatalf("unregister: %+v", r)
+	}
+	data, _ := os.ReadFile(cfg)
+	want := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
+	want = strings.Replace(want, "https://gitlab.example", gl.URL, 1) + "\n# trailing comment kept\n"
+	if string(data) != want {
+		t.Fatalf("after unregister:\n%s\nwant:\n%s", data, want)
+	}
+	// the first runner's token is unknown to GitLab: removed anyway, with a note
+	r = runReg("", "unregister", "--name", "first", cfg)
+	if r.code != 0 || !strings.Contains(r.stdout, "no longer knows") {
+		t.Fatalf("unregister unknown: %+v", r)
+	}
+	if r := runReg("", "unregister", "--name", "nobody", cfg); r.code != 2 {
+		t.Fatalf("unknown name: %+v", r)
+	}
+}
+
+// The written file runs: paas-runner starts on it at once.
+func TestDaemonRunsRegisteredConfig(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--token", "glrt-good-0123456789", "--name", "one",
+		"--executor", "local-docker", "--state-file", filepath.Join(dir, "state.json"), cfg)
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	bin := filepath.Join(dir, "paas-runner")
+	if out, err := exec.Command("go", "build", "-o", bin, "../paas-runner").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "--poll-cycles", "2", cfg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("paas-runner on the registered config: %v\n%s", err, out)
+	}
+	if gl.Count("POST /api/v4/jobs/request") < 2 {
+		t.Fatalf("the daemon did not poll GitLab:\n%s", out)
+	}
+}

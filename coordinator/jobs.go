@@ -229,4 +229,7 @@ func (c *Client) WriteTrace(ctx context.Context, id int64, jobToken string, offs
 }
 
 // Checksum is the trace checksum GitLab expects in final updates.
-func Checksum(data []byte) string { return fmt.Sprintf("crc32:%08x", crc32.ChecksumIEEE(data)) }
+func Checksum(data []byte) string { return Checksum32(crc32.ChecksumIEEE(data)) }
+
+// Checksum32 renders a CRC32 (IEEE) as a trace checksum.
+func Checksum32(crc uint32) string { return fmt.Sprintf("crc32:%08x", crc) }

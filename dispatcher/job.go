@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"sync"
 	"time"
 
@@ -172,7 +173,8 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if why, _ := t.stopped(); why != "" {
 		return errStopped
 	}
-	ej.TraceOffset = t.get().TraceOffset
+	cur := t.get()
+	ej.TraceOffset, ej.TraceCRC = cur.TraceOffset, cur.TraceCRC
 	h, err = retry(ctx, d, t, "launch", func() (executors.Handle, error) { return ex.Launch(ctx, rec.Resource, ej) })
 	if err != nil {
 		return err
@@ -274,10 +276,23 @@ func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isE
 		line = ansiRed + line + ansiReset
 	}
 	rec := t.get()
-	off, err := t.r.Source.WriteTrace(ctx, rec.JobID, rec.Token, rec.TraceOffset, []byte(line+"\n"))
+	data := []byte(line + "\n")
+	off, err := t.r.Source.WriteTrace(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
 	switch {
 	case err == nil:
-		t.update(d.store, func(j *state.Job) { j.TraceOffset = off })
+		t.update(d.store, func(j *state.Job) {
+			if j.TraceOffset == 0 && j.TraceCRC == nil {
+				zero := uint32(0)
+				j.TraceCRC = &zero
+			}
+			if j.TraceCRC != nil && off == j.TraceOffset+int64(len(data)) {
+				c := crc32.Update(*j.TraceCRC, crc32.IEEETable, data)
+				j.TraceCRC = &c
+			} else {
+				j.TraceCRC = nil // appended after someone else's output
+			}
+			j.TraceOffset = off
+		})
 	case errors.Is(err, job.ErrNotRunning):
 		if t.phase().Pending() {
 			t.stopProvisioning("the job is not running in GitLab any more", job.StatusCanceled)

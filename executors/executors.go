@@ -28,6 +28,8 @@ type Job struct {
 	// TraceOffset is where the daemon's writing to the job log stopped: the
 	// inner runner continues from there.
 	TraceOffset int64
+	// TraceCRC is the CRC32 of the log up to TraceOffset, nil if unknown.
+	TraceCRC *uint32
 }
 
 // Executor provisions hosts. Every method takes the context first, is safe

@@ -51,10 +51,14 @@ func (p Phase) Pending() bool { return p == Acquired || p == Provisioning || p =
 
 // Job is one job handle. The JSON keys are Heptapod's where it has them.
 type Job struct {
-	RunnerName     string          `json:"runner_name"`
-	JobID          int64           `json:"job_id"`
-	Token          string          `json:"token"`
-	TraceOffset    int64           `json:"trace_offset"`
+	RunnerName  string `json:"runner_name"`
+	JobID       int64  `json:"job_id"`
+	Token       string `json:"token"`
+	TraceOffset int64  `json:"trace_offset"`
+	// TraceCRC is the CRC32 of the job log up to TraceOffset, when the
+	// daemon wrote all of it (nil when unknown), so that the inner runner
+	// can send the checksum of the whole log.
+	TraceCRC       *uint32         `json:"trace_crc32,omitempty"`
 	ExpectedWeight float64         `json:"expected_weight"`
 	Resource       json.RawMessage `json:"paas_resource,omitempty"`
 	Phase          Phase           `json:"phase,omitempty"`

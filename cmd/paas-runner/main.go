@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	dockerclient "github.com/docker/docker/client"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,6 +30,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
+	"gitlab.com/paas-runner/paas-runner/jobrunner"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
 
@@ -140,8 +142,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case "host-image":
 			return hostImage(args[1:], stdout, stderr)
 		case "exec-fetched-job":
-			fmt.Fprintln(stderr, "paas-runner: exec-fetched-job (the inner runner) is not available in this version; set inner_image to a Heptapod Runner image meanwhile")
-			return exitUsage
+			return execFetchedJob(args[1:], stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)
@@ -338,16 +339,63 @@ func buildRunners(ctx context.Context, cfg *config.Config, reg registry, env exe
 }
 
 // features are what jobs run by this runner support, as advertised to
-// GitLab. They describe the inner runner (exec-fetched-job): keep them
-// truthful, GitLab changes behaviour on them (cancel_gracefully above all).
-func features() map[string]bool {
-	return map[string]bool{
-		"variables": true, "image": true, "services": true, "artifacts": true, "cache": true,
-		"upload_multiple_artifacts": true, "upload_raw_artifacts": true, "refspecs": true, "masking": true,
-		"raw_variables": true, "artifacts_exclude": true, "multi_build_steps": true, "cancelable": true,
-		"return_exit_code": true, "service_variables": true, "fallback_cache_keys": true,
-		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
+// GitLab: the inner runner's (exec-fetched-job), kept truthful there.
+func features() map[string]bool { return jobrunner.Features() }
+
+// execFetchedJob is the inner runner: paas-runner exec-fetched-job
+// --config runner.toml job.json. Exit 0 once GitLab accepted the job's
+// final state, whatever it is; non-zero only when it could not be reported.
+func execFetchedJob(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("paas-runner exec-fetched-job", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "runner.toml written by the executor")
+	pos, err := parseInterleavedArgs(fs, args)
+	if err != nil || *cfgPath == "" || len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: paas-runner exec-fetched-job --config runner.toml job.json")
+		return exitUsage
 	}
+	log, _ := logging.New(firstOf(os.Getenv("PAAS_RUNNER_LOG_LEVEL"), "info"), "text")
+	rc, err := jobrunner.LoadConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+	j, err := jobrunner.LoadJob(pos[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: docker client: %v\n", err)
+		return exitFatal
+	}
+	defer cli.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err = jobrunner.Run(ctx, jobrunner.Options{Config: rc, Job: j, Docker: cli, Logger: log, UserAgent: version.UserAgent(),
+		Info: coordinator.Info{Name: version.Name, Version: version.Version, Revision: version.Revision, Platform: runtime.GOOS,
+			Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: features()}})
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: job %d: %v\n", j.ID, err)
+		return exitFatal
+	}
+	return exitOK
+}
+
+func parseInterleavedArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			pos = append(pos, args[0])
+			args = args[1:]
+		}
+	}
+	return pos, nil
 }
 
 func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http.Server, error) {

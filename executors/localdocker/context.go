@@ -59,7 +59,7 @@ func InnerConfig(name, url string, forwarded map[string]any) ([]byte, error) {
 
 // JobJSON is the payload handed to the inner runner: GitLab's payload after
 // the Dependency Proxy rewrite, plus where the daemon left the job log.
-func JobJSON(payload json.RawMessage, traceOffset int64) ([]byte, error) {
+func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]byte, error) {
 	p, err := job.UseDependencyProxy(payload)
 	if err != nil {
 		return nil, err
@@ -68,7 +68,11 @@ func JobJSON(payload json.RawMessage, traceOffset int64) ([]byte, error) {
 	if err := json.Unmarshal(p, &doc); err != nil {
 		return nil, fmt.Errorf("job payload: %w", err)
 	}
-	doc["paas_runner"], _ = json.Marshal(map[string]any{"trace_offset": traceOffset})
+	pr := map[string]any{"trace_offset": traceOffset}
+	if traceCRC != nil {
+		pr["trace_crc32"] = *traceCRC
+	}
+	doc["paas_runner"], _ = json.Marshal(pr)
 	keys := make([]string, 0, len(doc))
 	for k := range doc {
 		keys = append(keys, k)

@@ -381,7 +381,7 @@ func (e *Executor) buildJobImage(ctx context.Context, hd handle, j executors.Job
 
 // Context returns the build context of a job's host image.
 func (e *Executor) Context(j executors.Job) (BuildContext, error) {
-	jobJSON, err := JobJSON(j.Payload, j.TraceOffset)
+	jobJSON, err := JobJSON(j.Payload, j.TraceOffset, j.TraceCRC)
 	if err != nil {
 		return BuildContext{}, err
 	}

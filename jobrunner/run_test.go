@@ -1,0 +1,244 @@
+package jobrunner
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"net/http"
+	"net/http/cgi"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/client"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator"
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+)
+
+const jobImage = "paas-runner-test-busybox:1"
+
+var cli *client.Client
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		var err error
+		cli, err = localdockertest.Client()
+		if err != nil {
+			if localdockertest.Required() {
+				fmt.Fprintln(os.Stderr, "Docker required but not reachable:", err)
+				return 1
+			}
+			fmt.Fprintln(os.Stderr, "skipping Docker tests:", err)
+			cli = nil
+			return m.Run()
+		}
+		if err := buildBusybox(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer localdockertest.RemoveImage(cli, jobImage)
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// buildBusybox builds FROM scratch a job image whose /bin/sh is Debian's
+// static busybox (its applets run from the shell).
+func buildBusybox() error {
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("busybox-static is needed for the job image: %w", err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range []struct {
+		n string
+		m int64
+		d []byte
+	}{{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\n")}, {"busybox", 0o755, bb}} {
+		tw.WriteHeader(&tar.Header{Name: f.n, Mode: f.m, Size: int64(len(f.d)), Typeflag: tar.TypeReg})
+		tw.Write(f.d)
+	}
+	tw.Close()
+	resp, err := cli.ImageBuild(context.Background(), &buf, build.ImageBuildOptions{Tags: []string{jobImage}, Remove: true})
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = bytes.NewBuffer(nil).ReadFrom(resp.Body)
+	return err
+}
+
+// gitServer serves a repository over smart HTTP (git http-backend) with
+// basic auth, like GitLab: user gitlab-ci-token, password the job token.
+func gitServer(t *testing.T, token string) (repoURL, sha string) {
+	t.Helper()
+	root := t.TempDir()
+	work := filepath.Join(root, "work")
+	run := func(dir string, args ...string) string {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t", "HOME="+root)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	os.MkdirAll(work, 0o755)
+	run(work, "init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(work, "README"), []byte("hello from the repository\n"), 0o644)
+	run(work, "add", ".")
+	run(work, "commit", "-q", "-m", "first")
+	sha = run(work, "rev-parse", "HEAD")
+	run(root, "clone", "-q", "--bare", work, filepath.Join(root, "g", "p.git"))
+	h := &cgi.Handler{Path: "/usr/lib/git-core/git-http-backend", Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		if !ok || u != "gitlab-ci-token" || p != token {
+			w.Header().Set("WWW-Authenticate", `Basic realm="GitLab"`)
+			http.Error(w, "HTTP Basic: Access denied", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.Replace(srv.URL, "http://", "http://gitlab-ci-token:"+token+"@", 1) + "/g/p.git", sha
+}
+
+type jobSpec struct {
+	script, after []string
+	timeout       int
+	vars          []map[string]any
+}
+
+// runJob queues a job in a fake GitLab, acquires it like the daemon, and
+// runs it with the inner runner; it returns the job as GitLab ended it.
+func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
+	t.Helper()
+	if cli == nil {
+		t.Skip("no Docker engine")
+	}
+	gl := coordinatortest.New(t)
+	gl.AddRunner("glrt-inner-0123456789")
+	q := gl.Enqueue("", nil)
+	repo, sha := gitServer(t, q.Token)
+	steps := []map[string]any{{"name": "script", "script": spec.script, "timeout": 3600, "when": "on_success"}}
+	if spec.after != nil {
+		steps = append(steps, map[string]any{"name": "after_script", "script": spec.after, "timeout": 3600, "when": "always"})
+	}
+	vars := append([]map[string]any{{"key": "CI_JOB_TOKEN", "value": q.Token, "public": false, "masked": true}}, spec.vars...)
+	timeout := spec.timeout
+	if timeout == 0 {
+		timeout = 600
+	}
+	q.Payload["steps"] = steps
+	q.Payload["variables"] = vars
+	q.Payload["image"] = map[string]any{"name": jobImage, "pull_policy": []string{"if-not-present"}}
+	q.Payload["runner_info"] = map[string]any{"timeout": timeout}
+	q.Payload["git_info"] = map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 5,
+		"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}}
+	c, _ := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-inner-0123456789"})
+	a, err := c.RequestJob(context.Background())
+	if err != nil || a == nil {
+		t.Fatalf("acquiring: %v", err)
+	}
+	// the daemon wrote a line before handing over
+	gl.AppendTrace(q.ID, "daemon line\n")
+	var doc map[string]any
+	json.Unmarshal(a.Raw, &doc)
+	doc["paas_runner"] = map[string]any{"trace_offset": len("daemon line\n"), "trace_crc32": crc32.ChecksumIEEE([]byte("daemon line\n"))}
+	raw, _ := json.Marshal(doc)
+	jp := filepath.Join(t.TempDir(), "job.json")
+	os.WriteFile(jp, raw, 0o600)
+	j, err := LoadJob(jp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &RunnerConfig{URL: gl.URL, BuildsDir: "/builds", OutputLimit: 4096}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := Run(ctx, Options{Config: rc, Job: j, Docker: cli, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}}); err != nil {
+		t.Fatalf("run: %v\n%s", err, gl.Job(q.ID).Trace)
+	}
+	assertNothingLeft(t, q.ID)
+	return gl.Job(q.ID)
+}
+
+func assertNothingLeft(t *testing.T, id int64) {
+	t.Helper()
+	f := filters.NewArgs(filters.Arg("label", fmt.Sprintf("paas-runner.job-id=%d", id)))
+	cs, _ := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
+	vs, _ := cli.VolumeList(context.Background(), volume.ListOptions{Filters: f})
+	if len(cs) > 0 || len(vs.Volumes) > 0 {
+		t.Fatalf("left behind: %d containers, %d volumes", len(cs), len(vs.Volumes))
+	}
+}
+
+func TestSuccessfulJob(t *testing.T) {
+	j := runJob(t, jobSpec{
+		script: []string{"echo \"hello $WHO\"", "cat README", "cat \"$CONFIG_FILE\"", "echo secret is $SECRET", "pwd"},
+		vars: []map[string]any{
+			{"key": "WHO", "value": "world", "public": true, "masked": false},
+			{"key": "CONFIG_FILE", "value": "file content here", "public": false, "masked": false, "file": true},
+			{"key": "SECRET", "value": "sup3rs3cr3t", "public": false, "masked": true},
+		},
+	})
+	tr := string(j.Trace)
+	if j.Status != "success" {
+		t.Fatalf("status %s\n%s", j.Status, tr)
+	}
+	for _, want := range []string{"daemon line\n", "$ echo \"hello $WHO\"", "hello world", "hello from the repository", "file content here", "secret is [MASKED]", "/builds/g/p", "Job succeeded"} {
+		if !strings.Contains(tr, want) {
+			t.Errorf("log lacks %q:\n%s", want, tr)
+		}
+	}
+	if strings.Contains(tr, "sup3rs3cr3t") || strings.Contains(tr, j.Token) {
+		t.Errorf("a secret leaked into the log:\n%s", tr)
+	}
+	if !strings.HasPrefix(tr, "daemon line\n") {
+		t.Errorf("the daemon's part was overwritten:\n%s", tr)
+	}
+	last := j.Updates[len(j.Updates)-1]
+	out, _ := last["output"].(map[string]any)
+	if out["bytesize"] != float64(len(j.Trace)) || out["checksum"] != coordinator.Checksum(j.Trace) {
+		t.Errorf("final update %v; log is %d bytes, %s", out, len(j.Trace), coordinator.Checksum(j.Trace))
+	}
+}
+
+func TestFailingJobRunsAfterScript(t *testing.T) {
+	j := runJob(t, jobSpec{
+		script: []string{"echo before", "exit 7", "echo never"},
+		after:  []string{"echo after with status $CI_JOB_STATUS"},
+	})
+	tr := string(j.Trace)
+	if j.Status != "failed" || j.FailureReason != "script_failure" || j.ExitCode != 7 {
+		t.Fatalf("%s %s %d\n%s", j.Status, j.FailureReason, j.ExitCode, tr)
+	}
+	if strings.Contains(tr, "\nnever") || !strings.Contains(tr, "after with status failed") {
+		t.Errorf("log:\n%s", tr)
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	j := runJob(t, jobSpec{script: []string{"echo start", "sleep 60"}, timeout: 2, after: []string{"echo after timeout"}})
+	if j.Status != "failed" || j.FailureReason != "job_execution_timeout" {
+		t.Fatalf("%s %s\n%s", j.Status, j.FailureReason, j.Trace)
+	}
+	if !strings.Contains(string(j.Trace), "after timeout") {
+		t.Errorf("after_script did not run after the timeout:\n%s", j.Trace)
+	}
+}

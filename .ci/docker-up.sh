@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Makes sure a Docker engine answers, for the tests that need a real one:
-# installs Debian's docker.io when dockerd is missing (as root) and starts
-# dockerd --iptables=false in the background when nothing answers.
+# Makes sure what the Docker tests need is there: a Docker engine that
+# answers (Debian's docker.io, installed as root when dockerd is missing,
+# and dockerd --iptables=false started in the background when nothing
+# answers), git and its http-backend, and Debian's busybox-static (the test
+# job image is FROM scratch plus /bin/busybox).
 set -euo pipefail
 log=/tmp/paas-runner-dockerd.log
 up() { timeout 10 docker info >/dev/null 2>&1; }
-up && exit 0
-if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+missing=()
+command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx cat || missing+=(busybox-static)
+[ -x /usr/lib/git-core/git-http-backend ] || missing+=(git)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "docker-up: no Docker engine and not root: install docker.io and start dockerd" >&2
+    echo "docker-up: missing ${missing[*]} and not root: install them" >&2
     exit 1
   fi
-  echo "docker-up: installing docker.io" >&2
+  echo "docker-up: installing ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+up && exit 0
 if ! pgrep -x dockerd >/dev/null; then
   echo "docker-up: starting dockerd --iptables=false (log: $log)" >&2
   nohup dockerd --iptables=false >"$log" 2>&1 &

@@ -1,23 +1,16 @@
 package jobrunner
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
-	"net/http"
-	"net/http/cgi"
-	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/volume"
@@ -45,7 +38,7 @@ func TestMain(m *testing.M) {
 			cli = nil
 			return m.Run()
 		}
-		if err := buildBusybox(); err != nil {
+		if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -53,70 +46,6 @@ func TestMain(m *testing.M) {
 		return m.Run()
 	}()
 	os.Exit(code)
-}
-
-// buildBusybox builds FROM scratch a job image whose /bin/sh is Debian's
-// static busybox (its applets run from the shell).
-func buildBusybox() error {
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		return fmt.Errorf("busybox-static is needed for the job image: %w", err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range []struct {
-		n string
-		m int64
-		d []byte
-	}{{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\n")}, {"busybox", 0o755, bb}} {
-		tw.WriteHeader(&tar.Header{Name: f.n, Mode: f.m, Size: int64(len(f.d)), Typeflag: tar.TypeReg})
-		tw.Write(f.d)
-	}
-	tw.Close()
-	resp, err := cli.ImageBuild(context.Background(), &buf, build.ImageBuildOptions{Tags: []string{jobImage}, Remove: true})
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	_, err = bytes.NewBuffer(nil).ReadFrom(resp.Body)
-	return err
-}
-
-// gitServer serves a repository over smart HTTP (git http-backend) with
-// basic auth, like GitLab: user gitlab-ci-token, password the job token.
-func gitServer(t *testing.T, token string) (repoURL, sha string) {
-	t.Helper()
-	root := t.TempDir()
-	work := filepath.Join(root, "work")
-	run := func(dir string, args ...string) string {
-		cmd := exec.Command("git", args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t", "HOME="+root)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	os.MkdirAll(work, 0o755)
-	run(work, "init", "-q", "-b", "main")
-	os.WriteFile(filepath.Join(work, "README"), []byte("hello from the repository\n"), 0o644)
-	run(work, "add", ".")
-	run(work, "commit", "-q", "-m", "first")
-	sha = run(work, "rev-parse", "HEAD")
-	run(root, "clone", "-q", "--bare", work, filepath.Join(root, "g", "p.git"))
-	h := &cgi.Handler{Path: "/usr/lib/git-core/git-http-backend", Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, p, ok := r.BasicAuth()
-		if !ok || u != "gitlab-ci-token" || p != token {
-			w.Header().Set("WWW-Authenticate", `Basic realm="GitLab"`)
-			http.Error(w, "HTTP Basic: Access denied", http.StatusUnauthorized)
-			return
-		}
-		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return strings.Replace(srv.URL, "http://", "http://gitlab-ci-token:"+token+"@", 1) + "/g/p.git", sha
 }
 
 type jobSpec struct {
@@ -135,7 +64,7 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	gl := coordinatortest.New(t)
 	gl.AddRunner("glrt-inner-0123456789")
 	q := gl.Enqueue("", nil)
-	repo, sha := gitServer(t, q.Token)
+	repo, sha := localdockertest.GitServer(t, q.Token)
 	steps := []map[string]any{{"name": "script", "script": spec.script, "timeout": 3600, "when": "on_success"}}
 	if spec.after != nil {
 		steps = append(steps, map[string]any{"name": "after_script", "script": spec.after, "timeout": 3600, "when": "always"})

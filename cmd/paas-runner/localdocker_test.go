@@ -3,7 +3,6 @@ package main_test
 import (
 	"context"
 	"fmt"
-	cerrdefs "github.com/containerd/errdefs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,11 +13,14 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 
+	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
@@ -48,6 +50,21 @@ func dockerInner(t *testing.T) *client.Client {
 		t.Skipf("no Docker engine: %v", innerErr)
 	}
 	return innerCli
+}
+
+// cleanRunner removes a runner's labelled containers now and at the end of
+// the test, whatever a failed earlier run left behind.
+func cleanRunner(t *testing.T, cli *client.Client, runner string) {
+	clean := func() {
+		f := filters.NewArgs(filters.Arg("label", localdocker.LabelManaged+"=true"), filters.Arg("label", localdocker.LabelRunner+"="+runner))
+		cs, _ := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
+		for _, c := range cs {
+			cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+		}
+		localdockertest.RemoveImagesLabelled(cli, localdocker.LabelRunner+"="+runner)
+	}
+	clean()
+	t.Cleanup(clean)
 }
 
 // ours lists containers and job images labelled with this test's runner.
@@ -95,13 +112,8 @@ executor = "local-docker"
 inner_image = "127.0.0.1:1/missing/image:1"
 `, filepath.Join(dir, "state.json"), gl.URL, good, innerTag, gl.URL, bad)), 0o600)
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
-	t.Cleanup(func() {
-		f := filters.NewArgs(filters.Arg("label", localdocker.LabelManaged+"=true"), filters.Arg("label", localdocker.LabelRunner+"="+good[:8]))
-		cs, _ := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
-		for _, c := range cs {
-			cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
-		}
-	})
+	cleanRunner(t, cli, good[:8])
+	cleanRunner(t, cli, bad[:8])
 	p := e.start("")
 	ok := gl.Enqueue(good, nil)
 	crash := gl.Enqueue(good, map[string]any{"variables": []map[string]any{{"key": "TEST_INNER", "value": "crash", "public": true, "masked": false}}})
@@ -206,3 +218,77 @@ func BenchmarkDecommissionLag(b *testing.B) {
 	b.ReportMetric(float64(lags[len(lags)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(lags[len(lags)*9/10].Milliseconds()), "p90-ms")
 }
+
+// The whole chain with nothing borrowed: the daemon provisions a host on
+// its own base image (this binary), whose exec-fetched-job fetches the
+// sources and runs the script in a busybox job image.
+func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
+	cli := dockerInner(t)
+	const jobImage = "paas-runner-test-busybox:cmd"
+	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
+		t.Fatal(err)
+	}
+	gl := coordinatortest.New(t)
+	tok := "glrt-ldreal-0123456789"
+	gl.AddRunner(tok)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`concurrent = 2
+check_interval = 0.1
+state_file = %q
+[[runners]]
+name = "real"
+url = %q
+token = %q
+executor = "local-docker"
+  [runners.local_docker]
+  network_mode = "host"
+  [runners.docker]
+  pull_policy = "never"
+`, filepath.Join(dir, "state.json"), gl.URL, tok)), 0o600)
+	e := &env{t: t, dir: dir, config: cfg, gl: gl}
+	cleanRunner(t, cli, tok[:8])
+	p := e.start("")
+	jobToken := "glcbt-real-job-token-0001"
+	repo, sha := localdockertest.GitServer(t, jobToken)
+	q := gl.Enqueue(tok, map[string]any{
+		"token": jobToken,
+		"image": map[string]any{"name": jobImage},
+		"git_info": map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 1,
+			"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}},
+		"steps":     []map[string]any{{"name": "script", "script": []string{"cat README", "echo job token is $CI_JOB_TOKEN"}, "timeout": 600, "when": "on_success"}},
+		"variables": []map[string]any{{"key": "CI_JOB_TOKEN", "value": jobToken, "public": false, "masked": true}},
+	})
+	gl.WaitFor(procWait, "the job to succeed", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
+	got := gl.Job(q.ID)
+	tr := string(got.Trace)
+	if got.Status != "success" {
+		t.Fatalf("job %s:\n%s", got.Status, tr)
+	}
+	for _, want := range []string{"paas-runner: host ready", "$ cat README", "hello from the repository", "job token is [MASKED]", "Job succeeded"} {
+		if !strings.Contains(tr, want) {
+			t.Errorf("log lacks %q:\n%s", want, tr)
+		}
+	}
+	last := got.Updates[len(got.Updates)-1]
+	if out, _ := last["output"].(map[string]any); out["checksum"] != coordinator.Checksum(got.Trace) {
+		t.Errorf("checksum %v, log's is %s", out["checksum"], coordinator.Checksum(got.Trace))
+	}
+	deadline := time.Now().Add(procWait)
+	for {
+		c, i := ours(t, cli, tok[:8])
+		if c+i == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hosts left: %d containers, %d images", c, i)
+		}
+		time.Sleep(50 * time.Millisecond) // the daemon, another process, removes them
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func jobFinal(st string) bool { return st == "success" || st == "failed" || st == "canceled" }

@@ -25,7 +25,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "paas-runner")
-	out, err := exec.Command("go", "build", "-race", "-tags", "paasrunner_testexec", "-o", binary, ".").CombinedOutput()
+	// Static (no cgo, so no -race): local-docker puts this very binary in
+	// its FROM-scratch host image, where it runs as the inner runner.
+	cmd := exec.Command("go", "build", "-tags", "paasrunner_testexec", "-o", binary, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building paas-runner: %v\n%s", err, out)
 		os.Exit(1)

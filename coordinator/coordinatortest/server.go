@@ -132,6 +132,9 @@ func (s *Server) Enqueue(runnerToken string, extra map[string]any) *Job {
 	s.nextID++
 	id := s.nextID
 	tok := fmt.Sprintf("glcbt-job%d-%s", id, strconv.FormatInt(time.Now().UnixNano()%1e9, 36))
+	if t, ok := extra["token"].(string); ok && t != "" {
+		tok = t // a test that needs the token beforehand (e.g. for a git server)
+	}
 	payload := map[string]any{
 		"id": id, "token": tok, "allow_git_fetch": true,
 		"job_info":    map[string]any{"id": id, "name": "test", "stage": "test", "project_id": 1, "project_name": "p", "project_full_path": "g/p"},

@@ -118,7 +118,8 @@ func baseDockerfile() []byte {
 	return []byte(fmt.Sprintf(`FROM scratch
 COPY paas-runner %s
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+COPY tmp /tmp
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt TMPDIR=/tmp
 ENTRYPOINT ["%s"]
 `, binaryInImage, binaryInImage))
 }
@@ -134,6 +135,9 @@ func makeTar(files ...tarFile) (*bytes.Buffer, error) {
 	tw := tar.NewWriter(&buf)
 	for _, f := range files {
 		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
+		if strings.HasSuffix(f.name, "/") {
+			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
+		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return nil, err
 		}

@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer localdockertest.RemoveImage(cli, innerImage)
-		defer localdockertest.RemoveImage(cli, "paas-runner-host:"+testVersion)
+		defer localdockertest.RemoveImagesLabelled(cli, "org.opencontainers.image.version="+testVersion)
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -314,7 +314,8 @@ func TestBuildContextGolden(t *testing.T) {
 	p := json.RawMessage(`{"id":7,"token":"jt","image":{"name":"debian:12"},"services":[{"name":"tutum/wordpress"}],
 "variables":[{"key":"CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX","value":"gl.example:443/g/dependency_proxy/containers","public":true,"masked":false}]}`)
 	for _, mode := range []struct{ name, inner string }{{"default", ""}, {"heptapod", "registry.example/heptapod-runner:0.7.0"}} {
-		e := &Executor{opts: Options{RunnerName: "glrt-abc", RunnerLabel: "my-runner", RunnerURL: "https://gitlab.example", Inner: inner, InnerImage: mode.inner, Version: "1.2.3"}}
+		e := &Executor{opts: Options{RunnerName: "glrt-abc", RunnerLabel: "my-runner", RunnerURL: "https://gitlab.example", Inner: inner, InnerImage: mode.inner, Version: "1.2.3"},
+			baseTagV: "paas-runner-host:1.2.3"}
 		bc, err := e.Context(executors.Job{ID: 7, Payload: p, TraceOffset: 321})
 		if err != nil {
 			t.Fatal(err)

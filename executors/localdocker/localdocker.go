@@ -86,6 +86,8 @@ type Executor struct {
 
 	baseMu    sync.Mutex
 	baseReady bool
+	baseTagV  string // computed from the binary's content
+	binData   []byte
 }
 
 var (
@@ -230,7 +232,46 @@ func BuildBaseImage(ctx context.Context, host, version, binary string, log *zap.
 	return e.baseTag(), e.ensureBaseImage(ctx)
 }
 
-func (e *Executor) baseTag() string { return "paas-runner-host:" + nameSafe.Replace(e.opts.Version) }
+// baseTag names the base image after the version and the binary's hash:
+// a development build never reuses an image holding another binary.
+func (e *Executor) baseTag() string {
+	e.baseMu.Lock()
+	defer e.baseMu.Unlock()
+	return e.baseTagLocked()
+}
+
+func (e *Executor) baseTagLocked() string {
+	if e.baseTagV != "" {
+		return e.baseTagV
+	}
+	tag := "paas-runner-host:" + nameSafe.Replace(e.opts.Version)
+	if data, err := e.binary(); err == nil {
+		sum := sha256.Sum256(data)
+		tag += "-" + hex.EncodeToString(sum[:6])
+	}
+	e.baseTagV = tag
+	return tag
+}
+
+// binary reads the static paas-runner binary the base image holds.
+func (e *Executor) binary() ([]byte, error) {
+	if e.binData != nil {
+		return e.binData, nil
+	}
+	bin := e.opts.Binary
+	if bin == "" {
+		var err error
+		if bin, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("finding paas-runner's own binary: %w", err)
+		}
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s for the base image: %w", bin, err)
+	}
+	e.binData = data
+	return data, nil
+}
 
 // ensureBaseImage builds the default base image from the daemon's own
 // static binary and a CA bundle, unless it exists.
@@ -240,23 +281,16 @@ func (e *Executor) ensureBaseImage(ctx context.Context) error {
 	if e.baseReady {
 		return nil
 	}
-	tag := e.baseTag()
+	tag := e.baseTagLocked()
 	if _, err := e.cli.ImageInspect(ctx, tag); err == nil {
 		e.baseReady = true
 		return nil
 	} else if !cerrdefs.IsNotFound(err) {
 		return executors.Transient("provision", fmt.Errorf("inspecting base image %s: %w", tag, err))
 	}
-	bin := e.opts.Binary
-	if bin == "" {
-		var err error
-		if bin, err = os.Executable(); err != nil {
-			return executors.Permanent("provision", fmt.Errorf("finding paas-runner's own binary: %w", err))
-		}
-	}
-	binData, err := os.ReadFile(bin)
+	binData, err := e.binary()
 	if err != nil {
-		return executors.Permanent("provision", fmt.Errorf("reading %s for the base image: %w", bin, err))
+		return executors.Permanent("provision", err)
 	}
 	ca := e.opts.CABundle
 	if ca == "" {
@@ -266,7 +300,7 @@ func (e *Executor) ensureBaseImage(ctx context.Context) error {
 	if err != nil {
 		return executors.Permanent("provision", fmt.Errorf("reading CA bundle for the base image: %w", err))
 	}
-	ctxTar, err := makeTar(tarFile{"Dockerfile", 0o644, baseDockerfile()}, tarFile{"paas-runner", 0o755, binData}, tarFile{"ca-certificates.crt", 0o644, caData})
+	ctxTar, err := makeTar(tarFile{"Dockerfile", 0o644, baseDockerfile()}, tarFile{"paas-runner", 0o755, binData}, tarFile{"ca-certificates.crt", 0o644, caData}, tarFile{"tmp/", 0o1777, nil})
 	if err != nil {
 		return err
 	}

@@ -11,14 +11,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/cgi"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 )
@@ -74,15 +79,45 @@ func BuildInnerImage(ctx context.Context, cli *client.Client, tag string) error 
 	if err != nil {
 		return err
 	}
+	return buildImage(ctx, cli, tag, map[string][]byte{
+		"Dockerfile":    []byte("FROM scratch\nCOPY gitlab-runner /usr/bin/gitlab-runner\nLABEL paas-runner.test=true\n"),
+		"gitlab-runner": data,
+	})
+}
+
+// RemoveImage removes an image and its untagged parents.
+func RemoveImage(cli *client.Client, tag string) {
+	cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
+}
+
+// RemoveImagesLabelled removes every image with the label (key=value).
+func RemoveImagesLabelled(cli *client.Client, label string) {
+	imgs, _ := cli.ImageList(context.Background(), image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", label))})
+	for _, im := range imgs {
+		cli.ImageRemove(context.Background(), im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+	}
+}
+
+// BuildBusyboxImage builds FROM scratch a job image whose /bin/sh is
+// Debian's static busybox (its applets run from the shell): the test jobs'
+// image, with no registry.
+func BuildBusyboxImage(ctx context.Context, cli *client.Client, tag string) error {
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("Debian's busybox-static is needed for the test job image: %w", err)
+	}
+	return buildImage(ctx, cli, tag, map[string][]byte{
+		"Dockerfile": []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\nLABEL paas-runner.test=true\n"),
+		"busybox":    bb,
+	})
+}
+
+func buildImage(ctx context.Context, cli *client.Client, tag string, files map[string][]byte) error {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for _, f := range []struct {
-		name string
-		mode int64
-		data []byte
-	}{{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY gitlab-runner /usr/bin/gitlab-runner\nLABEL paas-runner.test=true\n")}, {"gitlab-runner", 0o755, data}} {
-		tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg})
-		tw.Write(f.data)
+	for name, data := range files {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg})
+		tw.Write(data)
 	}
 	tw.Close()
 	resp, err := cli.ImageBuild(ctx, &buf, build.ImageBuildOptions{Tags: []string{tag}, Remove: true})
@@ -104,7 +139,41 @@ func BuildInnerImage(ctx context.Context, cli *client.Client, tag string) error 
 	}
 }
 
-// RemoveImage removes an image and its untagged parents.
-func RemoveImage(cli *client.Client, tag string) {
-	cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
+// GitServer serves a one-commit repository (README) over smart HTTP with
+// git http-backend and basic auth like GitLab: user gitlab-ci-token,
+// password token. It returns the clone URL with those credentials, as a
+// job payload's repo_url has them, and the commit.
+func GitServer(t testing.TB, token string) (repoURL, sha string) {
+	t.Helper()
+	root := t.TempDir()
+	work := filepath.Join(root, "work")
+	run := func(dir string, args ...string) string {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t", "HOME="+root)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	os.MkdirAll(work, 0o755)
+	run(work, "init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(work, "README"), []byte("hello from the repository\n"), 0o644)
+	run(work, "add", ".")
+	run(work, "commit", "-q", "-m", "first")
+	sha = run(work, "rev-parse", "HEAD")
+	run(root, "clone", "-q", "--bare", work, filepath.Join(root, "g", "p.git"))
+	h := &cgi.Handler{Path: "/usr/lib/git-core/git-http-backend", Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		if !ok || u != "gitlab-ci-token" || p != token {
+			w.Header().Set("WWW-Authenticate", `Basic realm="GitLab"`)
+			http.Error(w, "HTTP Basic: Access denied", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.Replace(srv.URL, "http://", "http://gitlab-ci-token:"+token+"@", 1) + "/g/p.git", sha
 }

@@ -104,7 +104,7 @@ func RemoveImagesLabelled(cli *client.Client, label string) {
 func BuildBusyboxImage(ctx context.Context, cli *client.Client, tag string) error {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		return fmt.Errorf("Debian's busybox-static is needed for the test job image: %w", err)
+		return fmt.Errorf("busybox-static (Debian) is needed for the test job image: %w", err)
 	}
 	return buildImage(ctx, cli, tag, map[string][]byte{
 		"Dockerfile": []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\nLABEL paas-runner.test=true\n"),

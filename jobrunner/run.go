@@ -33,7 +33,7 @@ func Features() map[string]bool {
 	return map[string]bool{
 		"variables": true, "image": true, "multi_build_steps": true, "return_exit_code": true,
 		"raw_variables": true, "masking": true, "refspecs": true, "cancelable": true,
-		"trace_checksum": true, "trace_size": true,
+		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
 	}
 }
 

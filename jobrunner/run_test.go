@@ -52,6 +52,8 @@ type jobSpec struct {
 	script, after []string
 	timeout       int
 	vars          []map[string]any
+	// during runs while the job runs (e.g. to cancel it)
+	during func(gl *coordinatortest.Server, id int64)
 }
 
 // runJob queues a job in a fake GitLab, acquires it like the daemon, and
@@ -80,7 +82,8 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	q.Payload["runner_info"] = map[string]any{"timeout": timeout}
 	q.Payload["git_info"] = map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 5,
 		"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}}
-	c, _ := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-inner-0123456789"})
+	c, _ := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-inner-0123456789",
+		Info: coordinator.Info{Features: Features()}})
 	a, err := c.RequestJob(context.Background())
 	if err != nil || a == nil {
 		t.Fatalf("acquiring: %v", err)
@@ -100,6 +103,9 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	rc := &RunnerConfig{URL: gl.URL, BuildsDir: "/builds", OutputLimit: 4096}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	if spec.during != nil {
+		go spec.during(gl, q.ID)
+	}
 	if err := Run(ctx, Options{Config: rc, Job: j, Docker: cli, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}}); err != nil {
 		t.Fatalf("run: %v\n%s", err, gl.Job(q.ID).Trace)
 	}
@@ -169,5 +175,38 @@ func TestTimeout(t *testing.T) {
 	}
 	if !strings.Contains(string(j.Trace), "after timeout") {
 		t.Errorf("after_script did not run after the timeout:\n%s", j.Trace)
+	}
+}
+
+func TestGracefulCancel(t *testing.T) {
+	j := runJob(t, jobSpec{
+		script: []string{"echo started", "sleep 120", "echo never"},
+		after:  []string{"echo after with status $CI_JOB_STATUS"},
+		during: func(gl *coordinatortest.Server, id int64) {
+			gl.WaitFor(time.Minute, "the script to start", func(s *coordinatortest.Server) bool { return s.TraceContains(id, "started\n") })
+			gl.Cancel(id) // the runner advertised cancel_gracefully: canceling
+		},
+	})
+	tr := string(j.Trace)
+	if j.Status != "canceled" || !strings.Contains(tr, "after with status canceled") || strings.Contains(tr, "\nnever") {
+		t.Fatalf("status %s:\n%s", j.Status, tr)
+	}
+}
+
+func TestHardCancel(t *testing.T) {
+	start := time.Now()
+	j := runJob(t, jobSpec{
+		script: []string{"echo started", "sleep 120"},
+		after:  []string{"echo after"},
+		during: func(gl *coordinatortest.Server, id int64) {
+			gl.WaitFor(time.Minute, "the script to start", func(s *coordinatortest.Server) bool { return s.TraceContains(id, "started\n") })
+			gl.ForceCancel(id)
+		},
+	})
+	if j.Status != "canceled" || strings.Contains(string(j.Trace), "\nafter\n") {
+		t.Fatalf("status %s:\n%s", j.Status, j.Trace)
+	}
+	if time.Since(start) > 60*time.Second {
+		t.Fatalf("a hard cancel took %v", time.Since(start))
 	}
 }

@@ -120,18 +120,50 @@ func appendInt(b []byte, n int64) []byte {
 	return append(b, byte('0'+n%10))
 }
 
-// Run sends the log until ctx ends; Close sends what is left.
+// Run sends the log until ctx ends; Close sends what is left. When there
+// was nothing to send for an interval, a keep-alive (PUT state=running)
+// asks GitLab how the job is, so that a silent job is still canceled.
 func (t *Trace) Run(ctx context.Context) {
+	last := time.Now()
 	for {
 		t.mu.Lock()
 		iv := t.interval
+		had := len(t.pending) > 0
 		t.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(iv):
 		}
-		t.flush(ctx)
+		if had || t.hasPending() {
+			if t.flush(ctx) == nil {
+				last = time.Now()
+			}
+			continue
+		}
+		if time.Since(last) >= min(iv, 30*time.Second) {
+			t.keepAlive(ctx)
+			last = time.Now()
+		}
+	}
+}
+
+func (t *Trace) hasPending() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pending) > 0
+}
+
+func (t *Trace) keepAlive(ctx context.Context) {
+	res, err := t.client.UpdateJob(ctx, t.id, t.token, coordinator.Update{State: job.StatusRunning})
+	if t.status == nil {
+		return
+	}
+	switch {
+	case res != nil && res.JobStatus != "":
+		t.status(res.JobStatus)
+	case errors.Is(err, job.ErrNotRunning):
+		t.status(job.StatusCanceled)
 	}
 }
 

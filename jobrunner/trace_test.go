@@ -1,0 +1,128 @@
+package jobrunner
+
+import (
+	"context"
+	"hash/crc32"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator"
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+)
+
+func traceFor(t *testing.T, secrets []string, limit int64) (*Trace, *coordinatortest.Server, int64) {
+	gl := coordinatortest.New(t)
+	gl.AddRunner("glrt-trace-0123456789")
+	q := gl.Enqueue("", nil)
+	c, _ := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-trace-0123456789"})
+	if a, err := c.RequestJob(context.Background()); err != nil || a == nil {
+		t.Fatal(err)
+	}
+	gl.AppendTrace(q.ID, "daemon\n")
+	crc := crc32.ChecksumIEEE([]byte("daemon\n"))
+	return NewTrace(c, q.ID, q.Token, 7, &crc, secrets, limit, time.Hour, nil), gl, q.ID
+}
+
+func TestMaskingAcrossWritesAndPatches(t *testing.T) {
+	tr, gl, id := traceFor(t, []string{"s3cr3t-value"}, 0)
+	ctx := context.Background()
+	// split across writes, with a flush (a PATCH) in between
+	tr.Write([]byte("a s3cr3t-"))
+	tr.flush(ctx)
+	tr.Write([]byte("value b s3cr3t-value c s3c"))
+	tr.flush(ctx)
+	tr.Write([]byte("r3t-value\n"))
+	size, sum, err := tr.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(gl.Job(id).Trace)
+	want := "daemon\na [MASKED] b [MASKED] c [MASKED]\n"
+	if log != want {
+		t.Fatalf("log %q, want %q", log, want)
+	}
+	if size != int64(len(want)) || sum != coordinator.Checksum([]byte(want)) {
+		t.Fatalf("size %d sum %s", size, sum)
+	}
+	if gl.Count("PATCH /api/v4/jobs/"+itoa(id)+"/trace") < 2 {
+		t.Fatal("the log was not sent in several PATCHes")
+	}
+}
+
+func TestResumeAfter416(t *testing.T) {
+	tr, gl, id := traceFor(t, nil, 0)
+	ctx := context.Background()
+	gl.AppendTrace(id, "someone else\n") // GitLab's log is longer than we think
+	tr.Write([]byte("ours\n"))
+	size, sum, err := tr.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if log := string(gl.Job(id).Trace); log != "daemon\nsomeone else\nours\n" {
+		t.Fatalf("log %q", log)
+	}
+	if size != int64(len("daemon\nsomeone else\nours\n")) || sum != "" {
+		t.Fatalf("size %d sum %q (unknown content: no checksum)", size, sum)
+	}
+}
+
+func TestOutputLimit(t *testing.T) {
+	tr, gl, id := traceFor(t, nil, 100)
+	tr.Write([]byte(strings.Repeat("x", 50)))
+	tr.Write([]byte(strings.Repeat("y", 80)))
+	tr.Close(context.Background())
+	log := string(gl.Job(id).Trace)
+	if strings.Contains(log, "yyy") || !strings.Contains(log, "exceeded limit of 100 bytes") {
+		t.Fatalf("log %q", log)
+	}
+}
+
+// 50 MB through the trace with flat memory: writers wait for the sender.
+func TestLargeOutputBoundedMemory(t *testing.T) {
+	tr, gl, _ := traceFor(t, []string{"never-there"}, 100<<20)
+	gl.TraceSizeOnly = true
+	runtime.GC()
+	ctx, cancel := context.WithCancel(context.Background())
+	tr.interval = time.Millisecond
+	done := make(chan struct{})
+	go func() { tr.Run(ctx); close(done) }()
+	var peak uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				runtime.ReadMemStats(&ms)
+				peak = max(peak, ms.HeapInuse)
+			}
+		}
+	}()
+	line := []byte(strings.Repeat("0123456789", 10) + "\n") // 101 bytes
+	const total = 50 << 20
+	for n := 0; n < total; n += len(line) {
+		tr.Write(line)
+	}
+	cancel()
+	<-done
+	size, _, err := tr.Close(context.Background())
+	close(stop)
+	<-sampled
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size < total {
+		t.Fatalf("sent %d bytes", size)
+	}
+	// The trace buffers at most ~1 MB; allow for the HTTP stack and GC lag.
+	if peak > 32<<20 {
+		t.Fatalf("heap peaked at %d MB while streaming a 50 MB log", peak>>20)
+	}
+	t.Logf("heap peak %d MB for 50 MB of output", peak>>20)
+}

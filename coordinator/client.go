@@ -239,11 +239,7 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		if r.jsonBody {
 			req.Header.Set("Content-Type", "application/json")
 		}
-		ua := c.cfg.UserAgent
-		if ua == "" {
-			ua = "paas-runner"
-		}
-		req.Header.Set("User-Agent", ua)
+		req.Header.Set("User-Agent", c.userAgent())
 		req.Header.Set("X-Request-Id", requestID())
 		resp, err := c.http.Do(req)
 		if err != nil {

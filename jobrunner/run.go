@@ -32,6 +32,7 @@ import (
 func Features() map[string]bool {
 	return map[string]bool{
 		"variables": true, "image": true, "multi_build_steps": true, "return_exit_code": true,
+		"artifacts": true, "upload_multiple_artifacts": true, "upload_raw_artifacts": true, "artifacts_exclude": true,
 		"raw_variables": true, "masking": true, "refspecs": true, "cancelable": true,
 		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
 	}
@@ -268,6 +269,15 @@ func (r *runner) runJob(ctx context.Context) result {
 		err = fetchSources(hard, r.p, srcDir, r.trace)
 	}
 	end()
+	if err == nil && len(r.p.Dependencies) > 0 {
+		end = r.section("download_artifacts", "Downloading artifacts")
+		if derr := r.downloadDependencies(hard, srcDir); derr != nil {
+			end()
+			r.printf("%sERROR: downloading artifacts: %v%s\n", ansiBoldRed, derr, ansiReset)
+			return r.failure(jctx, ctx, "missing_dependency_failure", 1)
+		}
+		end()
+	}
 	if err != nil {
 		r.printf("%sERROR: getting the sources: %v%s\n", ansiBoldRed, err, ansiReset)
 		return r.failure(jctx, ctx, job.ScriptFailure, 1)
@@ -320,6 +330,25 @@ func (r *runner) runJob(ctx context.Context) result {
 		acancel()
 		if aerr != nil {
 			r.printf("%sWARNING: after_script failed: %v%s\n", ansiBoldRed, aerr, ansiReset)
+		}
+	}
+	if !r.aborted() {
+		r.mu.Lock()
+		var scriptContainer string
+		if len(r.created) > 0 {
+			scriptContainer = r.created[0]
+		}
+		r.mu.Unlock()
+		if scriptContainer != "" {
+			actx, acancel := context.WithTimeout(ctx, time.Hour)
+			aerr := r.uploadArtifacts(actx, scriptContainer, res.state == "success", srcDir)
+			acancel()
+			if aerr != nil {
+				r.printf("%sERROR: %v%s\n", ansiBoldRed, aerr, ansiReset)
+				if res.state == "success" {
+					res = result{state: "failed", reason: job.RunnerSystemFailure}
+				}
+			}
 		}
 	}
 	if res.state == "success" {

@@ -1,12 +1,15 @@
 package jobrunner
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +57,8 @@ type jobSpec struct {
 	vars          []map[string]any
 	// during runs while the job runs (e.g. to cancel it)
 	during func(gl *coordinatortest.Server, id int64)
+	// setup adjusts the queued job before it is acquired
+	setup func(gl *coordinatortest.Server, q *coordinatortest.Job)
 }
 
 // runJob queues a job in a fake GitLab, acquires it like the daemon, and
@@ -80,6 +85,9 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	q.Payload["variables"] = vars
 	q.Payload["image"] = map[string]any{"name": jobImage, "pull_policy": []string{"if-not-present"}}
 	q.Payload["runner_info"] = map[string]any{"timeout": timeout}
+	if spec.setup != nil {
+		spec.setup(gl, q)
+	}
 	q.Payload["git_info"] = map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 5,
 		"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}}
 	c, _ := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-inner-0123456789",
@@ -208,5 +216,67 @@ func TestHardCancel(t *testing.T) {
 	}
 	if time.Since(start) > 60*time.Second {
 		t.Fatalf("a hard cancel took %v", time.Since(start))
+	}
+}
+
+func TestArtifactsAndDependencies(t *testing.T) {
+	j := runJob(t, jobSpec{
+		script: []string{"mkdir -p out/sub", "echo A > out/a.bin", "echo B > out/sub/b.bin", "echo S > out/skip.log", "echo T > top.txt", "echo O > other.dat"},
+		setup: func(gl *coordinatortest.Server, q *coordinatortest.Job) {
+			q.Payload["artifacts"] = []map[string]any{
+				{"name": "bundle", "paths": []string{"out/", "*.txt"}, "exclude": []string{"out/*.log"}, "when": "on_success", "expire_in": "1 day", "artifact_type": "archive", "artifact_format": "zip"},
+				{"name": "never", "paths": []string{"other.dat"}, "when": "on_failure", "artifact_type": "junit", "artifact_format": "gzip"},
+			}
+		},
+	})
+	if j.Status != "success" {
+		t.Fatalf("%s\n%s", j.Status, j.Trace)
+	}
+	if _, ok := j.Artifacts["junit"]; ok {
+		t.Error("on_failure artifacts uploaded for a successful job")
+	}
+	a := j.Artifacts["archive"]
+	if a.Filename != "bundle.zip" || a.ExpireIn != "1 day" || a.Format != "zip" {
+		t.Fatalf("upload %+v", a)
+	}
+	zr, err := zip.NewReader(bytes.NewReader(a.Data), int64(len(a.Data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range zr.File {
+		names = append(names, f.Name)
+	}
+	sort.Strings(names)
+	if strings.Join(names, ",") != "out/a.bin,out/sub/b.bin,top.txt" {
+		t.Fatalf("archive holds %v", names)
+	}
+
+	// a dependent job gets them before its script
+	dep := runJob(t, jobSpec{
+		script: []string{"cat out/sub/b.bin", "cat top.txt"},
+		setup: func(gl *coordinatortest.Server, q *coordinatortest.Job) {
+			build := gl.AddRunning("")
+			gl.SetArtifacts(build.ID, a.Data)
+			q.Payload["dependencies"] = []map[string]any{{"id": build.ID, "name": "build", "token": q.Token,
+				"artifacts_file": map[string]any{"filename": "bundle.zip", "size": len(a.Data)}}}
+		},
+	})
+	if dep.Status != "success" || !strings.Contains(string(dep.Trace), "\nB\n") || !strings.Contains(string(dep.Trace), "\nT\n") {
+		t.Fatalf("%s\n%s", dep.Status, dep.Trace)
+	}
+}
+
+func TestUntrackedArtifactsOnFailure(t *testing.T) {
+	j := runJob(t, jobSpec{
+		script: []string{"echo log > failure.log", "exit 1"},
+		setup: func(gl *coordinatortest.Server, q *coordinatortest.Job) {
+			q.Payload["artifacts"] = []map[string]any{{"untracked": true, "when": "on_failure", "artifact_type": "archive", "artifact_format": "zip"}}
+		},
+	})
+	a := j.Artifacts["archive"]
+	zr, err := zip.NewReader(bytes.NewReader(a.Data), int64(len(a.Data)))
+	if j.Status != "failed" || err != nil || len(zr.File) != 1 || zr.File[0].Name != "failure.log" {
+		t.Fatalf("%s %v %+v\n%s", j.Status, err, zr, j.Trace)
 	}
 }

@@ -32,11 +32,21 @@ type Job struct {
 	Acquisitions  int // how many times it was handed out (must stay ≤ 1)
 	Payload       map[string]any
 	Updates       []map[string]any
+	// Artifacts uploaded, by artifact_type: the file and the query.
+	Artifacts map[string]Artifact
 	// AcquiredAt is when the job was handed out (just before the 201 is
 	// written), for latency measurements.
 	AcquiredAt time.Time
 	// FinishedAt is when the job reached a final state.
 	FinishedAt time.Time
+}
+
+// Artifact is one upload.
+type Artifact struct {
+	Filename string
+	Data     []byte
+	Format   string
+	ExpireIn string
 }
 
 // Runner is a registered runner.
@@ -352,8 +362,9 @@ func (s *Server) notify() {
 func isFinal(st string) bool { return st == "success" || st == "failed" || st == "canceled" }
 
 var (
-	reJobPUT   = regexp.MustCompile(`^/api/v4/jobs/(\d+)$`)
-	reJobTrace = regexp.MustCompile(`^/api/v4/jobs/(\d+)/trace$`)
+	reJobPUT       = regexp.MustCompile(`^/api/v4/jobs/(\d+)$`)
+	reJobTrace     = regexp.MustCompile(`^/api/v4/jobs/(\d+)/trace$`)
+	reJobArtifacts = regexp.MustCompile(`^/api/v4/jobs/(\d+)/artifacts$`)
 )
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
@@ -391,6 +402,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPatch && reJobTrace.MatchString(r.URL.Path):
 		id, _ := strconv.ParseInt(reJobTrace.FindStringSubmatch(r.URL.Path)[1], 10, 64)
 		s.patchTrace(w, r, id)
+	case reJobArtifacts.MatchString(r.URL.Path) && (r.Method == http.MethodPost || r.Method == http.MethodGet):
+		id, _ := strconv.ParseInt(reJobArtifacts.FindStringSubmatch(r.URL.Path)[1], 10, 64)
+		if r.Method == http.MethodPost {
+			s.uploadArtifacts(w, r, id)
+		} else {
+			s.downloadArtifacts(w, r, id)
+		}
 	case r.Method == http.MethodPost && r.URL.Path == "/api/v4/runners/verify":
 		s.verifyRunner(w, r)
 	case r.Method == http.MethodPost && r.URL.Path == "/api/v4/runners":
@@ -705,4 +723,64 @@ func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
 // TraceContains reports whether a job's log contains sub (inside WaitFor).
 func (s *Server) TraceContains(id int64, sub string) bool {
 	return bytes.Contains(s.jobs[id].Trace, []byte(sub))
+}
+
+// uploadArtifacts accepts the multipart upload directly (no Workhorse).
+func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request, id int64) {
+	s.mu.Lock()
+	_, ok := s.authJob(w, id, jobToken(r))
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	f, hdr, err := r.FormFile("file")
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, `{"message":"400 (Bad request) \"file\" not given"}`)
+		return
+	}
+	data, _ := io.ReadAll(f)
+	q := r.URL.Query()
+	typ := q.Get("artifact_type")
+	if typ == "" {
+		typ = "archive"
+	}
+	s.mu.Lock()
+	j := s.jobs[id]
+	if j.Artifacts == nil {
+		j.Artifacts = map[string]Artifact{}
+	}
+	j.Artifacts[typ] = Artifact{Filename: hdr.Filename, Data: data, Format: q.Get("artifact_format"), ExpireIn: q.Get("expire_in")}
+	s.notify()
+	s.mu.Unlock()
+	writeJSON(w, http.StatusCreated, `201`)
+}
+
+// downloadArtifacts serves a job's archive to a running job's token.
+func (s *Server) downloadArtifacts(w http.ResponseWriter, r *http.Request, id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	caller, ok := s.byToken[jobToken(r)]
+	if !ok || (caller.Status != "running" && caller.Status != "canceling") {
+		writeJSON(w, http.StatusUnauthorized, `{"message":"401 Unauthorized"}`)
+		return
+	}
+	j, ok := s.jobs[id]
+	if !ok || j.Artifacts["archive"].Data == nil {
+		writeJSON(w, http.StatusNotFound, `{"message":"404 Not Found"}`)
+		return
+	}
+	w.Header().Set("Content-Type", "application/zip")
+	w.Write(j.Artifacts["archive"].Data)
+}
+
+// SetArtifacts gives a job an artifacts archive (as if an earlier job had
+// uploaded it).
+func (s *Server) SetArtifacts(id int64, zip []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j := s.jobs[id]
+	if j.Artifacts == nil {
+		j.Artifacts = map[string]Artifact{}
+	}
+	j.Artifacts["archive"] = Artifact{Filename: "artifacts.zip", Data: zip, Format: "zip"}
 }

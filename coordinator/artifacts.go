@@ -1,0 +1,93 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"strconv"
+)
+
+// ArtifactUpload describes one upload (POST /jobs/:id/artifacts).
+type ArtifactUpload struct {
+	Filename string // form file name, e.g. artifacts.zip
+	Type     string // archive, junit, …
+	Format   string // zip, gzip, raw
+	ExpireIn string
+}
+
+// UploadArtifacts streams body as the job's artifacts. 307 redirects are
+// followed to the given host, like gitlab-runner. Not retried: the body is
+// a stream.
+func (c *Client) UploadArtifacts(ctx context.Context, id int64, jobToken string, a ArtifactUpload, body io.Reader) error {
+	q := url.Values{"artifact_format": {a.Format}, "artifact_type": {a.Type}}
+	if a.ExpireIn != "" {
+		q.Set("expire_in", a.ExpireIn)
+	}
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		part, err := mw.CreateFormFile("file", a.Filename)
+		if err == nil {
+			_, err = io.Copy(part, body)
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	u := *c.base
+	u.Path += "jobs/" + strconv.FormatInt(id, 10) + "/artifacts"
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), pr)
+	if err != nil {
+		pr.Close()
+		return err
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set("Job-Token", jobToken)
+	req.Header.Set("User-Agent", c.userAgent())
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("uploading artifacts: %w", redactURLError(err))
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode == http.StatusCreated {
+		return nil
+	}
+	return c.apiError(http.MethodPost, "jobs/"+strconv.FormatInt(id, 10)+"/artifacts", &response{status: resp.StatusCode, header: resp.Header, body: b})
+}
+
+// DownloadArtifacts fetches a job's artifacts archive (GET
+// /jobs/:id/artifacts) with the token the dependency names, into w.
+func (c *Client) DownloadArtifacts(ctx context.Context, id int64, jobToken string, w io.Writer) error {
+	u := *c.base
+	u.Path += "jobs/" + strconv.FormatInt(id, 10) + "/artifacts"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Job-Token", jobToken)
+	req.Header.Set("User-Agent", c.userAgent())
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("downloading artifacts of job %d: %w", id, redactURLError(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return c.apiError(http.MethodGet, "jobs/"+strconv.FormatInt(id, 10)+"/artifacts", &response{status: resp.StatusCode, header: resp.Header, body: b})
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+func (c *Client) userAgent() string {
+	if c.cfg.UserAgent != "" {
+		return c.cfg.UserAgent
+	}
+	return "paas-runner"
+}

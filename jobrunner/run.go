@@ -33,6 +33,7 @@ func Features() map[string]bool {
 	return map[string]bool{
 		"variables": true, "image": true, "multi_build_steps": true, "return_exit_code": true,
 		"artifacts": true, "upload_multiple_artifacts": true, "upload_raw_artifacts": true, "artifacts_exclude": true,
+		"services": true, "service_variables": true, "service_multiple_aliases": true,
 		"raw_variables": true, "masking": true, "refspecs": true, "cancelable": true,
 		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
 	}
@@ -73,6 +74,8 @@ type runner struct {
 	abortCh   chan struct{} // closed on canceled / not running (hard)
 	created   []string      // containers to remove
 	volume    string
+	network   string // per-job network, when the job has services
+	script    string // the script container, for artifacts
 }
 
 // Run runs the job and reports it. It returns nil once GitLab accepted the
@@ -249,7 +252,10 @@ func (r *runner) runJob(ctx context.Context) result {
 		return result{state: "failed", reason: job.ConfigurationError}
 	}
 	end := r.section("prepare_executor", "Preparing the docker executor")
-	err := r.pullImage(hard, img)
+	err := r.pullImage(hard, img, r.p.Image.PullPolicy)
+	if err == nil {
+		err = r.startServices(hard)
+	}
 	end()
 	if err != nil {
 		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
@@ -334,10 +340,7 @@ func (r *runner) runJob(ctx context.Context) result {
 	}
 	if !r.aborted() {
 		r.mu.Lock()
-		var scriptContainer string
-		if len(r.created) > 0 {
-			scriptContainer = r.created[0]
-		}
+		scriptContainer := r.script
 		r.mu.Unlock()
 		if scriptContainer != "" {
 			actx, acancel := context.WithTimeout(ctx, time.Hour)
@@ -377,8 +380,7 @@ func (r *runner) failure(jctx, ctx context.Context, reason string, code int) res
 // pullImage applies the pull policy (the job's, else the runner's, else
 // always): always pulls, if-not-present pulls a missing image, never
 // requires it locally.
-func (r *runner) pullImage(ctx context.Context, ref string) error {
-	policies := r.p.Image.PullPolicy
+func (r *runner) pullImage(ctx context.Context, ref string, policies []string) error {
 	if len(policies) == 0 {
 		policies = r.o.Config.Docker.PullPolicy
 	}
@@ -387,6 +389,7 @@ func (r *runner) pullImage(ctx context.Context, ref string) error {
 	}
 	_, ierr := r.docker.ImageInspect(ctx, ref)
 	present := ierr == nil
+	var lastErr error
 	for _, pol := range policies {
 		if pol == "never" || pol == "if-not-present" {
 			if present {
@@ -397,20 +400,21 @@ func (r *runner) pullImage(ctx context.Context, ref string) error {
 				continue
 			}
 		}
+		// always, or if-not-present with the image missing: pull; a
+		// failure falls through to the next policy of the list
 		r.printf("Pulling docker image %s ...\n", ref)
 		rc, err := r.docker.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: r.registryAuth(ref)})
-		if err != nil {
-			if present && pol == "always" {
-				continue
-			}
-			return fmt.Errorf("pulling %s: %w", ref, err)
+		if err == nil {
+			_, err = io.Copy(io.Discard, rc)
+			rc.Close()
 		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("pulling %s: %w", ref, err)
+		if err == nil {
+			return nil
 		}
-		return nil
+		lastErr = fmt.Errorf("pulling %s: %w", ref, err)
+	}
+	if lastErr != nil {
+		return lastErr
 	}
 	return fmt.Errorf("image %s is not present locally and the pull policy (%s) does not allow pulling it", ref, strings.Join(policies, ", "))
 }
@@ -467,13 +471,22 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 		Privileged:  r.o.Config.Docker.Privileged,
 		Mounts:      []mount.Mount{{Type: mount.TypeVolume, Source: r.volume, Target: r.o.Config.BuildsDir}},
 	}
-	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, nil, fmt.Sprintf("%s-%d", r.name, len(r.created)))
+	if r.network != "" {
+		hc.NetworkMode = container.NetworkMode(r.network)
+	}
+	r.mu.Lock()
+	n := len(r.created)
+	r.mu.Unlock()
+	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, nil, fmt.Sprintf("%s-%d", r.name, n))
 	if err != nil {
 		return 0, fmt.Errorf("creating the job container: %w", err)
 	}
-	r.mu.Lock()
-	r.created = append(r.created, c.ID)
-	r.mu.Unlock()
+	r.track(c.ID)
+	if srcDir != "" {
+		r.mu.Lock()
+		r.script = c.ID
+		r.mu.Unlock()
+	}
 	if srcDir != "" {
 		t, err := tarDir(srcDir, r.projectDir())
 		if err != nil {
@@ -564,6 +577,11 @@ func (r *runner) cleanup() {
 	if r.volume != "" {
 		if err := r.docker.VolumeRemove(ctx, r.volume, true); err != nil && !cerrdefs.IsNotFound(err) {
 			r.log.Warn("removing the builds volume failed", zap.Error(err))
+		}
+	}
+	if r.network != "" {
+		if err := r.docker.NetworkRemove(ctx, r.network); err != nil && !cerrdefs.IsNotFound(err) {
+			r.log.Warn("removing the job network failed", zap.Error(err))
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+	"gitlab.com/paas-runner/paas-runner/job"
 )
 
 const jobImage = "paas-runner-test-busybox:1"
@@ -278,5 +279,34 @@ func TestUntrackedArtifactsOnFailure(t *testing.T) {
 	zr, err := zip.NewReader(bytes.NewReader(a.Data), int64(len(a.Data)))
 	if j.Status != "failed" || err != nil || len(zr.File) != 1 || zr.File[0].Name != "failure.log" {
 		t.Fatalf("%s %v %+v\n%s", j.Status, err, zr, j.Trace)
+	}
+}
+
+func TestServiceReachableByAlias(t *testing.T) {
+	// The service is the busybox image running an HTTP server on port 8080;
+	// the job reaches it by its explicit alias and by the derived name.
+	j := runJob(t, jobSpec{
+		script: []string{"wget -q -O - http://web:8080/index.html", "wget -q -O - http://paas-runner-test-busybox:8080/index.html"},
+		setup: func(gl *coordinatortest.Server, q *coordinatortest.Job) {
+			q.Payload["services"] = []map[string]any{{
+				"name": jobImage, "alias": "web", "entrypoint": []string{"/bin/sh", "-c"},
+				"command":     []string{"mkdir -p /www && echo served-$GREETING > /www/index.html && httpd -f -p 8080 -h /www"},
+				"variables":   []map[string]any{{"key": "GREETING", "value": "hello"}},
+				"ports":       []map[string]any{{"number": 8080}},
+				"pull_policy": []string{"if-not-present"},
+			}}
+		},
+	})
+	tr := string(j.Trace)
+	if j.Status != "success" || strings.Count(tr, "served-hello") != 2 {
+		t.Fatalf("%s\n%s", j.Status, tr)
+	}
+}
+
+func TestServiceAliases(t *testing.T) {
+	got := serviceAliases(job.Service{Image: job.Image{Name: "tutum/wordpress:latest", Alias: "wp, blog"}}, nil)
+	want := "wp,blog,tutum-wordpress,tutum__wordpress"
+	if strings.Join(got, ",") != want {
+		t.Fatalf("%v", got)
 	}
 }

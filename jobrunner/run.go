@@ -34,6 +34,7 @@ func Features() map[string]bool {
 		"variables": true, "image": true, "multi_build_steps": true, "return_exit_code": true,
 		"artifacts": true, "upload_multiple_artifacts": true, "upload_raw_artifacts": true, "artifacts_exclude": true,
 		"services": true, "service_variables": true, "service_multiple_aliases": true,
+		"cache": true, "fallback_cache_keys": true,
 		"raw_variables": true, "masking": true, "refspecs": true, "cancelable": true,
 		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
 	}
@@ -289,6 +290,11 @@ func (r *runner) runJob(ctx context.Context) result {
 		return r.failure(jctx, ctx, job.ScriptFailure, 1)
 	}
 
+	if len(r.p.Cache) > 0 {
+		end = r.section("restore_cache", "Restoring cache")
+		r.restoreCaches(hard, img, srcDir)
+		end()
+	}
 	var script []string
 	var after []string
 	for _, st := range r.p.Steps {
@@ -342,6 +348,13 @@ func (r *runner) runJob(ctx context.Context) result {
 		r.mu.Lock()
 		scriptContainer := r.script
 		r.mu.Unlock()
+		if scriptContainer != "" && len(r.p.Cache) > 0 {
+			cctx, ccancel := context.WithTimeout(ctx, time.Hour)
+			end = r.section("archive_cache", "Saving cache")
+			r.saveCaches(cctx, img, scriptContainer, res.state == "success", srcDir)
+			end()
+			ccancel()
+		}
 		if scriptContainer != "" {
 			actx, acancel := context.WithTimeout(ctx, time.Hour)
 			aerr := r.uploadArtifacts(actx, scriptContainer, res.state == "success", srcDir)

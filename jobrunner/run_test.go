@@ -310,3 +310,30 @@ func TestServiceAliases(t *testing.T) {
 		t.Fatalf("%v", got)
 	}
 }
+
+func TestCacheReusedBySecondJob(t *testing.T) {
+	key := fmt.Sprintf("deps-%d", time.Now().UnixNano())
+	t.Cleanup(func() {
+		if cli != nil {
+			cli.VolumeRemove(context.Background(), cacheVolume(key), true)
+		}
+	})
+	cache := func(k string, fallback []string, policy string) func(*coordinatortest.Server, *coordinatortest.Job) {
+		return func(gl *coordinatortest.Server, q *coordinatortest.Job) {
+			q.Payload["cache"] = []map[string]any{{"key": k, "paths": []string{"vendor/"}, "policy": policy, "when": "on_success", "fallback_keys": fallback}}
+		}
+	}
+	first := runJob(t, jobSpec{script: []string{"mkdir -p vendor", "echo cached-content > vendor/lib.txt", "echo not > other.txt"}, setup: cache(key, nil, "pull-push")})
+	if first.Status != "success" || !strings.Contains(string(first.Trace), "Created cache") {
+		t.Fatalf("%s\n%s", first.Status, first.Trace)
+	}
+	want := "cached-content"
+	second := runJob(t, jobSpec{script: []string{"cat vendor/lib.txt", "test ! -e other.txt"}, setup: cache(key, nil, "pull")})
+	if second.Status != "success" || !strings.Contains(string(second.Trace), want) {
+		t.Fatalf("%s\n%s", second.Status, second.Trace)
+	}
+	third := runJob(t, jobSpec{script: []string{"cat vendor/lib.txt"}, setup: cache("no-such-key-"+key, []string{key}, "pull")})
+	if third.Status != "success" || !strings.Contains(string(third.Trace), want) {
+		t.Fatalf("fallback: %s\n%s", third.Status, third.Trace)
+	}
+}

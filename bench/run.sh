@@ -17,3 +17,9 @@ go test -run xxx -bench ProvisionLaunch -benchtime 20x ./executors/localdocker/ 
 echo
 echo "## go test -run xxx -bench DecommissionLag -benchtime 20x ./cmd/paas-runner/"
 go test -run xxx -bench DecommissionLag -benchtime 20x ./cmd/paas-runner/ | grep Benchmark
+echo
+echo "## go test -run xxx -bench JobStartToFirstLine -benchtime 10x ./cmd/paas-runner/"
+go test -run xxx -bench JobStartToFirstLine -benchtime 10x ./cmd/paas-runner/ | grep Benchmark
+echo
+echo "## go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/"
+go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/ | grep Benchmark

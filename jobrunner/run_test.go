@@ -16,6 +16,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 
@@ -127,8 +128,9 @@ func assertNothingLeft(t *testing.T, id int64) {
 	f := filters.NewArgs(filters.Arg("label", fmt.Sprintf("paas-runner.job-id=%d", id)))
 	cs, _ := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
 	vs, _ := cli.VolumeList(context.Background(), volume.ListOptions{Filters: f})
-	if len(cs) > 0 || len(vs.Volumes) > 0 {
-		t.Fatalf("left behind: %d containers, %d volumes", len(cs), len(vs.Volumes))
+	ns, _ := cli.NetworkList(context.Background(), network.ListOptions{Filters: f})
+	if len(cs) > 0 || len(vs.Volumes) > 0 || len(ns) > 0 {
+		t.Fatalf("left behind: %d containers, %d volumes, %d networks", len(cs), len(vs.Volumes), len(ns))
 	}
 }
 

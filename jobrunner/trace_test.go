@@ -12,7 +12,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 )
 
-func traceFor(t *testing.T, secrets []string, limit int64) (*Trace, *coordinatortest.Server, int64) {
+func traceFor(t testing.TB, secrets []string, limit int64) (*Trace, *coordinatortest.Server, int64) {
 	gl := coordinatortest.New(t)
 	gl.AddRunner("glrt-trace-0123456789")
 	q := gl.Enqueue("", nil)
@@ -125,4 +125,45 @@ func TestLargeOutputBoundedMemory(t *testing.T) {
 		t.Fatalf("heap peaked at %d MB while streaming a 50 MB log", peak>>20)
 	}
 	t.Logf("heap peak %d MB for 50 MB of output", peak>>20)
+}
+
+// BenchmarkTrace50MB streams 50 MB of output through the trace to a
+// loopback GitLab (which keeps only the log's length).
+func BenchmarkTrace50MB(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		tr, gl, _ := traceFor(b, nil, 100<<20)
+		gl.TraceSizeOnly = true
+		tr.interval = time.Millisecond
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { tr.Run(ctx); close(done) }()
+		var peak uint64
+		stop, sampled := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(sampled)
+			var ms runtime.MemStats
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+					runtime.ReadMemStats(&ms)
+					peak = max(peak, ms.HeapInuse)
+				}
+			}
+		}()
+		line := []byte(strings.Repeat("0123456789", 10) + "\n")
+		start := time.Now()
+		for n := 0; n < 50<<20; n += len(line) {
+			tr.Write(line)
+		}
+		cancel()
+		<-done
+		tr.Close(context.Background())
+		el := time.Since(start)
+		close(stop)
+		<-sampled
+		b.ReportMetric(50/el.Seconds(), "MB/s")
+		b.ReportMetric(float64(peak>>20), "heap-peak-MB")
+	}
 }

@@ -292,3 +292,53 @@ executor = "local-docker"
 }
 
 func jobFinal(st string) bool { return st == "success" || st == "failed" || st == "canceled" }
+
+// BenchmarkJobStartToFirstLine: from GitLab handing a busybox job with a
+// small repository out to the first script output line in its log,
+// through the daemon, a local-docker host on the default image, the inner
+// runner (go-git fetch, job container).
+func BenchmarkJobStartToFirstLine(b *testing.B) {
+	cli, err := localdockertest.Client()
+	if err != nil {
+		b.Skip("no Docker engine")
+	}
+	const jobImage = "paas-runner-test-busybox:bench"
+	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
+		b.Fatal(err)
+	}
+	defer localdockertest.RemoveImage(cli, jobImage)
+	gl := coordinatortest.New(b)
+	tok := "glrt-first-0123456789"
+	gl.AddRunner(tok)
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("concurrent = 2\ncheck_interval = 0.05\nstate_file = %q\n[[runners]]\nurl = %q\ntoken = %q\nexecutor = \"local-docker\"\n  [runners.local_docker]\n  network_mode = \"host\"\n  [runners.docker]\n  pull_policy = \"never\"\n",
+		filepath.Join(dir, "state.json"), gl.URL, tok)), 0o600)
+	cmd := exec.Command(binary, cfg)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		jobToken := fmt.Sprintf("glcbt-bench-%d-%d", i, time.Now().UnixNano())
+		repo, sha := localdockertest.GitServer(b, jobToken)
+		marker := fmt.Sprintf("first-line-%d", i)
+		q := gl.Enqueue(tok, map[string]any{
+			"token": jobToken, "image": map[string]any{"name": jobImage},
+			"git_info": map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 1,
+				"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}},
+			"steps": []map[string]any{{"name": "script", "script": []string{"echo " + marker}, "timeout": 600, "when": "on_success"}},
+		})
+		for !strings.Contains(string(gl.Job(q.ID).Trace), "\n"+marker) {
+			time.Sleep(5 * time.Millisecond) // measuring resolution
+		}
+		lat = append(lat, time.Since(gl.Job(q.ID).AcquiredAt))
+		gl.WaitFor(procWait, "job end", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*9/10].Milliseconds()), "p90-ms")
+}

@@ -87,11 +87,11 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	q.Payload["variables"] = vars
 	q.Payload["image"] = map[string]any{"name": jobImage, "pull_policy": []string{"if-not-present"}}
 	q.Payload["runner_info"] = map[string]any{"timeout": timeout}
+	q.Payload["git_info"] = map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 5,
+		"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}}
 	if spec.setup != nil {
 		spec.setup(gl, q)
 	}
-	q.Payload["git_info"] = map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 5,
-		"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}}
 	c, _ := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-inner-0123456789",
 		Info: coordinator.Info{Features: Features()}})
 	a, err := c.RequestJob(context.Background())
@@ -337,5 +337,23 @@ func TestCacheReusedBySecondJob(t *testing.T) {
 	third := runJob(t, jobSpec{script: []string{"cat vendor/lib.txt"}, setup: cache("no-such-key-"+key, []string{key}, "pull")})
 	if third.Status != "success" || !strings.Contains(string(third.Trace), want) {
 		t.Fatalf("fallback: %s\n%s", third.Status, third.Trace)
+	}
+}
+
+func TestSubmodules(t *testing.T) {
+	if cli == nil {
+		t.Skip("no Docker engine")
+	}
+	j := runJob(t, jobSpec{
+		script: []string{"cat lib/LIBFILE"},
+		vars:   []map[string]any{{"key": "GIT_SUBMODULE_STRATEGY", "value": "normal", "public": true, "masked": false}},
+		setup: func(gl *coordinatortest.Server, q *coordinatortest.Job) {
+			repo, sha := localdockertest.GitServerWithSubmodule(t, q.Token)
+			gi := q.Payload["git_info"].(map[string]any)
+			gi["repo_url"], gi["sha"] = repo, sha
+		},
+	})
+	if j.Status != "success" || !strings.Contains(string(j.Trace), "hello from the submodule") {
+		t.Fatalf("%s\n%s", j.Status, j.Trace)
 	}
 }

@@ -82,6 +82,33 @@ func fetchSources(ctx context.Context, p *job.Payload, dir string, log io.Writer
 	if err := wt.Checkout(&git.CheckoutOptions{Hash: plumbing.NewHash(gi.Sha), Force: true}); err != nil {
 		return fmt.Errorf("checking out %s: %w", gi.Sha, err)
 	}
+	var rec git.SubmoduleRescursivity
+	switch strategy := vars.Get("GIT_SUBMODULE_STRATEGY"); strategy {
+	case "", "none":
+		return nil
+	case "normal":
+		rec = git.NoRecurseSubmodules
+	case "recursive":
+		rec = git.DefaultSubmoduleRecursionDepth
+	default:
+		return fmt.Errorf("GIT_SUBMODULE_STRATEGY %q: want none, normal or recursive", strategy)
+	}
+	subs, err := wt.Submodules()
+	if err != nil {
+		return fmt.Errorf("reading submodules: %w", err)
+	}
+	if len(subs) == 0 {
+		return nil
+	}
+	fmt.Fprintln(log, "Updating/initializing submodules...")
+	// Submodules on the same GitLab get the job token; relative URLs
+	// resolve against origin.
+	if err := subs.UpdateContext(ctx, &git.SubmoduleUpdateOptions{Init: true, RecurseSubmodules: rec, Auth: auth}); err != nil {
+		return fmt.Errorf("updating submodules: %w", err)
+	}
+	for _, s := range subs {
+		fmt.Fprintf(log, "Submodule %s updated\n", s.Config().Path)
+	}
 	return nil
 }
 

@@ -144,6 +144,16 @@ func buildImage(ctx context.Context, cli *client.Client, tag string, files map[s
 // password token. It returns the clone URL with those credentials, as a
 // job payload's repo_url has them, and the commit.
 func GitServer(t testing.TB, token string) (repoURL, sha string) {
+	return gitServer(t, token, false)
+}
+
+// GitServerWithSubmodule is GitServer whose repository has a submodule
+// "lib" (file LIBFILE) with a relative URL (../lib.git) on the same server.
+func GitServerWithSubmodule(t testing.TB, token string) (repoURL, sha string) {
+	return gitServer(t, token, true)
+}
+
+func gitServer(t testing.TB, token string, withSub bool) (repoURL, sha string) {
 	t.Helper()
 	root := t.TempDir()
 	work := filepath.Join(root, "work")
@@ -160,6 +170,17 @@ func GitServer(t testing.TB, token string) (repoURL, sha string) {
 	os.MkdirAll(work, 0o755)
 	run(work, "init", "-q", "-b", "main")
 	os.WriteFile(filepath.Join(work, "README"), []byte("hello from the repository\n"), 0o644)
+	if withSub {
+		lib := filepath.Join(root, "libwork")
+		os.MkdirAll(lib, 0o755)
+		run(lib, "init", "-q", "-b", "main")
+		os.WriteFile(filepath.Join(lib, "LIBFILE"), []byte("hello from the submodule\n"), 0o644)
+		run(lib, "add", ".")
+		run(lib, "commit", "-q", "-m", "lib")
+		run(root, "clone", "-q", "--bare", lib, filepath.Join(root, "g", "lib.git"))
+		run(work, "-c", "protocol.file.allow=always", "submodule", "add", "-q", filepath.Join(root, "g", "lib.git"), "lib")
+		run(work, "config", "-f", ".gitmodules", "submodule.lib.url", "../lib.git")
+	}
 	run(work, "add", ".")
 	run(work, "commit", "-q", "-m", "first")
 	sha = run(work, "rev-parse", "HEAD")

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"mime"
 	"net/http"
 	"net/url"
@@ -27,6 +26,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
@@ -80,24 +80,10 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	return p
 }
 
-// Backoff returns the wait before retry number attempt (0-based): a random
-// duration in [d/2, d] where d = Min·2^attempt capped at Max.
+// Backoff returns the wait before retry number attempt (0-based).
 func (p RetryPolicy) Backoff(attempt int) time.Duration {
 	p = p.withDefaults()
-	d := p.Min
-	for i := 0; i < attempt && d < p.Max; i++ {
-		d *= 2
-	}
-	d = min(d, p.Max)
-	half := int64(d / 2)
-	if half <= 0 {
-		return d
-	}
-	n, err := rand.Int(rand.Reader, big.NewInt(half+1))
-	if err != nil {
-		return d
-	}
-	return time.Duration(half + n.Int64())
+	return backoff.Policy{Min: p.Min, Max: p.Max}.Wait(attempt)
 }
 
 // Client talks to one GitLab instance on behalf of one runner.

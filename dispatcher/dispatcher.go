@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
 	"gitlab.com/paas-runner/paas-runner/job"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
@@ -414,32 +415,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // backoff is the wait before retry attempt (0-based).
 func (d *Dispatcher) backoff(attempt int) time.Duration {
-	w := d.cfg.RetryMin
-	for i := 0; i < attempt && w < d.cfg.RetryMax; i++ {
-		w *= 2
-	}
-	w = min(w, d.cfg.RetryMax)
-	// jitter: 75%–100%
-	return w - time.Duration(float64(w)*0.25*jitter())
-}
-
-var jitterState atomic.Uint64
-
-func jitter() float64 {
-	// xorshift: cheap, good enough to spread retries
-	for {
-		old := jitterState.Load()
-		x := old
-		if x == 0 {
-			x = uint64(time.Now().UnixNano()) | 1
-		}
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		if jitterState.CompareAndSwap(old, x) {
-			return float64(x%1000) / 1000
-		}
-	}
+	return backoff.Policy{Min: d.cfg.RetryMin, Max: d.cfg.RetryMax}.Wait(attempt)
 }
 
 func httpStatus(err error) int {

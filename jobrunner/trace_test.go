@@ -88,22 +88,7 @@ func TestLargeOutputBoundedMemory(t *testing.T) {
 	tr.interval = time.Millisecond
 	done := make(chan struct{})
 	go func() { tr.Run(ctx); close(done) }()
-	var peak uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var ms runtime.MemStats
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-				runtime.ReadMemStats(&ms)
-				peak = max(peak, ms.HeapInuse)
-			}
-		}
-	}()
+	peakHeap := sampleHeap()
 	line := []byte(strings.Repeat("0123456789", 10) + "\n") // 101 bytes
 	const total = 50 << 20
 	for n := 0; n < total; n += len(line) {
@@ -112,8 +97,7 @@ func TestLargeOutputBoundedMemory(t *testing.T) {
 	cancel()
 	<-done
 	size, _, err := tr.Close(context.Background())
-	close(stop)
-	<-sampled
+	peak := peakHeap()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,21 +121,7 @@ func BenchmarkTrace50MB(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { tr.Run(ctx); close(done) }()
-		var peak uint64
-		stop, sampled := make(chan struct{}), make(chan struct{})
-		go func() {
-			defer close(sampled)
-			var ms runtime.MemStats
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(5 * time.Millisecond):
-					runtime.ReadMemStats(&ms)
-					peak = max(peak, ms.HeapInuse)
-				}
-			}
-		}()
+		peakHeap := sampleHeap()
 		line := []byte(strings.Repeat("0123456789", 10) + "\n")
 		start := time.Now()
 		for n := 0; n < 50<<20; n += len(line) {
@@ -161,9 +131,29 @@ func BenchmarkTrace50MB(b *testing.B) {
 		<-done
 		tr.Close(context.Background())
 		el := time.Since(start)
-		close(stop)
-		<-sampled
+		peak := peakHeap()
 		b.ReportMetric(50/el.Seconds(), "MB/s")
 		b.ReportMetric(float64(peak>>20), "heap-peak-MB")
 	}
+}
+
+// sampleHeap samples the heap in use every 5 ms until the returned
+// function is called; that function returns the peak.
+func sampleHeap() func() uint64 {
+	var peak uint64
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond): // a sampling period
+				runtime.ReadMemStats(&ms)
+				peak = max(peak, ms.HeapInuse)
+			}
+		}
+	}()
+	return func() uint64 { close(stop); <-sampled; return peak }
 }

@@ -19,6 +19,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator"
+	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
 )
@@ -63,23 +64,6 @@ type errUsage struct{ msg string }
 
 func (e *errUsage) Error() string { return e.msg }
 
-// parseInterleaved parses flags that may come before or after the single
-// positional argument.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) > 0 {
-			pos = append(pos, args[0])
-			args = args[1:]
-		}
-	}
-	return pos, nil
-}
-
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
@@ -119,7 +103,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.ccAttrToken, "cc-gitlab-namespace-attributes-token", "", "clever-docker multi-tenant: GitLab admin token reading custom attributes")
 	fs.StringVar(&f.ccZone, "cc-zone", "", "clever-docker: zone (default par)")
 	fs.StringVar(&f.ccFlavor, "cc-default-flavor", "", "clever-docker: default flavor (default M)")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cliflags.Parse(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stderr, usage)
 		fs.SetOutput(stderr)

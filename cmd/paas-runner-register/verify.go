@@ -11,6 +11,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator"
+	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
 )
@@ -41,7 +42,7 @@ func clientFor(cfg *config.Config, r *config.Runner) (*coordinator.Client, error
 func verify(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cliflags.Parse(fs, args)
 	if err != nil || len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: paas-runner-register verify CONFIG")
 		return exitUsage
@@ -79,7 +80,7 @@ func unregister(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("unregister", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("name", "", "name of the runner to remove")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cliflags.Parse(fs, args)
 	if err != nil || len(pos) != 1 || *name == "" {
 		fmt.Fprintln(stderr, "usage: paas-runner-register unregister --name NAME CONFIG")
 		return exitUsage

@@ -67,6 +67,26 @@ func cleanRunner(t *testing.T, cli *client.Client, runner string) {
 	t.Cleanup(clean)
 }
 
+// waitNoHosts waits until the runners have no container or job image left.
+func waitNoHosts(t *testing.T, cli *client.Client, runners ...string) {
+	t.Helper()
+	deadline := time.Now().Add(procWait)
+	for {
+		left := 0
+		for _, r := range runners {
+			c, i := ours(t, cli, r)
+			left += c + i
+		}
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d hosts' containers and images left", left)
+		}
+		time.Sleep(50 * time.Millisecond) // the daemon, another process, removes them
+	}
+}
+
 // ours lists containers and job images labelled with this test's runner.
 func ours(t *testing.T, cli *client.Client, runner string) (containers, images int) {
 	f := filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runner), filters.Arg("label", localdocker.LabelManaged+"=true"))
@@ -137,18 +157,7 @@ inner_image = "127.0.0.1:1/missing/image:1"
 		t.Errorf("broken image job: %s\n%s", bj.FailureReason, bj.Trace)
 	}
 	// every host removed, promptly: the engine's events say when a host stops
-	deadline := time.Now().Add(procWait)
-	for {
-		c1, i1 := ours(t, cli, good[:8])
-		c2, i2 := ours(t, cli, bad[:8])
-		if c1+i1+c2+i2 == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hosts left: %d containers, %d images", c1+c2, i1+i2)
-		}
-		time.Sleep(50 * time.Millisecond) // the daemon, another process, removes them
-	}
+	waitNoHosts(t, cli, good[:8], bad[:8])
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
@@ -274,17 +283,7 @@ executor = "local-docker"
 	if out, _ := last["output"].(map[string]any); out["checksum"] != coordinator.Checksum(got.Trace) {
 		t.Errorf("checksum %v, log's is %s", out["checksum"], coordinator.Checksum(got.Trace))
 	}
-	deadline := time.Now().Add(procWait)
-	for {
-		c, i := ours(t, cli, tok[:8])
-		if c+i == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hosts left: %d containers, %d images", c, i)
-		}
-		time.Sleep(50 * time.Millisecond) // the daemon, another process, removes them
-	}
+	waitNoHosts(t, cli, tok[:8])
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)

@@ -27,6 +27,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
@@ -89,20 +90,13 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 	}
-	var positional []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fs.Usage()
-				return nil, flag.ErrHelp
-			}
-			return nil, &usageError{err.Error()}
-		}
-		args = fs.Args()
-		if len(args) > 0 {
-			positional = append(positional, args[0])
-			args = args[1:]
-		}
+	positional, err := cliflags.Parse(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.Usage()
+		return nil, flag.ErrHelp
+	}
+	if err != nil {
+		return nil, &usageError{err.Error()}
 	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -349,7 +343,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("paas-runner exec-fetched-job", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "runner.toml written by the executor")
-	pos, err := parseInterleavedArgs(fs, args)
+	pos, err := cliflags.Parse(fs, args)
 	if err != nil || *cfgPath == "" || len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: paas-runner exec-fetched-job --config runner.toml job.json")
 		return exitUsage
@@ -381,21 +375,6 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 		return exitFatal
 	}
 	return exitOK
-}
-
-func parseInterleavedArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) > 0 {
-			pos = append(pos, args[0])
-			args = args[1:]
-		}
-	}
-	return pos, nil
 }
 
 func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http.Server, error) {

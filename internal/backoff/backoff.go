@@ -1,0 +1,27 @@
+// Package backoff computes exponential waits with jitter.
+package backoff
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Policy doubles from Min up to Max.
+type Policy struct {
+	Min, Max time.Duration
+}
+
+// Wait is the wait before retry number attempt (0-based): a random
+// duration in [d/2, d], where d = Min·2^attempt capped at Max.
+func (p Policy) Wait(attempt int) time.Duration {
+	d := p.Min
+	for i := 0; i < attempt && d < p.Max; i++ {
+		d *= 2
+	}
+	d = min(d, p.Max)
+	if d <= 1 {
+		return d
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}

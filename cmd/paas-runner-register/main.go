@@ -327,6 +327,9 @@ func register(f *regFlags, path string, p *prompter, stdout io.Writer) (int, err
 		fmt.Fprintf(stdout, "Note: the system id could not be stored next to the state file (%v); paas-runner creates it at first start.\n", sysErr)
 	}
 	fmt.Fprintf(stdout, "Runner %q registered (id %d) and written to %s. Start it with: paas-runner %s\n", name, creds.ID, path, path)
+	if executor == "clever-docker" {
+		fmt.Fprintln(stdout, "Note: this paas-runner version does not include the clever-docker executor yet; the section is ready for the version that does.")
+	}
 	return exitOK, nil
 }
 

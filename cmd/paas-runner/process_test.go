@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -211,7 +214,7 @@ func (e *env) noLeak() {
 
 func TestRunJobsAndStopGracefully(t *testing.T) {
 	e := newEnv(t, "shutdown_timeout = 20\nlisten_address = \"127.0.0.1:0\"")
-	p := e.start("", "--log-format", "json")
+	p := e.start("", "--log-format", "json", "--debug-signal")
 	var ids []int64
 	for i := 0; i < 3; i++ {
 		ids = append(ids, e.gl.Enqueue("", nil).ID)
@@ -232,6 +235,31 @@ func TestRunJobsAndStopGracefully(t *testing.T) {
 			t.Fatal("hosts not removed")
 		}
 		time.Sleep(10 * time.Millisecond) // another process removes them
+	}
+	// metrics, read as Prometheus would
+	addr := regexp.MustCompile(`"listen_address":"([^"]+)"`).FindStringSubmatch(p.log())
+	if addr == nil {
+		t.Fatalf("no metrics address in the log:\n%s", p.log())
+	}
+	resp, err := http.Get("http://" + addr[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"paas_runner_jobs_acquired_total 3", "paas_runner_hosts_removed_total 3", "paas_runner_jobs 0", "paas_runner_tracking_requests_total"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
+	// the debug signal lists tracked jobs (none now), without tokens
+	p.signal(syscall.SIGUSR1)
+	deadline = time.Now().Add(procWait)
+	for !strings.Contains(p.log(), `"msg":"tracked jobs"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGUSR1 logged nothing")
+		}
+		time.Sleep(10 * time.Millisecond) // the daemon, another process, logs it
 	}
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {

@@ -14,6 +14,7 @@ import (
 // Heptapod's file.
 type fileDoc struct {
 	Version          *int              `json:"version"`
+	JournalSeq       uint64            `json:"journal_seq"`
 	Launched         []json.RawMessage `json:"launched"`
 	Pending          []json.RawMessage `json:"pending"`
 	ToDecommission   []json.RawMessage `json:"to_decommission"`
@@ -22,8 +23,9 @@ type fileDoc struct {
 
 func encodeHandle(j Job) ([]byte, error) { return json.Marshal(j) }
 
-// encodeLocked renders the whole file from the cached handle encodings.
-func (s *Store) encodeLocked() []byte {
+// encodeLocked renders the whole file from the cached handle encodings;
+// seq is the last journal record it holds.
+func (s *Store) encodeLocked(seq uint64) []byte {
 	var launched, pending, decom []*entry
 	for _, e := range s.jobs {
 		switch {
@@ -41,7 +43,7 @@ func (s *Store) encodeLocked() []byte {
 	}
 	var b bytes.Buffer
 	b.Grow(size)
-	fmt.Fprintf(&b, "{\"version\": %d,\n\"launched\": [", Version)
+	fmt.Fprintf(&b, "{\"version\": %d,\n\"journal_seq\": %d,\n\"launched\": [", Version, seq)
 	writeList(&b, launched, false)
 	b.WriteString("],\n\"pending\": [")
 	writeList(&b, pending, true)
@@ -86,11 +88,12 @@ func (s *Store) load() error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return s.checkWritable()
 	}
-	jobs, imported, err := decodeFile(data)
+	jobs, imported, jseq, err := decodeFile(data)
 	if err != nil {
 		return &FormatError{Path: s.path, Msg: err.Error() + "; refusing to start (the file is left untouched)"}
 	}
 	s.imported = imported
+	s.snapSeq = jseq
 	for _, j := range jobs {
 		enc, _ := encodeHandle(j)
 		s.jobs[j.Key()] = &entry{job: j, enc: enc}
@@ -110,22 +113,22 @@ func (s *Store) checkWritable() error {
 }
 
 // decodeFile parses a state file of this or Heptapod's format.
-func decodeFile(data []byte) (jobs []Job, imported bool, err error) {
+func decodeFile(data []byte) (jobs []Job, imported bool, journalSeq uint64, err error) {
 	var doc fileDoc
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
-		return nil, false, fmt.Errorf("corrupted state file: %v", err)
+		return nil, false, 0, fmt.Errorf("corrupted state file: %v", err)
 	}
 	if dec.More() {
-		return nil, false, fmt.Errorf("corrupted state file: trailing data after the JSON document")
+		return nil, false, 0, fmt.Errorf("corrupted state file: trailing data after the JSON document")
 	}
 	switch {
 	case doc.Version == nil:
 		imported = true
 	case *doc.Version > Version:
-		return nil, false, fmt.Errorf("state file version %d is newer than this paas-runner understands (%d); upgrade paas-runner", *doc.Version, Version)
+		return nil, false, 0, fmt.Errorf("state file version %d is newer than this paas-runner understands (%d); upgrade paas-runner", *doc.Version, Version)
 	case *doc.Version < 1:
-		return nil, false, fmt.Errorf("corrupted state file: invalid version %d", *doc.Version)
+		return nil, false, 0, fmt.Errorf("corrupted state file: invalid version %d", *doc.Version)
 	}
 	seen := map[Key]string{}
 	add := func(j Job, section string) error {
@@ -158,24 +161,24 @@ func decodeFile(data []byte) (jobs []Job, imported bool, err error) {
 		return nil
 	}
 	if err := decodeList(doc.Launched, "launched", Launched); err != nil {
-		return nil, false, err
+		return nil, false, 0, err
 	}
 	if err := decodeList(doc.ToDecommission, "to_decommission", Decommissioning); err != nil {
-		return nil, false, err
+		return nil, false, 0, err
 	}
 	// Heptapod's standby resources wait for reuse; paas-runner does not
 	// reuse hosts, so they are removed.
 	if err := decodeList(doc.StandbyResources, "standby_resources", Decommissioning); err != nil {
-		return nil, false, err
+		return nil, false, 0, err
 	}
 	for i, raw := range doc.Pending {
 		var pair []json.RawMessage
 		if err := json.Unmarshal(raw, &pair); err != nil || len(pair) != 2 {
-			return nil, false, fmt.Errorf("corrupted state file: pending[%d] is not a [handle, payload] pair", i)
+			return nil, false, 0, fmt.Errorf("corrupted state file: pending[%d] is not a [handle, payload] pair", i)
 		}
 		var j Job
 		if err := json.Unmarshal(pair[0], &j); err != nil {
-			return nil, false, fmt.Errorf("corrupted state file: pending[%d]: %v", i, err)
+			return nil, false, 0, fmt.Errorf("corrupted state file: pending[%d]: %v", i, err)
 		}
 		if !j.Phase.Pending() {
 			// Heptapod does not record how far a launch went: if a
@@ -189,8 +192,8 @@ func decodeFile(data []byte) (jobs []Job, imported bool, err error) {
 			j.Payload = append(json.RawMessage(nil), p...)
 		}
 		if err := add(j, "pending"); err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 	}
-	return jobs, imported, nil
+	return jobs, imported, doc.JournalSeq, nil
 }

@@ -6,8 +6,13 @@
 // The file is only ever replaced atomically (temp file, fsync, rename, dir
 // fsync), is mode 0600, and is protected by an exclusive flock on a lock
 // file beside it. It is never deleted or truncated, whatever goes wrong.
-// Writes are grouped: any number of changes made while a write is in
-// progress go to disk together in the next one (group commit).
+//
+// Between two rewrites, changes are appended to a journal beside it (see
+// journal.go), so that making one change durable costs a small append and
+// fdatasync however many jobs there are. Writes are grouped: any number of
+// changes made while a write is in progress go to disk together in the
+// next one (group commit). The journal is folded into the file when it
+// grows, every 30 s, and at Save/Close.
 package state
 
 import (
@@ -19,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -121,11 +127,26 @@ type Store struct {
 	imported bool
 	waiters  int           // Sync calls waiting for a write
 	urgent   chan struct{} // a Sync is waiting: write now
+
+	journal      *os.File
+	ops          [][]byte // journal records not written yet, in seq order
+	opsLast      uint64   // seq of the last record in ops
+	journalBytes int64    // bytes in the journal file
+	snapSeq      uint64   // seq the state file holds
+	snapWanted   uint64   // a Save asks for a snapshot holding this seq
+	lastSnap     time.Time
 }
 
 // lazyDelay is how long changes nobody waits for are held, so that they
 // are written together and do not delay an urgent write-ahead Sync.
 const lazyDelay = 100 * time.Millisecond
+
+// A snapshot (full atomic rewrite of the state file) is taken when the
+// journal passes snapshotBytes, or snapshotEvery after the last one.
+var (
+	snapshotBytes int64 = 4 << 20
+	snapshotEvery       = 30 * time.Second
+)
 
 type entry struct {
 	job Job
@@ -150,6 +171,30 @@ func Open(path string) (*Store, error) {
 		_ = unlock(lock)
 		return nil, err
 	}
+	replayedTo, applied, err := replayJournal(journalPath(abs), s.snapSeq, s.jobs)
+	if err != nil {
+		_ = unlock(lock)
+		return nil, &FormatError{Path: journalPath(abs), Msg: err.Error() + "; refusing to start (the files are left untouched)"}
+	}
+	s.seq, s.durable = replayedTo, replayedTo
+	jf, err := os.OpenFile(journalPath(abs), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		_ = unlock(lock)
+		return nil, fmt.Errorf("opening the state journal: %w", err)
+	}
+	s.journal = jf
+	if fi, err := jf.Stat(); err == nil {
+		s.journalBytes = fi.Size()
+	}
+	if applied > 0 || s.journalBytes > 0 {
+		// fold the journal into the state file before anything else
+		if err := s.snapshot(); err != nil {
+			jf.Close()
+			_ = unlock(lock)
+			return nil, fmt.Errorf("writing the state file: %w", err)
+		}
+	}
+	s.lastSnap = time.Now()
 	go s.writer()
 	return s, nil
 }
@@ -241,9 +286,12 @@ func (s *Store) Put(j Job) {
 		j.Resource = nil
 		enc, _ = encodeHandle(j)
 	}
+	e := &entry{job: j, enc: enc}
 	s.mu.Lock()
-	s.jobs[j.Key()] = &entry{job: j, enc: enc}
+	s.jobs[j.Key()] = e
 	s.changed()
+	s.ops = append(s.ops, putRecord(s.seq, e))
+	s.opsLast = s.seq
 	s.mu.Unlock()
 }
 
@@ -253,6 +301,8 @@ func (s *Store) Delete(k Key) {
 	if _, ok := s.jobs[k]; ok {
 		delete(s.jobs, k)
 		s.changed()
+		s.ops = append(s.ops, delRecord(s.seq, k))
+		s.opsLast = s.seq
 	}
 	s.mu.Unlock()
 }
@@ -303,12 +353,22 @@ func (s *Store) Sync(ctx context.Context) error {
 	return nil
 }
 
-// Save writes the file now, even if nothing changed, and waits for it.
+// Save rewrites the state file now with everything (emptying the
+// journal), and waits for it.
 func (s *Store) Save(ctx context.Context) error {
 	s.mu.Lock()
-	s.changed()
+	s.snapWanted = s.seq + 1
+	s.changed() // a seq with no record: only a snapshot makes it durable
 	s.mu.Unlock()
-	return s.Sync(ctx)
+	if err := s.Sync(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.snapSeq < s.snapWanted {
+		return errors.New("state file not rewritten")
+	}
+	return nil
 }
 
 // Writes counts the file writes made so far.
@@ -318,14 +378,15 @@ func (s *Store) Writes() uint64 {
 	return s.writes
 }
 
-// writer is the single goroutine that writes the file. It writes whenever
-// something changed, grouping every change made during the previous write.
+// writer is the single goroutine that writes: journal records as soon as
+// a Sync waits (else grouped for lazyDelay), and snapshots of the whole
+// state when the journal is large or old, or when Save asks.
 func (s *Store) writer() {
 	defer close(s.done)
 	backoff := 50 * time.Millisecond
 	for range s.wake {
 		s.mu.Lock()
-		lazy := s.waiters == 0 && !s.closed
+		lazy := s.waiters == 0 && !s.closed && s.snapWanted <= s.snapSeq
 		s.mu.Unlock()
 		if lazy {
 			t := time.NewTimer(lazyDelay)
@@ -337,21 +398,31 @@ func (s *Store) writer() {
 		}
 		for {
 			s.mu.Lock()
-			if s.durable >= s.seq {
+			if s.durable >= s.seq && s.snapWanted <= s.snapSeq {
 				s.mu.Unlock()
 				break
 			}
-			target := s.seq
-			data := s.encodeLocked()
-			s.mu.Unlock()
-
-			err := atomicfile.WriteFile(s.path, data, 0o600)
-
+			snap := s.snapWanted > s.snapSeq || s.journalBytes >= snapshotBytes ||
+				(s.journalBytes > 0 && time.Since(s.lastSnap) >= snapshotEvery) || s.opsLast < s.seq && len(s.ops) == 0
+			var err error
+			if snap {
+				s.mu.Unlock()
+				err = s.snapshot()
+			} else {
+				ops, last := s.ops, s.opsLast
+				s.ops = nil
+				s.mu.Unlock()
+				err = s.appendJournal(ops, last)
+				if err != nil {
+					s.mu.Lock()
+					s.ops = append(ops, s.ops...) // keep them for the retry
+					s.mu.Unlock()
+				}
+			}
 			s.mu.Lock()
 			s.writes++
 			s.writeErr = err
 			if err == nil {
-				s.durable = target
 				backoff = 50 * time.Millisecond
 			}
 			s.cond.Broadcast()
@@ -370,6 +441,77 @@ func (s *Store) writer() {
 	}
 }
 
+// appendJournal writes records up to seq last and makes them durable.
+func (s *Store) appendJournal(ops [][]byte, last uint64) error {
+	if len(ops) > 0 {
+		n, err := s.journal.Write(bytes.Join(ops, nil))
+		if err != nil {
+			return fmt.Errorf("appending to the state journal: %w", err)
+		}
+		if err := fdatasync(s.journal); err != nil {
+			return fmt.Errorf("syncing the state journal: %w", err)
+		}
+		s.mu.Lock()
+		s.journalBytes += int64(n)
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	s.durable = max(s.durable, last)
+	s.mu.Unlock()
+	return nil
+}
+
+// snapshot rewrites the state file atomically with every job, then empties
+// the journal: everything up to the current seq is durable.
+func (s *Store) snapshot() error {
+	s.mu.Lock()
+	target := s.seq
+	data := s.encodeLocked(target)
+	s.mu.Unlock()
+	if err := atomicfile.WriteFile(s.path, data, 0o600); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	// records up to target are in the state file now
+	keep := s.ops[:0]
+	for _, op := range s.ops {
+		if recordSeq(op) > target {
+			keep = append(keep, op)
+		}
+	}
+	s.ops = keep
+	s.snapSeq = target
+	s.durable = max(s.durable, target)
+	s.lastSnap = time.Now()
+	j := s.journal
+	s.mu.Unlock()
+	if j != nil {
+		// The state file holds everything the journal held: a crash before
+		// this truncation only leaves records that replay skips by seq.
+		if err := j.Truncate(0); err != nil {
+			return fmt.Errorf("emptying the state journal: %w", err)
+		}
+		if err := fdatasync(j); err != nil {
+			return fmt.Errorf("syncing the state journal: %w", err)
+		}
+		s.mu.Lock()
+		s.journalBytes = 0
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// recordSeq reads the seq at the start of a journal record.
+func recordSeq(rec []byte) uint64 {
+	rest := bytes.TrimPrefix(rec, []byte(`{"seq":`))
+	end := bytes.IndexByte(rest, ',')
+	if end < 0 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(string(rest[:end]), 10, 64)
+	return n
+}
+
 // Close writes what is left, stops the writer and releases the lock.
 func (s *Store) Close() error {
 	s.mu.Lock()
@@ -379,7 +521,7 @@ func (s *Store) Close() error {
 	}
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	err := s.Sync(ctx)
+	err := s.Save(ctx)
 	cancel()
 	s.mu.Lock()
 	s.closed = true
@@ -391,6 +533,15 @@ func (s *Store) Close() error {
 	default:
 	}
 	<-s.done
+	if s.journal != nil {
+		s.journal.Close()
+		s.mu.Lock()
+		empty := s.journalBytes == 0 && len(s.ops) == 0 && s.snapSeq >= s.seq
+		s.mu.Unlock()
+		if empty {
+			_ = os.Remove(journalPath(s.path))
+		}
+	}
 	if uerr := unlock(s.lock); err == nil {
 		err = uerr
 	}

@@ -44,6 +44,13 @@ func TestMissingFileIsEmptyAndWrittenOnChange(t *testing.T) {
 	if err := s.Sync(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
+	// durable in the journal until the next snapshot
+	if fi, err := os.Stat(journalPath(p)); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() == 0 {
+		t.Fatalf("journal: %v %v", fi, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 	fi, err := os.Stat(p)
 	if err != nil {
 		t.Fatal(err)
@@ -51,8 +58,8 @@ func TestMissingFileIsEmptyAndWrittenOnChange(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v", fi.Mode())
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
+	if _, err := os.Stat(journalPath(p)); !os.IsNotExist(err) {
+		t.Fatal("journal left after a clean close")
 	}
 	s2, err := Open(p)
 	if err != nil {
@@ -253,6 +260,9 @@ func TestGroupCommit(t *testing.T) {
 	if w := s.Writes(); w >= writers*per {
 		t.Errorf("no grouping: %d writes for %d changes", w, writers*per)
 	}
+	if err := s.Save(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
 	raw, _ := os.ReadFile(p)
 	var doc fileDoc
 	if err := json.Unmarshal(raw, &doc); err != nil || len(doc.Launched) != writers*per {
@@ -272,5 +282,108 @@ func TestDeleteAndPayloadDroppedAfterLaunch(t *testing.T) {
 	raw, _ := os.ReadFile(p)
 	if strings.Contains(string(raw), `"id":1`) || strings.Contains(string(raw), `"job_id":2`) {
 		t.Fatalf("file: %s", raw)
+	}
+}
+
+// crashCopy copies the state file and journal of a live store, as a crash
+// would leave them, to a new directory.
+func crashCopy(t *testing.T, p string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "state.json")
+	for _, suffix := range []string{"", ".journal"} {
+		if b, err := os.ReadFile(p + suffix); err == nil {
+			os.WriteFile(dst+suffix, b, 0o600)
+		}
+	}
+	return dst
+}
+
+func TestJournalReplayAfterCrash(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, _ := Open(p)
+	defer s.Close()
+	s.Put(Job{RunnerName: "r", JobID: 1, Phase: Provisioning, Payload: json.RawMessage(`{"id":1}`), Resource: json.RawMessage(`{"h":1}`)})
+	s.Put(Job{RunnerName: "r", JobID: 2, Phase: Launched})
+	s.Put(Job{RunnerName: "r", JobID: 3, Phase: Launched})
+	s.Delete(Key{"r", 3})
+	if err := s.Sync(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	c := crashCopy(t, p)
+	// a write cut short by the crash: never acknowledged, ignored
+	f, _ := os.OpenFile(journalPath(c), os.O_APPEND|os.O_WRONLY, 0o600)
+	f.WriteString(`{"seq":99,"put":{"runner_name":"r","job_id":9`)
+	f.Close()
+	s2, err := Open(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs := s2.Jobs()
+	if len(jobs) != 2 || jobs[0].Phase != Provisioning || string(jobs[0].Payload) != `{"id":1}` || string(jobs[0].Resource) != `{"h":1}` || jobs[1].JobID != 2 {
+		t.Fatalf("replayed %+v", jobs)
+	}
+	// replay folded the journal into the state file at once
+	if fi, _ := os.Stat(journalPath(c)); fi.Size() != 0 {
+		t.Fatal("journal not emptied after replay")
+	}
+	s2.Close()
+	s3, _ := Open(c)
+	defer s3.Close()
+	if len(s3.Jobs()) != 2 {
+		t.Fatalf("after reopen: %+v", s3.Jobs())
+	}
+}
+
+func TestJournalSkipsRecordsInSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	// crash between a snapshot and the journal truncation: the journal
+	// still holds an older record of job 1
+	os.WriteFile(p, []byte(`{"version": 1, "journal_seq": 5, "launched": [{"runner_name":"r","job_id":1,"token":"t","trace_offset":0,"expected_weight":1,"phase":"launched"}], "pending": [], "to_decommission": []}`), 0o600)
+	os.WriteFile(journalPath(p), []byte(`{"seq":3,"put":{"runner_name":"r","job_id":1,"token":"t","trace_offset":0,"expected_weight":1,"phase":"provisioning"}}`+"\n"+
+		`{"seq":6,"put":{"runner_name":"r","job_id":2,"token":"t","trace_offset":0,"expected_weight":1,"phase":"launched"}}`+"\n"), 0o600)
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	j1, _ := s.Get(Key{"r", 1})
+	if _, ok := s.Get(Key{"r", 2}); j1.Phase != Launched || !ok {
+		t.Fatalf("jobs %+v", s.Jobs())
+	}
+}
+
+func TestCorruptedJournalRefused(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	body := "garbage\n" + `{"seq":6,"del":{"runner_name":"r","job_id":2}}` + "\n"
+	os.WriteFile(journalPath(p), []byte(body), 0o600)
+	_, err := Open(p)
+	var fe *FormatError
+	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "corrupted journal") {
+		t.Fatalf("got %v", err)
+	}
+	if b, _ := os.ReadFile(journalPath(p)); string(b) != body {
+		t.Fatal("journal changed")
+	}
+}
+
+func TestSnapshotWhenJournalGrows(t *testing.T) {
+	old := snapshotBytes
+	snapshotBytes = 2048
+	defer func() { snapshotBytes = old }()
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, _ := Open(p)
+	defer s.Close()
+	for i := 1; i <= 200; i++ {
+		s.Put(Job{RunnerName: "r", JobID: int64(i), Phase: Launched})
+		s.Sync(ctx(t))
+	}
+	fi, err := os.Stat(p)
+	if err != nil || fi.Size() == 0 {
+		t.Fatalf("no snapshot while the journal grew: %v", err)
+	}
+	if jf, _ := os.Stat(journalPath(p)); jf.Size() > 4096 {
+		t.Fatalf("journal %d bytes", jf.Size())
 	}
 }

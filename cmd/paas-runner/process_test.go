@@ -319,15 +319,23 @@ func crashAt(t *testing.T, point string, sig syscall.Signal) {
 	if sig == syscall.SIGTERM && code != 0 {
 		t.Fatalf("SIGTERM: exit %d", code)
 	}
-	recorded := true
-	if _, err := os.Stat(e.state); err != nil && point == "acquired" && sig == syscall.SIGKILL {
-		// Killed between GitLab's answer and the first state write: the job
-		// is GitLab's to time out; nothing was created for it.
-		recorded = false
-	} else {
-		st := e.checkStateFile()
-		recorded = len(st["pending"])+len(st["launched"])+len(st["to_decommission"]) > 0
+	// After a SIGKILL the job may be recorded in the state file or only in
+	// its journal (a graceful stop folds the journal in).
+	recorded := false
+	if b, err := os.ReadFile(e.state + ".journal"); err == nil && len(b) > 0 {
+		recorded = sig == syscall.SIGKILL
+		if !recorded {
+			t.Fatal("a journal left after a graceful stop")
+		}
 	}
+	if _, err := os.Stat(e.state); err == nil {
+		st := e.checkStateFile()
+		recorded = recorded || len(st["pending"])+len(st["launched"])+len(st["to_decommission"]) > 0
+	} else if sig == syscall.SIGTERM {
+		t.Fatal("no state file after a graceful stop")
+	}
+	// Killed between GitLab's answer and the first state write, the job is
+	// GitLab's to time out; nothing was created for it.
 
 	// restart without holds; finish the job once it runs
 	if !recorded && point != "acquired" {
@@ -369,5 +377,8 @@ func crashAt(t *testing.T, point string, sig syscall.Signal) {
 	st := e.checkStateFile()
 	if n := len(st["launched"]) + len(st["pending"]) + len(st["to_decommission"]); n != 0 {
 		t.Fatalf("state not empty: %v", st)
+	}
+	if _, err := os.Stat(e.state + ".journal"); !os.IsNotExist(err) {
+		t.Fatal("journal left after a graceful stop")
 	}
 }

@@ -255,7 +255,7 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		wait = min(wait, c.retry.Max)
 		c.log.Debug("retrying GitLab request", zap.String("method", r.method), zap.String("path", r.path),
 			zap.Int("status", resp.StatusCode), zap.Duration("wait", wait), zap.Int("attempt", attempt+1))
-		if err := sleep(ctx, wait); err != nil {
+		if err := backoff.Sleep(ctx, wait); err != nil {
 			// Interrupted: the last answer is the most useful error.
 			return out, nil
 		}
@@ -287,20 +287,6 @@ func retryAfter(h http.Header) time.Duration {
 		}
 	}
 	return 0
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func requestID() string {

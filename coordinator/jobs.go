@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
@@ -164,7 +166,7 @@ func (c *Client) FailJob(ctx context.Context, id int64, jobToken, reason string)
 				wait = res.UpdateInterval
 			}
 		}
-		if sleep(ctx, wait) != nil {
+		if backoff.Sleep(ctx, wait) != nil {
 			return fmt.Errorf("failing job %d: gave up: %w", id, last)
 		}
 	}

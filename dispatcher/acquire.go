@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -21,7 +23,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			return
 		}
 		if wait := time.Until(r.disabledUntil); wait > 0 {
-			_ = sleepCtx(ctx, wait)
+			_ = backoff.Sleep(ctx, wait)
 			continue
 		}
 		if !d.reserve(r) {
@@ -44,7 +46,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			} else if err == nil {
 				r.forbidden = 0
 			}
-			_ = sleepCtx(ctx, d.cfg.CheckInterval)
+			_ = backoff.Sleep(ctx, d.cfg.CheckInterval)
 			continue
 		}
 		r.forbidden = 0

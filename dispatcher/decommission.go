@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
@@ -113,7 +115,7 @@ func (d *Dispatcher) decommission(ctx context.Context, t *tracked, dc *decommiss
 			log.Info("shutting down: the host is removed at next start")
 			return
 		}
-		if sleepCtx(ctx, d.backoff(attempt)) != nil {
+		if backoff.Sleep(ctx, d.backoff(attempt)) != nil {
 			return
 		}
 	}

@@ -398,21 +398,6 @@ func (d *Dispatcher) statsLoop(ctx context.Context) {
 	}
 }
 
-// sleepCtx waits d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // backoff is the wait before retry attempt (0-based).
 func (d *Dispatcher) backoff(attempt int) time.Duration {
 	return backoff.Policy{Min: d.cfg.RetryMin, Max: d.cfg.RetryMax}.Wait(attempt)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
@@ -29,7 +31,7 @@ func (d *Dispatcher) watchEnds(ctx context.Context, r *runnerState, w executors.
 			attempt = 0
 		}
 		r.log.Warn("watching hosts failed; GitLab tracking still notices job ends", zap.Error(err))
-		_ = sleepCtx(ctx, d.backoff(attempt))
+		_ = backoff.Sleep(ctx, d.backoff(attempt))
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
@@ -223,7 +225,7 @@ func (d *Dispatcher) spaceLaunches(ctx context.Context) {
 	}
 	d.nextLaunch = at.Add(d.cfg.MinBetweenLaunches)
 	d.mu.Unlock()
-	_ = sleepCtx(ctx, time.Until(at))
+	_ = backoff.Sleep(ctx, time.Until(at))
 }
 
 // stepError says which step failed.
@@ -258,7 +260,7 @@ func retry(ctx context.Context, d *Dispatcher, t *tracked, op string, step func(
 		wait := d.backoff(attempt)
 		t.logger().Warn("executor step failed; retrying", zap.String("step", op), zap.Int("attempt", attempt+1), zap.Duration("wait", wait), zap.Error(err))
 		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: %s failed (attempt %d of %d), retrying in %.0fs: %v", op, attempt+1, d.cfg.ProvisionAttempts, wait.Seconds(), err), true)
-		if sleepCtx(ctx, wait) != nil {
+		if backoff.Sleep(ctx, wait) != nil {
 			return nil, ctx.Err()
 		}
 	}

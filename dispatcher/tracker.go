@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -104,7 +106,7 @@ func (tr *tracker) run(ctx context.Context) {
 			}
 		}
 		wait := max(time.Until(e.due), time.Until(last.Add(spacing)))
-		if sleepCtx(ctx, wait) != nil {
+		if backoff.Sleep(ctx, wait) != nil {
 			return
 		}
 		select {

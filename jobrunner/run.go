@@ -3,6 +3,8 @@ package jobrunner
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -94,7 +96,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	r := &runner{o: o, p: j.Payload, gl: gl, docker: o.Docker, log: o.Logger.With(zap.Int64("job_id", j.ID)),
-		name: fmt.Sprintf("paas-job-%d", j.ID), cancelCh: make(chan struct{}), abortCh: make(chan struct{})}
+		name: fmt.Sprintf("paas-job-%d-%s", j.ID, randomSuffix()), cancelCh: make(chan struct{}), abortCh: make(chan struct{})}
 	r.vars = r.variables()
 	var secrets []string
 	for _, v := range r.vars {
@@ -659,4 +661,12 @@ func mapReason(reason string, supported []string) string {
 		return job.RunnerSystemFailure
 	}
 	return job.UnknownFailure
+}
+
+// randomSuffix tells apart the resources of two runs of a same job id on
+// one engine (two GitLab instances, a retried job).
+func randomSuffix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

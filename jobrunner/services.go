@@ -104,13 +104,14 @@ func (r *runner) startServices(ctx context.Context) error {
 		}
 		all = append(all, started{img, c.ID, ports})
 	}
+	netName := r.name + "-network"
 	deadline := time.Now().Add(30 * time.Second)
 	for _, s := range all {
 		info, err := r.docker.ContainerInspect(ctx, s.id)
-		if err != nil || info.NetworkSettings == nil || info.NetworkSettings.Networks[r.name+"-network"] == nil {
+		if err != nil || info.NetworkSettings == nil || info.NetworkSettings.Networks[netName] == nil {
 			continue
 		}
-		ip := info.NetworkSettings.Networks[r.name+"-network"].IPAddress
+		ip := info.NetworkSettings.Networks[netName].IPAddress
 		for _, port := range s.ports {
 			addr := net.JoinHostPort(ip, strconv.Itoa(port))
 			r.printf("Waiting for service %s on port %d...\n", s.name, port)

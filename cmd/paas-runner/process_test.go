@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+	"gitlab.com/paas-runner/paas-runner/internal/version"
 )
 
 var binary string
@@ -39,6 +41,10 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	// the host base image built from this test binary
+	if cli, err := localdockertest.Client(); err == nil {
+		localdockertest.RemoveImagesLabelled(cli, "org.opencontainers.image.version="+version.Version)
+	}
 	os.Exit(code)
 }
 

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -107,7 +108,7 @@ type Server struct {
 // New starts a fake GitLab for the duration of the test.
 func New(t TB) *Server {
 	s := &Server{t: t, runners: map[string]*Runner{}, jobs: map[int64]*Job{}, byToken: map[string]*Job{},
-		counts: map[string]int{}, changed: make(chan struct{}), nextID: 1000, TraceUpdate: 3}
+		counts: map[string]int{}, changed: make(chan struct{}), nextID: idBase(), TraceUpdate: 3}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
@@ -784,3 +785,8 @@ func (s *Server) SetArtifacts(id int64, zip []byte) {
 	}
 	j.Artifacts["archive"] = Artifact{Filename: "artifacts.zip", Data: zip, Format: "zip"}
 }
+
+// idBase starts job ids differently in each test process, so that test
+// packages running at once on one Docker engine never share a job id (their
+// resources are labelled with it).
+func idBase() int64 { return 1000 * int64(1+os.Getpid()%100000) }

@@ -100,6 +100,14 @@ func TestNetworkFailureAndRefusals(t *testing.T) {
 			t.Fatalf("%v: config written despite the failure", c.args)
 		}
 	}
+	for status, want := range map[int]string{422: "runner token refused by " + gl.URL + " (422)", 500: gl.URL + " is failing (500); try again later"} {
+		gl.Inject("runners/verify", status, -1, nil)
+		r := runReg("", append(append([]string{}, base...), "--url", gl.URL, "--token", "glrt-good-0123456789", cfg)...)
+		gl.ClearInjections()
+		if r.code != 1 || !strings.Contains(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("%d: %+v", status, r)
+		}
+	}
 	gl.RegistrationDisabled = true
 	r := runReg("", append(base, "--url", gl.URL, "--registration-token", "GR1348941legacy", cfg)...)
 	if r.code != 1 || !strings.Contains(r.stderr, "registration tokens are disabled") {

@@ -341,3 +341,31 @@ func BenchmarkJobStartToFirstLine(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*9/10].Milliseconds()), "p90-ms")
 }
+
+// An unreachable engine: a clear error at start, and each job failed with
+// runner_system_failure and the reason in its log, after the retries.
+func TestLocalDockerUnreachableEngine(t *testing.T) {
+	gl := coordinatortest.New(t)
+	tok := "glrt-nodock-0123456789"
+	gl.AddRunner(tok)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("check_interval = 0.05\nstate_file = %q\n[[runners]]\nurl = %q\ntoken = %q\nexecutor = \"local-docker\"\n  [runners.local_docker]\n  host = \"unix:///nonexistent/docker.sock\"\n",
+		filepath.Join(dir, "state.json"), gl.URL, tok)), 0o600)
+	e := &env{t: t, dir: dir, config: cfg, gl: gl}
+	p := e.start("")
+	q := gl.Enqueue(tok, nil)
+	gl.WaitFor(procWait, "the job to fail", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
+	got := gl.Job(q.ID)
+	if got.Status != "failed" || got.FailureReason != "runner_system_failure" ||
+		!strings.Contains(string(got.Trace), "unix:///nonexistent/docker.sock is not reachable") || !strings.Contains(string(got.Trace), "(5 attempts)") {
+		t.Fatalf("%s %s\n%s", got.Status, got.FailureReason, got.Trace)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(p.log(), "the Docker engine is not reachable") {
+		t.Errorf("no clear error at start:\n%s", p.log())
+	}
+}

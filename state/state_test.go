@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -386,4 +387,34 @@ func TestSnapshotWhenJournalGrows(t *testing.T) {
 	if jf, _ := os.Stat(journalPath(p)); jf.Size() > 4096 {
 		t.Fatalf("journal %d bytes", jf.Size())
 	}
+}
+
+// FuzzOpenJournal: whatever a crash or a disk leaves in the journal, Open
+// either loads or refuses with a FormatError; it never panics, and a
+// refused journal is left as it was.
+func FuzzOpenJournal(f *testing.F) {
+	f.Add([]byte(`{"seq":1,"put":{"runner_name":"r","job_id":1,"token":"t","phase":"launched"}}` + "\n"))
+	f.Add([]byte(`{"seq":2,"del":{"runner_name":"r","job_id":1}}` + "\n" + `{"seq":3,"put":{"runner_name":"r","job_id":2,"pha`))
+	f.Add([]byte("garbage\n{}\n"))
+	f.Fuzz(func(t *testing.T, journal []byte) {
+		p := filepath.Join(t.TempDir(), "state.json")
+		os.WriteFile(journalPath(p), journal, 0o600)
+		s, err := Open(p)
+		if err != nil {
+			var fe *FormatError
+			if !errors.As(err, &fe) {
+				t.Fatalf("not a FormatError: %v", err)
+			}
+			if b, _ := os.ReadFile(journalPath(p)); !bytes.Equal(b, journal) {
+				t.Fatal("refused journal changed")
+			}
+			return
+		}
+		for _, j := range s.Jobs() {
+			if j.RunnerName == "" || j.JobID <= 0 {
+				t.Fatalf("invalid job loaded: %+v", j)
+			}
+		}
+		s.Close()
+	})
 }

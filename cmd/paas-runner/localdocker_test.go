@@ -32,7 +32,10 @@ var (
 	innerCli  *client.Client
 )
 
-const innerTag = "paas-runner-testinner:cmd"
+const (
+	innerTag   = "paas-runner-testinner:cmd"
+	busyboxTag = "paas-runner-test-busybox:cmd"
+)
 
 // dockerInner returns a client, with the test inner image built, or skips.
 func dockerInner(t *testing.T) *client.Client {
@@ -88,7 +91,7 @@ func waitNoHosts(t *testing.T, cli *client.Client, runners ...string) {
 }
 
 // ours lists containers and job images labelled with this test's runner.
-func ours(t *testing.T, cli *client.Client, runner string) (containers, images int) {
+func ours(t testing.TB, cli *client.Client, runner string) (containers, images int) {
 	f := filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runner), filters.Arg("label", localdocker.LabelManaged+"=true"))
 	cs, err := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
 	if err != nil {
@@ -233,7 +236,7 @@ func BenchmarkDecommissionLag(b *testing.B) {
 // sources and runs the script in a busybox job image.
 func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
 	cli := dockerInner(t)
-	const jobImage = "paas-runner-test-busybox:cmd"
+	const jobImage = busyboxTag
 	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +320,16 @@ func BenchmarkJobStartToFirstLine(b *testing.B) {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	defer func() {
+		// let the last host go before stopping the daemon
+		for deadline := time.Now().Add(procWait); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if c, i := ours(b, cli, tok[:8]); c+i == 0 {
+				break
+			}
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
 	var lat []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -44,6 +44,9 @@ func TestMain(m *testing.M) {
 	// the host base image built from this test binary
 	if cli, err := localdockertest.Client(); err == nil {
 		localdockertest.RemoveImagesLabelled(cli, "org.opencontainers.image.version="+version.Version)
+		// the test images of this package only: other packages run at once
+		localdockertest.RemoveImage(cli, innerTag)
+		localdockertest.RemoveImage(cli, busyboxTag)
 	}
 	os.Exit(code)
 }

@@ -331,3 +331,19 @@ func TestBuildContextGolden(t *testing.T) {
 	}
 	golden(t, "base.Dockerfile", baseDockerfile())
 }
+
+func TestDynamicBinaryRefused(t *testing.T) {
+	dyn, err := os.ReadFile("/bin/sh") // dynamically linked on Debian
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := checkStatic(dyn); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Fatalf("got %v", err)
+	}
+	if staticBin != "" {
+		data, _ := os.ReadFile(staticBin)
+		if err := checkStatic(data); err != nil {
+			t.Fatalf("static binary refused: %v", err)
+		}
+	}
+}

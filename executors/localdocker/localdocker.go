@@ -10,17 +10,19 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	cerrdefs "github.com/containerd/errdefs"
 	"io"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
@@ -290,6 +292,9 @@ func (e *Executor) ensureBaseImage(ctx context.Context) error {
 	}
 	binData, err := e.binary()
 	if err != nil {
+		return executors.Permanent("provision", err)
+	}
+	if err := checkStatic(binData); err != nil {
 		return executors.Permanent("provision", err)
 	}
 	ca := e.opts.CABundle
@@ -617,4 +622,19 @@ func (e *Executor) Inspect(ctx context.Context, h executors.Handle) (bool, int, 
 		return true, 1, nil
 	}
 	return true, 0, nil
+}
+
+// checkStatic refuses a binary that cannot run in a FROM-scratch image: a
+// dynamically linked one (built with cgo, e.g. by a plain "go run").
+func checkStatic(data []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("paas-runner's binary is not an ELF executable: %w", err)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("paas-runner's binary is dynamically linked and cannot run in the host base image; build it with CGO_ENABLED=0 (make build), or set inner_image")
+		}
+	}
+	return nil
 }

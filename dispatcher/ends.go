@@ -42,7 +42,18 @@ func (d *Dispatcher) hostEnded(ctx context.Context, r *runnerState, e executors.
 	d.mu.Lock()
 	t := d.jobs[state.Key{Runner: r.UniqueName, ID: e.JobID}]
 	d.mu.Unlock()
-	if t == nil || t.phase() != state.Launched {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	phase := t.rec.Phase
+	if phase.Pending() {
+		// the host stopped before its launch was recorded: handle it then
+		e := e
+		t.earlyEnd = &e
+	}
+	t.mu.Unlock()
+	if phase != state.Launched {
 		return
 	}
 	d.stats.hostEnds.Add(1)

@@ -28,6 +28,9 @@ type tracked struct {
 	cancel context.CancelFunc // cancels provisioning
 	stop   string             // why provisioning must stop (GitLab side)
 	status string             // last GitLab status seen
+	// earlyEnd is a host end reported before the launch was recorded;
+	// it is handled once it is.
+	earlyEnd *executors.End
 }
 
 func (t *tracked) get() state.Job {
@@ -194,6 +197,13 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	d.leaveProvisioning()
 	d.stats.launched.Add(1)
 	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
+	t.mu.Lock()
+	early := t.earlyEnd
+	t.earlyEnd = nil
+	t.mu.Unlock()
+	if early != nil {
+		d.hostEnded(d.work, t.r, *early)
+	}
 	return nil
 }
 

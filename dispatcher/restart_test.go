@@ -116,9 +116,10 @@ func TestResume(t *testing.T) {
 func TestHostEnds(t *testing.T) {
 	h := newHarness(t, 1)
 	h.cfg.CheckInterval = time.Hour // only the executor can tell us
-	h.start()
+	// queued before the start: an idle poll would wait an hour
 	died := h.gl.Enqueue("", nil)
 	done := h.gl.Enqueue("", nil)
+	h.start()
 	dname, okname := h.hostName(h.tokens[0], died.ID), h.hostName(h.tokens[0], done.ID)
 	h.waitFake("launches", func(f *executortest.Fake) bool {
 		a, _ := f.LiveLocked(dname)

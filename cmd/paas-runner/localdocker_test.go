@@ -55,6 +55,34 @@ func dockerInner(t *testing.T) *client.Client {
 	return innerCli
 }
 
+// ldRunner is one local-docker [[runners]] entry: its token, and TOML
+// written after its url, token and executor lines.
+type ldRunner struct{ token, extra string }
+
+// hostNetworkNoPull: hosts on the host network (to reach the fake GitLab
+// on 127.0.0.1), job images only from the local engine.
+const hostNetworkNoPull = "  [runners.local_docker]\n  network_mode = \"host\"\n  [runners.docker]\n  pull_policy = \"never\""
+
+// localDockerConfig starts a fake GitLab knowing the runners' tokens and
+// writes a configuration: globals, a state file in a temporary directory,
+// then the runners. It returns the fake, the directory and the file.
+func localDockerConfig(t testing.TB, globals string, runners ...ldRunner) (*coordinatortest.Server, string, string) {
+	t.Helper()
+	gl := coordinatortest.New(t)
+	dir := t.TempDir()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\nstate_file = %q\n", globals, filepath.Join(dir, "state.json"))
+	for _, r := range runners {
+		gl.AddRunner(r.token)
+		fmt.Fprintf(&b, "\n[[runners]]\nurl = %q\ntoken = %q\nexecutor = \"local-docker\"\n%s\n", gl.URL, r.token, r.extra)
+	}
+	cfg := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return gl, dir, cfg
+}
+
 // cleanRunner removes a runner's labelled containers now and at the end of
 // the test, whatever a failed earlier run left behind.
 func cleanRunner(t *testing.T, cli *client.Client, runner string) {
@@ -106,34 +134,10 @@ func ours(t testing.TB, cli *client.Client, runner string) (containers, images i
 
 func TestLocalDockerEndToEnd(t *testing.T) {
 	cli := dockerInner(t)
-	gl := coordinatortest.New(t)
 	good, bad := "glrt-ldok-0123456789", "glrt-ldbad-0123456789"
-	gl.AddRunner(good)
-	gl.AddRunner(bad)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`concurrent = 4
-check_interval = 0.1
-state_file = %q
-
-[[runners]]
-name = "local"
-url = %q
-token = %q
-executor = "local-docker"
-heptapod_runner_main_image = %q
-  [runners.local_docker]
-  network_mode = "host"
-  [runners.docker]
-  network_mode = "host"
-
-[[runners]]
-name = "broken-image"
-url = %q
-token = %q
-executor = "local-docker"
-inner_image = "127.0.0.1:1/missing/image:1"
-`, filepath.Join(dir, "state.json"), gl.URL, good, innerTag, gl.URL, bad)), 0o600)
+	gl, dir, cfg := localDockerConfig(t, "concurrent = 4\ncheck_interval = 0.1",
+		ldRunner{good, fmt.Sprintf("name = \"local\"\nheptapod_runner_main_image = %q\n  [runners.local_docker]\n  network_mode = \"host\"\n  [runners.docker]\n  network_mode = \"host\"", innerTag)},
+		ldRunner{bad, "name = \"broken-image\"\ninner_image = \"127.0.0.1:1/missing/image:1\""})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
 	cleanRunner(t, cli, good[:8])
 	cleanRunner(t, cli, bad[:8])
@@ -178,15 +182,11 @@ func BenchmarkDecommissionLag(b *testing.B) {
 	if err := localdockertest.BuildInnerImage(context.Background(), cli, innerTag); err != nil {
 		b.Fatal(err)
 	}
-	gl := coordinatortest.New(b)
 	tok := "glrt-lag-0123456789"
-	gl.AddRunner(tok)
-	dir := b.TempDir()
-	cfg := filepath.Join(dir, "config.toml")
 	// check_interval is long: the end must be seen through engine events,
 	// not GitLab polling.
-	os.WriteFile(cfg, []byte(fmt.Sprintf("concurrent = 4\ncheck_interval = 30\npaas_max_concurrent_provisioning = 4\nstate_file = %q\n[[runners]]\nurl = %q\ntoken = %q\nexecutor = \"local-docker\"\ninner_image = %q\n  [runners.local_docker]\n  network_mode = \"host\"\n",
-		filepath.Join(dir, "state.json"), gl.URL, tok, innerTag)), 0o600)
+	gl, _, cfg := localDockerConfig(b, "concurrent = 4\ncheck_interval = 30\npaas_max_concurrent_provisioning = 4",
+		ldRunner{tok, fmt.Sprintf("inner_image = %q\n  [runners.local_docker]\n  network_mode = \"host\"", innerTag)})
 	cmd := exec.Command(binary, cfg)
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -240,24 +240,8 @@ func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
 	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
 		t.Fatal(err)
 	}
-	gl := coordinatortest.New(t)
 	tok := "glrt-ldreal-0123456789"
-	gl.AddRunner(tok)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`concurrent = 2
-check_interval = 0.1
-state_file = %q
-[[runners]]
-name = "real"
-url = %q
-token = %q
-executor = "local-docker"
-  [runners.local_docker]
-  network_mode = "host"
-  [runners.docker]
-  pull_policy = "never"
-`, filepath.Join(dir, "state.json"), gl.URL, tok)), 0o600)
+	gl, dir, cfg := localDockerConfig(t, "concurrent = 2\ncheck_interval = 0.1", ldRunner{tok, "name = \"real\"\n" + hostNetworkNoPull})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
 	cleanRunner(t, cli, tok[:8])
 	p := e.start("")
@@ -309,13 +293,8 @@ func BenchmarkJobStartToFirstLine(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer localdockertest.RemoveImage(cli, jobImage)
-	gl := coordinatortest.New(b)
 	tok := "glrt-first-0123456789"
-	gl.AddRunner(tok)
-	dir := b.TempDir()
-	cfg := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("concurrent = 2\ncheck_interval = 0.05\nstate_file = %q\n[[runners]]\nurl = %q\ntoken = %q\nexecutor = \"local-docker\"\n  [runners.local_docker]\n  network_mode = \"host\"\n  [runners.docker]\n  pull_policy = \"never\"\n",
-		filepath.Join(dir, "state.json"), gl.URL, tok)), 0o600)
+	gl, _, cfg := localDockerConfig(b, "concurrent = 2\ncheck_interval = 0.05", ldRunner{tok, hostNetworkNoPull})
 	cmd := exec.Command(binary, cfg)
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -357,13 +336,9 @@ func BenchmarkJobStartToFirstLine(b *testing.B) {
 // An unreachable engine: a clear error at start, and each job failed with
 // runner_system_failure and the reason in its log, after the retries.
 func TestLocalDockerUnreachableEngine(t *testing.T) {
-	gl := coordinatortest.New(t)
 	tok := "glrt-nodock-0123456789"
-	gl.AddRunner(tok)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("check_interval = 0.05\nstate_file = %q\n[[runners]]\nurl = %q\ntoken = %q\nexecutor = \"local-docker\"\n  [runners.local_docker]\n  host = \"unix:///nonexistent/docker.sock\"\n",
-		filepath.Join(dir, "state.json"), gl.URL, tok)), 0o600)
+	gl, dir, cfg := localDockerConfig(t, "check_interval = 0.05",
+		ldRunner{tok, "  [runners.local_docker]\n  host = \"unix:///nonexistent/docker.sock\""})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
 	p := e.start("")
 	q := gl.Enqueue(tok, nil)

@@ -74,6 +74,28 @@ type EndWatcher interface {
 	WatchEnds(ctx context.Context, fn func(End)) error
 }
 
+// HostStatus is what an Inspector finds of a host.
+type HostStatus struct {
+	// Exists: the host is there (created, running or stopped).
+	Exists bool
+	// Running: the host runs (the job may still be going on).
+	Running bool
+	// ExitCode of a host that stopped (meaningless while Running).
+	ExitCode int
+	// Detail says what is known of a stopped host for the job log: its
+	// last output lines, "OOM killed", ….
+	Detail string
+}
+
+// Inspector is implemented by executors that can tell how a host is doing,
+// so that at resume the dispatcher notices hosts that died or vanished
+// while the daemon was down, instead of waiting for GitLab's timeout.
+type Inspector interface {
+	// Inspect reports on h's host. A host that does not exist is
+	// HostStatus{Exists: false} and no error.
+	Inspect(ctx context.Context, h Handle) (HostStatus, error)
+}
+
 // Reaper is implemented by executors that can list their own hosts and
 // remove those nobody tracks (left by a crash between create and persist,
 // or by a lost state file).

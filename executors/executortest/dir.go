@@ -29,8 +29,9 @@ type Dir struct {
 }
 
 var (
-	_ executors.Executor = (*Dir)(nil)
-	_ executors.Reaper   = (*Dir)(nil)
+	_ executors.Executor  = (*Dir)(nil)
+	_ executors.Reaper    = (*Dir)(nil)
+	_ executors.Inspector = (*Dir)(nil)
 )
 
 type dirHandle struct {
@@ -138,7 +139,7 @@ func (d *Dir) Decommission(ctx context.Context, h executors.Handle) error {
 	if err := d.hold(ctx, "decommission", name); err != nil {
 		return err
 	}
-	for _, suffix := range []string{".launched", ".host"} {
+	for _, suffix := range []string{".launched", ".exit", ".host"} {
 		if err := os.Remove(filepath.Join(d.Path, name+suffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return executors.Transient("decommission", err)
 		}
@@ -175,8 +176,8 @@ func (d *Dir) Reap(ctx context.Context, keep []executors.Handle, grace time.Dura
 	return removed, nil
 }
 
-// Inspect implements Inspector.
-func (d *Dir) Inspect(_ context.Context, h executors.Handle) (bool, int, error) {
+// Observe implements Observer.
+func (d *Dir) Observe(_ context.Context, h executors.Handle) (bool, int, error) {
 	name, err := d.decode(h)
 	if err != nil {
 		return false, 0, err
@@ -189,4 +190,29 @@ func (d *Dir) Inspect(_ context.Context, h executors.Handle) (bool, int, error) 
 		launches = 1
 	}
 	return true, launches, nil
+}
+
+// Inspect implements executors.Inspector: a host runs from its launch until
+// <name>.exit (the exit code, then detail lines) says it stopped.
+func (d *Dir) Inspect(_ context.Context, h executors.Handle) (executors.HostStatus, error) {
+	name, err := d.decode(h)
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	if _, err := os.Stat(filepath.Join(d.Path, name+".host")); errors.Is(err, os.ErrNotExist) {
+		return executors.HostStatus{}, nil
+	} else if err != nil {
+		return executors.HostStatus{}, err
+	}
+	st := executors.HostStatus{Exists: true}
+	if data, err := os.ReadFile(filepath.Join(d.Path, name+".exit")); err == nil {
+		code, detail, _ := strings.Cut(string(data), "\n")
+		fmt.Sscanf(code, "%d", &st.ExitCode)
+		st.Detail = strings.TrimSpace(detail)
+		return st, nil
+	}
+	if _, err := os.Stat(filepath.Join(d.Path, name+".launched")); err == nil {
+		st.Running = true
+	}
+	return st, nil
 }

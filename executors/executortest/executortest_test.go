@@ -1,19 +1,72 @@
 package executortest
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"gitlab.com/paas-runner/paas-runner/executors"
 )
 
 func TestFakeConforms(t *testing.T) {
 	Run(t, func(t *testing.T) Subject {
 		f := NewFake()
-		return Subject{Executor: f, Inspector: f, RunnerName: "r1"}
+		return Subject{Executor: f, Observer: f, RunnerName: "r1"}
 	})
 }
 
 func TestDirConforms(t *testing.T) {
 	Run(t, func(t *testing.T) Subject {
 		d := &Dir{Path: t.TempDir()}
-		return Subject{Executor: d, Inspector: d, RunnerName: "r1"}
+		return Subject{Executor: d, Observer: d, RunnerName: "r1"}
+	})
+}
+
+// inspectLifecycle: absent, provisioned, running, stopped (via stop), gone.
+func inspectLifecycle(t *testing.T, ex executors.Executor, stop func(id int64)) {
+	t.Helper()
+	ctx := context.Background()
+	in := ex.(executors.Inspector)
+	j := executors.Job{RunnerName: "r1", ID: 7, Token: "tok"}
+	h, err := ex.Plan(ctx, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(step string, want executors.HostStatus) {
+		t.Helper()
+		got, err := in.Inspect(ctx, h)
+		if err != nil || got != want {
+			t.Fatalf("%s: %+v %v, want %+v", step, got, err, want)
+		}
+	}
+	check("planned", executors.HostStatus{})
+	if _, err := ex.Provision(ctx, h, j); err != nil {
+		t.Fatal(err)
+	}
+	check("provisioned", executors.HostStatus{Exists: true})
+	if _, err := ex.Launch(ctx, h, j); err != nil {
+		t.Fatal(err)
+	}
+	check("launched", executors.HostStatus{Exists: true, Running: true})
+	stop(j.ID)
+	check("stopped", executors.HostStatus{Exists: true, ExitCode: 137, Detail: "OOM killed"})
+	if err := ex.Decommission(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	check("removed", executors.HostStatus{})
+}
+
+func TestFakeInspect(t *testing.T) {
+	f := NewFake()
+	inspectLifecycle(t, f, func(id int64) { f.Stop("r1", id, 137, "OOM killed") })
+}
+
+func TestDirInspect(t *testing.T) {
+	d := &Dir{Path: t.TempDir()}
+	inspectLifecycle(t, d, func(id int64) {
+		if err := os.WriteFile(filepath.Join(d.Path, "host-r1-7.exit"), []byte("137\nOOM killed\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	})
 }

@@ -18,11 +18,11 @@ type Handle = json.RawMessage
 
 // Job is what an executor is told about a job.
 type Job struct {
-	// RunnerName is the runner's unique name (its token's first 8
-	// characters), used in resource names.
-	RunnerName string
-	ID         int64
-	Token      string
+	// RunnerID identifies the runner (config.Runner.ID), used in resource
+	// names and labels.
+	RunnerID string
+	ID       int64
+	Token    string
 	// Payload is the jobs/request payload, handed to the inner runner.
 	Payload json.RawMessage
 	// TraceOffset is where the daemon's writing to the job log stopped: the
@@ -74,25 +74,24 @@ type EndWatcher interface {
 	WatchEnds(ctx context.Context, fn func(End)) error
 }
 
-// HostStatus is what an Inspector finds of a host.
+// HostStatus is what an Inspector sees of a host.
 type HostStatus struct {
-	// Exists: the host is there (created, running or stopped).
+	// Exists is false when the host is gone (removed, never created).
 	Exists bool
-	// Running: the host runs (the job may still be going on).
+	// Running is true while the inner runner may still report the job.
 	Running bool
-	// ExitCode of a host that stopped (meaningless while Running).
+	// ExitCode of the host's main process once it stopped.
 	ExitCode int
-	// Detail says what is known of a stopped host for the job log: its
-	// last output lines, "OOM killed", ….
+	// Detail says what became of it, for the job log: "OOM killed",
+	// "exit status 137", and the host's last output lines.
 	Detail string
 }
 
-// Inspector is implemented by executors that can tell how a host is doing,
-// so that at resume the dispatcher notices hosts that died or vanished
-// while the daemon was down, instead of waiting for GitLab's timeout.
+// Inspector is implemented by executors that can look at a host on demand:
+// at a restart, the dispatcher checks every launched job's host, so that a
+// host that died while the daemon was down fails its job at once instead
+// of at GitLab's timeout.
 type Inspector interface {
-	// Inspect reports on h's host. A host that does not exist is
-	// HostStatus{Exists: false} and no error.
 	Inspect(ctx context.Context, h Handle) (HostStatus, error)
 }
 

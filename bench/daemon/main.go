@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 )
 
@@ -52,8 +53,8 @@ func main() {
 	var launched []string
 	for i := 0; i < *jobs; i++ {
 		j := gl.AddRunning(token)
-		rec := map[string]any{"runner_name": token[:8], "job_id": j.ID, "token": j.Token, "trace_offset": 100,
-			"expected_weight": 1, "paas_resource": map[string]string{"name": fmt.Sprintf("host-%s-%d", token[:8], j.ID)},
+		rec := map[string]any{"runner_name": config.RunnerID(token), "job_id": j.ID, "token": j.Token, "trace_offset": 100,
+			"expected_weight": 1, "paas_resource": map[string]string{"name": fmt.Sprintf("host-%s-%d", config.RunnerID(token), j.ID)},
 			"phase": "launched", "executor": "test-dir", "acquired_at": time.Now().UTC(), "launched_at": time.Now().UTC()}
 		b, _ := json.Marshal(rec)
 		launched = append(launched, string(b))

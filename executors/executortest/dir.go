@@ -39,7 +39,7 @@ type dirHandle struct {
 }
 
 func (d *Dir) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {
-	return json.Marshal(dirHandle{Name: fmt.Sprintf("host-%s-%d", sanitize(j.RunnerName), j.ID)})
+	return json.Marshal(dirHandle{Name: fmt.Sprintf("host-%s-%d", sanitize(j.RunnerID), j.ID)})
 }
 
 func sanitize(s string) string {
@@ -98,7 +98,7 @@ func (d *Dir) Provision(ctx context.Context, h executors.Handle, j executors.Job
 	if err != nil {
 		return nil, executors.Transient("provision", err)
 	}
-	fmt.Fprintf(f, "%s %d\n", j.RunnerName, j.ID)
+	fmt.Fprintf(f, "%s %d\n", j.RunnerID, j.ID)
 	return h, f.Close()
 }
 
@@ -127,7 +127,7 @@ func (d *Dir) Launch(ctx context.Context, h executors.Handle, j executors.Job) (
 		return nil, err
 	}
 	defer log.Close()
-	_, err = fmt.Fprintf(log, "%s/%d\n", j.RunnerName, j.ID)
+	_, err = fmt.Fprintf(log, "%s/%d\n", j.RunnerID, j.ID)
 	return h, err
 }
 

@@ -12,14 +12,14 @@ import (
 func TestFakeConforms(t *testing.T) {
 	Run(t, func(t *testing.T) Subject {
 		f := NewFake()
-		return Subject{Executor: f, Observer: f, RunnerName: "r1"}
+		return Subject{Executor: f, Observer: f, RunnerID: "r1"}
 	})
 }
 
 func TestDirConforms(t *testing.T) {
 	Run(t, func(t *testing.T) Subject {
 		d := &Dir{Path: t.TempDir()}
-		return Subject{Executor: d, Observer: d, RunnerName: "r1"}
+		return Subject{Executor: d, Observer: d, RunnerID: "r1"}
 	})
 }
 
@@ -28,7 +28,7 @@ func inspectLifecycle(t *testing.T, ex executors.Executor, stop func(id int64)) 
 	t.Helper()
 	ctx := context.Background()
 	in := ex.(executors.Inspector)
-	j := executors.Job{RunnerName: "r1", ID: 7, Token: "tok"}
+	j := executors.Job{RunnerID: "r1", ID: 7, Token: "tok"}
 	h, err := ex.Plan(ctx, j)
 	if err != nil {
 		t.Fatal(err)

@@ -67,7 +67,7 @@ type fakeHandle struct {
 }
 
 func (f *Fake) name(j executors.Job) string {
-	return fmt.Sprintf("%s-%s-%d", f.Prefix, j.RunnerName, j.ID)
+	return fmt.Sprintf("%s-%s-%d", f.Prefix, j.RunnerID, j.ID)
 }
 
 func decode(h executors.Handle) (string, error) {
@@ -200,7 +200,7 @@ func (f *Fake) Reap(_ context.Context, keep []executors.Handle, grace time.Durat
 func (f *Fake) Plant(runner string, id int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	name := f.name(executors.Job{RunnerName: runner, ID: id})
+	name := f.name(executors.Job{RunnerID: runner, ID: id})
 	f.hosts[name] = &Host{Name: name, JobID: id, Provisions: 1, Created: time.Now()}
 	f.notifyLocked()
 }
@@ -317,7 +317,7 @@ func (f *Fake) Inspect(ctx context.Context, h executors.Handle) (executors.HostS
 func (f *Fake) Stop(runner string, id int64, exitCode int, detail string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if host, ok := f.hosts[f.name(executors.Job{RunnerName: runner, ID: id})]; ok {
+	if host, ok := f.hosts[f.name(executors.Job{RunnerID: runner, ID: id})]; ok {
 		host.Stopped, host.ExitCode, host.Detail = true, exitCode, detail
 		f.notifyLocked()
 	}
@@ -328,6 +328,6 @@ func (f *Fake) Stop(runner string, id int64, exitCode int, detail string) {
 func (f *Fake) Vanish(runner string, id int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.hosts, f.name(executors.Job{RunnerName: runner, ID: id}))
+	delete(f.hosts, f.name(executors.Job{RunnerID: runner, ID: id}))
 	f.notifyLocked()
 }

@@ -140,6 +140,9 @@ type PayloadError struct {
 	Token string
 }
 
+// UnusableJob tells which job the payload was (id 0 when unknown).
+func (e *PayloadError) UnusableJob() (int64, string) { return e.JobID, e.Token }
+
 func (e *PayloadError) Error() string { return "invalid job payload: " + e.Err.Error() }
 func (e *PayloadError) Unwrap() error { return e.Err }
 

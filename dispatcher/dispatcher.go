@@ -24,8 +24,15 @@ import (
 
 // JobSource is the GitLab side of one [[runners]] entry.
 type JobSource interface {
-	// RequestJob returns a job, nil when there is none, or an error.
+	// RequestJob returns a job, nil when there is none, or an error. An
+	// error for a job handed out but unusable (a bad payload) implements
+	// UnusableJob, so that the job can be failed in GitLab.
 	RequestJob(ctx context.Context) (*job.Acquired, error)
+	// ConfirmJob takes a job GitLab handed out (PUT state=running: the
+	// second phase of two-phase job commit; a keep-alive on a job already
+	// running). It returns the job's status, running or canceling;
+	// job.ErrNotRunning when the job is not this runner's to run any more.
+	ConfirmJob(ctx context.Context, id int64, jobToken string) (string, error)
 	// JobStatus is running or canceling; job.ErrNotRunning once it ended.
 	JobStatus(ctx context.Context, jobToken string) (string, error)
 	// FailJob reports a job failed, retrying until accepted or ctx ends;
@@ -34,6 +41,14 @@ type JobSource interface {
 	// WriteTrace appends to the job log at offset and returns the next
 	// offset; job.ErrNotRunning when the job ended.
 	WriteTrace(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (int64, error)
+}
+
+// UnusableJob is implemented by RequestJob errors about a job GitLab
+// handed out that cannot be run (its payload is invalid): it tells the job
+// (id 0 when even that could not be read).
+type UnusableJob interface {
+	error
+	UnusableJob() (id int64, jobToken string)
 }
 
 // Store is where jobs are made durable (package state implements it).

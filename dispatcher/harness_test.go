@@ -30,6 +30,9 @@ type harness struct {
 	tokens    []string
 	limits    []int
 
+	// wrap, when set, stands between the dispatcher and the store.
+	wrap func(dispatcher.Store) dispatcher.Store
+
 	d      *dispatcher.Dispatcher
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Run returned; runErr is then set
@@ -68,7 +71,7 @@ func (h *harness) start() {
 	var rs []*dispatcher.Runner
 	for i, tok := range h.tokens {
 		c, err := coordinator.New(coordinator.Config{URL: h.gl.URL, Token: tok, SystemID: "r_000000000000",
-			Info:  coordinator.Info{Features: map[string]bool{"cancel_gracefully": true}},
+			Info:  coordinator.Info{Features: map[string]bool{"cancel_gracefully": true, "two_phase_job_commit": true}},
 			Retry: coordinator.RetryPolicy{Min: time.Millisecond, Max: 10 * time.Millisecond}})
 		if err != nil {
 			h.t.Fatal(err)
@@ -76,7 +79,11 @@ func (h *harness) start() {
 		rs = append(rs, &dispatcher.Runner{Name: fmt.Sprintf("runner-%d", i), ID: uniqueName(tok), LegacyIDs: []string{config.LegacyID(tok)}, ExecutorName: "fake",
 			Executor: h.fake, Source: c, Limit: h.limits[i], UnhealthyLimit: 3, UnhealthyInterval: time.Hour})
 	}
-	h.d, err = dispatcher.New(h.cfg, h.store, rs)
+	var store dispatcher.Store = h.store
+	if h.wrap != nil {
+		store = h.wrap(store)
+	}
+	h.d, err = dispatcher.New(h.cfg, store, rs)
 	if err != nil {
 		h.t.Fatal(err)
 	}

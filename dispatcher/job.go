@@ -31,6 +31,9 @@ type tracked struct {
 	// earlyEnd is a host end reported before the launch was recorded;
 	// it is handled once it is.
 	earlyEnd *executors.End
+	// confirmed: GitLab was told the job is taken (ConfirmJob) since this
+	// daemon started.
+	confirmed bool
 }
 
 func (t *tracked) get() state.Job {
@@ -93,22 +96,18 @@ func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
 		d.failPending(t, errors.New(rec.Failure), false)
 		return
 	}
+	var err error
 	if resumed {
-		status, err := t.r.Source.JobStatus(ctx, rec.Token)
-		switch {
-		case errors.Is(err, job.ErrNotRunning) || (err == nil && job.IsFinal(status)):
-			t.stopProvisioning("the job ended in GitLab while paas-runner was stopped", job.StatusCanceled)
-		case err == nil && status == job.StatusCanceling:
-			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
-		case err != nil && d.work.Err() == nil:
-			log.Warn("could not check the resumed job in GitLab; resuming it anyway", zap.Error(err))
-		}
-		if why, _ := t.stopped(); why == "" {
+		// Confirming is also how a resumed job is checked: GitLab says
+		// whether it is still this runner's to run (a job never
+		// confirmed before the restart may have been given up on).
+		if err = d.confirm(ctx, t); err == nil {
 			log.Info("resuming the launch of a job", zap.String("phase", string(rec.Phase)))
 		}
 	}
-	d.tracker.add(t)
-	err := d.provisionAndLaunch(ctx, t)
+	if err == nil {
+		err = d.provisionAndLaunch(ctx, t)
+	}
 	if err == nil {
 		return
 	}
@@ -138,6 +137,9 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			if err := d.store.Sync(ctx); err != nil {
 				return fmt.Errorf("saving state: %w", err)
 			}
+			if err := d.confirm(ctx, t); err != nil {
+				return err
+			}
 			if err := d.admit(ctx, t); err != nil {
 				return err
 			}
@@ -157,6 +159,12 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		<-traced
 		if err != nil {
 			return fmt.Errorf("saving state before provisioning: %w", err)
+		}
+		// The job is durable: only now is GitLab told it is taken. A crash
+		// before this leaves the job unconfirmed, and GitLab hands it out
+		// again after its acknowledgement timeout.
+		if err := d.confirm(ctx, t); err != nil {
+			return err
 		}
 	} else {
 		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
@@ -205,6 +213,48 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		d.hostEnded(d.work, t.r, *early)
 	}
 	return nil
+}
+
+// confirm tells GitLab the job is taken (two-phase job commit), once it is
+// durable, and starts watching it. It retries while GitLab cannot be
+// reached: an unconfirmed job must not run (GitLab refuses its final
+// state), and GitLab gives it to another runner if the confirmation never
+// comes. A job GitLab no longer wants run stops provisioning (errStopped).
+func (d *Dispatcher) confirm(ctx context.Context, t *tracked) error {
+	t.mu.Lock()
+	done := t.confirmed
+	t.mu.Unlock()
+	if done {
+		return nil
+	}
+	rec := t.get()
+	for attempt := 0; ; attempt++ {
+		status, err := t.r.Source.ConfirmJob(ctx, rec.JobID, rec.Token)
+		switch {
+		case err == nil && status == job.StatusCanceling:
+			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
+			return errStopped
+		case err == nil:
+			t.mu.Lock()
+			t.confirmed = true
+			t.mu.Unlock()
+			d.tracker.add(t)
+			return nil
+		case errors.Is(err, job.ErrNotRunning):
+			t.stopProvisioning("the job is not this runner's to run any more in GitLab (ended, canceled, or given up before it was confirmed)", job.StatusCanceled)
+			return errStopped
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		if st := httpStatus(err); st >= 400 && st < 500 && st != 408 && st != 409 && st != 429 {
+			return fmt.Errorf("confirming the job to GitLab: %w", err)
+		}
+		wait := d.backoff(attempt)
+		t.logger().Warn("confirming the job to GitLab failed; retrying", zap.Int("attempt", attempt+1), zap.Duration("wait", wait), zap.Error(err))
+		if backoff.Sleep(ctx, wait) != nil {
+			return ctx.Err()
+		}
+	}
 }
 
 func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {

@@ -6,10 +6,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/config"
+	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors"
 	"gitlab.com/paas-runner/paas-runner/executors/executortest"
 )
@@ -23,5 +25,15 @@ func addTestExecutors(reg registry) {
 			return nil, fmt.Errorf("PAAS_RUNNER_TEST_EXECUTOR_DIR is not set")
 		}
 		return &executortest.Dir{Path: dir, Hold: os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_HOLD")}, nil
+	}
+}
+
+// testOverrides applies the process tests' knobs, only in test builds:
+// PAAS_RUNNER_RETRY_MIN makes retries fast.
+func testOverrides(dc *dispatcher.Config) {
+	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			dc.RetryMin, dc.RetryMax = d, 10*d
+		}
 	}
 }

@@ -66,6 +66,7 @@ type Runner struct {
 	ID               int64
 	Paused           bool
 	CancelGracefully bool
+	TwoPhase         bool // advertised two_phase_job_commit
 	SystemIDs        map[string]bool
 	Requests         int
 }
@@ -566,6 +567,7 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 	}
 	rn.Requests++
 	rn.CancelGracefully = req.Info.Features["cancel_gracefully"]
+	rn.TwoPhase = req.Info.Features["two_phase_job_commit"]
 	if req.SystemID != "" {
 		rn.SystemIDs[req.SystemID] = true
 	}

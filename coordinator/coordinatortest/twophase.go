@@ -118,3 +118,12 @@ func (s *Server) ExpireAcks() {
 		}
 	}
 }
+
+// TwoPhase tells whether the runner advertised two_phase_job_commit in its
+// last job request.
+func (s *Server) TwoPhase(runnerToken string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.runners[runnerToken]
+	return r != nil && r.TwoPhase
+}

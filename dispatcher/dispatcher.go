@@ -191,6 +191,8 @@ type Dispatcher struct {
 	tracker   *tracker
 
 	stats stats
+	// draining is closed once no more jobs are acquired.
+	draining chan struct{}
 }
 
 type runnerState struct {
@@ -210,7 +212,7 @@ type stats struct {
 func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
 	cfg.defaults()
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger, store: store, runners: map[string]*runnerState{},
-		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}}
+		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}, draining: make(chan struct{})}
 	for _, r := range runners {
 		if r.ID == "" || r.Executor == nil || r.Source == nil {
 			return nil, fmt.Errorf("runner %q: unique name, executor and job source are required", r.Name)
@@ -286,22 +288,31 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	loops.Wait() // ctx cancelled, or every runner did its poll cycles
 	stopAcq()
+	close(d.draining)
 	d.log.Info("draining: no more jobs are acquired; waiting for in-flight provisioning and decommissioning",
 		zap.Int("provisioning", d.Stats().Provisioning), zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout))
 
-	d.decoms.drain()
-	drained := make(chan struct{})
-	go func() { d.launches.Wait(); d.decoms.wait(); close(drained) }()
+	// In-flight launches finish first; meanwhile jobs are still watched
+	// and the hosts of those that end are removed (they bill by the
+	// second). Then the removals already queued are done, and the rest
+	// waits for the next start.
 	timer := time.NewTimer(d.cfg.ShutdownTimeout)
-	select {
-	case <-drained:
-	case <-timer.C:
-		d.log.Warn("shutdown timeout: interrupting in-flight steps; they resume at next start")
-		d.forceStop()
-		<-drained
-	case <-d.work.Done():
-		<-drained
+	waitFor := func(wait func()) {
+		done := make(chan struct{})
+		go func() { wait(); close(done) }()
+		select {
+		case <-done:
+		case <-timer.C:
+			d.log.Warn("shutdown timeout: interrupting in-flight steps; they resume at next start")
+			d.forceStop()
+			<-done
+		case <-d.work.Done():
+			<-done
+		}
 	}
+	waitFor(d.launches.Wait)
+	d.decoms.drain()
+	waitFor(d.decoms.wait)
 	timer.Stop()
 	stopBG()
 	bg.Wait()
@@ -315,6 +326,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.log.Info("stopped", zap.Int("jobs_tracked", st.Jobs), zap.Int("launched", st.Launched), zap.Int("pending", st.Provisioning))
 	return nil
 }
+
+// Draining is closed once the dispatcher acquires no more jobs.
+func (d *Dispatcher) Draining() <-chan struct{} { return d.draining }
 
 // reserve takes a job slot for r if the limits allow it.
 func (d *Dispatcher) reserve(r *runnerState) bool {
@@ -363,7 +377,10 @@ func (d *Dispatcher) freedChan() <-chan struct{} {
 
 // Stats is a snapshot for metrics and logs.
 type Stats struct {
-	Jobs, Provisioning, Launched, Decommissioning, Concurrent, MaxProvisioning                                        int
+	Jobs, Provisioning, Launched, Decommissioning, Concurrent, MaxProvisioning int
+	// RemovalsFailing: hosts whose last removal attempt failed (retried).
+	RemovalsFailing int
+
 	Acquired, LaunchedTotal, LaunchFailures, Finished, Decommissioned, DecommissionErrors, TrackingRequests, HostEnds uint64
 }
 
@@ -378,6 +395,11 @@ func (d *Dispatcher) Stats() Stats {
 		case state.Decommissioning:
 			s.Decommissioning++
 		}
+		t.mu.Lock()
+		if t.removalFailures > 0 {
+			s.RemovalsFailing++
+		}
+		t.mu.Unlock()
 	}
 	d.mu.Unlock()
 	s.Acquired = d.stats.acquired.Load()

@@ -34,6 +34,10 @@ type tracked struct {
 	// confirmed: GitLab was told the job is taken (ConfirmJob) since this
 	// daemon started.
 	confirmed bool
+	// removalFailures counts failed removals of the host; slotFreed: the
+	// job's concurrency slot was given back before its host was removed.
+	removalFailures int
+	slotFreed       bool
 }
 
 func (t *tracked) get() state.Job {

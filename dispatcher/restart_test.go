@@ -25,11 +25,23 @@ func TestDrainFinishesProvisioning(t *testing.T) {
 	<-g.entered
 	stopped := make(chan error, 1)
 	go func() { stopped <- h.stop() }()
-	// no acquisition after the drain started
-	h.gl.WaitFor(wait, "drain started", func(*coordinatortest.Server) bool { return true })
+	select {
+	case <-h.d.Draining():
+	case <-time.After(wait):
+		t.Fatal("the drain did not start")
+	}
+	// no acquisition once the drain started, while provisioning goes on
+	requests := h.gl.Count("POST /api/v4/jobs/request")
+	late := h.gl.Enqueue("", nil)
 	g.open()
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
+	}
+	if got := h.gl.Job(late.ID); got.Acquisitions != 0 || got.Status != "pending" {
+		t.Fatalf("a job was acquired during the drain: %+v", got)
+	}
+	if n := h.gl.Count("POST /api/v4/jobs/request"); n != requests {
+		t.Fatalf("%d job requests during the drain", n-requests)
 	}
 	rec, ok := h.store.Get(state.Key{Runner: uniqueName(h.tokens[0]), ID: running.ID})
 	if !ok || rec.Phase != state.Launched {

@@ -420,6 +420,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	gauge("jobs_provisioning", "Jobs acquired but not launched yet.", func(s dispatcher.Stats) float64 { return float64(s.Provisioning) })
 	gauge("jobs_launched", "Jobs running on their host.", func(s dispatcher.Stats) float64 { return float64(s.Launched) })
 	gauge("jobs_decommissioning", "Hosts waiting for removal.", func(s dispatcher.Stats) float64 { return float64(s.Decommissioning) })
+	gauge("hosts_removal_failing", "Hosts whose removal failed and is being retried with backoff (they may be billing).", func(s dispatcher.Stats) float64 { return float64(s.RemovalsFailing) })
 	gauge("concurrent_limit", "The concurrent setting.", func(s dispatcher.Stats) float64 { return float64(s.Concurrent) })
 	counter("jobs_acquired_total", "Jobs acquired from GitLab.", func(s dispatcher.Stats) uint64 { return s.Acquired })
 	counter("jobs_launched_total", "Jobs launched on a host.", func(s dispatcher.Stats) uint64 { return s.LaunchedTotal })

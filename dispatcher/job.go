@@ -475,6 +475,8 @@ func (d *Dispatcher) finished(t *tracked, how string) {
 func (d *Dispatcher) resume() {
 	recs := d.store.Jobs()
 	var pending, launched, decom, foreign int
+	var inspect []func(context.Context)
+	defer func() { d.inspectAll(inspect) }()
 	for _, rec := range recs {
 		r, ok := d.runners[rec.RunnerID]
 		if !ok {
@@ -515,6 +517,9 @@ func (d *Dispatcher) resume() {
 		case rec.Phase == state.Launched:
 			launched++
 			d.tracker.add(t)
+			if in, ok := r.Executor.(executors.Inspector); ok {
+				inspect = append(inspect, func(ctx context.Context) { d.inspectResumed(ctx, t, in) })
+			}
 		default:
 			decom++
 			d.decoms.enqueue(t)
@@ -524,4 +529,24 @@ func (d *Dispatcher) resume() {
 		d.log.Info("resumed jobs from the state file", zap.Int("pending", pending), zap.Int("launched", launched),
 			zap.Int("to_decommission", decom), zap.Int("unknown_runner", foreign))
 	}
+}
+
+// inspectAll runs the resume-time host checks, a few at a time, in the
+// background.
+func (d *Dispatcher) inspectAll(checks []func(context.Context)) {
+	if len(checks) == 0 {
+		return
+	}
+	d.aux.Add(1)
+	go func() {
+		defer d.aux.Done()
+		sem := make(chan struct{}, 8)
+		var wg sync.WaitGroup
+		for _, check := range checks {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer func() { <-sem }(); check(d.work) }()
+		}
+		wg.Wait()
+	}()
 }

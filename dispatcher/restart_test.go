@@ -251,3 +251,50 @@ func TestResumeHeptapodKeyedJob(t *testing.T) {
 		t.Fatal("the job is still recorded under its Heptapod ID")
 	}
 }
+
+// At a restart every launched job's host is checked: a job whose host
+// stopped or vanished while the daemon was down fails at once, with the
+// host's last lines in its log; a healthy one goes on.
+func TestResumeNoticesDeadHosts(t *testing.T) {
+	h := newHarness(t, 1)
+	var jobs []*coordinatortest.Job
+	for i := 0; i < 3; i++ {
+		jobs = append(jobs, h.gl.Enqueue("", nil))
+	}
+	h.start()
+	for _, j := range jobs {
+		name := h.hostName(h.tokens[0], j.ID)
+		h.waitFake("launched", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
+	}
+	if err := h.force(); err != nil {
+		t.Fatal(err)
+	}
+	h.store.Close()
+	h.store = nil
+	id := uniqueName(h.tokens[0])
+	oom, gone, healthy := jobs[0], jobs[1], jobs[2]
+	h.fake.Stop(id, oom.ID, 137, "OOM killed; last lines:\nCompiling…\nKilled")
+	h.fake.Vanish(id, gone.ID)
+	h.cfg.CheckInterval = time.Hour // GitLab tracking would not notice before long
+	h.start()
+	h.waitStatus(oom.ID, "failed")
+	h.waitStatus(gone.ID, "failed")
+	for _, j := range []*coordinatortest.Job{oom, gone} {
+		if got := h.gl.Job(j.ID); got.FailureReason != job.RunnerSystemFailure {
+			t.Fatalf("job %d: %s", j.ID, got.FailureReason)
+		}
+	}
+	if tr := h.gl.Job(oom.ID).Trace; !contains(tr, "host stopped before the job reported a result (exit status 137: OOM killed; last lines:\nCompiling…\nKilled)") {
+		t.Fatalf("trace %q", tr)
+	}
+	if tr := h.gl.Job(gone.ID).Trace; !contains(tr, "host disappeared before the job reported a result (it no longer exists") {
+		t.Fatalf("trace %q", tr)
+	}
+	h.waitFake("dead host removed", func(f *executortest.Fake) bool { return f.GoneLocked(h.hostName(h.tokens[0], oom.ID)) })
+	if got := h.gl.Job(healthy.ID); got.Status != "running" {
+		t.Fatalf("healthy job %s", got.Status)
+	}
+	if _, ok := h.fake.Live()[h.hostName(h.tokens[0], healthy.ID)]; !ok {
+		t.Fatal("healthy host removed")
+	}
+}

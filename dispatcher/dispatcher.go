@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,7 +142,7 @@ func (c *Config) defaults() {
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = 3 * time.Second
 	}
-	if c.TrackingRPS <= 0 {
+	if !(c.TrackingRPS > 0) || math.IsInf(c.TrackingRPS, 0) { // NaN too: it would remove the cap
 		c.TrackingRPS = 40
 	}
 	if c.TrackingWorkers <= 0 {

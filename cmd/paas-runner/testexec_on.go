@@ -24,7 +24,8 @@ func addTestExecutors(reg registry) {
 		if dir == "" {
 			return nil, fmt.Errorf("PAAS_RUNNER_TEST_EXECUTOR_DIR is not set")
 		}
-		return &executortest.Dir{Path: dir, Hold: os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_HOLD")}, nil
+		delay, _ := time.ParseDuration(os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_DELAY"))
+		return &executortest.Dir{Path: dir, Hold: os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_HOLD"), Delay: delay}, nil
 	}
 }
 

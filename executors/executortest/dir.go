@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,9 +24,29 @@ import (
 // When Hold names a step (provision, launch, decommission), that step writes
 // <name>.holding-<step> and waits until the file "release" exists in the
 // directory or its context ends: a test can kill the daemon at that point.
+//
+// Delay > 0 makes every step take a random time up to Delay, so that a
+// test killing the daemon at random times lands inside the steps (and in
+// the window between a job's acquisition and its write-ahead, where Plan
+// runs).
 type Dir struct {
-	Path string
-	Hold string
+	Path  string
+	Hold  string
+	Delay time.Duration
+}
+
+func (d *Dir) delay(ctx context.Context) error {
+	if d.Delay <= 0 {
+		return nil
+	}
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(d.Delay))))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 var (
@@ -38,7 +59,10 @@ type dirHandle struct {
 	Name string `json:"name"`
 }
 
-func (d *Dir) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {
+func (d *Dir) Plan(ctx context.Context, j executors.Job) (executors.Handle, error) {
+	if err := d.delay(ctx); err != nil {
+		return nil, err
+	}
 	return json.Marshal(dirHandle{Name: fmt.Sprintf("host-%s-%d", sanitize(j.RunnerID), j.ID)})
 }
 
@@ -90,6 +114,9 @@ func (d *Dir) Provision(ctx context.Context, h executors.Handle, j executors.Job
 	if err := d.hold(ctx, "provision", name); err != nil {
 		return nil, err
 	}
+	if err := d.delay(ctx); err != nil {
+		return nil, err
+	}
 	p := filepath.Join(d.Path, name+".host")
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if errors.Is(err, os.ErrExist) {
@@ -111,6 +138,9 @@ func (d *Dir) Launch(ctx context.Context, h executors.Handle, j executors.Job) (
 		return nil, executors.Permanent("launch", fmt.Errorf("host %s does not exist", name))
 	}
 	if err := d.hold(ctx, "launch", name); err != nil {
+		return nil, err
+	}
+	if err := d.delay(ctx); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(d.Path, name+".launched"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -137,6 +167,9 @@ func (d *Dir) Decommission(ctx context.Context, h executors.Handle) error {
 		return err
 	}
 	if err := d.hold(ctx, "decommission", name); err != nil {
+		return err
+	}
+	if err := d.delay(ctx); err != nil {
 		return err
 	}
 	for _, suffix := range []string{".launched", ".exit", ".host"} {

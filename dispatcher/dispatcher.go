@@ -106,6 +106,12 @@ type Config struct {
 	TrackingRPS float64
 	// TrackingWorkers is how many job checks may be in flight (default 8).
 	TrackingWorkers int
+	// SafetyInterval is how often, at most, a launched job whose host end
+	// the executor reports (EndWatcher) is checked in GitLab anyway
+	// (default 1 min), SafetyPerMinute how many such checks a minute in
+	// all (default 100).
+	SafetyInterval  time.Duration
+	SafetyPerMinute float64
 	// KeepFinished: do not remove hosts of finished jobs.
 	KeepFinished bool
 	// DecommissionLaunchFailures: remove hosts of jobs that failed to launch.
@@ -147,6 +153,12 @@ func (c *Config) defaults() {
 	}
 	if c.TrackingWorkers <= 0 {
 		c.TrackingWorkers = 8
+	}
+	if c.SafetyInterval <= 0 {
+		c.SafetyInterval = time.Minute
+	}
+	if !(c.SafetyPerMinute > 0) || math.IsInf(c.SafetyPerMinute, 0) {
+		c.SafetyPerMinute = 100
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 60 * time.Second
@@ -200,6 +212,9 @@ type runnerState struct {
 	*Runner
 	log      *zap.Logger
 	inFlight int // guarded by Dispatcher.mu
+	// watching: the executor's end watch runs (its launched jobs are
+	// tracked in GitLab only as a safety net).
+	watching atomic.Bool
 	// acquisition loop only:
 	forbidden     int
 	disabledUntil time.Time

@@ -20,10 +20,14 @@ import (
 func (d *Dispatcher) watchEnds(ctx context.Context, r *runnerState, w executors.EndWatcher) {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		start := time.Now()
+		r.watching.Store(true)
+		d.tracker.relane(r)
 		err := w.WatchEnds(ctx, func(e executors.End) {
 			d.aux.Add(1)
 			go func() { defer d.aux.Done(); d.hostEnded(ctx, r, e) }()
 		})
+		r.watching.Store(false)
+		d.tracker.relane(r)
 		if ctx.Err() != nil {
 			return
 		}

@@ -32,6 +32,8 @@ type harness struct {
 
 	// wrap, when set, stands between the dispatcher and the store.
 	wrap func(dispatcher.Store) dispatcher.Store
+	// wrapRunner, when set, may change runner i before the start.
+	wrapRunner func(i int, r *dispatcher.Runner)
 
 	d      *dispatcher.Dispatcher
 	cancel context.CancelFunc
@@ -50,6 +52,8 @@ func newHarness(t testing.TB, runners int) *harness {
 	}
 	h.cfg = dispatcher.Config{
 		Concurrent: 50, MaxProvisioning: 10, CheckInterval: 20 * time.Millisecond, TrackingRPS: 1000,
+		// the fake reports host ends, but most tests end jobs in GitLab only
+		SafetyInterval: 20 * time.Millisecond, SafetyPerMinute: 60000,
 		DecommissionLaunchFailures: true, ShutdownTimeout: wait, RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond,
 		Logger: zaptest.NewLogger(t),
 	}
@@ -78,6 +82,11 @@ func (h *harness) start() {
 		}
 		rs = append(rs, &dispatcher.Runner{Name: fmt.Sprintf("runner-%d", i), ID: uniqueName(tok), LegacyIDs: []string{config.LegacyID(tok)}, ExecutorName: "fake",
 			Executor: h.fake, Source: c, Limit: h.limits[i], UnhealthyLimit: 3, UnhealthyInterval: time.Hour})
+	}
+	if h.wrapRunner != nil {
+		for i, r := range rs {
+			h.wrapRunner(i, r)
+		}
 	}
 	var store dispatcher.Store = h.store
 	if h.wrap != nil {

@@ -47,6 +47,8 @@ type Job struct {
 	// AckDeadline is when an unconfirmed job is given up on (pushed back
 	// by each PUT state=pending keep-alive).
 	AckDeadline time.Time
+	// StatusChecks counts the GET /api/v4/job answered for this job.
+	StatusChecks int
 	// RetryOf is the job this one is an automatic retry of (0: none), and
 	// RetriedAs the retry created when this one was dropped.
 	RetryOf, RetriedAs int64
@@ -635,6 +637,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, `{"message":"401 Unauthorized"}`)
 		return
 	}
+	j.StatusChecks++
 	body, _ := json.Marshal(map[string]any{"id": j.ID, "status": j.Status, "name": "test", "stage": "test", "ref": "main",
 		"pipeline": map[string]any{"id": 1, "status": "running"}, "web_url": s.URL + "/g/p/-/jobs/" + strconv.FormatInt(j.ID, 10)})
 	s.mu.Unlock()

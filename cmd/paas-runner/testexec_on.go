@@ -19,6 +19,14 @@ import (
 // addTestExecutors adds "test-dir", whose hosts are files, to builds made
 // for the process-level tests (go build -tags paasrunner_testexec).
 func addTestExecutors(reg registry) {
+	// test-dir-watch also reports host ends (<name>.exit files)
+	reg["test-dir-watch"] = func(ctx context.Context, rc *config.Runner, env executorEnv, log *zap.Logger) (executors.Executor, error) {
+		ex, err := reg["test-dir"](ctx, rc, env, log)
+		if err != nil {
+			return nil, err
+		}
+		return &executortest.WatchingDir{Dir: *ex.(*executortest.Dir)}, nil
+	}
 	reg["test-dir"] = func(_ context.Context, _ *config.Runner, _ executorEnv, _ *zap.Logger) (executors.Executor, error) {
 		dir := os.Getenv("PAAS_RUNNER_TEST_EXECUTOR_DIR")
 		if dir == "" {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -248,4 +249,53 @@ func (d *Dir) Inspect(_ context.Context, h executors.Handle) (executors.HostStat
 		st.Running = true
 	}
 	return st, nil
+}
+
+// WatchingDir is Dir with an end watch: a host ends when <name>.exit (exit
+// code, then detail lines) appears, as Inspect reads it.
+type WatchingDir struct {
+	Dir
+	// Every is the directory scan period (default 100 ms).
+	Every time.Duration
+}
+
+var _ executors.EndWatcher = (*WatchingDir)(nil)
+
+var hostNameRe = regexp.MustCompile(`^host-.*-(\d+)\.exit$`)
+
+// WatchEnds reports each <name>.exit file once.
+func (w *WatchingDir) WatchEnds(ctx context.Context, fn func(executors.End)) error {
+	every := w.Every
+	if every <= 0 {
+		every = 100 * time.Millisecond
+	}
+	seen := map[string]bool{}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		ents, err := os.ReadDir(w.Path)
+		if err != nil {
+			return err
+		}
+		for _, ent := range ents {
+			m := hostNameRe.FindStringSubmatch(ent.Name())
+			if m == nil || seen[ent.Name()] {
+				continue
+			}
+			seen[ent.Name()] = true
+			var id int64
+			fmt.Sscanf(m[1], "%d", &id)
+			h, _ := json.Marshal(dirHandle{Name: strings.TrimSuffix(ent.Name(), ".exit")})
+			st, err := w.Inspect(ctx, h)
+			if err != nil {
+				continue
+			}
+			fn(executors.End{JobID: id, ExitCode: st.ExitCode, Detail: st.Detail})
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }

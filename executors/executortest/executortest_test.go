@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
 )
@@ -69,4 +70,25 @@ func TestDirInspect(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+func TestWatchingDirReportsEnds(t *testing.T) {
+	w := &WatchingDir{Dir: Dir{Path: t.TempDir()}, Every: 5 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ends := make(chan executors.End, 4)
+	go w.WatchEnds(ctx, func(e executors.End) { ends <- e })
+	j := executors.Job{RunnerID: "r1", ID: 9}
+	h, _ := w.Plan(ctx, j)
+	w.Provision(ctx, h, j)
+	w.Launch(ctx, h, j)
+	os.WriteFile(filepath.Join(w.Path, "host-r1-9.exit"), []byte("1\nboom\n"), 0o600)
+	select {
+	case e := <-ends:
+		if e != (executors.End{JobID: 9, ExitCode: 1, Detail: "boom"}) {
+			t.Fatalf("end %+v", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no end reported")
+	}
 }

@@ -49,7 +49,7 @@ func (r *runner) cacheKey(c job.Cache) string {
 // /cache, to move files in and out through the Docker API.
 func (r *runner) cacheContainer(ctx context.Context, img, vol string) (string, error) {
 	c, err := r.docker.ContainerCreate(ctx, &container.Config{Image: img, Cmd: []string{"true"}, Entrypoint: []string{},
-		Labels: map[string]string{"paas-runner.job-id": fmt.Sprint(r.p.ID)}},
+		Labels: r.labels()},
 		&container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: vol, Target: "/cache"}}}, nil, nil, "")
 	if err != nil {
 		return "", err

@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/BurntSushi/toml"
 
+	"gitlab.com/paas-runner/paas-runner/internal/labels"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
@@ -75,6 +77,11 @@ type Job struct {
 	// TraceCRC of the log up to TraceOffset; nil when the daemon could not
 	// know it (the final update then carries no checksum).
 	TraceCRC *uint32
+	// SystemID and RunnerID identify the daemon and the runner that
+	// handed the job over; they label everything the job creates. Empty
+	// when job.json does not say (a job.json made by Heptapod).
+	SystemID string
+	RunnerID string
 }
 
 // LoadJob reads job.json.
@@ -91,8 +98,29 @@ func LoadJob(path string) (*Job, error) {
 		PaasRunner struct {
 			TraceOffset int64   `json:"trace_offset"`
 			TraceCRC    *uint32 `json:"trace_crc32"`
+			SystemID    string  `json:"system_id"`
+			RunnerID    string  `json:"runner_id"`
 		} `json:"paas_runner"`
 	}
 	_ = json.Unmarshal(raw, &extra)
-	return &Job{Acquired: a, TraceOffset: extra.PaasRunner.TraceOffset, TraceCRC: extra.PaasRunner.TraceCRC}, nil
+	pr := extra.PaasRunner
+	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, SystemID: pr.SystemID, RunnerID: pr.RunnerID}, nil
+}
+
+// labels are put on every container, network and volume the job creates,
+// so that the daemon finds and removes them with the job's host (see
+// internal/labels). Keys whose value is unknown are left out rather than
+// set empty.
+func (r *runner) labels() map[string]string {
+	l := map[string]string{
+		labels.LabelJobID: strconv.FormatInt(r.p.ID, 10),
+		labels.LabelRole:  labels.RoleJob,
+	}
+	if r.o.Job.SystemID != "" {
+		l[labels.LabelSystemID] = r.o.Job.SystemID
+	}
+	if r.o.Job.RunnerID != "" {
+		l[labels.LabelRunner] = r.o.Job.RunnerID
+	}
+	return l
 }

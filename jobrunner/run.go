@@ -264,7 +264,7 @@ func (r *runner) runJob(ctx context.Context) result {
 		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
 		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
 	}
-	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: map[string]string{"paas-runner.job-id": strconv.FormatInt(r.p.ID, 10)}})
+	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: r.labels()})
 	if err != nil {
 		r.printf("%sERROR: creating the builds volume: %v%s\n", ansiBoldRed, err, ansiReset)
 		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
@@ -474,7 +474,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	cfg := &container.Config{
 		Image: img, Env: env, WorkingDir: "/",
 		Cmd:    []string{"sh", "-c", r.shellScript(cmds)},
-		Labels: map[string]string{"paas-runner.job-id": strconv.FormatInt(r.p.ID, 10)},
+		Labels: r.labels(),
 	}
 	if ep := r.p.Image.Entrypoint; len(ep) > 0 {
 		cfg.Entrypoint = ep

@@ -26,7 +26,11 @@ import (
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
-const jobImage = "paas-runner-test-busybox:1"
+const (
+	jobImage     = "paas-runner-test-busybox:1"
+	testSystemID = "r_jobrunnertest"
+	testRunnerID = "tjobrun1"
+)
 
 var cli *client.Client
 
@@ -102,7 +106,8 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	gl.AppendTrace(q.ID, "daemon line\n")
 	var doc map[string]any
 	json.Unmarshal(a.Raw, &doc)
-	doc["paas_runner"] = map[string]any{"trace_offset": len("daemon line\n"), "trace_crc32": crc32.ChecksumIEEE([]byte("daemon line\n"))}
+	doc["paas_runner"] = map[string]any{"trace_offset": len("daemon line\n"), "trace_crc32": crc32.ChecksumIEEE([]byte("daemon line\n")),
+		"system_id": testSystemID, "runner_id": testRunnerID}
 	raw, _ := json.Marshal(doc)
 	jp := filepath.Join(t.TempDir(), "job.json")
 	os.WriteFile(jp, raw, 0o600)

@@ -13,28 +13,97 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/volume"
 
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/internal/labels"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
-// Caches live in local Docker volumes, one per cache key, kept across jobs
-// on the same engine (they are not removed with the job).
+// Caches live in local Docker volumes kept across jobs on the same engine
+// (they are not removed with the job): one per runner, project and cache
+// key, so that a project never reads nor writes another project's cache.
+// A volume is rewritten whole when its cache is saved; one not saved for
+// [runners.cache] max_age is removed at the start of a job.
 
 var volumeUnsafe = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 
-func cacheVolume(key string) string {
-	sum := sha256.Sum256([]byte(key))
+// Labels of cache volumes (with labels.LabelRole = labels.RoleCache and
+// labels.LabelRunner).
+const (
+	labelCacheKey     = "paas-runner.cache-key"
+	labelCacheProject = "paas-runner.project-id"
+	labelCacheSavedAt = "paas-runner.cache-saved-at" // Unix seconds
+)
+
+// cacheVolume names the volume of a cache key of a project on a runner.
+func cacheVolume(runnerID string, projectID int64, key string) string {
+	sum := sha256.Sum256([]byte(runnerID + "\x00" + strconv.FormatInt(projectID, 10) + "\x00" + key))
 	safe := volumeUnsafe.ReplaceAllString(key, "_")
 	if len(safe) > 40 {
 		safe = safe[:40]
 	}
-	return "paas-runner-cache-" + safe + "-" + hex.EncodeToString(sum[:4])
+	prefix := "paas-runner-cache-"
+	if runnerID != "" {
+		prefix += volumeUnsafe.ReplaceAllString(runnerID, "_") + "-"
+	}
+	return prefix + "p" + strconv.FormatInt(projectID, 10) + "-" + safe + "-" + hex.EncodeToString(sum[:4])
+}
+
+// projectID is the job's project, from the payload or CI_PROJECT_ID.
+func (r *runner) projectID() int64 {
+	if id := r.p.JobInfo.ProjectID; id != 0 {
+		return id
+	}
+	id, _ := strconv.ParseInt(r.p.Variables.Get("CI_PROJECT_ID"), 10, 64)
+	return id
+}
+
+func (r *runner) cacheVolume(key string) string {
+	return cacheVolume(r.o.Job.RunnerID, r.projectID(), key)
+}
+
+// removeStaleCaches removes this runner's cache volumes not saved for
+// longer than maxAge. A volume in use by a running job stays (Docker
+// refuses); other runners' caches are theirs to bound.
+func (r *runner) removeStaleCaches(ctx context.Context, maxAge time.Duration, now time.Time) {
+	f := filters.NewArgs(filters.Arg("label", labels.LabelRole+"="+labels.RoleCache))
+	if r.o.Job.RunnerID != "" {
+		f.Add("label", labels.LabelRunner+"="+r.o.Job.RunnerID)
+	}
+	vs, err := r.docker.VolumeList(ctx, volume.ListOptions{Filters: f})
+	if err != nil {
+		r.log.Warn("listing cache volumes failed", zap.Error(err))
+		return
+	}
+	for _, v := range vs.Volumes {
+		if r.o.Job.RunnerID == "" && v.Labels[labels.LabelRunner] != "" {
+			continue
+		}
+		saved, err := strconv.ParseInt(v.Labels[labelCacheSavedAt], 10, 64)
+		if err != nil {
+			continue // not one of ours
+		}
+		if now.Sub(time.Unix(saved, 0)) <= maxAge {
+			continue
+		}
+		if err := r.docker.VolumeRemove(ctx, v.Name, false); err != nil {
+			if !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) {
+				r.log.Warn("removing a stale cache volume failed", zap.String("volume", v.Name), zap.Error(err))
+			}
+			continue
+		}
+		r.log.Info("removed a stale cache volume", zap.String("volume", v.Name), zap.String("cache_key", v.Labels[labelCacheKey]))
+	}
 }
 
 func (r *runner) cacheKey(c job.Cache) string {
@@ -70,7 +139,7 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 			if i > 0 {
 				k = r.vars.Expand(k)
 			}
-			vol := cacheVolume(k)
+			vol := r.cacheVolume(k)
 			if _, err := r.docker.VolumeInspect(ctx, vol); err != nil {
 				continue
 			}
@@ -199,11 +268,16 @@ func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache
 	if err := tw.Close(); err != nil {
 		return err
 	}
-	vol := cacheVolume(key)
+	vol := r.cacheVolume(key)
 	if err := r.docker.VolumeRemove(ctx, vol, true); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("replacing the cache volume: %w", err)
 	}
-	if _, err := r.docker.VolumeCreate(ctx, volume.CreateOptions{Name: vol, Labels: map[string]string{"paas-runner.cache-key": key}}); err != nil {
+	vl := map[string]string{labels.LabelRole: labels.RoleCache, labelCacheKey: key,
+		labelCacheProject: strconv.FormatInt(r.projectID(), 10), labelCacheSavedAt: strconv.FormatInt(time.Now().Unix(), 10)}
+	if r.o.Job.RunnerID != "" {
+		vl[labels.LabelRunner] = r.o.Job.RunnerID
+	}
+	if _, err := r.docker.VolumeCreate(ctx, volume.CreateOptions{Name: vol, Labels: vl}); err != nil {
 		return err
 	}
 	cid, err := r.cacheContainer(ctx, img, vol)

@@ -7,8 +7,10 @@ package jobrunner
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -24,6 +26,40 @@ type RunnerConfig struct {
 	Environment []string     `toml:"environment"`
 	OutputLimit int64        `toml:"output_limit"` // KB
 	Docker      DockerConfig `toml:"docker"`
+	Cache       CacheConfig  `toml:"cache"`
+}
+
+// CacheConfig is [runners.cache]. Only local cache volumes exist here.
+type CacheConfig struct {
+	// MaxAge bounds local cache volumes: one not saved for this long is
+	// removed when a job starts (max_age, seconds; default 7 days).
+	MaxAge    time.Duration `toml:"-"`
+	MaxAgeRaw any           `toml:"max_age"`
+}
+
+// DefaultCacheMaxAge is [runners.cache] max_age when not set.
+const DefaultCacheMaxAge = 7 * 24 * time.Hour
+
+// CacheMaxAge reads [runners.cache] max_age: a positive number of seconds
+// (integer or float), or absent (nil) for the default.
+func CacheMaxAge(v any) (time.Duration, error) {
+	var secs float64
+	switch n := v.(type) {
+	case nil:
+		return DefaultCacheMaxAge, nil
+	case int64:
+		secs = float64(n)
+	case int:
+		secs = float64(n)
+	case float64:
+		secs = n
+	default:
+		return 0, fmt.Errorf("want a number of seconds, not %T", v)
+	}
+	if math.IsNaN(secs) || math.IsInf(secs, 0) || secs <= 0 || secs > 100*365*24*3600 {
+		return 0, fmt.Errorf("want a positive number of seconds (at most 100 years), not %v", secs)
+	}
+	return time.Duration(secs * float64(time.Second)), nil
 }
 
 // DockerConfig is [runners.docker].
@@ -58,6 +94,11 @@ func LoadConfig(path string) (*RunnerConfig, error) {
 			}
 		}
 	}
+	maxAge, err := CacheMaxAge(rc.Cache.MaxAgeRaw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: runners.cache.max_age: %w", path, err)
+	}
+	rc.Cache.MaxAge = maxAge
 	if rc.URL == "" {
 		return nil, fmt.Errorf("%s: the runner has no url", path)
 	}

@@ -292,6 +292,11 @@ func (r *runner) runJob(ctx context.Context) result {
 		return r.failure(jctx, ctx, job.ScriptFailure, 1)
 	}
 
+	maxAge := r.o.Config.Cache.MaxAge
+	if maxAge <= 0 {
+		maxAge = DefaultCacheMaxAge
+	}
+	r.removeStaleCaches(hard, maxAge, time.Now())
 	if len(r.p.Cache) > 0 {
 		end = r.section("restore_cache", "Restoring cache")
 		r.restoreCaches(hard, img, srcDir)

@@ -65,6 +65,8 @@ type jobSpec struct {
 	during func(gl *coordinatortest.Server, id int64)
 	// setup adjusts the queued job before it is acquired
 	setup func(gl *coordinatortest.Server, q *coordinatortest.Job)
+	// config adjusts the runner.toml the job runs with
+	config func(rc *RunnerConfig)
 }
 
 // runJob queues a job in a fake GitLab, acquires it like the daemon, and
@@ -116,6 +118,9 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 		t.Fatal(err)
 	}
 	rc := &RunnerConfig{URL: gl.URL, BuildsDir: "/builds", OutputLimit: 4096}
+	if spec.config != nil {
+		spec.config(rc)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if spec.during != nil {
@@ -322,7 +327,7 @@ func TestCacheReusedBySecondJob(t *testing.T) {
 	key := fmt.Sprintf("deps-%d", time.Now().UnixNano())
 	t.Cleanup(func() {
 		if cli != nil {
-			cli.VolumeRemove(context.Background(), cacheVolume(key), true)
+			cli.VolumeRemove(context.Background(), cacheVolume(testRunnerID, 1, key), true)
 		}
 	})
 	cache := func(k string, fallback []string, policy string) func(*coordinatortest.Server, *coordinatortest.Job) {

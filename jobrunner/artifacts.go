@@ -127,7 +127,7 @@ func (r *runner) uploadArtifacts(ctx context.Context, id string, jobOK bool, src
 }
 
 func (r *runner) uploadOne(ctx context.Context, id string, a job.Artifact, tracked map[string]bool) error {
-	inc, exc := newMatcher(a.Paths, r.vars), newMatcher(a.Exclude, r.vars)
+	inc, exc := newMatcher(a.Paths, r.expanded), newMatcher(a.Exclude, r.expanded)
 	typ, format := a.Type, a.Format
 	if typ == "" {
 		typ = "archive"

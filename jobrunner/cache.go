@@ -107,7 +107,7 @@ func (r *runner) removeStaleCaches(ctx context.Context, maxAge time.Duration, no
 }
 
 func (r *runner) cacheKey(c job.Cache) string {
-	k := r.vars.Expand(c.Key)
+	k := r.expanded.Expand(c.Key)
 	if k == "" {
 		k = "default"
 	}
@@ -137,7 +137,7 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 		keys := append([]string{r.cacheKey(c)}, c.FallbackKeys...)
 		for i, k := range keys {
 			if i > 0 {
-				k = r.vars.Expand(k)
+				k = r.expanded.Expand(k)
 			}
 			vol := r.cacheVolume(k)
 			if _, err := r.docker.VolumeInspect(ctx, vol); err != nil {
@@ -223,7 +223,7 @@ func (r *runner) saveCaches(ctx context.Context, img, id string, jobOK bool, src
 }
 
 func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache, tracked map[string]bool) error {
-	inc := newMatcher(c.Paths, r.vars)
+	inc := newMatcher(c.Paths, r.expanded)
 	rc, _, err := r.docker.CopyFromContainer(ctx, id, r.projectDir())
 	if err != nil {
 		return err

@@ -68,8 +68,11 @@ type runner struct {
 	docker *client.Client
 	trace  *Trace
 	log    *zap.Logger
-	name   string // prefix of everything created for this job
-	vars   job.Variables
+	name   string        // prefix of everything created for this job
+	vars   job.Variables // as given
+	// expanded: vars with each value expanded once, what the job's
+	// environment gets and what names in the payload expand against
+	expanded job.Variables
 
 	mu        sync.Mutex
 	canceling bool
@@ -98,10 +101,14 @@ func Run(ctx context.Context, o Options) error {
 	r := &runner{o: o, p: j.Payload, gl: gl, docker: o.Docker, log: o.Logger.With(zap.Int64("job_id", j.ID)),
 		name: fmt.Sprintf("paas-job-%d-%s", j.ID, randomSuffix()), cancelCh: make(chan struct{}), abortCh: make(chan struct{})}
 	r.vars = r.variables()
+	r.expanded = r.vars.Expanded()
 	var secrets []string
-	for _, v := range r.vars {
+	for i, v := range r.vars {
 		if v.Masked {
 			secrets = append(secrets, v.Value)
+			if e := r.expanded[i].Value; e != v.Value {
+				secrets = append(secrets, e)
+			}
 		}
 	}
 	secrets = append(secrets, j.Token)
@@ -185,18 +192,16 @@ func (r *runner) variables() job.Variables {
 	return append(vs, r.p.Variables...)
 }
 
-// env renders variables for a container: expanded unless raw; file
-// variables point at files written under dir.
+// env renders variables for a container: each expanded once unless raw
+// (job.Variables.Expanded); file variables point at files written under
+// dir.
 func (r *runner) env(extra ...job.Variable) ([]string, map[string][]byte) {
-	vs := append(append(job.Variables{}, r.vars...), extra...)
+	vs := append(append(job.Variables{}, r.vars...), extra...).Expanded()
 	files := map[string][]byte{}
 	seen := map[string]int{}
 	var out []string
 	for _, v := range vs {
 		val := v.Value
-		if !v.Raw {
-			val = vs.Expand(val)
-		}
 		if v.File {
 			p := r.projectDir() + ".tmp/" + v.Key
 			files[p] = []byte(val)
@@ -249,7 +254,7 @@ func (r *runner) runJob(ctx context.Context) result {
 	if img == "" {
 		img = r.o.Config.Docker.Image
 	}
-	img = r.vars.Expand(img)
+	img = r.expanded.Expand(img)
 	if img == "" {
 		r.printf("%sERROR: the job has no image and [runners.docker] sets none%s\n", ansiBoldRed, ansiReset)
 		return result{state: "failed", reason: job.ConfigurationError}

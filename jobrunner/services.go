@@ -60,17 +60,17 @@ func (r *runner) startServices(ctx context.Context) error {
 	}
 	var all []started
 	for i, s := range r.p.Services {
-		img := r.vars.Expand(s.Name)
+		img := r.expanded.Expand(s.Name)
 		if img == "" {
 			continue
 		}
 		if err := r.pullImage(ctx, img, s.PullPolicy); err != nil {
 			return err
 		}
-		aliases := serviceAliases(s, r.vars)
+		aliases := serviceAliases(s, r.expanded)
 		env, _ := r.env()
 		for _, v := range s.Variables {
-			env = append(env, v.Key+"="+r.vars.Expand(v.Value))
+			env = append(env, v.Key+"="+r.expanded.Expand(v.Value))
 		}
 		cfg := &container.Config{Image: img, Env: env, Labels: r.labels()}
 		if len(s.Entrypoint) > 0 {

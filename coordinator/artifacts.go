@@ -2,12 +2,14 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 )
 
 // ArtifactUpload describes one upload (POST /jobs/:id/artifacts).
@@ -49,7 +51,7 @@ func (c *Client) UploadArtifacts(ctx context.Context, id int64, jobToken string,
 	req.Header.Set("Content-Type", mw.FormDataContentType())
 	req.Header.Set("Job-Token", jobToken)
 	req.Header.Set("User-Agent", c.userAgent())
-	resp, err := c.http.Do(req)
+	resp, err := c.tokenSafeHTTP().Do(req)
 	if err != nil {
 		return fmt.Errorf("uploading artifacts: %w", redactURLError(err))
 	}
@@ -72,7 +74,7 @@ func (c *Client) DownloadArtifacts(ctx context.Context, id int64, jobToken strin
 	}
 	req.Header.Set("Job-Token", jobToken)
 	req.Header.Set("User-Agent", c.userAgent())
-	resp, err := c.http.Do(req)
+	resp, err := c.tokenSafeHTTP().Do(req)
 	if err != nil {
 		return fmt.Errorf("downloading artifacts of job %d: %w", id, redactURLError(err))
 	}
@@ -83,6 +85,41 @@ func (c *Client) DownloadArtifacts(ctx context.Context, id int64, jobToken strin
 	}
 	_, err = io.Copy(w, resp.Body)
 	return err
+}
+
+// tokenSafeHTTP is the client's HTTP client whose redirects to another
+// host (object storage, say) carry no credentials: the job token belongs
+// to the GitLab host only. Go drops Authorization itself on such a
+// redirect, but not Job-Token.
+func (c *Client) tokenSafeHTTP() *http.Client {
+	hc := *c.http
+	next := hc.CheckRedirect
+	hc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		if !sameOrigin(req.URL, via[0].URL) {
+			for _, h := range []string{"Job-Token", "Private-Token", "Authorization", "Cookie"} {
+				req.Header.Del(h)
+			}
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		return nil
+	}
+	return &hc
+}
+
+// sameOrigin compares scheme, host and port (default ports made explicit).
+func sameOrigin(a, b *url.URL) bool {
+	port := func(u *url.URL) string {
+		if p := u.Port(); p != "" {
+			return p
+		}
+		return map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return a.Scheme == b.Scheme && strings.EqualFold(a.Hostname(), b.Hostname()) && port(a) == port(b)
 }
 
 func (c *Client) userAgent() string {

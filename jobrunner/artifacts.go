@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -256,47 +255,16 @@ func (r *runner) downloadDependencies(ctx context.Context, dir string) error {
 		}
 		err = r.gl.DownloadArtifacts(ctx, d.ID, d.Token, tmp)
 		if err == nil {
-			err = unzipInto(tmp, dir)
+			var warnings []string
+			warnings, err = extractZip(tmp, dir)
+			for _, w := range warnings {
+				r.printf("%sWARNING: %s%s\n", ansiBoldRed, w, ansiReset)
+			}
 		}
 		tmp.Close()
 		os.Remove(tmp.Name())
 		if err != nil {
 			return fmt.Errorf("artifacts of %s (%d): %w", d.Name, d.ID, err)
-		}
-	}
-	return nil
-}
-
-func unzipInto(f *os.File, dir string) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	zr, err := zip.NewReader(f, fi.Size())
-	if err != nil {
-		return err
-	}
-	for _, zf := range zr.File {
-		name := path.Clean("/" + zf.Name)[1:] // no escape from dir
-		if name == "" || zf.FileInfo().IsDir() {
-			continue
-		}
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		rc, err := zf.Open()
-		if err != nil {
-			return err
-		}
-		out, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, zf.Mode().Perm()|0o600)
-		if err == nil {
-			_, err = io.Copy(out, rc)
-			out.Close()
-		}
-		rc.Close()
-		if err != nil {
-			return err
 		}
 	}
 	return nil

@@ -9,9 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -157,52 +154,19 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 	}
 }
 
-// copyOut extracts the content of path in container id into dir.
+// copyOut extracts the content of path in container id into dir, never
+// outside it (see extractor).
 func (r *runner) copyOut(ctx context.Context, id, src, dir string) error {
 	rc, _, err := r.docker.CopyFromContainer(ctx, id, src)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		_, rel, _ := strings.Cut(hdr.Name, "/") // strip "cache/"
-		rel = path.Clean("/" + rel)[1:]
-		if rel == "" {
-			continue
-		}
-		p := filepath.Join(dir, filepath.FromSlash(rel))
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(p, 0o755); err != nil {
-				return err
-			}
-		case tar.TypeReg:
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, os.FileMode(hdr.Mode).Perm()|0o600)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(f, tr)
-			f.Close()
-			if err != nil {
-				return err
-			}
-		case tar.TypeSymlink:
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			os.Remove(p)
-			if err := os.Symlink(hdr.Linkname, p); err != nil {
-				return err
-			}
-		}
+	warnings, err := extractTar(rc, dir, true)
+	for _, w := range warnings {
+		r.printf("%sWARNING: %s%s\n", ansiBoldRed, w, ansiReset)
 	}
+	return err
 }
 
 // saveCaches stores the cached paths of the project directory of container

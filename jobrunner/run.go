@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -140,7 +141,10 @@ func (r *runner) onStatus(st string) {
 			r.canceling = true
 			close(r.cancelCh)
 		}
-	case job.StatusCanceled, job.StatusFailed, job.StatusSuccess:
+	case job.StatusCanceled, job.StatusFailed, job.StatusSuccess, statusRefused:
+		if st == statusRefused {
+			r.log.Warn("GitLab refused the job's log or update without a job status (log over its size limit, token refused, or job gone): stopping the job")
+		}
 		select {
 		case <-r.abortCh:
 		default:
@@ -630,6 +634,10 @@ func (r *runner) finalUpdate(ctx context.Context, res result, size int64, checks
 			return nil
 		case errors.Is(err, job.ErrNotRunning):
 			// canceled or already final in GitLab: nothing more to report
+			return nil
+		case coordinator.StatusOf(err) == http.StatusNotFound:
+			// the job is gone (deleted with its project, say): stop
+			r.log.Warn("GitLab does not know the job any more (404): its result is not reported", zap.Error(err))
 			return nil
 		case err != nil && !coordinator.IsTransient(err):
 			return fmt.Errorf("reporting the job result: %w", err)

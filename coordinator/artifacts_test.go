@@ -245,6 +245,38 @@ func TestGzipMembers(t *testing.T) {
 	}
 }
 
+// The fake GitLab reads junit uploads like GitLab's parser: each gzip
+// member one XML document. Two reports in one member do not parse.
+func TestFakeGitLabParsesJUnitMembers(t *testing.T) {
+	gz := func(docs ...string) []byte {
+		var buf bytes.Buffer
+		for _, d := range docs {
+			zw := gzip.NewWriter(&buf)
+			io.WriteString(zw, d)
+			zw.Close()
+		}
+		return buf.Bytes()
+	}
+	up := ArtifactUpload{Filename: "junit.xml.gz", Type: "junit", Format: "gzip"}
+	for _, tc := range []struct {
+		body   []byte
+		errors int
+	}{
+		{gz("<testsuites/>\n", "<?xml version=\"1.0\"?>\n<testsuite name=\"b\"></testsuite>"), 0},
+		{gz("<testsuites/>\n<testsuites/>\n"), 1},
+		{gz("<testsuites>"), 1},
+	} {
+		gl := coordinatortest.New(t)
+		j := gl.AddRunning("")
+		if err := artifactClient(t, gl.URL).UploadArtifacts(testCtx(t), j.ID, j.Token, up, bodyOf(tc.body)); err != nil {
+			t.Fatal(err)
+		}
+		if got := gl.Job(j.ID).Artifacts["junit"].ReportErrors; len(got) != tc.errors {
+			t.Errorf("%q: report errors %q", tc.body, got)
+		}
+	}
+}
+
 // Downloads are tried 3 times; 401, 403 and 404 are final.
 func TestDownloadRetries(t *testing.T) {
 	for _, tc := range []struct {

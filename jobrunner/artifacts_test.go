@@ -29,8 +29,8 @@ func TestGzipReportOneMemberPerFile(t *testing.T) {
 	if a.Filename != "junit.xml.gz" || a.Format != "gzip" || a.ExpireIn != "1 week" {
 		t.Errorf("upload %s %s %s", a.Filename, a.Format, a.ExpireIn)
 	}
-	if a.MembersErr != nil || len(a.Members) != 3 {
-		t.Fatalf("%d members (%v)", len(a.Members), a.MembersErr)
+	if a.MembersErr != nil || len(a.Members) != 3 || len(a.ReportErrors) != 0 {
+		t.Fatalf("%d members (%v), report errors %q", len(a.Members), a.MembersErr, a.ReportErrors)
 	}
 	for i, want := range []struct{ name, path, suite string }{{"a.xml", "reports/a.xml", "a"}, {"b.xml", "reports/b.xml", "b"}, {"c.xml", "reports/sub/c.xml", "c"}} {
 		m := a.Members[i]

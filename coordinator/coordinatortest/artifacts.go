@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,11 @@ type Artifact struct {
 	// per member); MembersErr says why the stream did not read whole.
 	Members    []GzipMember
 	MembersErr error
+	// ReportErrors are what GitLab's report parser would say of a junit
+	// upload: each member must be one XML document (a member holding two
+	// files' reports does not parse). GitLab accepts the upload and shows
+	// these on the pipeline's test report.
+	ReportErrors []string
 }
 
 // GzipMember is one member of a multi-member gzip stream.
@@ -138,6 +144,13 @@ func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request, id int6
 	a := Artifact{Filename: hdr.Filename, Data: data, Format: format, ExpireIn: q.Get("expire_in")}
 	if format == "gzip" {
 		a.Members, a.MembersErr = GzipMembers(data)
+	}
+	if typ == "junit" {
+		for i, m := range a.Members {
+			if err := oneXMLDocument(m.Data); err != nil {
+				a.ReportErrors = append(a.ReportErrors, fmt.Sprintf("JUnit XML parsing failed: member %d (%s): %v", i+1, m.Name, err))
+			}
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -277,6 +290,43 @@ func (o *ObjectStorage) serve(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/zip")
 		w.Write(data)
 	}
+}
+
+// oneXMLDocument checks that b is one well-formed XML document: one root
+// element, nothing but space, comments and processing instructions
+// around it.
+func oneXMLDocument(b []byte) error {
+	dec := xml.NewDecoder(bytes.NewReader(b))
+	roots, depth := 0, 0
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 0 {
+				roots++
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		case xml.CharData:
+			if depth == 0 && len(bytes.TrimSpace(t)) > 0 {
+				return errors.New("text outside the root element")
+			}
+		}
+	}
+	switch {
+	case roots == 0:
+		return errors.New("no root element")
+	case roots > 1:
+		return fmt.Errorf("%d root elements: more than one document", roots)
+	}
+	return nil
 }
 
 func jsonObject(k, v string) string {

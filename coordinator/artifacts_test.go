@@ -71,6 +71,8 @@ func TestUploadRetries(t *testing.T) {
 		{500, 5, 3, false},
 		{503, 5, 6, true},
 		{503, 6, 6, false},
+		{429, 2, 3, true},
+		{400, 3, 3, false}, // gitlab-runner retries any other answer too
 		{403, 1, 1, false},
 		{413, 1, 1, false},
 	} {

@@ -24,7 +24,6 @@ var errTooManyRawFiles = errors.New("only one file can be sent as raw")
 // packer writes the selected files of an artifact into a temporary file,
 // in its artifact_format, and gives the upload body back.
 type packer struct {
-	tmp *os.File
 	n   int // files added
 	add func(rel string, hdr *tar.Header, r io.Reader) error
 	// finish completes the file and returns the body of an upload.
@@ -44,7 +43,7 @@ func wholeFile(f *os.File) (coordinator.ArtifactBody, error) {
 
 // newZipPacker: one zip archive, entries in the project directory's order.
 func newZipPacker(tmp *os.File) *packer {
-	p := &packer{tmp: tmp}
+	p := &packer{}
 	zw := zip.NewWriter(tmp)
 	p.add = func(rel string, hdr *tar.Header, r io.Reader) error {
 		p.n++
@@ -76,7 +75,7 @@ func newZipPacker(tmp *os.File) *packer {
 // its comment, its path; members come in the order of the sorted paths.
 // Only regular files can be sent, as with gitlab-runner.
 func newGzipPacker(tmp *os.File) *packer {
-	p := &packer{tmp: tmp}
+	p := &packer{}
 	type member struct {
 		rel      string
 		off, len int64
@@ -119,7 +118,7 @@ func newGzipPacker(tmp *os.File) *packer {
 // newRawPacker: the one file itself; more than one is an error, as with
 // gitlab-runner.
 func newRawPacker(tmp *os.File) *packer {
-	p := &packer{tmp: tmp}
+	p := &packer{}
 	var names []string
 	p.add = func(rel string, hdr *tar.Header, r io.Reader) error {
 		if hdr.Typeflag != tar.TypeReg {

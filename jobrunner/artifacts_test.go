@@ -1,10 +1,14 @@
 package jobrunner
 
 import (
+	"archive/tar"
 	"archive/zip"
 	"bytes"
+	"io"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 )
@@ -148,6 +152,46 @@ func TestArtifactFilename(t *testing.T) {
 	} {
 		if got := artifactFilename(tc.name, tc.format); got != tc.want {
 			t.Errorf("%q %s: %q, want %q", tc.name, tc.format, got, tc.want)
+		}
+	}
+}
+
+// The gzip packer: members in path order whatever the order files come
+// in, header names kept ASCII like gitlab-runner's, and only regular
+// files (a symbolic link is an error, as there).
+func TestGzipPacker(t *testing.T) {
+	tmp, err := os.CreateTemp(t.TempDir(), "pack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tmp.Close()
+	p := newGzipPacker(tmp)
+	for _, f := range []struct{ rel, data string }{{"z/last.xml", "Z"}, {"r\u00e9sum\u00e9 100%.xml", "R"}, {"a.xml", "A"}} {
+		if err := p.add(f.rel, &tar.Header{Typeflag: tar.TypeReg, Size: int64(len(f.data)), ModTime: time.Unix(1700000000, 0)}, strings.NewReader(f.data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.add("link.xml", &tar.Header{Typeflag: tar.TypeSymlink, Linkname: "a.xml"}, strings.NewReader("")); err == nil || !strings.Contains(err.Error(), `the "link.xml" is not a regular file`) {
+		t.Errorf("symlink: %v", err)
+	}
+	body, err := p.finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for attempt := 0; attempt < 2; attempt++ { // each attempt gets the whole body
+		r, _ := body()
+		data, _ := io.ReadAll(r)
+		ms, err := coordinatortest.GzipMembers(data)
+		if err != nil || len(ms) != 3 {
+			t.Fatalf("%v %d members", err, len(ms))
+		}
+		var got []string
+		for _, m := range ms {
+			got = append(got, m.Name+"|"+m.Comment+"|"+string(m.Data))
+		}
+		want := "a.xml|a.xml|A;e:r%C3%A9sum%C3%A9%20100%25.xml|e:r%C3%A9sum%C3%A9%20100%25.xml|R;last.xml|z/last.xml|Z"
+		if strings.Join(got, ";") != want {
+			t.Errorf("attempt %d: %s", attempt, strings.Join(got, ";"))
 		}
 	}
 }

@@ -209,6 +209,24 @@ func TestUploadInvalidTypeOrFormat(t *testing.T) {
 	}
 }
 
+// Without a file field, Grape's "file is missing" comes first.
+func TestFakeGitLabUploadWithoutFile(t *testing.T) {
+	gl := coordinatortest.New(t)
+	j := gl.AddRunning("")
+	req, _ := http.NewRequest(http.MethodPost, gl.URL+"/api/v4/jobs/"+itoa(j.ID)+"/artifacts?artifact_type=nope", strings.NewReader("--b--\r\n"))
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
+	req.Header.Set("Job-Token", j.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || string(b) != `{"error":"file is missing, artifact_type does not have a valid value"}` {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+}
+
 // An upload retried after GitLab stored it (a lost 201) is a success; a
 // different file of the same type is refused.
 func TestUploadSameTypeTwice(t *testing.T) {

@@ -112,7 +112,13 @@ func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request, id int6
 	if !q.Has("artifact_format") {
 		format = "zip"
 	}
+	// Rack reads the form before Grape validates the parameters, in
+	// their declared order (file, …, artifact_type, artifact_format)
+	f, hdr, ferr := r.FormFile("file")
 	var invalid []string
+	if ferr != nil {
+		invalid = append(invalid, "file is missing")
+	}
 	if _, ok := artifactFormatOf[typ]; !ok {
 		invalid = append(invalid, "artifact_type does not have a valid value")
 	}
@@ -120,23 +126,16 @@ func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request, id int6
 		invalid = append(invalid, "artifact_format does not have a valid value")
 	}
 	if len(invalid) > 0 {
-		io.Copy(io.Discard, r.Body)
 		writeJSON(w, http.StatusBadRequest, jsonObject("error", strings.Join(invalid, ", ")))
 		return
 	}
+	data, _ := io.ReadAll(f)
 	s.mu.Lock()
 	_, ok := s.authJob(w, id, jobToken(r))
 	s.mu.Unlock()
 	if !ok {
-		io.Copy(io.Discard, r.Body)
 		return
 	}
-	f, hdr, err := r.FormFile("file")
-	if err != nil {
-		writeJSON(w, http.StatusBadRequest, `{"message":"400 (Bad request) \"file\" not given"}`)
-		return
-	}
-	data, _ := io.ReadAll(f)
 	if artifactFormatOf[typ] != format {
 		writeJSON(w, http.StatusBadRequest, `{"message":"Validation failed: Invalid file format with specified file type"}`)
 		return

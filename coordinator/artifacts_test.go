@@ -97,6 +97,52 @@ func TestUploadRetries(t *testing.T) {
 	}
 }
 
+// A connection cut before the answer is a failed attempt, tried again,
+// for uploads and downloads alike.
+func TestTransfersRetryTransportErrors(t *testing.T) {
+	var mu sync.Mutex
+	requests := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		requests++
+		first := requests%2 == 1
+		mu.Unlock()
+		if first {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusCreated)
+			io.WriteString(w, "201")
+			return
+		}
+		io.WriteString(w, "PK data")
+	}))
+	defer srv.Close()
+	// fresh connections: Go's transport itself retries a GET on a reused one
+	c, err := New(Config{URL: srv.URL, Token: "glrt-x", ArtifactRetryMin: time.Millisecond, ArtifactRetryMax: time.Millisecond,
+		HTTPClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UploadArtifacts(testCtx(t), 5, "glcbt-x", zipUpload, bodyOf([]byte("PK"))); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	f := tempFile(t)
+	if err := c.DownloadArtifacts(testCtx(t), 5, "glcbt-x", DownloadOptions{}, f); err != nil || fileData(t, f) != "PK data" {
+		t.Fatalf("download: %v %q", err, fileData(t, f))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if requests != 4 {
+		t.Errorf("%d requests", requests)
+	}
+}
+
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // A 307 moves the upload to the Location's scheme and host, same API

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -249,12 +250,38 @@ func (c *Client) downloadOnce(ctx context.Context, id int64, jobToken string, di
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return resp.StatusCode, c.apiError(http.MethodGet, path, &response{status: resp.StatusCode, header: resp.Header, body: b})
+		e := c.apiError(http.MethodGet, path, &response{status: resp.StatusCode, header: resp.Header, body: b})
+		if m := storageError(b); m != "" {
+			e.Message = "object storage: " + m
+		}
+		return resp.StatusCode, e
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		return resp.StatusCode, fmt.Errorf("downloading artifacts of job %d: %w", id, err)
 	}
 	return resp.StatusCode, nil
+}
+
+// storageError reads the XML error of an object storage (S3, GCS and
+// Azure share its shape), as gitlab-runner does: "code: …, message: …",
+// or "" when b is not one.
+func storageError(b []byte) string {
+	var e struct {
+		XMLName xml.Name `xml:"Error"`
+		Code    string   `xml:"Code"`
+		Message string   `xml:"Message"`
+	}
+	if xml.Unmarshal(b, &e) != nil || (e.Code == "" && e.Message == "") {
+		return ""
+	}
+	parts := []string{}
+	if e.Code != "" {
+		parts = append(parts, "code: "+e.Code)
+	}
+	if e.Message != "" {
+		parts = append(parts, "message: "+e.Message)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // tokenSafeHTTP is the client's HTTP client whose redirects to another

@@ -403,7 +403,7 @@ func TestDownloadDirect(t *testing.T) {
 	if err != nil || fileData(t, f) != "PK stored" {
 		t.Fatalf("%v %q", err, fileData(t, f))
 	}
-	if len(storage.Requests()) != 2 || gl.Count(route) != 3 || len(heard) != 1 || !strings.Contains(heard[0], "500") {
+	if len(storage.Requests()) != 2 || gl.Count(route) != 3 || len(heard) != 1 || !strings.Contains(heard[0], "500 object storage: code: InternalError, message: We encountered an internal error") {
 		t.Errorf("%d storage requests, %d GitLab requests, retries heard %q", len(storage.Requests()), gl.Count(route), heard)
 	}
 

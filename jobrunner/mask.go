@@ -17,6 +17,7 @@ var masked = []byte("[MASKED]")
 type masker struct {
 	masks   [][]byte
 	maxMask int
+	first   [256]bool // bytes a secret begins with
 	// tail: the end of the output that may begin a secret; its first
 	// tailSent bytes were already released.
 	tail     []byte
@@ -31,6 +32,7 @@ func newMasker(secrets []string) *masker {
 			seen[s] = true
 			m.masks = append(m.masks, []byte(s))
 			m.maxMask = max(m.maxMask, len(s))
+			m.first[s[0]] = true
 		}
 	}
 	return m
@@ -40,6 +42,9 @@ func newMasker(secrets []string) *masker {
 func (m *masker) write(p []byte) []byte {
 	if len(m.masks) == 0 {
 		return p
+	}
+	if len(m.tail) == 0 && m.clean(p) {
+		return p // the common case: nothing to mask, nothing to hold
 	}
 	b := make([]byte, 0, len(m.tail)+len(p))
 	b = append(append(b, m.tail...), p...)
@@ -96,10 +101,24 @@ func (m *masker) write(p []byte) []byte {
 	return out
 }
 
+// clean tells whether p holds no secret and ends with nothing that may
+// begin one.
+func (m *masker) clean(p []byte) bool {
+	for _, mk := range m.masks {
+		if bytes.Index(p, mk) >= 0 {
+			return false
+		}
+	}
+	return m.holdFrom(p, 0) == len(p)
+}
+
 // holdFrom is where the longest end of b (from pos on) that is a proper
 // beginning of a secret starts; len(b) when there is none.
 func (m *masker) holdFrom(b []byte, pos int) int {
 	for j := max(pos, len(b)-m.maxMask+1); j < len(b); j++ {
+		if !m.first[b[j]] {
+			continue
+		}
 		for _, mk := range m.masks {
 			if n := len(b) - j; n < len(mk) && b[j] == mk[0] && bytes.Equal(b[j:], mk[:n]) {
 				return j

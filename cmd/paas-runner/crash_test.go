@@ -23,13 +23,17 @@ import (
 // fake GitLab answers 502/503 at random. 60 short jobs, concurrent 6. In the
 // end every job GitLab queued ran exactly once (itself, or the retry GitLab
 // made of it when it was never confirmed), no host is left, and the state
-// file is empty. PAAS_RUNNER_CRASH_SEEDS=N runs N seeds (default 3).
+// file is empty. PAAS_RUNNER_CRASH_SEEDS=N runs N seeds (default 3),
+// PAAS_RUNNER_CRASH_SEED=S starts from seed S.
 func TestRandomCrashes(t *testing.T) {
 	seeds := 3
 	if v, err := strconv.Atoi(os.Getenv("PAAS_RUNNER_CRASH_SEEDS")); err == nil && v > 0 {
 		seeds = v
 	}
 	base := time.Now().UnixNano()
+	if v, err := strconv.ParseInt(os.Getenv("PAAS_RUNNER_CRASH_SEED"), 10, 64); err == nil {
+		base = v // replay the kill and error timings of a failed seed
+	}
 	for i := 0; i < seeds; i++ {
 		seed := base + int64(i)
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { randomCrashes(t, seed) })

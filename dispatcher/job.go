@@ -109,6 +109,9 @@ func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
 			log.Info("resuming the launch of a job", zap.String("phase", string(rec.Phase)))
 		}
 	}
+	if err == nil && resumed && d.alreadyRunning(ctx, t) {
+		return
+	}
 	if err == nil {
 		err = d.provisionAndLaunch(ctx, t)
 	}
@@ -196,6 +199,14 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if err != nil {
 		return err
 	}
+	d.markLaunched(t, h)
+	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
+	d.afterLaunch(t)
+	return nil
+}
+
+// markLaunched records that the job runs on its host h.
+func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle) {
 	t.mu.Lock()
 	t.cancel = nil
 	t.mu.Unlock()
@@ -208,7 +219,10 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	})
 	d.leaveProvisioning()
 	d.stats.launched.Add(1)
-	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
+}
+
+// afterLaunch handles a host end reported before the launch was recorded.
+func (d *Dispatcher) afterLaunch(t *tracked) {
 	t.mu.Lock()
 	early := t.earlyEnd
 	t.earlyEnd = nil
@@ -216,7 +230,26 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if early != nil {
 		d.hostEnded(d.work, t.r, *early)
 	}
-	return nil
+}
+
+// alreadyRunning handles a job resumed in the launching phase whose host,
+// inspected, already runs it: the launch happened before the restart (the
+// crash came before it was recorded). It is recorded as launched without
+// being handed to its host again, whatever the executor's Launch would do.
+func (d *Dispatcher) alreadyRunning(ctx context.Context, t *tracked) bool {
+	rec := t.get()
+	in, ok := t.r.Executor.(executors.Inspector)
+	if !ok || rec.Phase != state.Launching || len(rec.Resource) == 0 {
+		return false
+	}
+	st, err := in.Inspect(ctx, rec.Resource)
+	if err != nil || !st.Exists || !st.Running {
+		return false
+	}
+	d.markLaunched(t, rec.Resource)
+	t.logger().Info("the job's host already runs it (launched before the restart): tracking it, not launching it again")
+	d.afterLaunch(t)
+	return true
 }
 
 // confirm tells GitLab the job is taken (two-phase job commit), once it is

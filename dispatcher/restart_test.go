@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,4 +298,43 @@ func TestResumeNoticesDeadHosts(t *testing.T) {
 	if _, ok := h.fake.Live()[h.hostName(h.tokens[0], healthy.ID)]; !ok {
 		t.Fatal("healthy host removed")
 	}
+}
+
+// A job resumed in the launching phase whose host already runs it (the
+// crash came after the launch, before it was recorded) is not handed to
+// its host again, whatever the executor's Launch would do.
+func TestResumeDoesNotRelaunchARunningHost(t *testing.T) {
+	h := newHarness(t, 1)
+	g := newGate()
+	h.fake.OnLaunch = func(ctx context.Context, j executors.Job) error { return g.wait(ctx, j.ID) }
+	h.start()
+	j := h.gl.Enqueue("", nil)
+	<-g.entered
+	if err := h.force(); err != nil {
+		t.Fatal(err)
+	}
+	key := state.Key{Runner: uniqueName(h.tokens[0]), ID: j.ID}
+	rec, _ := h.store.Get(key)
+	if rec.Phase != state.Launching {
+		t.Fatalf("recorded as %s", rec.Phase)
+	}
+	h.store.Close()
+	h.store = nil
+	// the launch went through before the crash
+	h.fake.OnLaunch = nil
+	if _, err := h.fake.Launch(context.Background(), rec.Resource, executors.Job{RunnerID: rec.RunnerID, ID: rec.JobID}); err != nil {
+		t.Fatal(err)
+	}
+	var launches atomic.Int32
+	h.fake.OnLaunch = func(ctx context.Context, j executors.Job) error { launches.Add(1); return nil }
+	h.start()
+	h.gl.WaitFor(wait, "recorded as launched", func(*coordinatortest.Server) bool {
+		r, _ := h.store.Get(key)
+		return r.Phase == state.Launched
+	})
+	if n := launches.Load(); n != 0 {
+		t.Fatalf("Launch called %d times for a host already running the job", n)
+	}
+	h.gl.Finish(j.ID, "success")
+	h.waitFake("removed", func(f *executortest.Fake) bool { return f.GoneLocked(h.hostName(h.tokens[0], j.ID)) })
 }

@@ -103,6 +103,8 @@ type Server struct {
 	// HoldRequests makes POST /jobs/request wait until the job queue
 	// changes or this long passes when last_update is current (long poll).
 	LongPoll time.Duration
+	// pipelines: the projects pipelines API (pipelines.go).
+	pipelines *pipelineState
 }
 
 // New starts a fake GitLab for the duration of the test.
@@ -418,6 +420,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.deleteRunner(w, r, false)
 	case r.Method == http.MethodDelete && r.URL.Path == "/api/v4/runners/managers":
 		s.deleteRunner(w, r, true)
+	case strings.HasPrefix(r.URL.Path, "/api/v4/projects/"):
+		s.servePipelines(w, r)
 	default:
 		writeJSON(w, http.StatusNotFound, `{"message":"404 Not Found"}`)
 	}

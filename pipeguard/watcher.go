@@ -102,17 +102,18 @@ type Watcher struct {
 	// MinGap overrides the package's MinGap when positive.
 	MinGap time.Duration
 
-	mu     sync.Mutex
-	groups map[string]*group
+	mu      sync.Mutex
+	groups  map[string]*group
+	stopped chan struct{} // closed and replaced when a poller stops
 }
 
 type group struct {
-	key            string
-	apiURL, token  string
-	project        string
-	waiters        map[*waiter]bool
-	wake           chan struct{}
-	lastPoll       time.Time
+	key           string
+	apiURL, token string
+	project       string
+	waiters       map[*waiter]bool
+	wake          chan struct{}
+	lastPoll      time.Time
 }
 
 type waiter struct {
@@ -125,6 +126,7 @@ type outcome struct {
 	err     error // permanent error for this waiter
 	pollErr error // transient poll error
 	retryIn time.Duration
+	at      time.Time // when the poll began
 }
 
 func (w *Watcher) clock() Clock {
@@ -158,7 +160,7 @@ func (w *Watcher) Wait(ctx context.Context, req Request, events func(Event)) (De
 		case <-timeout:
 			return Decision{Verdict: Wait, Blocking: last}, &TimeoutError{After: req.Rule.Timeout}
 		case o := <-wt.ch:
-			elapsed := clk.Now().Sub(req.Since)
+			elapsed := o.at.Sub(req.Since)
 			switch {
 			case o.err != nil:
 				return o.d, o.err
@@ -225,6 +227,12 @@ func (w *Watcher) leave(wt *waiter) {
 	defer w.mu.Unlock()
 	if g, ok := w.groups[groupKey(wt.req)]; ok {
 		delete(g.waiters, wt)
+		if len(g.waiters) == 0 {
+			select { // let its poller stop now
+			case g.wake <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -238,6 +246,28 @@ func send(wt *waiter, o outcome) {
 		select {
 		case <-wt.ch: // drop the stale one: latest wins
 		default:
+		}
+	}
+}
+
+// WaitIdle blocks until no project is being polled (every poller has
+// stopped), or ctx ends.
+func (w *Watcher) WaitIdle(ctx context.Context) error {
+	for {
+		w.mu.Lock()
+		if len(w.groups) == 0 {
+			w.mu.Unlock()
+			return nil
+		}
+		if w.stopped == nil {
+			w.stopped = make(chan struct{})
+		}
+		ch := w.stopped
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -269,6 +299,10 @@ func (w *Watcher) run(g *group) {
 		w.mu.Lock()
 		if len(g.waiters) == 0 {
 			delete(w.groups, g.key)
+			if w.stopped != nil {
+				close(w.stopped)
+				w.stopped = nil
+			}
 			w.mu.Unlock()
 			return
 		}
@@ -301,7 +335,7 @@ func (w *Watcher) run(g *group) {
 			pause = pol.Wait(failures)
 			failures++
 			for _, wt := range ws {
-				send(wt, outcome{pollErr: err, retryIn: pause})
+				send(wt, outcome{pollErr: err, retryIn: pause, at: g.lastPoll})
 			}
 		default:
 			failures = 0
@@ -313,7 +347,7 @@ func (w *Watcher) run(g *group) {
 			}
 			w.mu.Unlock()
 			for i, wt := range ws {
-				send(wt, outcome{d: results[i].Decision, err: results[i].Err})
+				send(wt, outcome{d: results[i].Decision, err: results[i].Err, at: g.lastPoll})
 			}
 			pause = interval()
 		}
@@ -326,6 +360,12 @@ func (w *Watcher) run(g *group) {
 		select {
 		case <-clk.After(pause):
 		case <-g.wake:
+			w.mu.Lock()
+			empty := len(g.waiters) == 0
+			w.mu.Unlock()
+			if empty {
+				continue
+			}
 			// A job started waiting: answer it soon, but never poll the
 			// project more often than every MinGap.
 			if rest := gap - clk.Now().Sub(g.lastPoll); rest > 0 && err == nil {

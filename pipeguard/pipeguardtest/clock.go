@@ -97,20 +97,24 @@ func (c *Clock) Next() time.Duration {
 	return next.Sub(c.now)
 }
 
-// Advance moves the clock by d and fires the timers that are due, in order.
-func (c *Clock) Advance(d time.Duration) {
+// Advance moves the clock by d and fires the timers that are due, in
+// order. It returns how many fired.
+func (c *Clock) Advance(d time.Duration) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
 	sort.SliceStable(c.timers, func(i, j int) bool { return c.timers[i].at.Before(c.timers[j].at) })
 	kept := c.timers[:0]
+	fired := 0
 	for _, t := range c.timers {
 		if !t.at.After(c.now) {
 			t.ch <- c.now
+			fired++
 		} else {
 			kept = append(kept, t)
 		}
 	}
 	c.timers = kept
 	c.notify()
+	return fired
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"sort"
 	"sync"
 	"time"
 
@@ -119,6 +120,44 @@ type group struct {
 type waiter struct {
 	req Request
 	ch  chan outcome // cap 1, latest wins
+	// What the last poll said (under Watcher.mu), for Waiting.
+	blocking []Pipeline
+	polled   time.Time
+	lastErr  error
+}
+
+// Waiting describes one waiting job (for /debug/locks and metrics).
+type Waiting struct {
+	Guard      string // pipelines:<project>
+	PipelineID int64
+	Since      time.Time
+	Blocking   []Pipeline // as of LastPoll
+	LastPoll   time.Time  // zero: not polled yet
+	LastError  string     // the last poll's error, "" if it succeeded
+}
+
+// Waiting lists the jobs waiting now, oldest wait first.
+func (w *Watcher) Waiting() []Waiting {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []Waiting
+	for _, g := range w.groups {
+		for wt := range g.waiters {
+			e := Waiting{Guard: wt.req.Name(), PipelineID: wt.req.PipelineID, Since: wt.req.Since,
+				Blocking: wt.blocking, LastPoll: wt.polled}
+			if wt.lastErr != nil {
+				e.LastError = wt.lastErr.Error()
+			}
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Since.Equal(out[j].Since) {
+			return out[i].Since.Before(out[j].Since)
+		}
+		return out[i].PipelineID < out[j].PipelineID
+	})
+	return out
 }
 
 type outcome struct {
@@ -334,6 +373,11 @@ func (w *Watcher) run(g *group) {
 		case err != nil:
 			pause = pol.Wait(failures)
 			failures++
+			w.mu.Lock()
+			for _, wt := range ws {
+				wt.polled, wt.lastErr = g.lastPoll, err
+			}
+			w.mu.Unlock()
 			for _, wt := range ws {
 				send(wt, outcome{pollErr: err, retryIn: pause, at: g.lastPoll})
 			}
@@ -341,6 +385,7 @@ func (w *Watcher) run(g *group) {
 			failures = 0
 			w.mu.Lock()
 			for i, wt := range ws {
+				wt.polled, wt.lastErr, wt.blocking = g.lastPoll, nil, results[i].Decision.Blocking
 				if results[i].Err != nil || results[i].Decision.Verdict != Wait {
 					delete(g.waiters, wt)
 				}

@@ -94,6 +94,10 @@ func TestWaitWhileOlderRuns(t *testing.T) {
 		h.clk.Advance(5 * time.Second)
 	}
 	h.polls(4, 2)
+	if ws := h.w.Waiting(); len(ws) != 1 || ws[0].Guard != "pipelines:7" || ws[0].PipelineID != own ||
+		len(ws[0].Blocking) != 1 || ws[0].Blocking[0].ID != old || ws[0].LastPoll.Sub(ws[0].Since) != 15*time.Second {
+		t.Fatalf("waiting: %+v", ws)
+	}
 	h.srv.SetPipelineStatus(old, "success")
 	h.clk.Advance(5 * time.Second) // one interval
 	r := h.result(ch)
@@ -201,6 +205,9 @@ func TestAPIOutageBacksOff(t *testing.T) {
 	r := h.result(ch)
 	if r.err != nil || r.d.Verdict != Proceed {
 		t.Fatalf("%+v", r)
+	}
+	if len(h.w.Waiting()) != 0 {
+		t.Fatal("still listed as waiting")
 	}
 	ev := events()
 	if len(ev) != 6 {

@@ -305,3 +305,26 @@ func TestGuardOrderAndNarrowing(t *testing.T) {
 		t.Fatalf("cancel older: %+v", r)
 	}
 }
+
+// FuzzGuardArgs: any command line parses or is refused, never panics, and a
+// parsed one only holds known option names.
+func FuzzGuardArgs(f *testing.F) {
+	for _, s := range []string{"-c ^x -s running", "-qx --guard-ref=a", "-c=b -w 10", "--g", "-", "--", "-- x", "-cq", "--no-wait=1"} {
+		f.Add(s)
+	}
+	known := map[string]bool{}
+	for _, fl := range guardFlags {
+		known[fl.names[0]] = true
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		vals, _, err := parseGuardArgs(strings.Fields(s), func(string) (string, bool) { return "", false })
+		if err != nil {
+			return
+		}
+		for k := range vals {
+			if !known[k] {
+				t.Fatalf("%q: unknown key %q", s, k)
+			}
+		}
+	})
+}

@@ -194,3 +194,26 @@ func TestPollerCancelOlder(t *testing.T) {
 		t.Fatalf("older: %+v", res[0].Decision)
 	}
 }
+
+func TestPollerDistinctQueries(t *testing.T) {
+	srv, c := newGitLab(t)
+	srv.AddPipeline(7, "1-a", "pending")
+	run := srv.AddPipeline(7, "1-b", "running")
+	own := srv.AddPipeline(7, "1-c", "running")
+	ws := []Waiter{
+		{PipelineID: own, Rule: mustRule(t, Spec{})},
+		{PipelineID: own, Rule: mustRule(t, Spec{StatusRegex: "pending"})},
+		{PipelineID: own, Rule: mustRule(t, Spec{RefRegex: "^1-"})}, // same query as the first
+	}
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 2 {
+		t.Fatalf("%d listings for 2 distinct queries", n)
+	}
+	if !slices.Equal(ids(res[0].Decision.Blocking), []int64{run}) || !slices.Equal(ids(res[2].Decision.Blocking), []int64{run}) ||
+		len(res[1].Decision.Blocking) != 1 || res[1].Decision.Blocking[0].Status != "pending" {
+		t.Fatalf("%+v", res)
+	}
+}

@@ -20,13 +20,15 @@ type harness struct {
 	srv *coordinatortest.Server
 	clk *pipeguardtest.Clock
 	w   *Watcher
+	// events receives every event of the jobs started (buffered).
+	events chan Event
 }
 
 func newHarness(t *testing.T) *harness {
 	srv := coordinatortest.New(t)
 	srv.AddAPIToken(apiToken, "api")
 	clk := pipeguardtest.NewClock()
-	return &harness{t: t, srv: srv, clk: clk,
+	return &harness{t: t, srv: srv, clk: clk, events: make(chan Event, 100),
 		w: &Watcher{Clock: clk, Interval: func() time.Duration { return 5 * time.Second }}}
 }
 
@@ -35,7 +37,8 @@ type waitResult struct {
 	err error
 }
 
-// start runs Wait for pipeline own in a goroutine; events are collected.
+// start runs Wait for pipeline own in a goroutine; events are collected,
+// and each is also sent on h.events.
 func (h *harness) start(ctx context.Context, own int64, s Spec) (<-chan waitResult, func() []Event) {
 	r := mustRule(h.t, s)
 	var mu sync.Mutex
@@ -43,7 +46,15 @@ func (h *harness) start(ctx context.Context, own int64, s Spec) (<-chan waitResu
 	ch := make(chan waitResult, 1)
 	go func() {
 		d, err := h.w.Wait(ctx, Request{APIURL: h.srv.URL + "/api/v4", Project: "7", Token: apiToken, PipelineID: own, Rule: r},
-			func(e Event) { mu.Lock(); evs = append(evs, e); mu.Unlock() })
+			func(e Event) {
+				mu.Lock()
+				evs = append(evs, e)
+				mu.Unlock()
+				select {
+				case h.events <- e:
+				default:
+				}
+			})
 		ch <- waitResult{d, err}
 	}()
 	return ch, func() []Event { mu.Lock(); defer mu.Unlock(); return append([]Event(nil), evs...) }
@@ -57,6 +68,18 @@ func (h *harness) polls(n, pending int) {
 	if !h.clk.WaitPending(pending, 10*time.Second) {
 		h.t.Fatalf("timers pending: %d, want %d", h.clk.Pending(), pending)
 	}
+}
+
+// event waits for the next event of the started jobs.
+func (h *harness) event() Event {
+	h.t.Helper()
+	select {
+	case e := <-h.events:
+		return e
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("no event")
+	}
+	return Event{}
 }
 
 func (h *harness) idle() {
@@ -86,6 +109,7 @@ func TestWaitWhileOlderRuns(t *testing.T) {
 	ch, events := h.start(context.Background(), own, Spec{})
 	for i := 1; i <= 3; i++ {
 		h.polls(i, 2) // Wait's timeout timer + the poller's interval
+		h.event()     // seen by the job before time moves on
 		select {
 		case r := <-ch:
 			t.Fatalf("returned while the older pipeline runs: %+v", r)
@@ -94,6 +118,7 @@ func TestWaitWhileOlderRuns(t *testing.T) {
 		h.clk.Advance(5 * time.Second)
 	}
 	h.polls(4, 2)
+	h.event()
 	if ws := h.w.Waiting(); len(ws) != 1 || ws[0].Guard != "pipelines:7" || ws[0].PipelineID != own ||
 		len(ws[0].Blocking) != 1 || ws[0].Blocking[0].ID != old || ws[0].LastPoll.Sub(ws[0].Since) != 15*time.Second {
 		t.Fatalf("waiting: %+v", ws)
@@ -126,7 +151,9 @@ func TestOldestFirstNeverDeadlocks(t *testing.T) {
 	if r := h.result(chA); r.err != nil || r.d.Verdict != Proceed {
 		t.Fatalf("A: %+v", r)
 	}
-	h.polls(2, 2)
+	// Timers: both jobs' timeouts, the first interval (not fired) and the
+	// poller's new interval.
+	h.polls(2, 4)
 	select {
 	case r := <-chB:
 		t.Fatalf("B returned while A runs: %+v", r)
@@ -200,6 +227,7 @@ func TestAPIOutageBacksOff(t *testing.T) {
 	ch, events := h.start(context.Background(), own, Spec{})
 	for i := 1; i <= 6; i++ {
 		h.polls(i, 2)
+		h.event() // seen before time moves on (a slow job sees only the latest)
 		h.clk.Advance(h.clk.Next())
 	}
 	r := h.result(ch)

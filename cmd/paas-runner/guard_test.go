@@ -18,14 +18,42 @@ const guardToken = "glpat-cli-guard-token"
 
 // syncBuffer is a bytes.Buffer safe to read while runGuard writes.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{}
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
 	return s.b.Write(p)
+}
+
+// waitCount blocks until sub occurs n times in what was written.
+func (s *syncBuffer) waitCount(t *testing.T, sub string, n int) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		s.mu.Lock()
+		ok := strings.Count(s.b.String(), sub) >= n
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("%q not written %d times", sub, n)
+		}
+	}
 }
 
 func (s *syncBuffer) String() string {
@@ -254,11 +282,12 @@ func TestGuardAPIErrorRetried(t *testing.T) {
 	g.opts.clock = clk
 	own := g.srv.AddPipeline(7, "12-mine", "running")
 	g.srv.Inject(`^GET /api/v4/projects/7/pipelines$`, 502, 2, nil)
-	ch, _ := g.start("-i", fmt.Sprint(own))
-	for range 2 {
+	ch, out := g.start("-i", fmt.Sprint(own))
+	for i := range 2 {
 		if !clk.WaitPending(2, 20*time.Second) {
 			t.Fatal("not backing off")
 		}
+		out.waitCount(t, "GuardApiAccessException", i+1)
 		clk.Advance(clk.Next())
 	}
 	r := g.result(ch)

@@ -39,7 +39,8 @@ func (e *APIError) Error() string {
 	switch {
 	case e.TokenRejected():
 		if e.Scope != "" {
-			return fmt.Sprintf("guard token rejected by GitLab (%d): %s %s needs a token with the %s scope", e.Status, e.Method, e.Path, e.Scope)
+			return fmt.Sprintf("guard token rejected by GitLab (%d): %s %s needs a token with the %s scope", e.Status, e.Method, e.Path,
+				strings.Join(strings.Fields(e.Scope), " or "))
 		}
 		return fmt.Sprintf("guard token rejected by GitLab (%d)", e.Status)
 	case e.Status == http.StatusNotFound:

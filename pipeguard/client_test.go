@@ -83,7 +83,7 @@ func TestClientErrors(t *testing.T) {
 		t.Fatalf("unknown token: %v", err)
 	}
 	_, err = c.Pipelines(ctx, "glpat-repo", "7", Query{})
-	if !TokenRejected(err) || !strings.HasPrefix(err.Error(), "guard token rejected by GitLab (403)") {
+	if !TokenRejected(err) || err.Error() != "guard token rejected by GitLab (403): GET /projects/7/pipelines needs a token with the api or read_api scope" {
 		t.Fatalf("token without read_api: %v", err)
 	}
 	_, err = c.Pipelines(ctx, "", "7", Query{})

@@ -421,3 +421,22 @@ func (w *Watcher) run(g *group) {
 		}
 	}
 }
+
+// Lines is what a job's log shows for an event (the daemon's guard stage
+// writes them; it prints unchanged EventPolled ones at least every minute,
+// for the elapsed time).
+func (e Event) Lines(r *Rule) []string {
+	switch {
+	case e.Kind == EventAPIError:
+		return []string{fmt.Sprintf("pipeline guard: GitLab pipelines API error, retrying in %s: %v", e.RetryIn.Round(time.Second), e.Err)}
+	case e.Changed:
+		out := []string{fmt.Sprintf("pipeline guard: waiting for %d other pipelines in (%s) state (%s elapsed)",
+			len(e.Decision.Blocking), r.StatusRegex, e.Elapsed.Round(time.Second))}
+		for _, p := range e.Decision.Blocking {
+			out = append(out, fmt.Sprintf("  pipeline #%d %s %s %s", p.ID, p.Status, p.SHA, p.Ref))
+		}
+		return out
+	}
+	return []string{fmt.Sprintf("pipeline guard: still waiting for %d other pipelines (%s elapsed)",
+		len(e.Decision.Blocking), e.Elapsed.Round(time.Second))}
+}

@@ -279,3 +279,21 @@ func TestCancelledWhileWaiting(t *testing.T) {
 	}
 	h.idle()
 }
+
+func TestEventLines(t *testing.T) {
+	r := mustRule(t, Spec{})
+	p := Pipeline{ID: 12, Status: "running", SHA: "abc123", Ref: "3-fix"}
+	got := Event{Kind: EventPolled, Changed: true, Elapsed: 61 * time.Second, Decision: Decision{Blocking: []Pipeline{p}}}.Lines(r)
+	want := []string{"pipeline guard: waiting for 1 other pipelines in (running) state (1m1s elapsed)", "  pipeline #12 running abc123 3-fix"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("%q", got)
+	}
+	got = Event{Kind: EventPolled, Elapsed: 2 * time.Minute, Decision: Decision{Blocking: []Pipeline{p}}}.Lines(r)
+	if len(got) != 1 || got[0] != "pipeline guard: still waiting for 1 other pipelines (2m0s elapsed)" {
+		t.Fatalf("%q", got)
+	}
+	got = Event{Kind: EventAPIError, RetryIn: 4200 * time.Millisecond, Err: errors.New("GitLab answered 502")}.Lines(r)
+	if len(got) != 1 || got[0] != "pipeline guard: GitLab pipelines API error, retrying in 4s: GitLab answered 502" {
+		t.Fatalf("%q", got)
+	}
+}

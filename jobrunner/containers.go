@@ -85,7 +85,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	env, files := r.env(extra...)
 	cfg := &container.Config{
 		Image: img, Env: env, WorkingDir: "/",
-		Cmd:    []string{"sh", "-c", r.shellScript(cmds)},
+		Cmd:    shellCommand(r.shellScript(cmds)),
 		Labels: r.labels(),
 	}
 	if ep := r.p.Image.Entrypoint; len(ep) > 0 {

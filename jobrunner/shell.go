@@ -22,12 +22,28 @@ func (r *runner) section(name, header string) func() {
 	return func() { fmt.Fprintf(r.trace, "section_end:%d:%s\r\x1b[0K", time.Now().Unix(), name) }
 }
 
+// shellCommand is the job container's command: it runs script in bash
+// when the image has bash, else in sh, trying the places GitLab Runner's
+// docker executor tries, in its order.
+func shellCommand(script string) []string {
+	return []string{"sh", "-c", detectShell, "sh", script}
+}
+
+const detectShell = `for shell in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/local/bin/sh /usr/bin/sh /bin/sh /busybox/sh; do
+	if [ -x "$shell" ]; then exec "$shell" -c "$1"; fi
+done
+echo "no shell found in the image (bash or sh)" >&2
+exit 1`
+
 // shellScript renders commands the way GitLab Runner runs them: each
 // printed as "$ command" in green, run with eval, the first failure ending
-// the script with its status.
+// the script with its status. Like GitLab Runner, errexit is on, and
+// pipefail too where the shell has it (bash, busybox, recent dash): a
+// failing command piped into another fails the script.
 func (r *runner) shellScript(cmds []string) string {
 	var b strings.Builder
-	b.WriteString("set -e\n")
+	b.WriteString("if (set -o pipefail) 2>/dev/null; then set -o pipefail; fi\n")
+	b.WriteString("set -o errexit\nset +o noclobber\n")
 	fmt.Fprintf(&b, "mkdir -p %s && cd %s\n", shQuote(r.projectDir()), shQuote(r.projectDir()))
 	for _, c := range cmds {
 		shown := c

@@ -26,8 +26,11 @@ import (
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
+// jobImage is per test process: several worktrees run this package at
+// once on one engine, and each removes its image when it ends.
+var jobImage = fmt.Sprintf("paas-runner-test-busybox:p%d", os.Getpid())
+
 const (
-	jobImage     = "paas-runner-test-busybox:1"
 	testSystemID = "r_jobrunnertest"
 	testRunnerID = "tjobrun1"
 )

@@ -45,14 +45,6 @@ type Job struct {
 	FinalWaits []time.Time
 }
 
-// Artifact is one upload.
-type Artifact struct {
-	Filename string
-	Data     []byte
-	Format   string
-	ExpireIn string
-}
-
 // Runner is a registered runner.
 type Runner struct {
 	Token            string
@@ -116,6 +108,9 @@ type Server struct {
 	// HoldRequests makes POST /jobs/request wait until the job queue
 	// changes or this long passes when last_update is current (long poll).
 	LongPoll time.Duration
+	// storage is the object storage of artifacts, when UseObjectStorage
+	// made one (artifacts.go).
+	storage *ObjectStorage
 }
 
 // New starts a fake GitLab for the duration of the test.
@@ -395,6 +390,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			}
 			s.notify()
 			s.mu.Unlock()
+			// read the body first, as GitLab does: a client still
+			// sending it gets the answer, not a reset connection
+			io.Copy(io.Discard, io.LimitReader(r.Body, 64<<20))
 			for k, vs := range inj.header {
 				w.Header()[k] = vs
 			}
@@ -789,66 +787,6 @@ func (s *Server) holdFinalUpdate(w http.ResponseWriter, j *Job, state string, re
 // TraceContains reports whether a job's log contains sub (inside WaitFor).
 func (s *Server) TraceContains(id int64, sub string) bool {
 	return bytes.Contains(s.jobs[id].Trace, []byte(sub))
-}
-
-// uploadArtifacts accepts the multipart upload directly (no Workhorse).
-func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request, id int64) {
-	s.mu.Lock()
-	_, ok := s.authJob(w, id, jobToken(r))
-	s.mu.Unlock()
-	if !ok {
-		return
-	}
-	f, hdr, err := r.FormFile("file")
-	if err != nil {
-		writeJSON(w, http.StatusBadRequest, `{"message":"400 (Bad request) \"file\" not given"}`)
-		return
-	}
-	data, _ := io.ReadAll(f)
-	q := r.URL.Query()
-	typ := q.Get("artifact_type")
-	if typ == "" {
-		typ = "archive"
-	}
-	s.mu.Lock()
-	j := s.jobs[id]
-	if j.Artifacts == nil {
-		j.Artifacts = map[string]Artifact{}
-	}
-	j.Artifacts[typ] = Artifact{Filename: hdr.Filename, Data: data, Format: q.Get("artifact_format"), ExpireIn: q.Get("expire_in")}
-	s.notify()
-	s.mu.Unlock()
-	writeJSON(w, http.StatusCreated, `201`)
-}
-
-// downloadArtifacts serves a job's archive to a running job's token.
-func (s *Server) downloadArtifacts(w http.ResponseWriter, r *http.Request, id int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	caller, ok := s.byToken[jobToken(r)]
-	if !ok || (caller.Status != "running" && caller.Status != "canceling") {
-		writeJSON(w, http.StatusUnauthorized, `{"message":"401 Unauthorized"}`)
-		return
-	}
-	j, ok := s.jobs[id]
-	if !ok || j.Artifacts["archive"].Data == nil {
-		writeJSON(w, http.StatusNotFound, `{"message":"404 Not Found"}`)
-		return
-	}
-	w.Header().Set("Content-Type", "application/zip")
-	w.Write(j.Artifacts["archive"].Data)
-}
-
-// SetArtifacts gives a job an artifacts archive (as if an earlier job had
-// uploaded it).
-func (s *Server) SetArtifacts(id int64, zip []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	j := s.jobs[id]
-	if j.Artifacts == nil {
-		j.Artifacts = map[string]Artifact{}
-	}
-	j.Artifacts["archive"] = Artifact{Filename: "artifacts.zip", Data: zip, Format: "zip"}
 }
 
 // idBase starts job ids differently in each test process, so that test

@@ -182,8 +182,10 @@ func (e *env) hostName(id int64) string {
 func (e *env) launches() map[string]int {
 	b, _ := os.ReadFile(filepath.Join(e.hosts, "launches.log"))
 	out := map[string]int{}
-	for _, l := range strings.Fields(string(b)) {
-		out[l]++
+	for _, l := range strings.Split(string(b), "\n") {
+		if l != "" && !strings.HasPrefix(l, "removed ") {
+			out[l]++
+		}
 	}
 	return out
 }

@@ -19,8 +19,10 @@ import (
 // outlive a killed daemon and a test can count leaks and double launches:
 //
 //	<name>.host      the host (created by Provision, removed by Decommission)
-//	<name>.launched  the job was handed to the host (created once, O_EXCL)
-//	launches.log     one line per real launch, never truncated
+//	<name>.launched  the job was handed to the host
+//	launches.log     one line per real launch ("<runner>/<job id>") and per
+//	                 host removal ("removed <name>"), never truncated: a
+//	                 launch is this one append, so a kill cannot split it
 //
 // When Hold names a step (provision, launch, decommission), that step writes
 // <name>.holding-<step> and waits until the file "release" exists in the
@@ -144,22 +146,63 @@ func (d *Dir) Launch(ctx context.Context, h executors.Handle, j executors.Job) (
 	if err := d.delay(ctx); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(d.Path, name+".launched"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return h, nil // already launched: never twice
-	}
+	// The launch is one append to launches.log (atomic, whatever kills the
+	// daemon): the log says whether this host runs its job already.
+	key := fmt.Sprintf("%s/%d", j.RunnerID, j.ID)
+	done, err := d.launchedInLog(name, key)
 	if err != nil {
 		return nil, executors.Transient("launch", err)
 	}
-	fmt.Fprintf(f, "offset %d\n", j.TraceOffset)
-	f.Close()
-	log, err := os.OpenFile(filepath.Join(d.Path, "launches.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, err
+	if !done {
+		if err := d.appendLog(key); err != nil {
+			return nil, executors.Transient("launch", err)
+		}
 	}
-	defer log.Close()
-	_, err = fmt.Fprintf(log, "%s/%d\n", j.RunnerID, j.ID)
-	return h, err
+	// the marker observers look at (made again if a kill came before it)
+	f, err := os.OpenFile(filepath.Join(d.Path, name+".launched"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err == nil {
+		fmt.Fprintf(f, "offset %d\n", j.TraceOffset)
+		err = f.Close()
+	}
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, executors.Transient("launch", err)
+	}
+	return h, nil
+}
+
+// launchedInLog tells whether launches.log has a launch of key on host
+// name since the host was last removed.
+func (d *Dir) launchedInLog(name, key string) (bool, error) {
+	data, err := os.ReadFile(filepath.Join(d.Path, "launches.log"))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	launched := false
+	for _, l := range strings.Split(string(data), "\n") {
+		switch l {
+		case key:
+			launched = true
+		case "removed " + name:
+			launched = false
+		}
+	}
+	return launched, nil
+}
+
+// appendLog appends one line to launches.log in one write.
+func (d *Dir) appendLog(line string) error {
+	f, err := os.OpenFile(filepath.Join(d.Path, "launches.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write([]byte(line + "\n")); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func (d *Dir) Decommission(ctx context.Context, h executors.Handle) error {
@@ -172,6 +215,11 @@ func (d *Dir) Decommission(ctx context.Context, h executors.Handle) error {
 	}
 	if err := d.delay(ctx); err != nil {
 		return err
+	}
+	if _, err := os.Stat(filepath.Join(d.Path, name+".host")); err == nil {
+		if err := d.appendLog("removed " + name); err != nil {
+			return executors.Transient("decommission", err)
+		}
 	}
 	for _, suffix := range []string{".launched", ".exit", ".host"} {
 		if err := os.Remove(filepath.Join(d.Path, name+suffix)); err != nil && !errors.Is(err, os.ErrNotExist) {

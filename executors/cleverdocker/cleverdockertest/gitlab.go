@@ -17,10 +17,10 @@ import (
 // proxied to upstream. Use its URL as the runner's url.
 type GitLab struct {
 	*httptest.Server
-	mu        sync.Mutex
-	admin     map[string]bool // token → is admin
-	groups    map[string]map[string]string
-	requests  int
+	mu       sync.Mutex
+	admin    map[string]bool // token → is admin
+	groups   map[string]map[string]string
+	requests int
 }
 
 var reGroupAttrs = regexp.MustCompile(`^/api/v4/groups/([^/]+)/custom_attributes$`)

@@ -609,9 +609,9 @@ func instances(dockerVersion string) []map[string]any {
 	rt := func(typ, version, name, variantID, slug string) map[string]any {
 		return map[string]any{
 			"type": typ, "version": version, "name": name, "description": name + " runtime",
-			"variant":  map[string]any{"id": variantID, "slug": slug, "name": name, "deployType": slug, "logo": ""},
-			"enabled":  true, "comingSoon": false, "maxInstances": 40, "tags": []string{}, "deployments": []string{"git"},
-			"flavors":  []any{}, "defaultFlavor": map[string]any{"name": "S"}, "buildFlavor": map[string]any{"name": "M"},
+			"variant": map[string]any{"id": variantID, "slug": slug, "name": name, "deployType": slug, "logo": ""},
+			"enabled": true, "comingSoon": false, "maxInstances": 40, "tags": []string{}, "deployments": []string{"git"},
+			"flavors": []any{}, "defaultFlavor": map[string]any{"name": "S"}, "buildFlavor": map[string]any{"name": "M"},
 		}
 	}
 	return []map[string]any{

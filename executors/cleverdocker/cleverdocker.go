@@ -313,7 +313,9 @@ func (e *Executor) Provision(ctx context.Context, h executors.Handle, j executor
 	return hd.encode(), nil
 }
 
-func (e *Executor) appsPath(org string) string { return "/organisations/" + url.PathEscape(org) + "/applications" }
+func (e *Executor) appsPath(org string) string {
+	return "/organisations/" + url.PathEscape(org) + "/applications"
+}
 func (e *Executor) appPath(org, id string) string {
 	return e.appsPath(org) + "/" + url.PathEscape(id)
 }

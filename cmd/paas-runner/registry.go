@@ -71,7 +71,7 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 	}
 	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" { // tests: fast retries
 		if d, err := time.ParseDuration(v); err == nil {
-			opts.RetryMin, opts.RetryMax = d, 10*d
+			opts.RetryMin, opts.RetryMax, opts.RetryFor = d, 10*d, 100*d
 		}
 	}
 	ex, err := cleverdocker.New(opts)

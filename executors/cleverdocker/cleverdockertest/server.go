@@ -472,6 +472,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
+	s.notify()
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()

@@ -1,0 +1,473 @@
+package main_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
+)
+
+const (
+	ccOrga  = "orga_07cf2ef0-c9ad-4f04-b492-94c164f95c76"
+	ccToken = "cc-secret-bb52e490-d47e-47a4-b190-73e23"
+)
+
+// cleverEnv is a daemon with clever-docker runners against the fake
+// Clever Cloud API and a fake GitLab (fronted for group attributes).
+type cleverEnv struct {
+	*env
+	cc     *cleverdockertest.Server
+	front  *cleverdockertest.GitLab
+	runner string
+}
+
+// newCleverEnv writes a configuration with one clever-docker runner;
+// runnerTOML is added to its section. Pushed jobs are "run" by
+// simulateInner (what the inner runner does on a Clever host), unless
+// the test replaces OnPush.
+func newCleverEnv(t *testing.T, runnerTOML string) *cleverEnv {
+	t.Helper()
+	e := &cleverEnv{env: &env{t: t, dir: t.TempDir(), gl: coordinatortest.New(t), token: "glrt-clever-0123456789"}}
+	e.cc = cleverdockertest.New(t)
+	e.cc.GitUser = "Jenkins"
+	e.cc.AddOrg(ccOrga, ccToken)
+	e.front = cleverdockertest.NewGitLab(t, e.gl.URL, "gitlab-admin-attr-token")
+	e.gl.AddRunner(e.token)
+	e.hosts = filepath.Join(e.dir, "hosts")
+	os.Mkdir(e.hosts, 0o700)
+	e.state = filepath.Join(e.dir, "state.json")
+	e.config = filepath.Join(e.dir, "config.toml")
+	os.WriteFile(filepath.Join(e.dir, "cc.token"), []byte(ccToken+"\n"), 0o600)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) { simulateInner(t, e.gl.URL, files) }
+	cfg := fmt.Sprintf(`concurrent = 10
+check_interval = 0.05
+state_file = %q
+
+[[runners]]
+name = "clever"
+url = %q
+token = %q
+executor = "clever-docker"
+inner_image = "registry.example/paas-runner-host:1"
+cc_api_url = %q
+cc_deployment_repo_wait_step = 0.02
+cc_deployment_repo_timeout = 60
+%s
+  [runners.cc_extra_env]
+  CC_ENABLE_HEPTAPOD_RUNNER = "true"
+  [runners.docker]
+  image = "alpine"
+`, e.state, e.front.URL, e.token, e.cc.APIURL(), runnerTOML)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+const fixedOrg = "cc_orga_id = \"" + ccOrga + "\"\ncc_token_file = \"cc.token\""
+
+// simulateInner does what the inner runner does with the pushed job.json:
+// append to the job log where the daemon left it, report success.
+func simulateInner(t *testing.T, glURL string, files map[string][]byte) {
+	var j struct {
+		ID         int64  `json:"id"`
+		Token      string `json:"token"`
+		PaasRunner struct {
+			TraceOffset int64 `json:"trace_offset"`
+		} `json:"paas_runner"`
+		Variables []struct{ Key, Value string } `json:"variables"`
+	}
+	if err := json.Unmarshal(files["job.json"], &j); err != nil {
+		t.Errorf("pushed job.json: %v", err)
+		return
+	}
+	for _, v := range j.Variables {
+		if v.Key == "TEST_INNER" && v.Value == "sleep" {
+			return
+		}
+	}
+	base := fmt.Sprintf("%s/api/v4/jobs/%d", glURL, j.ID)
+	line := fmt.Sprintf("inner runner: running job %d\n", j.ID)
+	req, _ := http.NewRequest(http.MethodPatch, base+"/trace", strings.NewReader(line))
+	req.Header.Set("Job-Token", j.Token)
+	req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", j.PaasRunner.TraceOffset, j.PaasRunner.TraceOffset+int64(len(line))-1))
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	body, _ := json.Marshal(map[string]any{"token": j.Token, "state": "success", "exit_code": 0})
+	req, _ = http.NewRequest(http.MethodPut, base, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Errorf("final update: %v", err)
+		return
+	}
+	resp.Body.Close()
+}
+
+// appOf returns the applications of a job (by the name's job id suffix).
+func (e *cleverEnv) appsOf(id int64) []cleverdockertest.App {
+	var out []cleverdockertest.App
+	for _, a := range e.cc.Apps("") {
+		if strings.HasPrefix(a.Name, "hpd-job-") && strings.HasSuffix(a.Name, fmt.Sprintf("-%d", id)) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (e *cleverEnv) waitNoApps() {
+	e.t.Helper()
+	e.cc.WaitFor(procWait, "every application deleted", func() bool { return len(e.cc.Apps("")) == 0 })
+}
+
+func (e *cleverEnv) waitFinal(id int64) string {
+	e.t.Helper()
+	e.gl.WaitFor(procWait, fmt.Sprintf("job %d to end", id), func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(id)) })
+	return e.gl.Job(id).Status
+}
+
+func TestCleverEndToEnd(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	var checked = make(chan map[string][]byte, 4)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) {
+		checked <- files
+		simulateInner(t, e.gl.URL, files)
+	}
+	p := e.start("")
+	var ids []int64
+	for i := 0; i < 2; i++ {
+		ids = append(ids, e.gl.Enqueue(e.token, nil).ID)
+	}
+	for _, id := range ids {
+		if st := e.waitFinal(id); st != "success" {
+			t.Fatalf("job %d: %s\n%s", id, st, e.gl.TraceOf(id))
+		}
+	}
+	e.waitNoApps()
+	for _, id := range ids {
+		if !e.gl.TraceContains(id, "inner runner: running job") || !e.gl.TraceContains(id, "provisioning a clever-docker host") {
+			t.Fatalf("trace of %d: %q", id, e.gl.TraceOf(id))
+		}
+	}
+	if n := e.cc.Count("POST /organisations/:id/applications"); n != 2 {
+		t.Fatalf("%d creates for 2 jobs", n)
+	}
+	for i := 0; i < 2; i++ {
+		files := <-checked
+		if !bytes.Contains(files["Dockerfile"], []byte("FROM registry.example/paas-runner-host:1\n")) || !bytes.Contains(files["runner.toml"], []byte(`image = "alpine"`)) {
+			t.Fatalf("pushed %s\n%s", files["Dockerfile"], files["runner.toml"])
+		}
+		if bytes.Contains(files["runner.toml"], []byte(e.token)) {
+			t.Fatal("runner token pushed")
+		}
+	}
+	// env of the apps, as PUT
+	var puts int
+	for _, r := range e.cc.Requests() {
+		if r.Route == "PUT /organisations/:id/applications/:app/env" {
+			puts++
+			if string(r.Body) != `{"CC_ENABLE_HEPTAPOD_RUNNER":"true","CC_MOUNT_DOCKER_SOCKET":"true"}` {
+				t.Fatalf("env %s", r.Body)
+			}
+		}
+	}
+	if puts != 2 {
+		t.Fatalf("%d env PUTs", puts)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	e.checkSecrets(p, ccToken)
+}
+
+// checkSecrets greps every Clever request body, every pushed repository,
+// the state file and the daemon log for the secrets.
+func (e *cleverEnv) checkSecrets(p *proc, secrets ...string) {
+	e.t.Helper()
+	var blobs []struct {
+		what string
+		data []byte
+	}
+	add := func(what string, b []byte) {
+		blobs = append(blobs, struct {
+			what string
+			data []byte
+		}{what, b})
+	}
+	for _, r := range e.cc.Requests() {
+		add("request body "+r.Method+" "+r.Path, r.Body)
+		add("request path "+r.Path, []byte(r.Path+"?"+r.RawQuery))
+	}
+	filepath.Walk(e.dir, func(path string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && filepath.Base(path) != "cc.token" && filepath.Base(path) != "config.toml" {
+			b, _ := os.ReadFile(path)
+			add(path, b)
+		}
+		return nil
+	})
+	if p != nil {
+		add("daemon log", []byte(p.log()))
+	}
+	for _, id := range e.gl.Jobs() {
+		add(fmt.Sprintf("job %d log", id.ID), id.Trace)
+	}
+	for _, b := range blobs {
+		for _, s := range secrets {
+			if bytes.Contains(b.data, []byte(s)) {
+				e.t.Fatalf("secret %.6s… found in %s", s, b.what)
+			}
+		}
+	}
+}
+
+func TestCleverPushedReposHoldNoSecret(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	// keep the apps (and their repositories) to grep them
+	var pushedDirs = make(chan string, 1)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) {
+		var walkErr error
+		filepath.Walk(e.cc.RepoDir(a.ID), func(path string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				b, _ := os.ReadFile(path)
+				if bytes.Contains(b, []byte(ccToken)) || bytes.Contains(b, []byte(e.token)) {
+					walkErr = fmt.Errorf("secret in %s", path)
+				}
+			}
+			return nil
+		})
+		if walkErr != nil {
+			t.Error(walkErr)
+		}
+		pushedDirs <- a.ID
+		simulateInner(t, e.gl.URL, files)
+	}
+	e.start("")
+	q := e.gl.Enqueue(e.token, nil)
+	<-pushedDirs
+	e.waitFinal(q.ID)
+	e.waitNoApps()
+}
+
+func TestCleverCancelDuringProvisioning(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	e.cc.HoldRepos = true // the launch waits for the repository
+	p := e.start("")
+	q := e.gl.Enqueue(e.token, nil)
+	e.cc.WaitFor(procWait, "the app", func() bool { return len(e.appsOf(q.ID)) == 1 && e.appsOf(q.ID)[0].Gets > 0 })
+	e.gl.Cancel(q.ID)
+	e.waitNoApps()
+	if st := e.waitFinal(q.ID); st != "canceled" {
+		t.Fatalf("status %s", st)
+	}
+	if n := e.cc.Count("POST /organisations/:id/applications"); n != 1 {
+		t.Fatalf("%d creates", n)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
+func TestCleverCrashAfterCreateBeforeHandleSaved(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	// the env PUT hangs: the app exists, Provision has not returned, its
+	// id is not in the state file
+	e.cc.Slow("^PUT /organisations/:id/applications/:app/env$", time.Hour, -1)
+	p := e.start("")
+	q := e.gl.Enqueue(e.token, nil)
+	e.cc.WaitFor(procWait, "the env PUT", func() bool { return e.cc.Count("PUT /organisations/:id/applications/:app/env") == 1 })
+	p.cmd.Process.Kill()
+	p.wait(t)
+	e.cc.ClearFaults()
+	p = e.start("")
+	if st := e.waitFinal(q.ID); st != "success" {
+		t.Fatalf("job: %s\n%s", st, e.gl.TraceOf(q.ID))
+	}
+	e.waitNoApps()
+	if n := e.cc.Count("POST /organisations/:id/applications"); n != 1 {
+		t.Fatalf("%d applications created for one job", n)
+	}
+	if !strings.Contains(p.log(), "adopting the job's existing application") {
+		t.Fatalf("log:\n%s", p.log())
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
+func TestCleverCrashAfterProvisionBeforePush(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	e.cc.HoldRepos = true
+	p := e.start("")
+	q := e.gl.Enqueue(e.token, nil)
+	e.cc.WaitFor(procWait, "the repository wait", func() bool { a := e.appsOf(q.ID); return len(a) == 1 && a[0].Gets > 0 })
+	p.cmd.Process.Kill()
+	p.wait(t)
+	e.cc.ReleaseRepos()
+	p = e.start("")
+	if st := e.waitFinal(q.ID); st != "success" {
+		t.Fatalf("job: %s", st)
+	}
+	e.waitNoApps()
+	// lists: one before the create, one reap at each start; none by the
+	// resumed Provision, which has the app id
+	if n, m := e.cc.Count("POST /organisations/:id/applications"), e.cc.Count("GET /organisations/:id/applications"); n != 1 || m != 3 {
+		t.Fatalf("%d creates, %d lists: the restart should resume from the saved app id", n, m)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
+func TestCleverFlavorErrors(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg+"\ncc_max_flavor = \"L\"")
+	p := e.start("")
+	vars := func(v string) map[string]any {
+		return map[string]any{"variables": []map[string]any{{"key": "CI_CLEVER_CLOUD_FLAVOR", "value": v, "public": true}}}
+	}
+	big := e.gl.Enqueue(e.token, vars("XL"))
+	unknown := e.gl.Enqueue(e.token, vars("HUGE"))
+	ok := e.gl.Enqueue(e.token, vars("S"))
+	for _, c := range []struct {
+		id   int64
+		want string
+	}{
+		{big.ID, `flavor "XL" is bigger than this runner's maximum L (set CI_CLEVER_CLOUD_FLAVOR to one of: XS, S, M, L)`},
+		{unknown.ID, `flavor "HUGE" is not available (set CI_CLEVER_CLOUD_FLAVOR to one of: XS, S, M, L)`},
+	} {
+		if st := e.waitFinal(c.id); st != "failed" || !e.gl.TraceContains(c.id, c.want) {
+			t.Fatalf("job %d: %s %q", c.id, st, e.gl.TraceOf(c.id))
+		}
+		if r := e.gl.Job(c.id).FailureReason; r != "script_failure" {
+			t.Fatalf("failure reason %s", r)
+		}
+	}
+	if st := e.waitFinal(ok.ID); st != "success" {
+		t.Fatalf("ok job: %s", st)
+	}
+	e.waitNoApps()
+	if n := e.cc.Count("POST /organisations/:id/applications"); n != 1 {
+		t.Fatalf("%d creates", n)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
+func TestCleverMultiTenant(t *testing.T) {
+	e := newCleverEnv(t, "cc_multi_tenant = true\ncc_gitlab_namespace_attributes_token_env = \"TEST_CC_ATTR_TOKEN\"")
+	e.extraEnv = []string{"TEST_CC_ATTR_TOKEN=gitlab-admin-attr-token"}
+	const orgB, tokB = "orga_beta", "tenant-beta-secret"
+	e.cc.AddOrg(orgB, tokB)
+	e.front.SetGroup("acme", map[string]string{"cc_orga_id": ccOrga, "cc_orga_token": ccToken})
+	e.front.SetGroup("beta", map[string]string{"cc_orga_id": orgB, "cc_orga_token": tokB})
+	e.front.SetGroup("unset", map[string]string{"unrelated": "x"})
+	e.front.SetGroup("revoked", map[string]string{"cc_orga_id": orgB, "cc_orga_token": "revoked-token"})
+	p := e.start("")
+	ns := func(n string) map[string]any {
+		return map[string]any{"variables": []map[string]any{{"key": "CI_PROJECT_ROOT_NAMESPACE", "value": n, "public": true}}}
+	}
+	a := e.gl.Enqueue(e.token, ns("acme"))
+	b := e.gl.Enqueue(e.token, ns("beta"))
+	unset := e.gl.Enqueue(e.token, ns("unset"))
+	revoked := e.gl.Enqueue(e.token, ns("revoked"))
+	for _, id := range []int64{a.ID, b.ID} {
+		if st := e.waitFinal(id); st != "success" {
+			t.Fatalf("job %d: %s %q", id, st, e.gl.TraceOf(id))
+		}
+	}
+	for _, c := range []struct {
+		id   int64
+		want string
+	}{
+		{unset.ID, `GitLab group "unset" has no custom attribute cc_orga_id nor cc_orga_token`},
+		{revoked.ID, `the Clever Cloud token of GitLab group "revoked" (custom attribute cc_orga_token) was refused`},
+	} {
+		if st := e.waitFinal(c.id); st != "failed" || !e.gl.TraceContains(c.id, c.want) {
+			t.Fatalf("job %d: %s %q", c.id, st, e.gl.TraceOf(c.id))
+		}
+	}
+	e.waitNoApps()
+	var orgs []string
+	for _, r := range e.cc.Requests() {
+		if r.Method == "POST" {
+			orgs = append(orgs, strings.Split(r.Path, "/")[3])
+		}
+	}
+	if strings.Join(orgs, " ") != ccOrga+" "+orgB && strings.Join(orgs, " ") != orgB+" "+ccOrga {
+		t.Fatalf("apps created in %v", orgs)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+	e.checkSecrets(p, ccToken, tokB, "gitlab-admin-attr-token")
+}
+
+func TestCleverServerErrorsForAWhile(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	e.extraEnv = []string{"PAAS_RUNNER_RETRY_MIN=20ms"}
+	e.cc.Fail("^(GET|POST|PUT) /organisations", 500, 30)
+	e.cc.Fail("^GET /products", 503, 5)
+	p := e.start("")
+	var ids []int64
+	for i := 0; i < 3; i++ {
+		ids = append(ids, e.gl.Enqueue(e.token, nil).ID)
+	}
+	for _, id := range ids {
+		if st := e.waitFinal(id); st != "success" {
+			t.Fatalf("job %d: %s %q", id, st, e.gl.TraceOf(id))
+		}
+	}
+	e.waitNoApps()
+	created := 0
+	for _, r := range e.cc.Requests() {
+		if r.Method == "POST" && r.Status == 200 {
+			created++
+		}
+	}
+	if created != 3 {
+		t.Fatalf("%d apps created for 3 jobs", created)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
+func TestCleverBadConfiguration(t *testing.T) {
+	e := newCleverEnv(t, "")
+	cfg, _ := os.ReadFile(e.config)
+	for _, c := range []struct{ edit, want string }{
+		{"", "runners[0].cc_orga_id: required unless cc_multi_tenant = true"},
+		{fixedOrg + "\ncc_zone = \"\"", `runners[0].cc_zone: must not be empty`},
+		{"cc_orga_id = \"o\"\ncc_token_file = \"missing.token\"", "runners[0].cc_token_file: cannot read"},
+	} {
+		body := strings.Replace(string(cfg), "cc_deployment_repo_wait_step", c.edit+"\ncc_deployment_repo_wait_step", 1)
+		path := filepath.Join(e.dir, "bad.toml")
+		os.WriteFile(path, []byte(body), 0o600)
+		code, stderr := runOnce(t, nil, path)
+		if code != 2 || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, path) {
+			t.Fatalf("%q: exit %d\n%s", c.edit, code, stderr)
+		}
+	}
+	// a bad cc_api_url
+	body := strings.Replace(strings.Replace(string(cfg), e.cc.APIURL(), "not a url", 1), "cc_deployment_repo_wait_step", fixedOrg+"\ncc_deployment_repo_wait_step", 1)
+	os.WriteFile(filepath.Join(e.dir, "bad.toml"), []byte(body), 0o600)
+	if code, stderr := runOnce(t, nil, filepath.Join(e.dir, "bad.toml")); code != 2 || !strings.Contains(stderr, `bad.toml:11: runners[0].cc_api_url: "not a url" is not an http:// or https:// URL`) {
+		t.Fatalf("bad cc_api_url: exit %d\n%s", code, stderr)
+	}
+	// unreachable API at start: the daemon runs, says so, jobs retry
+	body = strings.Replace(string(cfg), e.cc.APIURL(), "http://127.0.0.1:1/v2", 1)
+	body = strings.Replace(body, "cc_deployment_repo_wait_step", fixedOrg+"\ncc_deployment_repo_wait_step", 1)
+	os.WriteFile(e.config, []byte(body), 0o600)
+	p := e.start("", "--poll-cycles", "2")
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(p.log(), "checking the Clever Cloud products failed") {
+		t.Fatalf("log:\n%s", p.log())
+	}
+}

@@ -66,7 +66,7 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 		OrgaIDAttribute: c.OrgaIDAttribute, OrgaTokenAttribute: c.OrgaTokenAttribute,
 		AuthUser: c.AuthUser, InstanceVariant: c.InstanceVariantUUID, FlavorContext: c.FlavorContext, FlavorNamePrefix: c.FlavorNamePrefix,
 		ExtraEnv: c.ExtraEnv, InnerImage: r.InnerImage,
-		RunnerID: r.UniqueName(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, SystemID: env.SystemID,
+		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, SystemID: env.SystemID,
 		UserAgent: version.UserAgent(), Logger: log,
 	}
 	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" { // tests: fast retries

@@ -69,7 +69,7 @@ func testJob(id int64, vars ...string) executors.Job {
 	}
 	p, _ := json.Marshal(map[string]any{"id": id, "token": fmt.Sprintf("job-token-%d", id), "variables": vs,
 		"image": map[string]any{"name": "alpine:3"}})
-	return executors.Job{RunnerName: runnerID, ID: id, Token: fmt.Sprintf("job-token-%d", id), Payload: p, TraceOffset: 17}
+	return executors.Job{RunnerID: runnerID, ID: id, Token: fmt.Sprintf("job-token-%d", id), Payload: p, TraceOffset: 17}
 }
 
 type inspector struct{ s *cleverdockertest.Server }
@@ -92,7 +92,7 @@ func (in inspector) Inspect(_ context.Context, h executors.Handle) (bool, int, e
 func TestConformance(t *testing.T) {
 	executortest.Run(t, func(t *testing.T) executortest.Subject {
 		f := newFixture(t, nil)
-		return executortest.Subject{Executor: f.e, Inspector: inspector{f.s}, RunnerName: runnerID, Timeout: time.Minute,
+		return executortest.Subject{Executor: f.e, Inspector: inspector{f.s}, RunnerID: runnerID, Timeout: time.Minute,
 			Payload: func(id int64) json.RawMessage { return testJob(id).Payload }}
 	})
 }

@@ -25,9 +25,8 @@ const (
 // Clever Cloud API and a fake GitLab (fronted for group attributes).
 type cleverEnv struct {
 	*env
-	cc     *cleverdockertest.Server
-	front  *cleverdockertest.GitLab
-	runner string
+	cc    *cleverdockertest.Server
+	front *cleverdockertest.GitLab
 }
 
 // newCleverEnv writes a configuration with one clever-docker runner;

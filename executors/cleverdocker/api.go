@@ -143,12 +143,12 @@ func (c *client) do(ctx context.Context, method, path, token string, body, out a
 			return ctx.Err()
 		}
 		// the URL holds no credential: safe to show
-		return fmt.Errorf("Clever Cloud API %s %s: %w", method, path, stripURL(err))
+		return fmt.Errorf("the Clever Cloud API %s %s: %w", method, path, stripURL(err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("Clever Cloud API %s %s: reading the answer: %w", method, path, err)
+		return fmt.Errorf("the Clever Cloud API %s %s: reading the answer: %w", method, path, err)
 	}
 	if resp.StatusCode >= 400 {
 		ae := &APIError{Method: method, Path: strings.SplitN(path, "?", 2)[0], Status: resp.StatusCode}
@@ -175,7 +175,7 @@ func (c *client) do(ctx context.Context, method, path, token string, body, out a
 	}
 	if out != nil && len(bytes.TrimSpace(raw)) > 0 {
 		if err := json.Unmarshal(raw, out); err != nil {
-			return fmt.Errorf("Clever Cloud API %s %s: unexpected answer: %w", method, path, err)
+			return fmt.Errorf("the Clever Cloud API %s %s: unexpected answer: %w", method, path, err)
 		}
 	}
 	return nil

@@ -30,7 +30,7 @@ type fixture struct {
 	calls atomic.Int64
 }
 
-func newFixture(t *testing.T, mod func(*Options)) *fixture {
+func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	t.Helper()
 	f := &fixture{s: cleverdockertest.New(t)}
 	f.s.AddOrg(orga, ccToken)
@@ -174,8 +174,17 @@ ENTRYPOINT ["/usr/bin/gitlab-runner", "exec-fetched-job", "--config", "/etc/hept
 	if _, err := f.e.Launch(ctx(t), h, j); err != nil {
 		t.Fatalf("launch again: %v", err)
 	}
+	// …nor after a restart, where the job log offset (so job.json) differs
+	j2 := j
+	j2.TraceOffset = 99
+	if _, err := f.e.Launch(ctx(t), h, j2); err != nil {
+		t.Fatalf("launch again after a restart: %v", err)
+	}
 	if a := f.s.Apps(orga)[0]; a.Pushes != 1 {
 		t.Fatalf("%d pushes", a.Pushes)
+	}
+	if files, _, _, _ := f.s.Pushed(a.ID); string(files["job.json"]) != wantJob {
+		t.Fatalf("master changed: %s", files["job.json"])
 	}
 	if err := f.e.Decommission(ctx(t), h2); err != nil {
 		t.Fatal(err)

@@ -42,23 +42,13 @@ func (e *Executor) Context(j executors.Job) (BuildContext, error) {
 
 const pushBranch = plumbing.ReferenceName("refs/heads/master")
 
-// push commits the build context and pushes it to master of deployURL. It
-// returns true when master exists already (launched before).
+// push commits the build context and pushes it to master of deployURL
+// (never forced). It returns true when master exists already (launched
+// before): the push is then refused as not a fast-forward, or is a no-op
+// when the same commit is there. No separate ls-remote: the push reads the
+// remote's refs anyway.
 func (e *Executor) push(ctx context.Context, deployURL, token string, bc BuildContext, j executors.Job) (bool, error) {
 	auth := &githttp.BasicAuth{Username: e.opts.AuthUser, Password: token}
-	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "clever", URLs: []string{deployURL}})
-	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: auth})
-	switch {
-	case errors.Is(err, transport.ErrEmptyRemoteRepository):
-	case err != nil:
-		return false, pushError("list the deployment branch", err)
-	default:
-		for _, r := range refs {
-			if r.Name() == pushBranch {
-				return true, nil
-			}
-		}
-	}
 	fs := memfs.New()
 	repo, err := git.Init(memory.NewStorage(), fs)
 	if err != nil {

@@ -22,7 +22,7 @@ type mtFixture struct {
 	gl *cleverdockertest.GitLab
 }
 
-func newMT(t *testing.T) *mtFixture {
+func newMT(t testing.TB) *mtFixture {
 	t.Helper()
 	up := httptest.NewServer(http.NotFoundHandler())
 	t.Cleanup(up.Close)

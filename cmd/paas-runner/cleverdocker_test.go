@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,6 +49,13 @@ func newCleverEnv(t *testing.T, runnerTOML string) *cleverEnv {
 	e.config = filepath.Join(e.dir, "config.toml")
 	os.WriteFile(filepath.Join(e.dir, "cc.token"), []byte(ccToken+"\n"), 0o600)
 	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) { simulateInner(t, e.gl.URL, files) }
+	writeCleverConfig(t, e.config, e.state, e.front.URL, e.token, e.cc.APIURL(), runnerTOML)
+	return e
+}
+
+// writeCleverConfig writes a configuration with one clever-docker runner;
+// runnerTOML is added to its section.
+func writeCleverConfig(t testing.TB, path, state, glURL, token, apiURL, runnerTOML string) {
 	cfg := fmt.Sprintf(`concurrent = 10
 check_interval = 0.05
 state_file = %q
@@ -65,18 +74,17 @@ cc_deployment_repo_timeout = 60
   CC_ENABLE_HEPTAPOD_RUNNER = "true"
   [runners.docker]
   image = "alpine"
-`, e.state, e.front.URL, e.token, e.cc.APIURL(), runnerTOML)
-	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+`, state, glURL, token, apiURL, runnerTOML)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return e
 }
 
 const fixedOrg = "cc_orga_id = \"" + ccOrga + "\"\ncc_token_file = \"cc.token\""
 
 // simulateInner does what the inner runner does with the pushed job.json:
 // append to the job log where the daemon left it, report success.
-func simulateInner(t *testing.T, glURL string, files map[string][]byte) {
+func simulateInner(t testing.TB, glURL string, files map[string][]byte) {
 	var j struct {
 		ID         int64  `json:"id"`
 		Token      string `json:"token"`
@@ -86,7 +94,9 @@ func simulateInner(t *testing.T, glURL string, files map[string][]byte) {
 		Variables []struct{ Key, Value string } `json:"variables"`
 	}
 	if err := json.Unmarshal(files["job.json"], &j); err != nil {
-		t.Errorf("pushed job.json: %v", err)
+		if t != nil {
+			t.Errorf("pushed job.json: %v", err)
+		}
 		return
 	}
 	for _, v := range j.Variables {
@@ -107,7 +117,9 @@ func simulateInner(t *testing.T, glURL string, files map[string][]byte) {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Errorf("final update: %v", err)
+		if t != nil {
+			t.Errorf("final update: %v", err)
+		}
 		return
 	}
 	resp.Body.Close()
@@ -469,4 +481,50 @@ func TestCleverBadConfiguration(t *testing.T) {
 	if !strings.Contains(p.log(), "checking the Clever Cloud products failed") {
 		t.Fatalf("log:\n%s", p.log())
 	}
+}
+
+// BenchmarkCleverAcquireToPush: through the real daemon, the time from the
+// fake GitLab handing a job out to the fake Clever git host receiving the
+// job's commit (create, env, repository check, push), one job at a time,
+// caches warm; and the Clever API calls per job (reaps included).
+func BenchmarkCleverAcquireToPush(b *testing.B) {
+	gl := coordinatortest.New(b)
+	cc := cleverdockertest.New(b)
+	cc.GitUser = "Jenkins"
+	cc.AddOrg(ccOrga, ccToken)
+	tok := "glrt-clbench-0123456789"
+	gl.AddRunner(tok)
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(filepath.Join(dir, "cc.token"), []byte(ccToken), 0o600)
+	writeCleverConfig(b, cfg, filepath.Join(dir, "state.json"), gl.URL, tok, cc.APIURL(), fixedOrg)
+	pushed := make(chan time.Time, 1)
+	cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) {
+		pushed <- time.Now()
+		simulateInner(nil, gl.URL, files)
+	}
+	cmd := exec.Command(binary, cfg)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	one := func() time.Duration {
+		q := gl.Enqueue(tok, nil)
+		at := <-pushed
+		gl.WaitFor(procWait, "job end", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
+		cc.WaitFor(procWait, "app deleted", func() bool { return len(cc.Apps("")) == 0 })
+		return at.Sub(gl.Job(q.ID).AcquiredAt)
+	}
+	one() // warm: products fetched, start-up reap done
+	calls := cc.Total()
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		lat = append(lat, one())
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, k int) bool { return lat[i] < lat[k] })
+	b.ReportMetric(float64(cc.Total()-calls)/float64(b.N), "api-calls/job")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*9/10].Microseconds())/1000, "p90-ms")
 }

@@ -673,13 +673,19 @@ func (e *Executor) products(ctx context.Context, force bool) (*products, error) 
 	if force {
 		e.lastForce = time.Now()
 	}
+	// With products cached, a refresh is tried once: on failure the cached
+	// ones serve at once rather than after minutes of retries.
+	get := e.api.call
+	if e.prod != nil {
+		get = e.api.do
+	}
 	var runtimes []struct {
 		Type    string `json:"type"`
 		Version string `json:"version"`
 		Name    string `json:"name"`
 		Enabled *bool  `json:"enabled"`
 	}
-	if err := e.api.call(ctx, http.MethodGet, "/products/instances", "", nil, &runtimes); err != nil {
+	if err := get(ctx, http.MethodGet, "/products/instances", "", nil, &runtimes); err != nil {
 		return e.stale(classify("products", err))
 	}
 	p := &products{flavors: map[string]flavor{}}
@@ -701,7 +707,7 @@ func (e *Executor) products(ctx context.Context, force bool) (*products, error) 
 		CPUs      int    `json:"cpus"`
 		Available bool   `json:"available"`
 	}
-	if err := e.api.call(ctx, http.MethodGet, "/products/flavors?context="+url.QueryEscape(e.opts.FlavorContext), "", nil, &fls); err != nil {
+	if err := get(ctx, http.MethodGet, "/products/flavors?context="+url.QueryEscape(e.opts.FlavorContext), "", nil, &fls); err != nil {
 		return e.stale(classify("products", err))
 	}
 	for _, f := range fls {

@@ -257,6 +257,14 @@ func TestProductsCachedAndRefreshedWhenStale(t *testing.T) {
 	if n := g.s.Count("GET /products/flavors"); n != 2 {
 		t.Fatalf("expired cache: flavors fetched %d times", n)
 	}
+	// a failing refresh: the expired products serve at once (one attempt,
+	// no retries)
+	g.s.Fail("^GET /products/instances$", 500, -1)
+	g.e.api.retryFor = time.Hour
+	provision(t, g, testJob(3))
+	if n := g.s.Count("GET /products/instances"); n != 3 {
+		t.Fatalf("instances fetched %d times", n)
+	}
 }
 
 func TestFlavorErrors(t *testing.T) {

@@ -1,9 +1,12 @@
 package main_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,8 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 )
 
 const (
@@ -527,4 +536,82 @@ func BenchmarkCleverAcquireToPush(b *testing.B) {
 	b.ReportMetric(float64(cc.Total()-calls)/float64(b.N), "api-calls/job")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*9/10].Microseconds())/1000, "p90-ms")
+}
+
+// deployWithDocker does what Clever Cloud does with a pushed Docker
+// application, on the local engine: build the pushed tree, run it with the
+// Docker socket (CC_MOUNT_DOCKER_SOCKET) on the host network.
+func deployWithDocker(t *testing.T, cli *client.Client, label string, a cleverdockertest.App, files map[string][]byte) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, data := range files {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
+		tw.Write(data)
+	}
+	tw.Close()
+	tag := "paas-runner-clevertest:" + strings.ToLower(strings.TrimPrefix(a.ID, "app_"))
+	ctx := context.Background()
+	resp, err := cli.ImageBuild(ctx, &buf, build.ImageBuildOptions{Tags: []string{tag}, Remove: true, Labels: map[string]string{label: "true"}})
+	if err != nil {
+		t.Errorf("build: %v", err)
+		return
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if bytes.Contains(out, []byte(`"error"`)) {
+		t.Errorf("build: %s", out)
+		return
+	}
+	var env []string
+	for k, v := range a.Env {
+		env = append(env, k+"="+v)
+	}
+	hc := &container.HostConfig{NetworkMode: "host"}
+	if a.Env["CC_MOUNT_DOCKER_SOCKET"] == "true" {
+		hc.Binds = []string{"/var/run/docker.sock:/var/run/docker.sock"}
+	}
+	c, err := cli.ContainerCreate(ctx, &container.Config{Image: tag, Env: env, Labels: map[string]string{label: "true"}}, hc, nil, nil, "")
+	if err != nil {
+		t.Errorf("create: %v", err)
+		return
+	}
+	if err := cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
+		t.Errorf("start: %v", err)
+	}
+}
+
+// TestCleverDeployedWithDocker: the pushed tree really runs. The fake Clever
+// builds and starts it on the local engine FROM a Heptapod-shaped inner
+// image (internal/testinner as /usr/bin/gitlab-runner), whose inner runner
+// reads runner.toml and job.json and reports the job to GitLab itself.
+func TestCleverDeployedWithDocker(t *testing.T) {
+	cli := dockerInner(t)
+	label := fmt.Sprintf("paas-runner.clevertest-%d", os.Getpid())
+	clean := func() {
+		f := filters.NewArgs(filters.Arg("label", label+"=true"))
+		cs, _ := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
+		for _, c := range cs {
+			cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+		}
+		localdockertest.RemoveImagesLabelled(cli, label+"=true")
+	}
+	t.Cleanup(clean)
+	e := newCleverEnv(t, fixedOrg)
+	body, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, bytes.Replace(body, []byte(`inner_image = "registry.example/paas-runner-host:1"`), []byte(fmt.Sprintf("inner_image = %q", innerTag)), 1), 0o600)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) { deployWithDocker(t, cli, label, a, files) }
+	p := e.start("")
+	ok := e.gl.Enqueue(e.token, nil)
+	failed := e.gl.Enqueue(e.token, map[string]any{"variables": []map[string]any{{"key": "TEST_INNER", "value": "failed", "public": true}}})
+	if st := e.waitFinal(ok.ID); st != "success" || !e.gl.TraceContains(ok.ID, "testinner: running job") {
+		t.Fatalf("job: %s %q", st, e.gl.TraceOf(ok.ID))
+	}
+	if st := e.waitFinal(failed.ID); st != "failed" || e.gl.Job(failed.ID).FailureReason != "script_failure" {
+		t.Fatalf("failing job: %s %s", st, e.gl.Job(failed.ID).FailureReason)
+	}
+	e.waitNoApps()
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
 }

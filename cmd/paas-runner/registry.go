@@ -78,6 +78,11 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 	if err != nil {
 		return nil, err
 	}
+	if cache, _ := r.Inner["cache"].(map[string]any); cache != nil {
+		if s3, _ := cache["s3"].(map[string]any); s3["AccessKey"] != nil || s3["SecretKey"] != nil {
+			log.Warn("[runners.cache.s3] credentials are forwarded in runner.toml to every job host (as Heptapod did); paas-runner's own inner runner does not use them")
+		}
+	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := ex.Check(cctx); err != nil {

@@ -482,12 +482,13 @@ func TestCleverBadConfiguration(t *testing.T) {
 	// unreachable API at start: the daemon runs, says so, jobs retry
 	body = strings.Replace(string(cfg), e.cc.APIURL(), "http://127.0.0.1:1/v2", 1)
 	body = strings.Replace(body, "cc_deployment_repo_wait_step", fixedOrg+"\ncc_deployment_repo_wait_step", 1)
+	body += "  [runners.cache]\n  Type = \"s3\"\n  [runners.cache.s3]\n  AccessKey = \"AK\"\n  SecretKey = \"SK\"\n"
 	os.WriteFile(e.config, []byte(body), 0o600)
 	p := e.start("", "--poll-cycles", "2")
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	if !strings.Contains(p.log(), "checking the Clever Cloud products failed") {
+	if !strings.Contains(p.log(), "checking the Clever Cloud products failed") || !strings.Contains(p.log(), "[runners.cache.s3] credentials are forwarded") {
 		t.Fatalf("log:\n%s", p.log())
 	}
 }

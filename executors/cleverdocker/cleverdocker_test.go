@@ -482,3 +482,23 @@ func TestNewRefusesBadOptions(t *testing.T) {
 }
 
 var httpClientWithTimeout = http.Client{Timeout: 200 * time.Millisecond}
+
+func TestBearerAuthScheme(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.AuthScheme = "bearer" })
+	f.s.AuthScheme = "bearer"
+	provision(t, f, testJob(1))
+	for _, r := range f.s.Requests() {
+		if strings.HasPrefix(r.Route, "POST ") && r.Auth != "Bearer "+ccToken {
+			t.Fatalf("auth header %q", r.Auth)
+		}
+		if strings.Contains(r.Route, "/products/") && r.Auth != "" {
+			t.Fatalf("products fetched with credentials: %q", r.Auth)
+		}
+	}
+	f.s.AuthScheme = "token"
+	j := testJob(2)
+	h, _ := f.e.Plan(ctx(t), j)
+	if _, err := f.e.Provision(ctx(t), h, j); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
+		t.Fatalf("scheme refused: %v", err)
+	}
+}

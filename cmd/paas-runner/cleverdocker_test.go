@@ -616,3 +616,32 @@ func TestCleverDeployedWithDocker(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+// TestCleverHeptapodStateFile: a Heptapod PAAS Runner state file with a
+// launched clever-docker job; once GitLab says the job ended, its
+// application (Heptapod's handle: id, no name) is deleted.
+func TestCleverHeptapodStateFile(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	legacy := "Cl3vr123abcdefghijkl"
+	body, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, bytes.Replace(body, []byte(e.token), []byte(legacy), 1), 0o600)
+	e.gl.AddRunner(legacy)
+	j := e.gl.AddRunning(legacy)
+	a := e.cc.AddApp(ccOrga, fmt.Sprintf("hpd-job-Cl3vr123-%d", j.ID), nil, time.Now().Add(-time.Hour))
+	orphan := e.cc.AddApp(ccOrga, "hpd-job-Cl3vr123-1", nil, time.Now()) // Heptapod's leftover: reaped at start
+	state := fmt.Sprintf(`{"launched": [{"runner_name": "Cl3vr123", "job_id": %d, "token": %q, "trace_offset": 0, "expected_weight": 13.45,
+  "paas_resource": {"id": %q, "gitlab_namespace": null, "weight": 13.45, "launched": true, "deploy_url": "https://push.example/%s.git"}}],
+ "to_decommission": [], "standby_resources": [], "pending": []}`, j.ID, j.Token, a.ID, a.ID)
+	os.WriteFile(e.state, []byte(state), 0o600)
+	p := e.start("")
+	e.cc.WaitFor(procWait, "the leftover reaped", func() bool { return len(e.cc.AppNamed(orphan.Name)) == 0 })
+	if len(e.cc.AppNamed(a.Name)) != 1 {
+		t.Fatal("the tracked job's application was reaped")
+	}
+	e.gl.Finish(j.ID, "success")
+	e.cc.WaitFor(procWait, "the app deleted", func() bool { return len(e.cc.AppNamed(a.Name)) == 0 })
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}

@@ -83,7 +83,7 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 			log.Warn("[runners.cache.s3] credentials are forwarded in runner.toml to every job host (as Heptapod did); paas-runner's own inner runner does not use them")
 		}
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := ex.Check(cctx); err != nil {
 		// Not fatal: Clever Cloud may be down now; each job retries and

@@ -189,9 +189,10 @@ func New(opts Options) (*Executor, error) {
 }
 
 // Check fetches the products and checks the configured flavors against
-// them: a clear error at start for a wrong cc_api_url or flavor name.
+// them: a clear error at start for a wrong cc_api_url or flavor name. One
+// attempt: a Clever Cloud that is down does not delay the start.
 func (e *Executor) Check(ctx context.Context) error {
-	p, err := e.products(ctx, false)
+	p, err := e.fetchProducts(ctx, false, true)
 	if err != nil {
 		return err
 	}
@@ -662,6 +663,11 @@ func (p *products) names(maxName string) []string {
 // the TTL or when force (an answer suggested they are stale; at most once
 // a minute).
 func (e *Executor) products(ctx context.Context, force bool) (*products, error) {
+	return e.fetchProducts(ctx, force, false)
+}
+
+// fetchProducts is products; once: no retries (the start-up check).
+func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*products, error) {
 	e.prodMu.Lock()
 	defer e.prodMu.Unlock()
 	if force && time.Since(e.lastForce) < time.Minute && e.prod != nil {
@@ -676,7 +682,7 @@ func (e *Executor) products(ctx context.Context, force bool) (*products, error) 
 	// With products cached, a refresh is tried once: on failure the cached
 	// ones serve at once rather than after minutes of retries.
 	get := e.api.call
-	if e.prod != nil {
+	if e.prod != nil || once {
 		get = e.api.do
 	}
 	var runtimes []struct {

@@ -502,3 +502,15 @@ func TestBearerAuthScheme(t *testing.T) {
 		t.Fatalf("scheme refused: %v", err)
 	}
 }
+
+func TestCheckTriesOnce(t *testing.T) {
+	f := newFixture(t, nil)
+	f.s.Fail("^GET /products/instances$", 503, -1)
+	f.e.api.retryFor = time.Hour
+	if err := f.e.Check(ctx(t)); err == nil || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Fatalf("check: %v", err)
+	}
+	if n := f.s.Count("GET /products/instances"); n != 1 {
+		t.Fatalf("%d attempts", n)
+	}
+}

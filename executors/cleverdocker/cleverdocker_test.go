@@ -514,3 +514,25 @@ func TestCheckTriesOnce(t *testing.T) {
 		t.Fatalf("%d attempts", n)
 	}
 }
+
+// FuzzDecodeHandle: any state file content decodes or is refused, never
+// panics, and a decoded handle re-encodes to one that decodes the same.
+func FuzzDecodeHandle(f *testing.F) {
+	f.Add([]byte(`{"name":"hpd-job-x-1","job_id":1,"gitlab_namespace":null,"launched":false}`))
+	f.Add([]byte(`{"id":"app_1","gitlab_namespace":"acme","weight":13.45,"launched":true,"deploy_url":"https://x"}`))
+	f.Add([]byte(`"hpd-job-x-1"`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		hd, err := decodeHandle(b)
+		if err != nil {
+			if !executors.IsPermanent(err) {
+				t.Fatalf("refusal is not permanent: %v", err)
+			}
+			return
+		}
+		again, err := decodeHandle(hd.encode())
+		if err != nil || again.Name != hd.Name || again.ID != hd.ID || again.namespace() != hd.namespace() {
+			t.Fatalf("round trip: %+v → %+v (%v)", hd, again, err)
+		}
+	})
+}

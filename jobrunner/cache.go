@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -24,7 +26,9 @@ import (
 )
 
 // Caches live in local Docker volumes, one per cache key, kept across jobs
-// on the same engine (they are not removed with the job).
+// on the same engine (they are not removed with the job), or, for the keys
+// the daemon presigned S3 URLs for (job.json paas_runner.cache), in S3:
+// the same tar archive is downloaded and uploaded with those URLs.
 
 var volumeUnsafe = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 
@@ -70,13 +74,22 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 			if i > 0 {
 				k = r.vars.Expand(k)
 			}
-			vol := cacheVolume(k)
-			if _, err := r.docker.VolumeInspect(ctx, vol); err != nil {
-				continue
-			}
-			id, err := r.cacheContainer(ctx, img, vol)
-			if err == nil {
-				err = r.copyOut(ctx, id, "/cache", dir)
+			var err error
+			if u, remote := r.o.Job.RemoteCache[k]; remote {
+				var found bool
+				if found, err = r.download(ctx, u.Get, dir); err == nil && !found {
+					continue
+				}
+			} else {
+				vol := cacheVolume(k)
+				if _, err := r.docker.VolumeInspect(ctx, vol); err != nil {
+					continue
+				}
+				var id string
+				id, err = r.cacheContainer(ctx, img, vol)
+				if err == nil {
+					err = r.copyOut(ctx, id, "/cache", dir)
+				}
 			}
 			if err != nil {
 				r.printf("%sWARNING: restoring cache %q: %v%s\n", ansiBoldRed, k, err, ansiReset)
@@ -88,6 +101,58 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 	}
 }
 
+// download restores a cache archive from a presigned URL; a missing
+// object (404, or 403 as S3 answers without list rights) is not found.
+func (r *runner) download(ctx context.Context, u, dir string) (bool, error) {
+	if u == "" {
+		return false, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("downloading the cache: %w", stripURLError(err))
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden:
+		return false, nil
+	case resp.StatusCode != http.StatusOK:
+		return false, fmt.Errorf("downloading the cache: HTTP %d", resp.StatusCode)
+	}
+	return true, extractTar(resp.Body, dir)
+}
+
+// upload stores a cache archive at a presigned URL.
+func (r *runner) upload(ctx context.Context, u string, data []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	req.ContentLength = int64(len(data))
+	req.Header.Set("Content-Type", "application/x-tar")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("uploading the cache: %w", stripURLError(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("uploading the cache: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// stripURLError drops the URL (it holds a signature) from a client error.
+func stripURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
 // copyOut extracts the content of path in container id into dir.
 func (r *runner) copyOut(ctx context.Context, id, src, dir string) error {
 	rc, _, err := r.docker.CopyFromContainer(ctx, id, src)
@@ -95,7 +160,12 @@ func (r *runner) copyOut(ctx context.Context, id, src, dir string) error {
 		return err
 	}
 	defer rc.Close()
-	tr := tar.NewReader(rc)
+	return extractTar(rc, dir)
+}
+
+// extractTar extracts a cache archive (entries under cache/) into dir.
+func extractTar(rd io.Reader, dir string) error {
+	tr := tar.NewReader(rd)
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -199,6 +269,13 @@ func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache
 	if err := tw.Close(); err != nil {
 		return err
 	}
+	r.printf("%s: found %d matching files for the cache\n", key, n)
+	if u, remote := r.o.Job.RemoteCache[key]; remote {
+		if u.Put == "" {
+			return errors.New("no upload URL for this key")
+		}
+		return r.upload(ctx, u.Put, buf.Bytes())
+	}
 	vol := cacheVolume(key)
 	if err := r.docker.VolumeRemove(ctx, vol, true); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("replacing the cache volume: %w", err)
@@ -212,6 +289,5 @@ func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache
 	}
 	// the container must be gone before the volume can be replaced later
 	defer r.docker.ContainerRemove(context.WithoutCancel(ctx), cid, container.RemoveOptions{Force: true})
-	r.printf("%s: found %d matching files for the cache\n", key, n)
 	return r.docker.CopyToContainer(ctx, cid, "/", &buf, container.CopyToContainerOptions{})
 }

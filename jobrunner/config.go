@@ -75,6 +75,16 @@ type Job struct {
 	// TraceCRC of the log up to TraceOffset; nil when the daemon could not
 	// know it (the final update then carries no checksum).
 	TraceCRC *uint32
+	// RemoteCache has, by cache key, the presigned URLs of the S3 cache
+	// objects (the daemon's s3cache): keys without one use local volumes.
+	RemoteCache map[string]RemoteCacheURLs
+}
+
+// RemoteCacheURLs are one cache key's presigned URLs; Put is empty when the
+// job may only restore it.
+type RemoteCacheURLs struct {
+	Get string `json:"get_url"`
+	Put string `json:"put_url"`
 }
 
 // LoadJob reads job.json.
@@ -89,10 +99,11 @@ func LoadJob(path string) (*Job, error) {
 	}
 	var extra struct {
 		PaasRunner struct {
-			TraceOffset int64   `json:"trace_offset"`
-			TraceCRC    *uint32 `json:"trace_crc32"`
+			TraceOffset int64                      `json:"trace_offset"`
+			TraceCRC    *uint32                    `json:"trace_crc32"`
+			Cache       map[string]RemoteCacheURLs `json:"cache"`
 		} `json:"paas_runner"`
 	}
 	_ = json.Unmarshal(raw, &extra)
-	return &Job{Acquired: a, TraceOffset: extra.PaasRunner.TraceOffset, TraceCRC: extra.PaasRunner.TraceCRC}, nil
+	return &Job{Acquired: a, TraceOffset: extra.PaasRunner.TraceOffset, TraceCRC: extra.PaasRunner.TraceCRC, RemoteCache: extra.PaasRunner.Cache}, nil
 }

@@ -46,7 +46,7 @@ func TestRemoteCacheThroughPresignedURLs(t *testing.T) {
 		t.Fatalf("%s\n%s", first.Status, first.Trace)
 	}
 	if cli != nil {
-		if _, err := cli.VolumeInspect(context.Background(), cacheVolume(key)); err == nil {
+		if _, err := cli.VolumeInspect(context.Background(), cacheVolume(testRunnerID, 1, key)); err == nil {
 			t.Fatal("the cache went to a local volume")
 		}
 	}

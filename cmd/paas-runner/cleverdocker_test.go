@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
@@ -482,13 +485,17 @@ func TestCleverBadConfiguration(t *testing.T) {
 	// unreachable API at start: the daemon runs, says so, jobs retry
 	body = strings.Replace(string(cfg), e.cc.APIURL(), "http://127.0.0.1:1/v2", 1)
 	body = strings.Replace(body, "cc_deployment_repo_wait_step", fixedOrg+"\ncc_deployment_repo_wait_step", 1)
-	body += "  [runners.cache]\n  Type = \"s3\"\n  [runners.cache.s3]\n  AccessKey = \"AK\"\n  SecretKey = \"SK\"\n"
+	incomplete := body + "  [runners.cache]\n  Type = \"s3\"\n  [runners.cache.s3]\n  AccessKey = \"AK\"\n  SecretKey = \"SK\"\n"
+	os.WriteFile(e.config, []byte(incomplete), 0o600)
+	if code, stderr := runOnce(t, nil, e.config); code != 2 || !strings.Contains(stderr, `runners[0] (clever-docker executor): [runners.cache] Type = "s3" needs [runners.cache.s3] ServerAddress, BucketName`) {
+		t.Fatalf("incomplete S3 cache: exit %d\n%s", code, stderr)
+	}
 	os.WriteFile(e.config, []byte(body), 0o600)
 	p := e.start("", "--poll-cycles", "2")
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	if !strings.Contains(p.log(), "checking the Clever Cloud products failed") || !strings.Contains(p.log(), "[runners.cache.s3] credentials are forwarded") {
+	if !strings.Contains(p.log(), "checking the Clever Cloud products failed") {
 		t.Fatalf("log:\n%s", p.log())
 	}
 }
@@ -652,4 +659,61 @@ func TestCleverHeptapodStateFile(t *testing.T) {
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
+}
+
+// TestCleverS3Cache: with an S3 [runners.cache], the daemon hands each
+// Clever host presigned URLs of its job's cache keys (a real S3 protocol
+// server stores what the host puts), and the S3 secret key appears in no
+// request, pushed file, state file, log line or job log.
+func TestCleverS3Cache(t *testing.T) {
+	const s3Secret = "v0tdpjgpsDRqaSvIndvHAXFmjbpEd958gbZuO7yv"
+	be := s3mem.New()
+	srv := httptest.NewServer(gofakes3.New(be).Server())
+	t.Cleanup(srv.Close)
+	be.CreateBucket("heptapod-ci")
+	e := newCleverEnv(t, fixedOrg)
+	body, _ := os.ReadFile(e.config)
+	body = append(body, fmt.Sprintf("  [runners.cache]\n  Type = \"s3\"\n  [runners.cache.s3]\n  ServerAddress = %q\n  AccessKey = \"dEA7gjmYM98gobVi6Y1x\"\n  SecretKey = %q\n  BucketName = \"heptapod-ci\"\n  Insecure = true\n",
+		strings.TrimPrefix(srv.URL, "http://"), s3Secret)...)
+	os.WriteFile(e.config, body, 0o600)
+	stored := make(chan int, 1)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) {
+		var j struct {
+			PaasRunner struct {
+				Cache map[string]struct {
+					Put string `json:"put_url"`
+				} `json:"cache"`
+			} `json:"paas_runner"`
+		}
+		json.Unmarshal(files["job.json"], &j)
+		code := 0
+		if u := j.PaasRunner.Cache["deps-main"].Put; u != "" {
+			req, _ := http.NewRequest(http.MethodPut, u, strings.NewReader("cache archive"))
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				code = resp.StatusCode
+				resp.Body.Close()
+			}
+		}
+		stored <- code
+		simulateInner(t, e.gl.URL, files)
+	}
+	p := e.start("")
+	q := e.gl.Enqueue(e.token, map[string]any{
+		"variables": []map[string]any{{"key": "CI_COMMIT_REF_SLUG", "value": "main", "public": true}},
+		"cache":     []map[string]any{{"key": "deps-$CI_COMMIT_REF_SLUG", "paths": []string{"vendor/"}, "policy": "pull-push", "when": "on_success"}},
+	})
+	if code := <-stored; code != 200 {
+		t.Fatalf("the host could not store its cache: %d", code)
+	}
+	if st := e.waitFinal(q.ID); st != "success" {
+		t.Fatalf("job: %s", st)
+	}
+	objs, err := be.ListBucket("heptapod-ci", nil, gofakes3.ListBucketPage{})
+	if err != nil || len(objs.Contents) != 1 || !strings.HasSuffix(objs.Contents[0].Key, "/project/1/deps-main") {
+		t.Fatalf("bucket: %+v %v", objs, err)
+	}
+	e.waitNoApps()
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+	e.checkSecrets(p, ccToken, s3Secret)
 }

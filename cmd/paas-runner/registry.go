@@ -13,6 +13,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/executors"
 	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
 )
 
@@ -74,14 +75,18 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 			opts.RetryMin, opts.RetryMax, opts.RetryFor = d, 10*d, 100*d
 		}
 	}
-	ex, err := cleverdocker.New(opts)
+	s3, err := s3cache.FromInner(r.Inner)
 	if err != nil {
 		return nil, err
 	}
-	if cache, _ := r.Inner["cache"].(map[string]any); cache != nil {
-		if s3, _ := cache["s3"].(map[string]any); s3["AccessKey"] != nil || s3["SecretKey"] != nil {
-			log.Warn("[runners.cache.s3] credentials are forwarded in runner.toml to every job host (as Heptapod did); paas-runner's own inner runner does not use them")
+	if s3 != nil {
+		if opts.Cache, err = s3cache.New(*s3); err != nil {
+			return nil, err
 		}
+	}
+	ex, err := cleverdocker.New(opts)
+	if err != nil {
+		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

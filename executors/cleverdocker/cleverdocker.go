@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 	"gitlab.com/paas-runner/paas-runner/internal/backoff"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
@@ -76,6 +77,9 @@ type Options struct {
 	// SystemID tags applications with the daemon, so that reaping never
 	// touches another daemon's.
 	SystemID string
+	// Cache, with an S3 [runners.cache], presigns each job's cache URLs:
+	// hosts get the URLs, never the S3 credentials.
+	Cache *s3cache.Presigner
 
 	// ProductsTTL and TenantTTL bound the caches (default 1 h, 5 min).
 	ProductsTTL time.Duration
@@ -453,7 +457,7 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 		return nil, err
 	}
 	hd.DeployURL = firstNonEmpty(a.Deployment.HTTPURL, hd.DeployURL)
-	bc, err := e.Context(j)
+	bc, err := e.Context(ctx, j)
 	if err != nil {
 		return nil, executors.Permanent("launch", err)
 	}

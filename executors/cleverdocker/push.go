@@ -18,6 +18,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/executors"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 )
 
 // BuildContext is what is pushed to the application: the same three files
@@ -27,13 +28,28 @@ type BuildContext = localdocker.BuildContext
 // Context returns the build context of a job: a Dockerfile FROM
 // inner_image with Heptapod's exec-fetched-job entry point, job.json (the
 // payload after the Dependency Proxy rewrite, with where the daemon left
-// the job log) and runner.toml (no runner token, no cc_* key).
-func (e *Executor) Context(j executors.Job) (BuildContext, error) {
-	jobJSON, err := localdocker.JobJSON(j.Payload, j.TraceOffset, j.TraceCRC)
+// the job log, the daemon's system id and runner id, and with an S3 cache
+// the presigned URLs of the job's cache keys) and runner.toml (no runner
+// token, no cc_* key, no S3 credentials).
+func (e *Executor) Context(ctx context.Context, j executors.Job) (BuildContext, error) {
+	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID}
+	// storage credentials never go to a host (an S3 cache works through
+	// the presigned URLs)
+	inner := s3cache.WithoutCredentials(e.opts.Inner)
+	if e.opts.Cache != nil {
+		urls, err := e.opts.Cache.ForJob(ctx, e.opts.RunnerID, j.Payload)
+		if err != nil {
+			return BuildContext{}, err
+		}
+		if len(urls) > 0 {
+			extra["cache"] = urls
+		}
+	}
+	jobJSON, err := localdocker.JobJSONWith(j.Payload, j.TraceOffset, j.TraceCRC, extra)
 	if err != nil {
 		return BuildContext{}, err
 	}
-	toml, err := localdocker.InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, e.opts.Inner)
+	toml, err := localdocker.InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, inner)
 	if err != nil {
 		return BuildContext{}, err
 	}

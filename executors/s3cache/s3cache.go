@@ -159,3 +159,27 @@ func (p *Presigner) ForJob(ctx context.Context, runnerID string, payload json.Ra
 	}
 	return out, nil
 }
+
+// WithoutCredentials returns a copy of the forwarded [[runners]] keys
+// whose [runners.cache] has no storage subtable (s3, gcs, azure): the
+// inner runner keeps Type, Path, Shared, max_age but never the keys.
+func WithoutCredentials(inner map[string]any) map[string]any {
+	cache, _ := inner["cache"].(map[string]any)
+	if cache == nil {
+		return inner
+	}
+	out := make(map[string]any, len(inner))
+	for k, v := range inner {
+		out[k] = v
+	}
+	c := make(map[string]any, len(cache))
+	for k, v := range cache {
+		switch k {
+		case "s3", "gcs", "azure":
+		default:
+			c[k] = v
+		}
+	}
+	out["cache"] = c
+	return out
+}

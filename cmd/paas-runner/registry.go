@@ -39,8 +39,22 @@ func newRegistry() registry {
 	return reg
 }
 
+// s3Presigner presigns the cache URLs of an S3 [runners.cache]; nil
+// without one.
+func s3Presigner(r *config.Runner) (*s3cache.Presigner, error) {
+	c, err := s3cache.FromInner(r.Inner)
+	if err != nil || c == nil {
+		return nil, err
+	}
+	return s3cache.New(*c)
+}
+
 func newLocalDocker(ctx context.Context, r *config.Runner, env executorEnv, log *zap.Logger) (executors.Executor, error) {
-	ex, err := localdocker.New(localdocker.Options{
+	cache, err := s3Presigner(r)
+	if err != nil {
+		return nil, err
+	}
+	ex, err := localdocker.New(localdocker.Options{Cache: cache,
 		Host: r.LocalDocker.Host, NetworkMode: r.LocalDocker.NetworkMode, InnerImage: r.InnerImage,
 		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
 		StatePath: env.StatePath, InstanceID: env.SystemID, Version: version.Version, Logger: log,
@@ -75,14 +89,9 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 			opts.RetryMin, opts.RetryMax, opts.RetryFor = d, 10*d, 100*d
 		}
 	}
-	s3, err := s3cache.FromInner(r.Inner)
-	if err != nil {
+	var err error
+	if opts.Cache, err = s3Presigner(r); err != nil {
 		return nil, err
-	}
-	if s3 != nil {
-		if opts.Cache, err = s3cache.New(*s3); err != nil {
-			return nil, err
-		}
 	}
 	ex, err := cleverdocker.New(opts)
 	if err != nil {

@@ -269,6 +269,19 @@ func TestCleverPushedReposHoldNoSecret(t *testing.T) {
 			}
 			return nil
 		})
+		// the objects above are compressed: read the commit and its tree too
+		tree, _, msg, err := e.cc.Pushed(a.ID)
+		if err != nil {
+			walkErr = err
+		}
+		for name, b := range tree {
+			if bytes.Contains(b, []byte(ccToken)) || bytes.Contains(b, []byte(e.token)) {
+				walkErr = fmt.Errorf("secret in the pushed %s", name)
+			}
+		}
+		if strings.Contains(msg, ccToken) || len(tree) != 3 {
+			walkErr = fmt.Errorf("pushed commit %q with %d files", msg, len(tree))
+		}
 		if walkErr != nil {
 			t.Error(walkErr)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 )
 
@@ -135,9 +136,14 @@ func TestAppendLegacyKeepsBytes(t *testing.T) {
 	os.WriteFile(cfg, []byte(before), 0o644)
 	os.Chmod(cfg, 0o644) // whatever the umask
 	r := runReg("", "--non-interactive", "--url", gl.URL, "--registration-token", "GR1348941legacy", "--name", "clever",
-		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", "--tag-list", "a, b", "--locked", cfg)
+		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", "--tag-list", "a, b", "--locked",
+		"--inner-image", "registry.example/paas-runner-host:1", cfg)
 	if r.code != 0 {
 		t.Fatalf("%+v", r)
+	}
+	// the section is complete: the daemon's configuration check passes
+	if _, err := config.Load(cfg, config.Options{Executors: []string{"local-docker", "clever-docker"}}); err != nil {
+		t.Fatalf("written configuration: %v", err)
 	}
 	data, _ := os.ReadFile(cfg)
 	if !strings.HasPrefix(string(data), before) {
@@ -158,6 +164,17 @@ func TestAppendLegacyKeepsBytes(t *testing.T) {
 	}
 	if !strings.Contains(r.stdout, "was mode 0644, readable by others than its owner; it is now 0600") {
 		t.Errorf("the mode change is not said: %q", r.stdout)
+	}
+}
+
+func TestCleverNeedsInnerImage(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)), 0o600)
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--registration-token", "GR1348941legacy", "--name", "clever",
+		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", cfg)
+	if r.code != 2 || !strings.Contains(r.stderr, "--inner-image is required with --non-interactive") {
+		t.Fatalf("%+v", r)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/executortest"
 )
 
@@ -43,6 +44,16 @@ func testOverrides(dc *dispatcher.Config) {
 	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
 			dc.RetryMin, dc.RetryMax = d, 10*d
+		}
+	}
+}
+
+// testCleverOverrides makes clever-docker's retries fast in test builds
+// (PAAS_RUNNER_RETRY_MIN).
+func testCleverOverrides(o *cleverdocker.Options) {
+	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			o.RetryMin, o.RetryMax, o.RetryFor = d, 10*d, 100*d
 		}
 	}
 }

@@ -67,6 +67,11 @@ type runner struct {
 	volume    string
 	network   string // per-job network, when the job has services
 	script    string // the script container, for artifacts
+	// [runners.docker] volumes as binds, made once (volumeBinds), and the
+	// per-job volumes among them (disable_cache) to remove
+	binds      []string
+	bindsReady bool
+	tmpVolumes []string
 }
 
 // Run runs the job and reports it. It returns nil once GitLab accepted the

@@ -41,14 +41,14 @@ func (r *runner) runJob(ctx context.Context) result {
 		return result{state: "failed", reason: job.ConfigurationError}
 	}
 	end := r.section("prepare_executor", "Preparing the docker executor")
-	err := r.pullImage(hard, img, r.p.Image.PullPolicy)
+	err := r.prepareJobImage(hard, img)
 	if err == nil {
 		err = r.startServices(hard)
 	}
 	end()
 	if err != nil {
 		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
-		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
+		return r.failure(jctx, ctx, failureReason(err, job.RunnerSystemFailure), 1)
 	}
 	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: r.labels()})
 	if err != nil {

@@ -27,7 +27,7 @@ import (
 // pullImage applies the pull policy (the job's, else the runner's, else
 // always): always pulls, if-not-present pulls a missing image, never
 // requires it locally.
-func (r *runner) pullImage(ctx context.Context, ref string, policies []string) error {
+func (r *runner) pullImage(ctx context.Context, ref string, policies []string, platform string) error {
 	if len(policies) == 0 {
 		policies = r.o.Config.Docker.PullPolicy
 	}
@@ -50,7 +50,7 @@ func (r *runner) pullImage(ctx context.Context, ref string, policies []string) e
 		// always, or if-not-present with the image missing: pull; a
 		// failure falls through to the next policy of the list
 		r.printf("Pulling docker image %s ...\n", ref)
-		rc, err := r.docker.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: r.registryAuth(ref)})
+		rc, err := r.docker.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: r.registryAuth(ref), Platform: platform})
 		if err == nil {
 			_, err = io.Copy(io.Discard, rc)
 			rc.Close()
@@ -83,15 +83,15 @@ func (r *runner) registryAuth(ref string) string {
 // first. graceful, when closed, stops the container (SIGTERM, then KILL).
 func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img string, cmds []string, srcDir string, extra []job.Variable) (int, error) {
 	env, files := r.env(extra...)
+	script := r.shellScript(cmds)
+	// the image's ENTRYPOINT is kept unless the job sets one; the script
+	// goes on stdin (shell.go)
 	cfg := &container.Config{
 		Image: img, Env: env, WorkingDir: "/",
-		Cmd:    shellCommand(r.shellScript(cmds)),
+		Cmd: shellCommand(), Entrypoint: r.p.Image.Entrypoint,
+		AttachStdin: true, OpenStdin: true, StdinOnce: true,
+		User:   r.jobUser(),
 		Labels: r.labels(),
-	}
-	if ep := r.p.Image.Entrypoint; len(ep) > 0 {
-		cfg.Entrypoint = ep
-	} else {
-		cfg.Entrypoint = []string{}
 	}
 	hc := &container.HostConfig{
 		NetworkMode: container.NetworkMode(r.o.Config.Docker.NetworkMode),
@@ -104,7 +104,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	r.mu.Lock()
 	n := len(r.created)
 	r.mu.Unlock()
-	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, nil, fmt.Sprintf("%s-%d", r.name, n))
+	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, r.jobPlatform(), fmt.Sprintf("%s-%d", r.name, n))
 	if err != nil {
 		return 0, fmt.Errorf("creating the job container: %w", err)
 	}
@@ -136,7 +136,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 			return 0, fmt.Errorf("writing file variables: %w", err)
 		}
 	}
-	att, err := r.docker.ContainerAttach(ctx, c.ID, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	att, err := r.docker.ContainerAttach(ctx, c.ID, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return 0, fmt.Errorf("attaching to the job container: %w", err)
 	}
@@ -150,6 +150,13 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	if err := r.docker.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 		return 0, fmt.Errorf("starting the job container: %w", err)
 	}
+	go func() {
+		// an entrypoint that never reads its input leaves this blocked
+		// until att.Close
+		if _, err := io.WriteString(att.Conn, script); err == nil {
+			_ = att.CloseWrite()
+		}
+	}()
 	stop := func(grace time.Duration) {
 		sctx, cancel := context.WithTimeout(context.Background(), grace+10*time.Second)
 		defer cancel()

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/docker/docker/client"
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator"
@@ -31,7 +30,7 @@ func Features() map[string]bool {
 type Options struct {
 	Config *RunnerConfig
 	Job    *Job
-	Docker *client.Client
+	Docker Docker
 	// TraceInterval is the default log update interval (3 s).
 	TraceInterval time.Duration
 	Logger        *zap.Logger
@@ -50,7 +49,7 @@ type runner struct {
 	o      Options
 	p      *job.Payload
 	gl     *coordinator.Client
-	docker *client.Client
+	docker Docker
 	trace  *Trace
 	log    *zap.Logger
 	name   string        // prefix of everything created for this job
@@ -67,6 +66,9 @@ type runner struct {
 	volume    string
 	network   string // per-job network, when the job has services
 	script    string // the script container, for artifacts
+
+	debugOnce sync.Once
+	debug     bool // CI_DEBUG_TRACE
 }
 
 // Run runs the job and reports it. It returns nil once GitLab accepted the

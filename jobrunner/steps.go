@@ -2,6 +2,7 @@ package jobrunner
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"time"
 
@@ -145,11 +146,15 @@ func (r *runner) runJob(ctx context.Context) result {
 		// after_script has its own timeout, and runs even after a timeout
 		actx, acancel := context.WithTimeout(ctx, 5*time.Minute)
 		end = r.section("after_script", "Running after_script")
-		_, aerr := r.runScript(actx, nil, img, after, "", []job.Variable{{Key: "CI_JOB_STATUS", Value: status, Public: true}})
+		acode, aerr := r.runScript(actx, nil, img, after, "", []job.Variable{{Key: "CI_JOB_STATUS", Value: status, Public: true}})
 		end()
 		acancel()
+		if aerr == nil && acode != 0 {
+			aerr = fmt.Errorf("exit code %d", acode)
+		}
 		if aerr != nil {
-			r.printf("%sWARNING: after_script failed: %v%s\n", ansiBoldRed, aerr, ansiReset)
+			// GitLab Runner's warning
+			r.printf("%sWARNING: after_script failed, but job will continue unaffected: %v%s\n", ansiYellow, aerr, ansiReset)
 		}
 	}
 	if !r.aborted() {

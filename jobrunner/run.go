@@ -23,6 +23,7 @@ func Features() map[string]bool {
 		"cache": true, "fallback_cache_keys": true,
 		"raw_variables": true, "masking": true, "refspecs": true, "cancelable": true,
 		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
+		"image_executor_opts": true,
 	}
 }
 

@@ -165,3 +165,12 @@ func TestParsePlatform(t *testing.T) {
 		}
 	}
 }
+
+// image: docker: platform and user are implemented: GitLab is told; the
+// services' are not.
+func TestFeaturesImageExecutorOpts(t *testing.T) {
+	f := Features()
+	if !f["image_executor_opts"] || f["service_executor_opts"] {
+		t.Fatalf("%v", f)
+	}
+}

@@ -16,7 +16,9 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -26,15 +28,25 @@ import (
 
 // pullImage applies the pull policy (the job's, else the runner's, else
 // always): always pulls, if-not-present pulls a missing image, never
-// requires it locally.
-func (r *runner) pullImage(ctx context.Context, ref string, policies []string, platform string) error {
+// requires it locally. With a platform, only an image of that platform is
+// present (as GitLab Runner inspects), and the pull asks for it.
+func (r *runner) pullImage(ctx context.Context, ref string, policies []string, platform *ocispec.Platform) error {
 	if len(policies) == 0 {
 		policies = r.o.Config.Docker.PullPolicy
 	}
 	if len(policies) == 0 {
 		policies = []string{"always"}
 	}
-	_, ierr := r.docker.ImageInspect(ctx, ref)
+	var inspectOpts []client.ImageInspectOption
+	if platform != nil {
+		inspectOpts = append(inspectOpts, client.ImageInspectWithPlatform(platform))
+	}
+	_, ierr := r.docker.ImageInspect(ctx, ref, inspectOpts...)
+	if ierr != nil && platform != nil && !cerrdefs.IsNotFound(ierr) {
+		// an engine older than API 1.49 inspects for no platform (its
+		// create still checks the image's)
+		_, ierr = r.docker.ImageInspect(ctx, ref)
+	}
 	present := ierr == nil
 	var lastErr error
 	for _, pol := range policies {
@@ -50,7 +62,7 @@ func (r *runner) pullImage(ctx context.Context, ref string, policies []string, p
 		// always, or if-not-present with the image missing: pull; a
 		// failure falls through to the next policy of the list
 		r.printf("Pulling docker image %s ...\n", ref)
-		rc, err := r.docker.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: r.registryAuth(ref), Platform: platform})
+		rc, err := r.docker.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: r.registryAuth(ref), Platform: platformString(platform)})
 		if err == nil {
 			_, err = io.Copy(io.Discard, rc)
 			rc.Close()

@@ -64,7 +64,7 @@ func (r *runner) startServices(ctx context.Context) error {
 		if img == "" {
 			continue
 		}
-		if err := r.pullImage(ctx, img, s.PullPolicy, ""); err != nil {
+		if err := r.pullImage(ctx, img, s.PullPolicy, nil); err != nil {
 			return err
 		}
 		aliases := serviceAliases(s, r.expanded)

@@ -48,7 +48,7 @@ func (r *runner) runJob(ctx context.Context) result {
 		return result{state: "failed", reason: job.ConfigurationError}
 	}
 	end := r.section("prepare_executor", "Preparing the docker executor")
-	err = r.pullImage(hard, img, r.p.Image.PullPolicy, platformString(platform))
+	err = r.pullImage(hard, img, r.p.Image.PullPolicy, platform)
 	if err == nil {
 		err = r.startServices(hard)
 	}

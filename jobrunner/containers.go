@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -34,14 +35,16 @@ type imagePuller interface {
 // pullImage gets an image per its pull policies (the job's, else the
 // runner's, else always; limited to allowed_pull_policies), with the
 // registry credentials chosen for it.
-func (r *runner) pullImage(ctx context.Context, ref string, policies []string) error {
-	return r.pullImageWith(ctx, r.docker, r.trace, ref, policies)
+func (r *runner) pullImage(ctx context.Context, ref string, policies []string, platform *ocispec.Platform) error {
+	return r.pullImageWith(ctx, r.docker, r.trace, ref, policies, platform)
 }
 
 // pullImageWith tries each policy in turn like gitlab-runner: always
 // pulls, if-not-present pulls a missing image, never requires it locally;
-// a failure falls through to the next policy.
-func (r *runner) pullImageWith(ctx context.Context, api imagePuller, out io.Writer, ref string, jobPolicies []string) error {
+// a failure falls through to the next policy. With a platform, only an
+// image of that platform is present (as GitLab Runner inspects), and the
+// pull asks for it.
+func (r *runner) pullImageWith(ctx context.Context, api imagePuller, out io.Writer, ref string, jobPolicies []string, platform *ocispec.Platform) error {
 	policies, err := effectivePullPolicies(ref, jobPolicies, r.o.Config.Docker)
 	if err != nil {
 		return err
@@ -49,7 +52,16 @@ func (r *runner) pullImageWith(ctx context.Context, api imagePuller, out io.Writ
 	if len(r.o.Config.Docker.AllowedPullPolicies) > 0 {
 		fmt.Fprintf(out, "Using effective pull policy of [%s] for container %s\n", strings.Join(policies, " "), ref)
 	}
-	_, ierr := api.ImageInspect(ctx, ref)
+	var inspectOpts []client.ImageInspectOption
+	if platform != nil {
+		inspectOpts = append(inspectOpts, client.ImageInspectWithPlatform(platform))
+	}
+	_, ierr := api.ImageInspect(ctx, ref, inspectOpts...)
+	if ierr != nil && platform != nil && !cerrdefs.IsNotFound(ierr) {
+		// an engine older than API 1.49 inspects for no platform (its
+		// create still checks the image's)
+		_, ierr = api.ImageInspect(ctx, ref)
+	}
 	present := ierr == nil
 	var lastErr error
 	for _, pol := range policies {
@@ -64,7 +76,7 @@ func (r *runner) pullImageWith(ctx context.Context, api imagePuller, out io.Writ
 		}
 		auth := r.registryAuth(out, ref)
 		fmt.Fprintf(out, "Pulling docker image %s ...\n", ref)
-		rc, err := api.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
+		rc, err := api.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth, Platform: platformString(platform)})
 		if err == nil {
 			_, err = io.Copy(io.Discard, rc)
 			rc.Close()
@@ -101,15 +113,15 @@ func (r *runner) registryAuth(out io.Writer, ref string) string {
 // first. graceful, when closed, stops the container (SIGTERM, then KILL).
 func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img string, cmds []string, srcDir string, extra []job.Variable) (int, error) {
 	env, files := r.env(extra...)
+	script := r.shellScript(cmds)
+	// the image's ENTRYPOINT is kept unless the job sets one; the script
+	// goes on stdin (shell.go)
 	cfg := &container.Config{
 		Image: img, Env: env, WorkingDir: "/",
-		Cmd:    shellCommand(r.shellScript(cmds)),
+		Cmd: shellCommand(), Entrypoint: r.p.Image.Entrypoint,
+		AttachStdin: true, OpenStdin: true, StdinOnce: true,
+		User:   r.jobUser(),
 		Labels: r.labels(),
-	}
-	if ep := r.p.Image.Entrypoint; len(ep) > 0 {
-		cfg.Entrypoint = ep
-	} else {
-		cfg.Entrypoint = []string{}
 	}
 	if u := r.o.Config.Docker.User; u != "" {
 		cfg.User = u // [runners.docker] user wins over the job's, as in gitlab-runner
@@ -128,7 +140,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	r.mu.Lock()
 	n := len(r.created)
 	r.mu.Unlock()
-	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, nil, fmt.Sprintf("%s-%d", r.name, n))
+	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, r.jobPlatform(), fmt.Sprintf("%s-%d", r.name, n))
 	if err != nil {
 		return 0, fmt.Errorf("creating the job container: %w", err)
 	}
@@ -160,7 +172,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 			return 0, fmt.Errorf("writing file variables: %w", err)
 		}
 	}
-	att, err := r.docker.ContainerAttach(ctx, c.ID, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	att, err := r.docker.ContainerAttach(ctx, c.ID, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return 0, fmt.Errorf("attaching to the job container: %w", err)
 	}
@@ -174,6 +186,13 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	if err := r.docker.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 		return 0, fmt.Errorf("starting the job container: %w", err)
 	}
+	go func() {
+		// an entrypoint that never reads its input leaves this blocked
+		// until att.Close
+		if _, err := io.WriteString(att.Conn, script); err == nil {
+			_ = att.CloseWrite()
+		}
+	}()
 	stop := func(grace time.Duration) {
 		sctx, cancel := context.WithTimeout(context.Background(), grace+10*time.Second)
 		defer cancel()

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"strconv"
 	"strings"
 
@@ -183,13 +184,13 @@ func (r *runner) checkAllowed(img, option string, allowed []string, internal ...
 
 // prepareJobImage checks the job's image against allowed_images (the
 // runner's default image is always allowed) and pulls it.
-func (r *runner) prepareJobImage(ctx context.Context, img string) error {
+func (r *runner) prepareJobImage(ctx context.Context, img string, platform *ocispec.Platform) error {
 	if r.p.Image.Name != "" {
 		if err := r.checkAllowed(img, "images", r.o.Config.Docker.AllowedImages, r.expanded.Expand(r.o.Config.Docker.Image)); err != nil {
 			return err
 		}
 	}
-	return r.pullImage(ctx, img, r.p.Image.PullPolicy)
+	return r.pullImage(ctx, img, r.p.Image.PullPolicy, platform)
 }
 
 // effectivePullPolicies are the job's policies (else the runner's, else

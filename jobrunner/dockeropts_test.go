@@ -286,7 +286,7 @@ func TestServicesPrivileged(t *testing.T) {
 				Command: []string{"sleep 300"}, PullPolicy: []string{"if-not-present"}}}}}
 			r := &runner{o: Options{Config: &RunnerConfig{Docker: parseDocker(t, tc.body)}, Job: &Job{Acquired: &job.Acquired{ID: p.ID, Payload: p}, RunnerID: testRunnerID}},
 				p: p, docker: cli, name: "paas-job-privtest-" + randomSuffix(), log: zap.NewNop(),
-				trace: NewTrace(c, p.ID, "tok", 0, nil, nil, 1<<20, time.Second, func(string) {})}
+				trace: NewTrace(c, p.ID, "tok", 0, nil, nil, nil, 1<<20, time.Second, func(string) {})}
 			defer r.cleanup()
 			_ = r.startServices(context.Background()) // starting fails where the engine cannot grant privileges
 			r.mu.Lock()
@@ -433,7 +433,7 @@ func TestPullSendsChosenAuth(t *testing.T) {
 	fake := &fakePuller{auths: map[string]string{}}
 	var out bytes.Buffer
 	for _, img := range []string{"registry.example.com/app:1", "registry.gitlab.example/g/p:2", "alpine:3"} {
-		if err := r.pullImageWith(context.Background(), fake, &out, img, nil); err != nil {
+		if err := r.pullImageWith(context.Background(), fake, &out, img, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

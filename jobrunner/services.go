@@ -67,7 +67,7 @@ func (r *runner) startServices(ctx context.Context) error {
 		if err := r.checkAllowed(img, "services", r.o.Config.Docker.AllowedServices); err != nil {
 			return err
 		}
-		if err := r.pullImage(ctx, img, s.PullPolicy); err != nil {
+		if err := r.pullImage(ctx, img, s.PullPolicy, nil); err != nil {
 			return err
 		}
 		aliases := serviceAliases(s, r.expanded)

@@ -161,7 +161,7 @@ func TestLocalDockerEndToEnd(t *testing.T) {
 		t.Errorf("crashed job: %s\n%s", cj.FailureReason, cj.Trace)
 	}
 	bj := gl.Job(broken.ID)
-	if bj.FailureReason != "runner_system_failure" || !strings.Contains(string(bj.Trace), "building the job's host image") || !strings.Contains(string(bj.Trace), "127.0.0.1:1") {
+	if bj.FailureReason != "runner_system_failure" || !strings.Contains(string(bj.Trace), "inner image 127.0.0.1:1/missing/image:1 is not on the engine and pulling it failed") || !strings.Contains(string(bj.Trace), "127.0.0.1:1") {
 		t.Errorf("broken image job: %s\n%s", bj.FailureReason, bj.Trace)
 	}
 	// every host removed, promptly: the engine's events say when a host stops

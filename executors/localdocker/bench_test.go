@@ -18,7 +18,7 @@ func BenchmarkProvisionLaunch(b *testing.B) {
 	}
 	for _, mode := range []string{"default-base-image", "heptapod-inner-image"} {
 		b.Run(mode, func(b *testing.B) {
-			o := Options{RunnerID: "glrt-bnc", RunnerLabel: "bench", RunnerURL: "http://127.0.0.1:1", StatePath: b.TempDir() + "/s.json",
+			o := Options{RunnerID: "glrt-bnc", RunnerLabel: "bench", RunnerURL: "http://127.0.0.1:1", SystemID: "r_bench0000000",
 				Binary: staticBin, Version: testVersion, NetworkMode: "host"}
 			if mode == "heptapod-inner-image" {
 				o.InnerImage = innerImage
@@ -28,7 +28,7 @@ func BenchmarkProvisionLaunch(b *testing.B) {
 				b.Fatal(err)
 			}
 			ctx := context.Background()
-			if err := e.ensureBaseImage(ctx); err != nil { // warm
+			if _, err := e.hostImage(ctx); err != nil { // warm
 				b.Fatal(err)
 			}
 			var lat []time.Duration

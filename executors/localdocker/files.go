@@ -14,16 +14,9 @@ import (
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
-// Paths inside a host built on the default base image.
-const (
-	confDir         = "/etc/paas-runner"
-	heptapodConfDir = "/etc/heptapod-runner"
-	binaryInImage   = "/usr/bin/paas-runner"
-)
-
-// BuildContext is what a job's host image is built from.
-type BuildContext struct {
-	Dockerfile []byte
+// HostFiles are what the inner runner reads, copied into the host
+// container before it starts.
+type HostFiles struct {
 	JobJSON    []byte
 	RunnerTOML []byte
 }
@@ -57,9 +50,22 @@ func InnerConfig(name, url string, forwarded map[string]any) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// PaasRunner is the "paas_runner" object of job.json: what the inner runner
+// learns from the daemon.
+type PaasRunner struct {
+	// TraceOffset and TraceCRC: where the daemon left the job log.
+	TraceOffset int64
+	TraceCRC    *uint32
+	// SystemID and RunnerID: the inner runner labels the containers,
+	// networks and volumes it makes with them (internal/labels), so that
+	// they go away with the host.
+	SystemID string
+	RunnerID string
+}
+
 // JobJSON is the payload handed to the inner runner: GitLab's payload after
-// the Dependency Proxy rewrite, plus where the daemon left the job log.
-func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]byte, error) {
+// the Dependency Proxy rewrite, plus the paas_runner object.
+func JobJSON(payload json.RawMessage, pr PaasRunner) ([]byte, error) {
 	p, err := job.UseDependencyProxy(payload)
 	if err != nil {
 		return nil, err
@@ -68,11 +74,11 @@ func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]by
 	if err := json.Unmarshal(p, &doc); err != nil {
 		return nil, fmt.Errorf("job payload: %w", err)
 	}
-	pr := map[string]any{"trace_offset": traceOffset}
-	if traceCRC != nil {
-		pr["trace_crc32"] = *traceCRC
+	m := map[string]any{"trace_offset": pr.TraceOffset, "system_id": pr.SystemID, "runner_id": pr.RunnerID}
+	if pr.TraceCRC != nil {
+		m["trace_crc32"] = *pr.TraceCRC
 	}
-	doc["paas_runner"], _ = json.Marshal(pr)
+	doc["paas_runner"], _ = json.Marshal(m)
 	keys := make([]string, 0, len(doc))
 	for k := range doc {
 		keys = append(keys, k)
@@ -93,41 +99,11 @@ func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]by
 	return b.Bytes(), nil
 }
 
-// Dockerfile for a job host. With innerImage empty the host is the default
-// base image (paas-runner's own binary); otherwise innerImage is a Heptapod
-// Runner image and the Dockerfile takes Heptapod's shape.
-func Dockerfile(baseImage, innerImage string) []byte {
-	if innerImage != "" {
-		return []byte(fmt.Sprintf(`FROM %s
-COPY runner.toml %s/runner.toml
-COPY job.json %s/job.json
-ENV DEBUG="true"
-ENTRYPOINT ["/usr/bin/gitlab-runner", "exec-fetched-job", "--config", "%s/runner.toml", "%s/job.json"]
-`, innerImage, heptapodConfDir, heptapodConfDir, heptapodConfDir, heptapodConfDir))
-	}
-	return []byte(fmt.Sprintf(`FROM %s
-COPY runner.toml %s/runner.toml
-COPY job.json %s/job.json
-ENTRYPOINT ["%s", "exec-fetched-job", "--config", "%s/runner.toml", "%s/job.json"]
-`, baseImage, confDir, confDir, binaryInImage, confDir, confDir))
-}
-
-// baseDockerfile builds the default base image from a static paas-runner
-// binary and a CA bundle: no registry needed.
-func baseDockerfile() []byte {
-	return []byte(fmt.Sprintf(`FROM scratch
-COPY paas-runner %s
-COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY tmp /tmp
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt TMPDIR=/tmp
-ENTRYPOINT ["%s"]
-`, binaryInImage, binaryInImage))
-}
-
 type tarFile struct {
 	name string
 	mode int64
 	data []byte
+	link string // a symbolic link to link
 }
 
 func makeTar(files ...tarFile) (*bytes.Buffer, error) {
@@ -135,8 +111,11 @@ func makeTar(files ...tarFile) (*bytes.Buffer, error) {
 	tw := tar.NewWriter(&buf)
 	for _, f := range files {
 		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
-		if strings.HasSuffix(f.name, "/") {
+		switch {
+		case strings.HasSuffix(f.name, "/"):
 			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
+		case f.link != "":
+			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, f.link, 0o777
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return nil, err
@@ -148,10 +127,11 @@ func makeTar(files ...tarFile) (*bytes.Buffer, error) {
 	return &buf, tw.Close()
 }
 
-func (c BuildContext) tar() (*bytes.Buffer, error) {
+// tar puts the files where the host's entry point reads them, readable by
+// root only (they hold the job token).
+func (f HostFiles) tar(runnerTOML, jobJSON string) (*bytes.Buffer, error) {
 	return makeTar(
-		tarFile{"Dockerfile", 0o644, c.Dockerfile},
-		tarFile{"job.json", 0o600, c.JobJSON},
-		tarFile{"runner.toml", 0o600, c.RunnerTOML},
+		tarFile{name: strings.TrimPrefix(jobJSON, "/"), mode: 0o600, data: f.JobJSON},
+		tarFile{name: strings.TrimPrefix(runnerTOML, "/"), mode: 0o600, data: f.RunnerTOML},
 	)
 }

@@ -262,7 +262,7 @@ func TestReapSparesOthers(t *testing.T) {
 	})
 	kept := launch(t, e, 51, "sleep")
 	orphan := launch(t, e, 52, "sleep")
-	foreign := launch(t, other, 152, "sleep")        // same runner, another daemon
+	foreign := launch(t, other, 152, "sleep")             // same runner, another daemon
 	foreignRunner := launch(t, otherRunner, 252, "sleep") // same daemon, another runner
 	ctx := ctxT(t)
 	// an unlabelled container

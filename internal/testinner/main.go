@@ -80,6 +80,18 @@ func main() {
 			spawnImage = v.Value
 		}
 	}
+	if mode == "oom" {
+		// before anything that can fail: GitLab may be unreachable
+		fmt.Println("allocating until killed")
+		var hog [][]byte
+		for {
+			b := make([]byte, 1<<20)
+			for i := range b {
+				b[i] = 1
+			}
+			hog = append(hog, b)
+		}
+	}
 	if mode == "spawn" {
 		// before anything that can fail: GitLab may be unreachable
 		if err := spawn(job.ID, job.PaasRunner.SystemID, job.PaasRunner.RunnerID, spawnImage); err != nil {
@@ -108,15 +120,6 @@ func main() {
 		os.Exit(3)
 	case "sleep":
 		time.Sleep(time.Hour)
-	case "oom":
-		var hog [][]byte
-		for {
-			b := make([]byte, 1<<20)
-			for i := range b {
-				b[i] = 1
-			}
-			hog = append(hog, b)
-		}
 	}
 	state, reason := "success", ""
 	if mode == "failed" {

@@ -4,8 +4,8 @@ import (
 	"archive/tar"
 	"errors"
 	"io"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 

@@ -5,7 +5,8 @@
 // the runner.toml and job.json it is given, appends to the job log at the
 // offset the daemon left, and reports the job as the TEST_INNER job
 // variable says: success (default), failed, crash (exit without reporting),
-// sleep (until killed), oom (allocate memory until killed), or spawn (make
+// sleep (until killed), idle (sleep before talking to GitLab), oom
+// (allocate memory until killed, before talking to GitLab), or spawn (make
 // a container, a network, a builds volume and a cache volume labelled as
 // the inner runner labels them, from job.json's paas_runner system_id and
 // runner_id, with the image of the TEST_SPAWN_IMAGE variable, then sleep).
@@ -79,6 +80,10 @@ func main() {
 		case "TEST_SPAWN_IMAGE":
 			spawnImage = v.Value
 		}
+	}
+	if mode == "idle" {
+		fmt.Println("idling until killed")
+		time.Sleep(time.Hour)
 	}
 	if mode == "oom" {
 		// before anything that can fail: GitLab may be unreachable

@@ -62,7 +62,11 @@ func TestHeptapodHostAdopted(t *testing.T) {
 		t.Skip("the engine is not on a unix socket")
 	}
 	legacy := "Hp" + testID(t, 6) // Heptapod's unique_name: 8 characters of the token
-	e := newExec(t, func(o *Options) { o.InnerImage = innerImage; o.NetworkMode = "host"; o.LegacyRunnerIDs = []string{legacy} })
+	e := newExec(t, func(o *Options) {
+		o.InnerImage = innerImage
+		o.NetworkMode = "host"
+		o.LegacyRunnerIDs = []string{legacy}
+	})
 	ctx := ctxT(t)
 	tag := heptapodHost(t, e, legacy, 121, "idle", true)
 	h, _ := json.Marshal(tag) // the state file's paas_resource

@@ -1,20 +1,21 @@
 // Package systemid keeps the runner manager's system_id in a file next to
 // the state file, shared by the daemon and the register command.
 //
-// The rule: the state file <dir>/<name> keeps its system_id in
-// <dir>/.<name>.runner_system_id, so that two state files in one directory
-// (two daemons, two configurations) have distinct system_ids. Earlier
-// versions kept one <dir>/.runner_system_id per directory: the first state
-// file of the directory that looks for its system_id after an upgrade
-// takes that one over (it is copied to its own file), so that an existing
-// installation keeps its system_id; any other state file of the directory
-// gets a new one. <dir>/.runner_system_id is left in place (it is never
-// taken over twice: it is taken when no per-file one holds its value).
+// The rule: the first state file of a directory keeps its system_id in
+// <dir>/.runner_system_id (as earlier versions did for every state file of
+// the directory, so that an existing installation keeps its system_id);
+// <dir>/.runner_system_id.owner records which state file that is (the
+// first one to ask for its system_id, or to be registered, once this
+// version runs). Any other state file <dir>/<name> keeps its own in
+// <dir>/.<name>.runner_system_id: two state files in one directory (two
+// daemons, two configurations) have distinct system_ids. Renaming a state
+// file other than the first one gives it a new system_id.
 package systemid
 
 import (
 	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,54 +25,55 @@ import (
 	"gitlab.com/paas-runner/paas-runner/internal/atomicfile"
 )
 
-// FileName is the name of the file earlier versions kept the system_id in,
-// next to the state file.
+// FileName is the name of the file, next to the state file, holding the
+// system_id of the directory's first state file.
 const FileName = ".runner_system_id"
 
-var systemIDRe = regexp.MustCompile(`^[rs]_[0-9a-zA-Z]{12}$`)
+// ownerFile names the state file FileName belongs to.
+const ownerFile = FileName + ".owner"
 
-// PathFor is where the system_id of statePath is kept.
-func PathFor(statePath string) string {
-	return filepath.Join(filepath.Dir(statePath), "."+filepath.Base(statePath)+FileName)
-}
+var systemIDRe = regexp.MustCompile(`^[rs]_[0-9a-zA-Z]{12}$`)
 
 // ForStateFile returns the system_id of statePath, generating and storing
 // one (r_ + 12 random alphanumerics, like gitlab-runner) the first time.
 func ForStateFile(statePath string) (string, error) {
-	own := PathFor(statePath)
+	dir, name := filepath.Dir(statePath), filepath.Base(statePath)
+	own := filepath.Join(dir, "."+name+FileName)
 	if id, err := read(own); err == nil || !os.IsNotExist(err) {
 		return id, err
 	}
-	dir := filepath.Dir(statePath)
-	// Taking over the directory's file is done under a lock: two daemons
-	// starting at once never both take it.
-	unlock, err := lock(filepath.Join(dir, FileName+".lock"))
+	// The owner file is read and claimed under a lock: two daemons
+	// starting at once never both take the directory's system_id.
+	f, err := os.OpenFile(filepath.Join(dir, ownerFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("storing system id: %w", err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return "", fmt.Errorf("locking %s: %w", f.Name(), err)
+	}
+	owner, err := io.ReadAll(f)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", f.Name(), err)
+	}
+	switch strings.TrimSpace(string(owner)) {
+	case name:
+		own = filepath.Join(dir, FileName)
+	case "":
+		if _, err := f.WriteAt([]byte(name+"\n"), 0); err != nil {
+			return "", fmt.Errorf("storing system id: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return "", fmt.Errorf("storing system id: %w", err)
+		}
+		own = filepath.Join(dir, FileName)
+	}
+	if id, err := read(own); err == nil || !os.IsNotExist(err) {
+		return id, err
+	}
+	id, err := generate()
 	if err != nil {
 		return "", err
-	}
-	defer unlock()
-	if id, err := read(own); err == nil || !os.IsNotExist(err) {
-		return id, err
-	}
-	id, err := read(filepath.Join(dir, FileName))
-	switch {
-	case err == nil:
-		taken, terr := takenBy(dir, id)
-		if terr != nil {
-			return "", terr
-		}
-		if taken {
-			id = ""
-		}
-	case os.IsNotExist(err):
-		id = ""
-	default:
-		return "", err
-	}
-	if id == "" {
-		if id, err = generate(); err != nil {
-			return "", err
-		}
 	}
 	if err := atomicfile.WriteFile(own, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("storing system id: %w", err)
@@ -94,23 +96,6 @@ func read(p string) (string, error) {
 	return id, nil
 }
 
-// takenBy tells whether a state file of dir already took id over.
-func takenBy(dir, id string) (bool, error) {
-	ms, err := filepath.Glob(filepath.Join(dir, ".*"+FileName))
-	if err != nil {
-		return false, err
-	}
-	for _, m := range ms {
-		if filepath.Base(m) == FileName {
-			continue
-		}
-		if other, err := read(m); err == nil && other == id {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 func generate() (string, error) {
 	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 	buf := make([]byte, 12)
@@ -121,16 +106,4 @@ func generate() (string, error) {
 		buf[i] = alphabet[int(buf[i])%len(alphabet)]
 	}
 	return "r_" + string(buf), nil
-}
-
-func lock(p string) (func(), error) {
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("storing system id: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", p, err)
-	}
-	return func() { f.Close() }, nil
 }

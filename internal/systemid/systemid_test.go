@@ -18,10 +18,11 @@ func TestSystemID(t *testing.T) {
 	if a != b {
 		t.Fatal("system id not stable")
 	}
-	if st, err := os.Stat(PathFor(sp)); err != nil || st.Mode().Perm() != 0o600 {
+	// the directory's first state file: in .runner_system_id, as before
+	if st, err := os.Stat(filepath.Join(dir, FileName)); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("%v %v", st, err)
 	}
-	os.WriteFile(PathFor(sp), []byte("garbage"), 0o600)
+	os.WriteFile(filepath.Join(dir, FileName), []byte("garbage"), 0o600)
 	if _, err := ForStateFile(sp); err == nil {
 		t.Fatal("garbage accepted")
 	}
@@ -43,6 +44,12 @@ func TestDistinctPerStateFile(t *testing.T) {
 	}
 	if a2, _ := ForStateFile(filepath.Join(dir, "a.json")); a2 != a {
 		t.Fatal("not stable")
+	}
+	if b2, _ := ForStateFile(filepath.Join(dir, "b.json")); b2 != b {
+		t.Fatal("not stable")
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "."+"b.json"+FileName)); string(got) != b+"\n" {
+		t.Fatalf("second state file's system_id file: %q", got)
 	}
 }
 

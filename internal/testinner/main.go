@@ -32,6 +32,9 @@ import (
 	"gitlab.com/paas-runner/paas-runner/internal/labels"
 )
 
+// hog is what the oom mode allocates (kept reachable).
+var hog [][]byte
+
 func main() {
 	if len(os.Args) != 5 || os.Args[1] != "exec-fetched-job" || os.Args[2] != "--config" {
 		fmt.Fprintln(os.Stderr, "usage: testinner exec-fetched-job --config runner.toml job.json")
@@ -88,7 +91,6 @@ func main() {
 	if mode == "oom" {
 		// before anything that can fail: GitLab may be unreachable
 		fmt.Println("allocating until killed")
-		var hog [][]byte
 		for {
 			b := make([]byte, 1<<20)
 			for i := range b {

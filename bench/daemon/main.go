@@ -21,25 +21,14 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 )
 
-type tb struct{ cleanups []func() }
-
-func (*tb) Helper()                        {}
-func (*tb) Fatalf(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...); os.Exit(1) }
-func (t *tb) Cleanup(f func())             { t.cleanups = append(t.cleanups, f) }
-func (t *tb) close() {
-	for i := len(t.cleanups) - 1; i >= 0; i-- {
-		t.cleanups[i]()
-	}
-}
-
 func main() {
 	binary := flag.String("binary", "bench/out/paas-runner", "paas-runner built with -tags paasrunner_testexec")
 	jobs := flag.Int("jobs", 5000, "launched jobs in the state file")
 	seconds := flag.Int("seconds", 20, "measurement window")
 	flag.Parse()
 
-	t := &tb{}
-	defer t.close()
+	t := &coordinatortest.Program{}
+	defer t.Close()
 	gl := coordinatortest.New(t)
 	token := "glrt-bench-0123456789"
 	gl.AddRunner(token)

@@ -10,8 +10,9 @@ import (
 )
 
 // BenchmarkProvisionLaunch: Plan → Provision → Launch until the host
-// container runs (job image built from its context, container created and
-// started), with the base image warm. Hosts are removed outside the timing.
+// container runs (container created from the host image, job.json and
+// runner.toml copied in, started), with the base image warm. Hosts are
+// removed outside the timing.
 func BenchmarkProvisionLaunch(b *testing.B) {
 	if !dockerOK {
 		b.Skip("no Docker engine")

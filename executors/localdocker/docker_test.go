@@ -476,12 +476,12 @@ func TestDynamicBinaryRefused(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	if err := checkStatic(dyn); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+	if err := checkStatic(bytes.NewReader(dyn)); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
 		t.Fatalf("got %v", err)
 	}
 	if staticBin != "" {
 		data, _ := os.ReadFile(staticBin)
-		if err := checkStatic(data); err != nil {
+		if err := checkStatic(bytes.NewReader(data)); err != nil {
 			t.Fatalf("static binary refused: %v", err)
 		}
 	}

@@ -26,57 +26,51 @@ import (
 // the last event it saw: an end that happens while the daemon starts, or
 // while the watch reconnects, is not missed (one may be reported twice).
 func (e *Executor) WatchEnds(ctx context.Context, fn func(executors.End)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	since := e.eventsSince()
-	opts := func(f filters.Args) events.ListOptions {
-		f.Add("type", "container")
-		f.Add("event", "die")
-		f.Add("event", "oom")
-		return events.ListOptions{Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), Filters: f}
-	}
-	own := filters.NewArgs(filters.Arg("label", labels.LabelRole+"="+labels.RoleHost))
-	for k, v := range e.scope() {
-		own.Add("label", k+"="+v)
-	}
-	msgs, errs := e.cli.Events(ctx, opts(own))
-	// Heptapod's hosts carry no label: all container ends, told apart by
-	// their image.
-	hMsgs, hErrs := e.cli.Events(ctx, opts(filters.NewArgs()))
+	// One stream of all container ends, sorted here: this daemon's hosts
+	// by their labels, Heptapod's (unlabelled) by their image. One stream
+	// keeps the events in order, so that where the next watch starts is
+	// exact.
+	f := filters.NewArgs(filters.Arg("type", "container"), filters.Arg("event", "die"), filters.Arg("event", "oom"))
+	msgs, errs := e.cli.Events(ctx, events.ListOptions{Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), Filters: f})
 	oom := map[string]bool{}
-	handle := func(m events.Message, jobID int64, ok bool) {
-		e.sawEvent(m)
-		if !ok || jobID <= 0 {
-			return
-		}
-		if m.Action == events.ActionOOM {
-			oom[m.Actor.ID] = true
-			return
-		}
-		code, _ := strconv.Atoi(m.Actor.Attributes["exitCode"])
-		st := e.inspectID(ctx, m.Actor.ID)
-		if oom[m.Actor.ID] {
-			st.oom = true
-			delete(oom, m.Actor.ID)
-		}
-		fn(executors.End{JobID: jobID, ExitCode: code, Detail: st.detail(code)})
-	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-errs:
 			return err
-		case err := <-hErrs:
-			return err
 		case m := <-msgs:
-			id, err := strconv.ParseInt(m.Actor.Attributes[labels.LabelJobID], 10, 64)
-			handle(m, id, err == nil && e.ours(m.Actor.Attributes))
-		case m := <-hMsgs:
-			id, ok := e.heptapodJob(m.Actor.Attributes["image"])
-			handle(m, id, ok)
+			e.sawEvent(m)
+			jobID, ok := e.hostOfEvent(m)
+			if !ok {
+				continue
+			}
+			if m.Action == events.ActionOOM {
+				oom[m.Actor.ID] = true
+				continue
+			}
+			code, _ := strconv.Atoi(m.Actor.Attributes["exitCode"])
+			st := e.inspectID(ctx, m.Actor.ID)
+			if oom[m.Actor.ID] {
+				st.oom = true
+				delete(oom, m.Actor.ID)
+			}
+			fn(executors.End{JobID: jobID, ExitCode: code, Detail: st.detail(code)})
 		}
 	}
+}
+
+// hostOfEvent tells whether a container event is about one of this
+// runner's hosts (the attributes carry the container's labels and image),
+// and its job.
+func (e *Executor) hostOfEvent(m events.Message) (int64, bool) {
+	a := m.Actor.Attributes
+	if (a[labels.LabelRole] == labels.RoleHost || a[LabelManaged] == "true") && e.ours(a) {
+		id, err := strconv.ParseInt(a[labels.LabelJobID], 10, 64)
+		return id, err == nil && id > 0
+	}
+	return e.heptapodJob(a["image"])
 }
 
 func (e *Executor) eventsSince() time.Time {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -104,13 +105,24 @@ type tarFile struct {
 	mode int64
 	data []byte
 	link string // a symbolic link to link
+	// from, when set, is read for the content (size bytes) instead of data
+	from io.Reader
+	size int64
 }
 
 func makeTar(files ...tarFile) (*bytes.Buffer, error) {
 	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	return &buf, writeTar(&buf, files...)
+}
+
+func writeTar(w io.Writer, files ...tarFile) error {
+	tw := tar.NewWriter(w)
 	for _, f := range files {
-		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
+		size := int64(len(f.data))
+		if f.from != nil {
+			size = f.size
+		}
+		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: size, ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
 		switch {
 		case strings.HasSuffix(f.name, "/"):
 			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
@@ -118,13 +130,17 @@ func makeTar(files ...tarFile) (*bytes.Buffer, error) {
 			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, f.link, 0o777
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
-			return nil, err
+			return err
 		}
-		if _, err := tw.Write(f.data); err != nil {
-			return nil, err
+		if f.from != nil {
+			if _, err := io.Copy(tw, f.from); err != nil {
+				return err
+			}
+		} else if _, err := tw.Write(f.data); err != nil {
+			return err
 		}
 	}
-	return &buf, tw.Close()
+	return tw.Close()
 }
 
 // tar puts the files where the host's entry point reads them, readable by

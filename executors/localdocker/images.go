@@ -1,7 +1,6 @@
 package localdocker
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"debug/elf"
@@ -198,32 +197,41 @@ func (b *baseImage) tagLocked() string {
 		return b.tag
 	}
 	tag := "paas-runner-host:" + nameSafe.Replace(b.version)
-	if data, err := b.binary(); err == nil {
-		sum := sha256.Sum256(data)
+	if sum, err := b.binaryHash(); err == nil {
 		tag += "-" + hex.EncodeToString(sum[:6])
 	}
 	b.tag = tag
 	return tag
 }
 
-// binary reads the static paas-runner binary the base image holds.
-func (b *baseImage) binary() ([]byte, error) {
-	if b.bin != nil {
-		return b.bin, nil
+// binaryPath is the static paas-runner binary the base image holds.
+func (b *baseImage) binaryPath() (string, error) {
+	if b.binPath != "" {
+		return b.binPath, nil
 	}
-	bin := b.binPath
-	if bin == "" {
-		var err error
-		if bin, err = os.Executable(); err != nil {
-			return nil, fmt.Errorf("finding paas-runner's own binary: %w", err)
-		}
-	}
-	data, err := os.ReadFile(bin)
+	bin, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("reading %s for the base image: %w", bin, err)
+		return "", fmt.Errorf("finding paas-runner's own binary: %w", err)
 	}
-	b.bin = data
-	return data, nil
+	return bin, nil
+}
+
+// binaryHash hashes the binary without holding it in memory.
+func (b *baseImage) binaryHash() ([]byte, error) {
+	bin, err := b.binaryPath()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(bin)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
 }
 
 // ensure builds the base image unless it exists.
@@ -240,27 +248,40 @@ func (b *baseImage) ensure(ctx context.Context) error {
 	} else if !cerrdefs.IsNotFound(err) {
 		return executors.Transient("provision", fmt.Errorf("inspecting base image %s: %w", tag, err))
 	}
-	binData, err := b.binary()
+	bin, err := b.binaryPath()
 	if err != nil {
 		return executors.Permanent("provision", err)
 	}
-	if err := checkStatic(binData); err != nil {
+	binFile, err := os.Open(bin)
+	if err != nil {
+		return executors.Permanent("provision", fmt.Errorf("reading %s for the base image: %w", bin, err))
+	}
+	defer binFile.Close()
+	st, err := binFile.Stat()
+	if err != nil {
+		return executors.Permanent("provision", fmt.Errorf("reading %s for the base image: %w", bin, err))
+	}
+	if err := checkStatic(binFile); err != nil {
 		return executors.Permanent("provision", err)
 	}
 	caData, err := os.ReadFile(b.caPath)
 	if err != nil {
 		return executors.Permanent("provision", fmt.Errorf("reading CA bundle for the base image: %w", err))
 	}
-	ctxTar, err := makeTar(
-		tarFile{name: "Dockerfile", mode: 0o644, data: baseDockerfile()},
-		tarFile{name: "rootfs/usr/bin/paas-runner", mode: 0o755, data: binData},
-		tarFile{name: "rootfs/usr/bin/gitlab-runner", link: "paas-runner"},
-		tarFile{name: "rootfs/etc/ssl/certs/ca-certificates.crt", mode: 0o644, data: caData},
-		tarFile{name: "rootfs/tmp/", mode: 0o1777},
-	)
-	if err != nil {
-		return err
-	}
+	// The context is streamed: the binary (tens of MB) is never held in
+	// the daemon's memory.
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(writeTar(pw,
+			tarFile{name: "Dockerfile", mode: 0o644, data: baseDockerfile()},
+			tarFile{name: "rootfs/usr/bin/paas-runner", mode: 0o755, size: st.Size(), from: io.NewSectionReader(binFile, 0, st.Size())},
+			tarFile{name: "rootfs/usr/bin/gitlab-runner", link: "paas-runner"},
+			tarFile{name: "rootfs/etc/ssl/certs/ca-certificates.crt", mode: 0o644, data: caData},
+			tarFile{name: "rootfs/tmp/", mode: 0o1777},
+		))
+	}()
+	ctxTar := pr
+	defer pr.Close()
 	imgLabels := map[string]string{LabelHostImage: paasShape.Name, "org.opencontainers.image.version": b.version}
 	if err := b.build(ctx, ctxTar, tag, imgLabels); err != nil {
 		return executors.Permanent("provision", fmt.Errorf("building base image %s: %w", tag, err))
@@ -296,8 +317,8 @@ ENTRYPOINT ["%s"]
 
 // checkStatic refuses a binary that cannot run in a FROM-scratch image: a
 // dynamically linked one (built with cgo, e.g. by a plain "go run").
-func checkStatic(data []byte) error {
-	f, err := elf.NewFile(bytes.NewReader(data))
+func checkStatic(r io.ReaderAt) error {
+	f, err := elf.NewFile(r)
 	if err != nil {
 		return fmt.Errorf("paas-runner's binary is not an ELF executable: %w", err)
 	}

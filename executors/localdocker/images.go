@@ -152,7 +152,6 @@ type baseImage struct {
 	mu                       sync.Mutex
 	ready                    bool
 	tag                      string
-	bin                      []byte
 }
 
 func newBaseImage(cli *client.Client, version, binPath, caPath string, log *zap.Logger) *baseImage {

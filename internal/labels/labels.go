@@ -1,32 +1,27 @@
 // Package labels names the Docker labels paas-runner puts on everything it
-// creates on an engine: the daemon's system_id, the runner, the job and the
-// resource's role. Executors (reaping, decommission) and the inner runner
-// (which labels the job's own containers, networks and volumes) agree on
-// them through this package.
+// creates, so that the daemon (decommission, the reaper) and the inner
+// runner agree on them. It imports nothing: every package can use it.
 package labels
 
 // Label keys.
 const (
-	// LabelSystemID is the daemon's system_id (r_ + 12 alphanumerics):
-	// two daemons on one engine never touch each other's resources.
+	// LabelSystemID is the daemon's system_id (r_ + 12 alphanumerics).
 	LabelSystemID = "paas-runner.system-id"
-	// LabelRunner is the runner's ID (config.Runner.ID).
+	// LabelRunner is the runner's identity (config.Runner.ID()).
 	LabelRunner = "paas-runner.runner"
-	// LabelJobID is the GitLab job ID.
+	// LabelJobID is the GitLab job id.
 	LabelJobID = "paas-runner.job-id"
-	// LabelRole says what the resource is for: RoleJob, RoleHost, RoleCache.
+	// LabelRole tells what a resource is for: RoleJob, RoleHost or RoleCache.
 	LabelRole = "paas-runner.role"
 )
 
 // Values of LabelRole.
 const (
-	// RoleJob: made by the inner runner for one job (job and service
-	// containers, the job's network, its builds volume); removed with the
-	// job's host.
+	// RoleJob: made by the inner runner for one job (its containers,
+	// service containers, network, builds volume); gone with the job.
 	RoleJob = "job"
-	// RoleHost: the job's host (local-docker's host container).
+	// RoleHost: a job host the executor made.
 	RoleHost = "host"
-	// RoleCache: a cache volume, shared between jobs; never removed with a
-	// job.
+	// RoleCache: a cache volume, kept across jobs.
 	RoleCache = "cache"
 )

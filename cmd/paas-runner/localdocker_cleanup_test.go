@@ -58,9 +58,17 @@ func TestLocalDockerCanceledJobLeavesNothing(t *testing.T) {
 	q := gl.Enqueue(tok, map[string]any{"variables": []map[string]any{
 		{"key": "TEST_INNER", "value": "spawn", "public": true, "masked": false},
 		{"key": "TEST_SPAWN_IMAGE", "value": innerTag, "public": true, "masked": false}}})
-	t.Cleanup(func() {
+	t.Cleanup(func() { // everything labelled with this test's runner
 		ctx := context.Background()
 		f := filters.NewArgs(filters.Arg("label", labels.LabelRunner+"="+rid))
+		cs, _ := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+		for _, c := range cs {
+			cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+		}
+		ns, _ := cli.NetworkList(ctx, network.ListOptions{Filters: f})
+		for _, n := range ns {
+			cli.NetworkRemove(ctx, n.ID)
+		}
 		vs, _ := cli.VolumeList(ctx, volume.ListOptions{Filters: f})
 		for _, v := range vs.Volumes {
 			cli.VolumeRemove(ctx, v.Name, true)

@@ -33,9 +33,11 @@ var (
 	innerCli  *client.Client
 )
 
-const (
-	innerTag   = "paas-runner-testinner:cmd"
-	busyboxTag = "paas-runner-test-busybox:cmd"
+// Test images are tagged per process: other worktrees' test runs (which
+// remove their images at the end) share the engine.
+var (
+	innerTag   = fmt.Sprintf("paas-runner-testinner:cmd%d", os.Getpid())
+	busyboxTag = fmt.Sprintf("paas-runner-test-busybox:cmd%d", os.Getpid())
 )
 
 // dockerInner returns a client, with the test inner image built, or skips.
@@ -237,7 +239,7 @@ func BenchmarkDecommissionLag(b *testing.B) {
 // sources and runs the script in a busybox job image.
 func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
 	cli := dockerInner(t)
-	const jobImage = busyboxTag
+	jobImage := busyboxTag
 	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ import (
 var (
 	dockerOK    bool
 	staticBin   string // static paas-runner, for the default base image
-	innerImage  = "paas-runner-testinner:test"
+	innerImage  = fmt.Sprintf("paas-runner-testinner:test%d", os.Getpid()) // per process: other worktrees' runs share the engine
 	testVersion = fmt.Sprintf("test-%d", os.Getpid())
 )
 

@@ -28,7 +28,7 @@ import (
 
 var (
 	dockerOK    bool
-	staticBin   string // static paas-runner, for the default base image
+	staticBin   string                                                     // static paas-runner, for the default base image
 	innerImage  = fmt.Sprintf("paas-runner-testinner:test%d", os.Getpid()) // per process: other worktrees' runs share the engine
 	testVersion = fmt.Sprintf("test-%d", os.Getpid())
 )
@@ -448,7 +448,7 @@ func TestHostFilesGolden(t *testing.T) {
 			t.Errorf("runner.toml leaks %q", secret)
 		}
 	}
-	golden(t, "base.Dockerfile", baseDockerfile())
+	golden(t, "base.changes", []byte(strings.Join(baseChanges("1.2.3"), "\n")+"\n"))
 }
 
 func TestShapeOf(t *testing.T) {

@@ -15,7 +15,6 @@ import (
 	"sync"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"go.uber.org/zap"
@@ -267,51 +266,49 @@ func (b *baseImage) ensure(ctx context.Context) error {
 	if err != nil {
 		return executors.Permanent("provision", fmt.Errorf("reading CA bundle for the base image: %w", err))
 	}
-	// The context is streamed: the binary (tens of MB) is never held in
-	// the daemon's memory.
+	// The root file system is streamed: the binary (tens of MB) is never
+	// held in the daemon's memory.
 	pr, pw := io.Pipe()
 	go func() {
 		pw.CloseWithError(writeTar(pw,
-			tarFile{name: "Dockerfile", mode: 0o644, data: baseDockerfile()},
-			tarFile{name: "rootfs/usr/bin/paas-runner", mode: 0o755, size: st.Size(), from: io.NewSectionReader(binFile, 0, st.Size())},
-			tarFile{name: "rootfs/usr/bin/gitlab-runner", link: "paas-runner"},
-			tarFile{name: "rootfs/etc/ssl/certs/ca-certificates.crt", mode: 0o644, data: caData},
-			tarFile{name: "rootfs/tmp/", mode: 0o1777},
+			tarFile{name: "usr/", mode: 0o755}, tarFile{name: "usr/bin/", mode: 0o755},
+			tarFile{name: "usr/bin/paas-runner", mode: 0o755, size: st.Size(), from: io.NewSectionReader(binFile, 0, st.Size())},
+			tarFile{name: "usr/bin/gitlab-runner", link: "paas-runner"},
+			tarFile{name: "etc/", mode: 0o755}, tarFile{name: "etc/ssl/", mode: 0o755}, tarFile{name: "etc/ssl/certs/", mode: 0o755},
+			tarFile{name: "etc/ssl/certs/ca-certificates.crt", mode: 0o644, data: caData},
+			tarFile{name: "tmp/", mode: 0o1777},
 		))
 	}()
-	ctxTar := pr
 	defer pr.Close()
-	imgLabels := map[string]string{LabelHostImage: paasShape.Name, "org.opencontainers.image.version": b.version}
-	if err := b.build(ctx, ctxTar, tag, imgLabels); err != nil {
-		return executors.Permanent("provision", fmt.Errorf("building base image %s: %w", tag, err))
+	rc, err := b.cli.ImageImport(ctx, image.ImportSource{Source: pr, SourceName: "-"}, tag, image.ImportOptions{Changes: baseChanges(b.version)})
+	if err == nil {
+		err = jsonStreamError(rc)
+		rc.Close()
 	}
-	b.log.Info("built the host base image", zap.String("image", tag))
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return executors.Permanent("provision", fmt.Errorf("making base image %s: %w", tag, err))
+	}
+	b.log.Info("made the host base image", zap.String("image", tag))
 	b.ready = true
 	return nil
 }
 
-// build runs an image build and returns the build's own error, if any.
-func (b *baseImage) build(ctx context.Context, ctxTar io.Reader, tag string, l map[string]string) error {
-	resp, err := b.cli.ImageBuild(ctx, ctxTar, build.ImageBuildOptions{
-		Tags: []string{tag}, Labels: l, Remove: true, ForceRemove: true, PullParent: false,
-	})
-	if err != nil {
-		return err
+// baseChanges make the imported root file system (the static paas-runner
+// binary, a CA bundle, /tmp) paas-runner's host image. The image is
+// imported, not built: it appears whole or not at all (a crash leaves no
+// intermediate image or container), and no registry is needed.
+// /usr/bin/gitlab-runner links to paas-runner, so that the image also runs
+// under Heptapod's entry point (e.g. as Heptapod PAAS Runner's
+// heptapod_runner_main_image).
+func baseChanges(version string) []string {
+	return []string{
+		fmt.Sprintf("LABEL %s=%q org.opencontainers.image.version=%q", LabelHostImage, paasShape.Name, version),
+		"ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt TMPDIR=/tmp",
+		fmt.Sprintf("ENTRYPOINT [%q]", binaryInImage),
 	}
-	defer resp.Body.Close()
-	return jsonStreamError(resp.Body)
-}
-
-// baseDockerfile builds the default base image from a static paas-runner
-// binary and a CA bundle: no registry needed. /usr/bin/gitlab-runner links
-// to paas-runner, so that the image also runs under Heptapod's entry point
-// (Heptapod PAAS Runner's heptapod_runner_main_image).
-func baseDockerfile() []byte {
-	return []byte(fmt.Sprintf(`FROM scratch
-COPY rootfs/ /
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt TMPDIR=/tmp
-ENTRYPOINT ["%s"]
-`, binaryInImage))
 }
 
 // checkStatic refuses a binary that cannot run in a FROM-scratch image: a

@@ -10,6 +10,8 @@
 // a container, a network, a builds volume and a cache volume labelled as
 // the inner runner labels them, from job.json's paas_runner system_id and
 // runner_id, with the image of the TEST_SPAWN_IMAGE variable, then sleep).
+// With the TEST_INNER_COUNT variable set, each run first makes a volume
+// labelled paas-runner.test-run=<job id>, for tests that count runs.
 package main
 
 import (
@@ -75,13 +77,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "job.json:", err)
 		os.Exit(2)
 	}
-	mode, spawnImage := "success", ""
+	mode, spawnImage, countRuns := "success", "", false
 	for _, v := range job.Variables {
 		switch v.Key {
 		case "TEST_INNER":
 			mode = v.Value
 		case "TEST_SPAWN_IMAGE":
 			spawnImage = v.Value
+		case "TEST_INNER_COUNT":
+			countRuns = v.Value != ""
+		}
+	}
+	if countRuns {
+		// one volume per run, for tests that check a job runs once
+		if err := countRun(job.ID, job.PaasRunner.RunnerID); err != nil {
+			fmt.Fprintln(os.Stderr, "count:", err)
+			os.Exit(5)
 		}
 	}
 	if mode == "idle" {
@@ -141,6 +152,23 @@ func main() {
 		os.Exit(3)
 	}
 	fmt.Println("reported", state)
+}
+
+// LabelRun marks the volumes countRun makes.
+const LabelRun = "paas-runner.test-run"
+
+// countRun records one run of the job: a volume labelled LabelRun=<job id>
+// and with the runner (not role=job: it outlives the host, for the test
+// to count).
+func countRun(jobID int64, runnerID string) error {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	_, err = cli.VolumeCreate(context.Background(), volume.CreateOptions{
+		Labels: map[string]string{LabelRun: strconv.FormatInt(jobID, 10), labels.LabelRunner: runnerID}})
+	return err
 }
 
 // spawn makes what an inner runner makes for a job, labelled the same way.

@@ -27,3 +27,7 @@ for n in 1 20; do go run ./bench/pickup -binary bench/out/paas-runner-static -jo
 echo
 echo "## go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/"
 go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/ | grep Benchmark
+echo
+echo "## go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/"
+go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/ | grep Benchmark
+go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep Benchmark

@@ -51,22 +51,16 @@ func InnerConfig(name, url string, forwarded map[string]any) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// PaasRunner is the "paas_runner" object of job.json: what the inner runner
-// learns from the daemon.
-type PaasRunner struct {
-	// TraceOffset and TraceCRC: where the daemon left the job log.
-	TraceOffset int64
-	TraceCRC    *uint32
-	// SystemID and RunnerID: the inner runner labels the containers,
-	// networks and volumes it makes with them (internal/labels), so that
-	// they go away with the host.
-	SystemID string
-	RunnerID string
+// JobJSON is the payload handed to the inner runner: GitLab's payload after
+// the Dependency Proxy rewrite, plus where the daemon left the job log.
+func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]byte, error) {
+	return JobJSONWith(payload, traceOffset, traceCRC, nil)
 }
 
-// JobJSON is the payload handed to the inner runner: GitLab's payload after
-// the Dependency Proxy rewrite, plus the paas_runner object.
-func JobJSON(payload json.RawMessage, pr PaasRunner) ([]byte, error) {
+// JobJSONWith is JobJSON with more keys in its paas_runner object (such as
+// system_id and runner_id, which the inner runner labels what it makes
+// with, or cache); nil values are left out.
+func JobJSONWith(payload json.RawMessage, traceOffset int64, traceCRC *uint32, extra map[string]any) ([]byte, error) {
 	p, err := job.UseDependencyProxy(payload)
 	if err != nil {
 		return nil, err
@@ -75,11 +69,16 @@ func JobJSON(payload json.RawMessage, pr PaasRunner) ([]byte, error) {
 	if err := json.Unmarshal(p, &doc); err != nil {
 		return nil, fmt.Errorf("job payload: %w", err)
 	}
-	m := map[string]any{"trace_offset": pr.TraceOffset, "system_id": pr.SystemID, "runner_id": pr.RunnerID}
-	if pr.TraceCRC != nil {
-		m["trace_crc32"] = *pr.TraceCRC
+	pr := map[string]any{"trace_offset": traceOffset}
+	for k, v := range extra {
+		if v != nil {
+			pr[k] = v
+		}
 	}
-	doc["paas_runner"], _ = json.Marshal(m)
+	if traceCRC != nil {
+		pr["trace_crc32"] = *traceCRC
+	}
+	doc["paas_runner"], _ = json.Marshal(pr)
 	keys := make([]string, 0, len(doc))
 	for k := range doc {
 		keys = append(keys, k)

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 	"gitlab.com/paas-runner/paas-runner/internal/labels"
 )
 
@@ -75,11 +76,22 @@ func started(info container.InspectResponse) bool {
 
 // Files returns what the inner runner of j reads.
 func (e *Executor) Files(j executors.Job) (HostFiles, error) {
-	jobJSON, err := JobJSON(j.Payload, PaasRunner{TraceOffset: j.TraceOffset, TraceCRC: j.TraceCRC, SystemID: e.opts.SystemID, RunnerID: e.opts.RunnerID})
+	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID}
+	inner := e.opts.Inner
+	if e.opts.Cache != nil {
+		// an S3 cache: the host gets presigned URLs, not the credentials
+		urls, err := e.opts.Cache.ForJob(context.Background(), e.opts.RunnerID, j.Payload)
+		if err != nil {
+			return HostFiles{}, err
+		}
+		extra["cache"] = urls
+		inner = s3cache.WithoutCredentials(inner)
+	}
+	jobJSON, err := JobJSONWith(j.Payload, j.TraceOffset, j.TraceCRC, extra)
 	if err != nil {
 		return HostFiles{}, err
 	}
-	toml, err := InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, e.opts.Inner)
+	toml, err := InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, inner)
 	if err != nil {
 		return HostFiles{}, err
 	}

@@ -33,6 +33,7 @@ import (
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 	"gitlab.com/paas-runner/paas-runner/internal/labels"
 )
 
@@ -83,6 +84,8 @@ type Options struct {
 	// (default: when New was called, before the dispatcher inspects the
 	// hosts at resume): an end that happens meanwhile is not missed.
 	EventsSince time.Time
+	// Cache, with an S3 [runners.cache], presigns each job's cache URLs.
+	Cache *s3cache.Presigner
 	// Binary is the static paas-runner binary the base image is built
 	// from (default: the running executable). CABundle is copied next to
 	// it (default: /etc/ssl/certs/ca-certificates.crt).

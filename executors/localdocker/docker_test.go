@@ -16,6 +16,7 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
@@ -484,5 +485,30 @@ func TestDynamicBinaryRefused(t *testing.T) {
 		if err := checkStatic(bytes.NewReader(data)); err != nil {
 			t.Fatalf("static binary refused: %v", err)
 		}
+	}
+}
+
+// The base image removed behind the daemon's back (e.g. by an admin's
+// prune): the next attempt makes it again.
+func TestBaseImageRemovedMeanwhile(t *testing.T) {
+	needDocker(t)
+	e := newExec(t, nil)
+	ctx := ctxT(t)
+	j := executors.Job{RunnerID: e.opts.RunnerID, ID: 131, Payload: payload(131, "sleep")}
+	h, _ := e.Plan(ctx, j)
+	if _, err := e.Provision(ctx, h, j); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cli.ImageRemove(ctx, e.base.Tag(), image.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Launch(ctx, h, j); err == nil || executors.IsPermanent(err) {
+		t.Fatalf("launch without the base image: %v (want a transient error)", err)
+	}
+	if _, err := e.Launch(ctx, h, j); err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	if !exists(t, e, h) {
+		t.Fatal("no host")
 	}
 }

@@ -116,6 +116,9 @@ func (e *Executor) create(ctx context.Context, hd handle, j executors.Job) ([]st
 		if cerrdefs.IsConflict(err) {
 			return nil, executors.Transient("launch", fmt.Errorf("container %s appeared meanwhile: %w", hd.Container, err))
 		}
+		if cerrdefs.IsNotFound(err) && e.opts.InnerImage == "" {
+			e.base.forget() // removed behind our back: made again at the retry
+		}
 		return nil, executors.Transient("launch", fmt.Errorf("creating %s from %s: %w", hd.Container, ref.Image, err))
 	}
 	e.log.Debug("created the host container", zap.String("container", hd.Container), zap.String("image", ref.Image), zap.String("shape", ref.Shape.Name))

@@ -182,6 +182,12 @@ func BuildBaseImage(ctx context.Context, host, version, binary string, log *zap.
 	return b.Tag(), b.ensure(ctx)
 }
 
+// BaseImageTag is the tag of the base image made from binary (default:
+// the running executable) for version.
+func BaseImageTag(version, binary string) string {
+	return newBaseImage(nil, version, binary, "", zap.NewNop()).Tag()
+}
+
 // Tag names the base image after the version and the binary's hash: a
 // development build never reuses an image holding another binary.
 func (b *baseImage) Tag() string {
@@ -230,6 +236,14 @@ func (b *baseImage) binaryHash() ([]byte, error) {
 		return nil, err
 	}
 	return h.Sum(nil), nil
+}
+
+// forget makes the next ensure look at the engine again (the image was
+// removed behind the daemon's back).
+func (b *baseImage) forget() {
+	b.mu.Lock()
+	b.ready = false
+	b.mu.Unlock()
 }
 
 // ensure builds the base image unless it exists.

@@ -50,6 +50,9 @@ Flags:
 )
 
 func main() {
+	if code, ok := asHeptapodRunner(os.Args, os.Stderr); ok {
+		os.Exit(code)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

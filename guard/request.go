@@ -105,7 +105,9 @@ func projectPool(project, name string) string {
 
 func groupPool(ns, name string) string { return groupPrefix + escapeScope(ns) + ":" + name }
 
-func escapeScope(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "%", "%25"), "/", "%2F") }
+func escapeScope(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "%", "%25"), "/", "%2F")
+}
 
 func unescapeScope(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "%2F", "/"), "%25", "%")

@@ -125,7 +125,8 @@ func (m *Manager) Snapshot() (*State, *Decision) {
 	return m.st, m.dec
 }
 
-func (m *Manager) changedChan() <-chan struct{} {
+// Changed returns a channel closed at the next state change.
+func (m *Manager) Changed() <-chan struct{} {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.changed
@@ -313,7 +314,7 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	}()
 	err = m.core.Wait(ctx, Wait{
 		Guard: "locks", Since: since, Deadline: since.Add(req.Timeout), NoWait: req.NoWait,
-		Log: jobLog, Changed: m.changedChan,
+		Log: jobLog, Changed: m.Changed,
 		Blocking: func() {
 			m.mu.Lock()
 			ok := m.parked < m.opt.MaxWaiting

@@ -131,7 +131,7 @@ func (e *testEnv) waitFor(what string, cond func(*State) bool) {
 	e.t.Helper()
 	deadline := time.After(patience)
 	for {
-		ch := e.m.changedChan()
+		ch := e.m.Changed()
 		st, _ := e.m.Snapshot()
 		if cond(st) {
 			return

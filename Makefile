@@ -7,7 +7,7 @@ LDFLAGS     := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/int
 STATICCHECK_VERSION ?= 2026.2.2
 GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test lint fmt staticcheck bench clean docker-up image
+.PHONY: all build test lint fmt staticcheck bench clean docker-up image demo
 
 all: build
 
@@ -22,6 +22,11 @@ test: docker-up
 
 docker-up:
 	@./.ci/docker-up.sh
+
+# paas-runner end to end with no GitLab: an embedded development GitLab,
+# a sample pipeline, the daemon with local-docker; cleans up after itself.
+demo: build docker-up
+	$(GO) run ./demo --binary bin/paas-runner
 
 # The default host base image of local-docker (the daemon also builds it
 # on first use): paas-runner-host:$(VERSION), from the static binary.

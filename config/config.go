@@ -8,6 +8,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -196,6 +198,7 @@ func (c *Config) validate(d *decoder, opts Options) {
 	}
 	names := map[string]int{}
 	tokens := map[string]int{}
+	ids := map[string]int{}
 	for i := range c.Runners {
 		r := &c.Runners[i]
 		p := fmt.Sprintf("runners[%d]", i)
@@ -205,6 +208,11 @@ func (c *Config) validate(d *decoder, opts Options) {
 			d.errKey(p+".token", fmt.Sprintf("same token as runners[%d]", j))
 		} else {
 			tokens[r.Token] = i
+			if j, dup := ids[r.ID()]; dup {
+				d.errKey(p+".token", fmt.Sprintf("runners[%d]'s token starts with the same 8 characters (%q), which Heptapod-style tokens use as the runner's identity; use a glrt- runner authentication token or another runner", j, r.ID()))
+			} else {
+				ids[r.ID()] = i
+			}
 		}
 		if r.Name != "" {
 			if j, dup := names[r.Name]; dup {
@@ -294,23 +302,41 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 	}
 }
 
-// UniqueName is how Heptapod identifies a runner in resource names and
-// state files: the first 8 characters of its token (kept exactly, so that
-// Heptapod state files import).
-func (r *Runner) UniqueName() string {
-	t := r.Token
-	if len(t) > 8 {
-		t = t[:8]
+// ID identifies the runner in the state file, in host names and in labels.
+// It is unique per token and does not depend on the other runners of the
+// configuration, so it stays the same when runners are added or removed:
+//   - a legacy token (not glrt-): its first 8 characters, exactly as
+//     Heptapod PAAS Runner's unique_name, so that Heptapod state files and
+//     host names (hpd-job-<unique_name>-<job id>) carry over;
+//   - a glrt- token: "t" and the first 7 hex digits of its SHA-256. The
+//     first 8 characters of such tokens are shared (glrt-t1_, glrt-t3_…),
+//     so they identify nothing.
+func (r *Runner) ID() string { return RunnerID(r.Token) }
+
+// RunnerID is Runner.ID for a token.
+func RunnerID(token string) string {
+	if strings.HasPrefix(token, "glrt-") {
+		sum := sha256.Sum256([]byte(token))
+		return "t" + hex.EncodeToString(sum[:])[:7]
 	}
-	return t
+	return LegacyID(token)
 }
 
-// DisplayName is the runner's name, or its unique name when it has none.
+// LegacyID is Heptapod PAAS Runner's unique_name for a token: its first 8
+// characters. State files written by Heptapod key their jobs with it.
+func LegacyID(token string) string {
+	if len(token) > 8 {
+		return token[:8]
+	}
+	return token
+}
+
+// DisplayName is the runner's name, or its ID when it has none.
 func (r *Runner) DisplayName() string {
 	if r.Name != "" {
 		return r.Name
 	}
-	return r.UniqueName()
+	return r.ID()
 }
 
 func oneOf(s string, set ...string) bool {

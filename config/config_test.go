@@ -34,8 +34,8 @@ func TestLoadHeptapodConfig(t *testing.T) {
 	if cl.Clever.ExtraEnv["CC_ENABLE_HEPTAPOD_RUNNER"] != "true" || cl.Clever.FlavorNamePrefix != "heptapod-runner-" {
 		t.Errorf("clever extras: %+v", cl.Clever)
 	}
-	if cl.InnerImage != "registry.example/runner:1" || cl.UniqueName() != "Cl3vr123" {
-		t.Errorf("inner image %q unique %q", cl.InnerImage, cl.UniqueName())
+	if cl.InnerImage != "registry.example/runner:1" || cl.ID() != "Cl3vr123" {
+		t.Errorf("inner image %q unique %q", cl.InnerImage, cl.ID())
 	}
 	docker, _ := cl.Inner["docker"].(map[string]any)
 	if docker["image"] != "alpine" || cl.Inner["cache"] == nil {
@@ -76,7 +76,7 @@ func TestMinimalDefaults(t *testing.T) {
 	if c.Concurrent != 50 || c.CheckInterval != 3 || c.PaasMaxConcurrentProvisioning != 10 || !c.PaasDecommissionLaunchFailures || c.PaasFinishedJobsKeepResources {
 		t.Errorf("defaults: %+v", c)
 	}
-	if c.Runners[0].UnhealthyRequestsLimit != 3 || c.Runners[0].DisplayName() != "glrt-abc" {
+	if c.Runners[0].UnhealthyRequestsLimit != 3 || c.Runners[0].DisplayName() != c.Runners[0].ID() {
 		t.Errorf("runner defaults: %+v", c.Runners[0])
 	}
 }
@@ -145,6 +145,7 @@ func TestBadInputs(t *testing.T) {
 		"wrong type":      {strings.Replace(minimal, `executor = "local-docker"`, `executor = "local-docker"`+"\nlimit = \"3\"", 1), "runners[0].limit: wrong type"},
 		"dup token":       {minimal + "[[runners]]\nurl = \"https://g\"\ntoken = \"glrt-abcdefgh\"\nexecutor = \"local-docker\"\n", "runners[1].token: same token as runners[0]"},
 		"log format":      {"log_format = \"xml\"\n" + minimal, "log_format: unknown format"},
+		"legacy prefix":   {"[[runners]]\nurl = \"https://g\"\ntoken = \"AbCdEfGh111\"\nexecutor = \"local-docker\"\n[[runners]]\nurl = \"https://g\"\ntoken = \"AbCdEfGh222\"\nexecutor = \"local-docker\"\n", "runners[1].token: runners[0]'s token starts with the same 8 characters"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -178,4 +179,39 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("empty error line")
 		}
 	})
+}
+
+// GitLab's runner authentication tokens share their first 8 characters
+// (glrt-t1_…): runners with such tokens are told apart by the whole token,
+// and the ID does not depend on the other runners. Legacy tokens keep
+// Heptapod's ID (the first 8 characters).
+func TestRunnerIDs(t *testing.T) {
+	body := "state_file = \"s\"\n"
+	for _, tok := range []string{"glrt-t1_aaaaaaaaaaaa", "glrt-t1_bbbbbbbbbbbb", "glrt-t3_cccccccccccc"} {
+		body += "[[runners]]\nurl = \"https://g\"\ntoken = \"" + tok + "\"\nexecutor = \"local-docker\"\n"
+	}
+	c, err := Load(write(t, body), execs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, r := range c.Runners {
+		id := r.ID()
+		if seen[id] || len(id) != 8 || id[0] != 't' || strings.Contains(r.Token, id[1:]) {
+			t.Errorf("runner ID %q of %q: want unique t + 7 hex digits of the token's hash", id, r.Token)
+		}
+		seen[id] = true
+		if r.ID() != RunnerID(r.Token) {
+			t.Errorf("ID not stable")
+		}
+	}
+	if got := RunnerID("glrt-t1_aaaaaaaaaaaa"); got != "te88043d" {
+		t.Errorf("ID %q: it names hosts and keys the state file, it must not change between versions", got)
+	}
+	if got := RunnerID("D3adNQYuXXXXXXXXXXXX"); got != "D3adNQYu" {
+		t.Errorf("legacy token ID %q, want Heptapod's D3adNQYu", got)
+	}
+	if got := LegacyID("glrt-t1_aaaaaaaaaaaa"); got != "glrt-t1_" {
+		t.Errorf("legacy ID %q", got)
+	}
 }

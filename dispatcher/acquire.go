@@ -76,7 +76,7 @@ func (d *Dispatcher) requestFailed(r *runnerState, err error) {
 
 // accept takes charge of a job GitLab just assigned; its slot is reserved.
 func (d *Dispatcher) accept(r *runnerState, a *job.Acquired) {
-	rec := state.Job{RunnerName: r.UniqueName, JobID: a.ID, Token: a.Token, ExpectedWeight: 1,
+	rec := state.Job{RunnerID: r.ID, JobID: a.ID, Token: a.Token, ExpectedWeight: 1,
 		Phase: state.Acquired, Executor: r.ExecutorName, AcquiredAt: time.Now().UTC(), Payload: a.Raw}
 	t := &tracked{rec: rec, r: r, acquired: a}
 	d.mu.Lock()

@@ -65,9 +65,13 @@ type Guard interface {
 type Runner struct {
 	// Name is for logs (the configured name).
 	Name string
-	// UniqueName keys the runner in the state file: the token's first 8
-	// characters, as Heptapod does.
-	UniqueName   string
+	// ID keys the runner in the state file and names its hosts: unique
+	// per runner and stable (config.Runner.ID).
+	ID string
+	// LegacyIDs are other IDs this runner's jobs may carry in the state
+	// file: Heptapod PAAS Runner keyed them by the token's first 8
+	// characters. Such jobs are taken over and re-keyed to ID at resume.
+	LegacyIDs    []string
 	ExecutorName string
 	Executor     executors.Executor
 	Source       JobSource
@@ -159,7 +163,8 @@ type Dispatcher struct {
 	cfg     Config
 	log     *zap.Logger
 	store   Store
-	runners map[string]*runnerState
+	runners map[string]*runnerState // by ID
+	aliases map[string]*runnerState // by legacy (Heptapod) ID
 	order   []*runnerState
 
 	mu           sync.Mutex
@@ -202,15 +207,30 @@ func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger, store: store, runners: map[string]*runnerState{},
 		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}}
 	for _, r := range runners {
-		if r.UniqueName == "" || r.Executor == nil || r.Source == nil {
+		if r.ID == "" || r.Executor == nil || r.Source == nil {
 			return nil, fmt.Errorf("runner %q: unique name, executor and job source are required", r.Name)
 		}
-		if _, dup := d.runners[r.UniqueName]; dup {
-			return nil, fmt.Errorf("runners %q and %q share the unique name %q (first 8 characters of the token)", d.runners[r.UniqueName].Name, r.Name, r.UniqueName)
+		if _, dup := d.runners[r.ID]; dup {
+			return nil, fmt.Errorf("runners %q and %q share the unique name %q (first 8 characters of the token)", d.runners[r.ID].Name, r.Name, r.ID)
 		}
 		rs := &runnerState{Runner: r, log: d.log.With(zap.String("runner", r.Name), zap.String("executor", r.ExecutorName))}
-		d.runners[r.UniqueName] = rs
+		d.runners[r.ID] = rs
 		d.order = append(d.order, rs)
+	}
+	// A legacy ID is an alias only where it names no runner of its own;
+	// several runners sharing one (glrt- tokens under Heptapod) take the
+	// jobs on the first of them, in configuration order: the job's own
+	// token and host handle are what tracking and removal use.
+	d.aliases = map[string]*runnerState{}
+	for _, rs := range d.order {
+		for _, l := range rs.LegacyIDs {
+			if _, own := d.runners[l]; own || l == "" {
+				continue
+			}
+			if _, taken := d.aliases[l]; !taken {
+				d.aliases[l] = rs
+			}
+		}
 	}
 	d.work, d.forceStop = context.WithCancel(context.Background())
 	d.stopWaiting, d.endWaits = context.WithCancel(d.work)

@@ -40,7 +40,7 @@ func (d *Dispatcher) watchEnds(ctx context.Context, r *runnerState, w executors.
 // job is failed with runner_system_failure.
 func (d *Dispatcher) hostEnded(ctx context.Context, r *runnerState, e executors.End) {
 	d.mu.Lock()
-	t := d.jobs[state.Key{Runner: r.UniqueName, ID: e.JobID}]
+	t := d.jobs[state.Key{Runner: r.ID, ID: e.JobID}]
 	d.mu.Unlock()
 	if t == nil {
 		return
@@ -90,7 +90,7 @@ func (d *Dispatcher) reapAll(grace time.Duration) {
 		}
 		var keep []executors.Handle
 		for _, j := range all {
-			if j.RunnerName == r.UniqueName && len(j.Resource) > 0 {
+			if j.RunnerID == r.ID && len(j.Resource) > 0 {
 				keep = append(keep, j.Resource)
 			}
 		}

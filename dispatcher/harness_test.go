@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"fmt"
+	"gitlab.com/paas-runner/paas-runner/config"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -52,8 +53,8 @@ func newHarness(t testing.TB, runners int) *harness {
 	return h
 }
 
-// uniqueName mirrors config.Runner.UniqueName.
-func uniqueName(tok string) string { return tok[:8] }
+// uniqueName is the runner ID the daemon gives a token.
+func uniqueName(tok string) string { return config.RunnerID(tok) }
 
 func (h *harness) start() {
 	h.t.Helper()
@@ -72,7 +73,7 @@ func (h *harness) start() {
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		rs = append(rs, &dispatcher.Runner{Name: fmt.Sprintf("runner-%d", i), UniqueName: uniqueName(tok), ExecutorName: "fake",
+		rs = append(rs, &dispatcher.Runner{Name: fmt.Sprintf("runner-%d", i), ID: uniqueName(tok), LegacyIDs: []string{config.LegacyID(tok)}, ExecutorName: "fake",
 			Executor: h.fake, Source: c, Limit: h.limits[i], UnhealthyLimit: 3, UnhealthyInterval: time.Hour})
 	}
 	h.d, err = dispatcher.New(h.cfg, h.store, rs)

@@ -130,7 +130,7 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if why, _ := t.stopped(); why != "" {
 		return errStopped
 	}
-	ej := executors.Job{RunnerName: rec.RunnerName, ID: rec.JobID, Token: rec.Token, Payload: rec.Payload}
+	ej := executors.Job{RunnerID: rec.RunnerID, ID: rec.JobID, Token: rec.Token, Payload: rec.Payload}
 	traced := make(chan struct{})
 	if rec.Phase == state.Acquired {
 		if len(d.cfg.Guards) > 0 {
@@ -559,11 +559,23 @@ func (d *Dispatcher) resume() {
 	recs := d.store.Jobs()
 	var pending, launched, decom, foreign int
 	for _, rec := range recs {
-		r, ok := d.runners[rec.RunnerName]
+		r, ok := d.runners[rec.RunnerID]
+		if !ok {
+			if r, ok = d.aliases[rec.RunnerID]; ok {
+				d.log.Info("taking over a job recorded under the runner's Heptapod ID",
+					zap.String("runner", r.Name), zap.String("legacy_id", rec.RunnerID), zap.String("runner_id", r.ID), zap.Int64("job_id", rec.JobID))
+				// Put before Delete: a crash in between leaves the job
+				// twice, which the next start folds again, never zero times.
+				old := rec.Key()
+				rec.RunnerID = r.ID
+				d.store.Put(rec)
+				d.store.Delete(old)
+			}
+		}
 		if !ok {
 			foreign++
 			d.log.Error("the state file has a job of a runner that is not configured; leaving it in the state file (its host is not removed)",
-				zap.String("runner_name", rec.RunnerName), zap.Int64("job_id", rec.JobID), zap.ByteString("handle", rec.Resource))
+				zap.String("runner_name", rec.RunnerID), zap.Int64("job_id", rec.JobID), zap.ByteString("handle", rec.Resource))
 			continue
 		}
 		if rec.KeepResources {

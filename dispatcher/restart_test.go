@@ -199,3 +199,45 @@ func TestGuardRunsBeforeProvisioning(t *testing.T) {
 		return found && hh.Launches == 1
 	})
 }
+
+// A job Heptapod PAAS Runner recorded under its runner ID (the token's
+// first 8 characters) is taken over by the runner whose token it is,
+// re-keyed to that runner's ID, tracked and cleaned up at its end.
+func TestResumeHeptapodKeyedJob(t *testing.T) {
+	h := newHarness(t, 1)
+	h.start()
+	j := h.gl.Enqueue("", nil)
+	name := h.hostName(h.tokens[0], j.ID)
+	h.waitFake("launched", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
+	if err := h.force(); err != nil {
+		t.Fatal(err)
+	}
+	newKey := state.Key{Runner: uniqueName(h.tokens[0]), ID: j.ID}
+	rec, ok := h.store.Get(newKey)
+	if !ok || rec.Phase != state.Launched {
+		t.Fatalf("launched job recorded as %+v %v", rec, ok)
+	}
+	legacy := h.tokens[0][:8]
+	if legacy == newKey.Runner {
+		t.Fatalf("test needs a token whose ID is not its prefix: %q", legacy)
+	}
+	rec.RunnerID = legacy
+	h.store.Put(rec)
+	h.store.Delete(newKey)
+	if err := h.store.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.store.Close()
+	h.store = nil
+	h.start()
+	// Without the takeover the job would be left alone as another
+	// runner's, and its host never removed.
+	h.gl.Finish(j.ID, "success")
+	h.waitFake("removed", func(f *executortest.Fake) bool { return f.GoneLocked(name) })
+	if hh := h.fake.Removed()[name]; hh.Launches != 1 {
+		t.Fatalf("launched %d times", hh.Launches)
+	}
+	if _, old := h.store.Get(state.Key{Runner: legacy, ID: j.ID}); old {
+		t.Fatal("the job is still recorded under its Heptapod ID")
+	}
+}

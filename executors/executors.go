@@ -18,11 +18,11 @@ type Handle = json.RawMessage
 
 // Job is what an executor is told about a job.
 type Job struct {
-	// RunnerName is the runner's unique name (its token's first 8
-	// characters), used in resource names.
-	RunnerName string
-	ID         int64
-	Token      string
+	// RunnerID identifies the runner (config.Runner.ID), used in resource
+	// names and labels.
+	RunnerID string
+	ID       int64
+	Token    string
 	// Payload is the jobs/request payload, handed to the inner runner.
 	Payload json.RawMessage
 	// TraceOffset is where the daemon's writing to the job log stopped: the
@@ -72,6 +72,27 @@ type EndWatcher interface {
 	// WatchEnds calls fn for each host of this executor that stops, until
 	// ctx is done. It returns ctx's error, or the error that stopped it.
 	WatchEnds(ctx context.Context, fn func(End)) error
+}
+
+// HostStatus is what an Inspector sees of a host.
+type HostStatus struct {
+	// Exists is false when the host is gone (removed, never created).
+	Exists bool
+	// Running is true while the inner runner may still report the job.
+	Running bool
+	// ExitCode of the host's main process once it stopped.
+	ExitCode int
+	// Detail says what became of it, for the job log: "OOM killed",
+	// "exit status 137", and the host's last output lines.
+	Detail string
+}
+
+// Inspector is implemented by executors that can look at a host on demand:
+// at a restart, the dispatcher checks every launched job's host, so that a
+// host that died while the daemon was down fails its job at once instead
+// of at GitLab's timeout.
+type Inspector interface {
+	Inspect(ctx context.Context, h Handle) (HostStatus, error)
 }
 
 // Reaper is implemented by executors that can list their own hosts and

@@ -132,7 +132,7 @@ func decodeFile(data []byte) (jobs []Job, imported bool, journalSeq uint64, err 
 	}
 	seen := map[Key]string{}
 	add := func(j Job, section string) error {
-		if j.RunnerName == "" || j.JobID <= 0 {
+		if j.RunnerID == "" || j.JobID <= 0 {
 			return fmt.Errorf("corrupted state file: %s entry without runner_name or job_id", section)
 		}
 		if prev, dup := seen[j.Key()]; dup {

@@ -94,7 +94,7 @@ func replayJournal(path string, afterSeq uint64, jobs map[Key]*entry) (uint64, i
 			continue
 		}
 		var j Job
-		if err := json.Unmarshal(rec.Put, &j); err != nil || j.RunnerName == "" || j.JobID <= 0 {
+		if err := json.Unmarshal(rec.Put, &j); err != nil || j.RunnerID == "" || j.JobID <= 0 {
 			return 0, 0, fmt.Errorf("corrupted journal %s: line %d", path, lineNo)
 		}
 		if len(rec.Payload) > 0 {

@@ -57,7 +57,7 @@ func (p Phase) Pending() bool { return p == Acquired || p == Provisioning || p =
 
 // Job is one job handle. The JSON keys are Heptapod's where it has them.
 type Job struct {
-	RunnerName  string `json:"runner_name"`
+	RunnerID    string `json:"runner_name"`
 	JobID       int64  `json:"job_id"`
 	Token       string `json:"token"`
 	TraceOffset int64  `json:"trace_offset"`
@@ -91,7 +91,7 @@ type Key struct {
 	ID     int64
 }
 
-func (j Job) Key() Key { return Key{j.RunnerName, j.JobID} }
+func (j Job) Key() Key { return Key{j.RunnerID, j.JobID} }
 
 func (k Key) String() string { return fmt.Sprintf("%s/%d", k.Runner, k.ID) }
 

@@ -41,7 +41,7 @@ func TestMissingFileIsEmptyAndWrittenOnChange(t *testing.T) {
 	if s.Len() != 0 {
 		t.Fatal("not empty")
 	}
-	s.Put(Job{RunnerName: "r", JobID: 1, Token: "t", Phase: Acquired, Payload: json.RawMessage(`{"id":1}`)})
+	s.Put(Job{RunnerID: "r", JobID: 1, Token: "t", Phase: Acquired, Payload: json.RawMessage(`{"id":1}`)})
 	if err := s.Sync(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestImportHeptapod(t *testing.T) {
 	}
 	want := map[int64]Phase{956: Launched, 950: Decommissioning, 949: Decommissioning, 957: Acquired, 958: Launching}
 	for _, j := range s.Jobs() {
-		if j.Phase != want[j.JobID] || !j.Imported || j.RunnerName != "D3adNQYu" {
+		if j.Phase != want[j.JobID] || !j.Imported || j.RunnerID != "D3adNQYu" {
 			t.Errorf("job %d: %+v", j.JobID, j)
 		}
 		delete(want, j.JobID)
@@ -244,7 +244,7 @@ func TestGroupCommit(t *testing.T) {
 		go func(w int) {
 			defer wg.Done()
 			for i := 0; i < per; i++ {
-				s.Put(Job{RunnerName: "r", JobID: int64(w*per + i + 1), Token: "t", Phase: Launched})
+				s.Put(Job{RunnerID: "r", JobID: int64(w*per + i + 1), Token: "t", Phase: Launched})
 				if err := s.Sync(context.Background()); err != nil {
 					t.Error(err)
 					return
@@ -274,9 +274,9 @@ func TestGroupCommit(t *testing.T) {
 func TestDeleteAndPayloadDroppedAfterLaunch(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "state.json")
 	s, _ := Open(p)
-	s.Put(Job{RunnerName: "r", JobID: 1, Phase: Launching, Payload: json.RawMessage(`{"id":1}`)})
-	s.Put(Job{RunnerName: "r", JobID: 1, Phase: Launched, Payload: json.RawMessage(`{"id":1}`)})
-	s.Put(Job{RunnerName: "r", JobID: 2, Phase: Decommissioning})
+	s.Put(Job{RunnerID: "r", JobID: 1, Phase: Launching, Payload: json.RawMessage(`{"id":1}`)})
+	s.Put(Job{RunnerID: "r", JobID: 1, Phase: Launched, Payload: json.RawMessage(`{"id":1}`)})
+	s.Put(Job{RunnerID: "r", JobID: 2, Phase: Decommissioning})
 	s.Delete(Key{"r", 2})
 	s.Sync(ctx(t))
 	s.Close()
@@ -303,9 +303,9 @@ func TestJournalReplayAfterCrash(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "state.json")
 	s, _ := Open(p)
 	defer s.Close()
-	s.Put(Job{RunnerName: "r", JobID: 1, Phase: Provisioning, Payload: json.RawMessage(`{"id":1}`), Resource: json.RawMessage(`{"h":1}`)})
-	s.Put(Job{RunnerName: "r", JobID: 2, Phase: Launched})
-	s.Put(Job{RunnerName: "r", JobID: 3, Phase: Launched})
+	s.Put(Job{RunnerID: "r", JobID: 1, Phase: Provisioning, Payload: json.RawMessage(`{"id":1}`), Resource: json.RawMessage(`{"h":1}`)})
+	s.Put(Job{RunnerID: "r", JobID: 2, Phase: Launched})
+	s.Put(Job{RunnerID: "r", JobID: 3, Phase: Launched})
 	s.Delete(Key{"r", 3})
 	if err := s.Sync(ctx(t)); err != nil {
 		t.Fatal(err)
@@ -377,7 +377,7 @@ func TestSnapshotWhenJournalGrows(t *testing.T) {
 	s, _ := Open(p)
 	defer s.Close()
 	for i := 1; i <= 200; i++ {
-		s.Put(Job{RunnerName: "r", JobID: int64(i), Phase: Launched})
+		s.Put(Job{RunnerID: "r", JobID: int64(i), Phase: Launched})
 		s.Sync(ctx(t))
 	}
 	fi, err := os.Stat(p)
@@ -411,7 +411,7 @@ func FuzzOpenJournal(f *testing.F) {
 			return
 		}
 		for _, j := range s.Jobs() {
-			if j.RunnerName == "" || j.JobID <= 0 {
+			if j.RunnerID == "" || j.JobID <= 0 {
 				t.Fatalf("invalid job loaded: %+v", j)
 			}
 		}

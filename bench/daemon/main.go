@@ -17,19 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 )
-
-type tb struct{ cleanups []func() }
-
-func (*tb) Helper()                        {}
-func (*tb) Fatalf(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...); os.Exit(1) }
-func (t *tb) Cleanup(f func())             { t.cleanups = append(t.cleanups, f) }
-func (t *tb) close() {
-	for i := len(t.cleanups) - 1; i >= 0; i-- {
-		t.cleanups[i]()
-	}
-}
 
 func main() {
 	binary := flag.String("binary", "bench/out/paas-runner", "paas-runner built with -tags paasrunner_testexec")
@@ -37,8 +27,8 @@ func main() {
 	seconds := flag.Int("seconds", 20, "measurement window")
 	flag.Parse()
 
-	t := &tb{}
-	defer t.close()
+	t := &coordinatortest.Program{}
+	defer t.Close()
 	gl := coordinatortest.New(t)
 	token := "glrt-bench-0123456789"
 	gl.AddRunner(token)
@@ -52,8 +42,8 @@ func main() {
 	var launched []string
 	for i := 0; i < *jobs; i++ {
 		j := gl.AddRunning(token)
-		rec := map[string]any{"runner_name": token[:8], "job_id": j.ID, "token": j.Token, "trace_offset": 100,
-			"expected_weight": 1, "paas_resource": map[string]string{"name": fmt.Sprintf("host-%s-%d", token[:8], j.ID)},
+		rec := map[string]any{"runner_name": config.RunnerID(token), "job_id": j.ID, "token": j.Token, "trace_offset": 100,
+			"expected_weight": 1, "paas_resource": map[string]string{"name": fmt.Sprintf("host-%s-%d", config.RunnerID(token), j.ID)},
 			"phase": "launched", "executor": "test-dir", "acquired_at": time.Now().UTC(), "launched_at": time.Now().UTC()}
 		b, _ := json.Marshal(rec)
 		launched = append(launched, string(b))

@@ -268,3 +268,31 @@ func TestDaemonRunsRegisteredConfig(t *testing.T) {
 		t.Fatalf("the daemon did not poll GitLab:\n%s", out)
 	}
 }
+
+// GitLab's runner authentication tokens share their first 8 characters
+// (glrt-t1_…): two project runners registered in one file are told apart,
+// and the daemon runs both.
+func TestTwoRunnersWithSharedTokenPrefix(t *testing.T) {
+	gl, dir := setup(t)
+	toks := []string{"glrt-t1_aaaaaaaaaaaaaaaa", "glrt-t1_bbbbbbbbbbbbbbbb"}
+	cfg := filepath.Join(dir, "config.toml")
+	for i, tok := range toks {
+		gl.AddRunner(tok)
+		r := runReg("", "--non-interactive", "--url", gl.URL, "--token", tok, "--name", fmt.Sprintf("project-%d", i),
+			"--executor", "local-docker", "--state-file", filepath.Join(dir, "state.json"), cfg)
+		if r.code != 0 {
+			t.Fatalf("registering %d: %+v", i, r)
+		}
+	}
+	bin := filepath.Join(dir, "paas-runner")
+	if out, err := exec.Command("go", "build", "-o", bin, "../paas-runner").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "--poll-cycles", "2", cfg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("paas-runner on two runners whose tokens share 8 characters: %v\n%s", err, out)
+	}
+	if n := gl.Count("POST /api/v4/jobs/request"); n < 4 {
+		t.Fatalf("%d job requests, want both runners polling:\n%s", n, out)
+	}
+}

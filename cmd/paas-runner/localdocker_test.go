@@ -20,6 +20,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
@@ -139,8 +140,8 @@ func TestLocalDockerEndToEnd(t *testing.T) {
 		ldRunner{good, fmt.Sprintf("name = \"local\"\nheptapod_runner_main_image = %q\n  [runners.local_docker]\n  network_mode = \"host\"\n  [runners.docker]\n  network_mode = \"host\"", innerTag)},
 		ldRunner{bad, "name = \"broken-image\"\ninner_image = \"127.0.0.1:1/missing/image:1\""})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
-	cleanRunner(t, cli, good[:8])
-	cleanRunner(t, cli, bad[:8])
+	cleanRunner(t, cli, config.RunnerID(good))
+	cleanRunner(t, cli, config.RunnerID(bad))
 	p := e.start("")
 	ok := gl.Enqueue(good, nil)
 	crash := gl.Enqueue(good, map[string]any{"variables": []map[string]any{{"key": "TEST_INNER", "value": "crash", "public": true, "masked": false}}})
@@ -164,7 +165,7 @@ func TestLocalDockerEndToEnd(t *testing.T) {
 		t.Errorf("broken image job: %s\n%s", bj.FailureReason, bj.Trace)
 	}
 	// every host removed, promptly: the engine's events say when a host stops
-	waitNoHosts(t, cli, good[:8], bad[:8])
+	waitNoHosts(t, cli, config.RunnerID(good), config.RunnerID(bad))
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
@@ -206,7 +207,7 @@ func BenchmarkDecommissionLag(b *testing.B) {
 			if _, done := goneAt[j.ID]; done {
 				continue
 			}
-			_, err := cli.ContainerInspect(context.Background(), fmt.Sprintf("paas-job-%s-%d", tok[:8], j.ID))
+			_, err := cli.ContainerInspect(context.Background(), fmt.Sprintf("paas-job-%s-%d", config.RunnerID(tok), j.ID))
 			switch {
 			case err == nil:
 				seen[j.ID] = true
@@ -243,7 +244,7 @@ func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
 	tok := "glrt-ldreal-0123456789"
 	gl, dir, cfg := localDockerConfig(t, "concurrent = 2\ncheck_interval = 0.1", ldRunner{tok, "name = \"real\"\n" + hostNetworkNoPull})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
-	cleanRunner(t, cli, tok[:8])
+	cleanRunner(t, cli, config.RunnerID(tok))
 	p := e.start("")
 	jobToken := "glcbt-real-job-token-0001"
 	repo, sha := localdockertest.GitServer(t, jobToken)
@@ -270,7 +271,7 @@ func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
 	if out, _ := last["output"].(map[string]any); out["checksum"] != coordinator.Checksum(got.Trace) {
 		t.Errorf("checksum %v, log's is %s", out["checksum"], coordinator.Checksum(got.Trace))
 	}
-	waitNoHosts(t, cli, tok[:8])
+	waitNoHosts(t, cli, config.RunnerID(tok))
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
@@ -302,7 +303,7 @@ func BenchmarkJobStartToFirstLine(b *testing.B) {
 	defer func() {
 		// let the last host go before stopping the daemon
 		for deadline := time.Now().Add(procWait); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if c, i := ours(b, cli, tok[:8]); c+i == 0 {
+			if c, i := ours(b, cli, config.RunnerID(tok)); c+i == 0 {
 				break
 			}
 		}

@@ -324,12 +324,21 @@ func buildRunners(ctx context.Context, cfg *config.Config, reg registry, env exe
 			continue
 		}
 		out = append(out, &dispatcher.Runner{
-			Name: rc.DisplayName(), UniqueName: rc.UniqueName(), ExecutorName: rc.Executor, Executor: ex, Source: client,
+			Name: rc.DisplayName(), ID: rc.ID(), LegacyIDs: legacyIDs(rc), ExecutorName: rc.Executor, Executor: ex, Source: client,
 			Limit: rc.Limit, UnhealthyLimit: rc.UnhealthyRequestsLimit,
 			UnhealthyInterval: time.Duration(rc.UnhealthyInterval * float64(time.Second)),
 		})
 	}
 	return out, errors.Join(errs...)
+}
+
+// legacyIDs are the IDs Heptapod PAAS Runner knew rc's jobs by, when they
+// differ from rc.ID().
+func legacyIDs(rc *config.Runner) []string {
+	if l := config.LegacyID(rc.Token); l != rc.ID() {
+		return []string{l}
+	}
+	return nil
 }
 
 // features are what jobs run by this runner support, as advertised to

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
@@ -174,7 +175,9 @@ func (e *env) waitFile(path string) {
 	}
 }
 
-func (e *env) hostName(id int64) string { return fmt.Sprintf("host-%s-%d", e.token[:8], id) }
+func (e *env) hostName(id int64) string {
+	return fmt.Sprintf("host-%s-%d", config.RunnerID(e.token), id)
+}
 
 func (e *env) launches() map[string]int {
 	b, _ := os.ReadFile(filepath.Join(e.hosts, "launches.log"))

@@ -37,7 +37,7 @@ func newRegistry() registry {
 func newLocalDocker(ctx context.Context, r *config.Runner, env executorEnv, log *zap.Logger) (executors.Executor, error) {
 	ex, err := localdocker.New(localdocker.Options{
 		Host: r.LocalDocker.Host, NetworkMode: r.LocalDocker.NetworkMode, InnerImage: r.InnerImage,
-		RunnerName: r.UniqueName(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
+		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
 		StatePath: env.StatePath, InstanceID: env.SystemID, Version: version.Version, Logger: log,
 	})
 	if err != nil {

@@ -22,8 +22,8 @@ type Inspector interface {
 type Subject struct {
 	Executor  executors.Executor
 	Inspector Inspector
-	// RunnerName to use in jobs; unique per test run is best.
-	RunnerName string
+	// RunnerID to use in jobs; unique per test run is best.
+	RunnerID string
 	// Timeout for each step (real PaaS back ends are slow). Default 2 min.
 	Timeout time.Duration
 	// Payload of the jobs, when the executor needs a real one.
@@ -38,7 +38,7 @@ func Run(t *testing.T, newSubject func(t *testing.T) Subject) {
 }
 
 func (s Subject) job(id int64) executors.Job {
-	j := executors.Job{RunnerName: s.RunnerName, ID: id, Token: fmt.Sprintf("job-token-%d", id), TraceOffset: 42}
+	j := executors.Job{RunnerID: s.RunnerID, ID: id, Token: fmt.Sprintf("job-token-%d", id), TraceOffset: 42}
 	if s.Payload != nil {
 		j.Payload = s.Payload(id)
 	} else {

@@ -38,7 +38,7 @@ type dirHandle struct {
 }
 
 func (d *Dir) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {
-	return json.Marshal(dirHandle{Name: fmt.Sprintf("host-%s-%d", sanitize(j.RunnerName), j.ID)})
+	return json.Marshal(dirHandle{Name: fmt.Sprintf("host-%s-%d", sanitize(j.RunnerID), j.ID)})
 }
 
 func sanitize(s string) string {
@@ -97,7 +97,7 @@ func (d *Dir) Provision(ctx context.Context, h executors.Handle, j executors.Job
 	if err != nil {
 		return nil, executors.Transient("provision", err)
 	}
-	fmt.Fprintf(f, "%s %d\n", j.RunnerName, j.ID)
+	fmt.Fprintf(f, "%s %d\n", j.RunnerID, j.ID)
 	return h, f.Close()
 }
 
@@ -126,7 +126,7 @@ func (d *Dir) Launch(ctx context.Context, h executors.Handle, j executors.Job) (
 		return nil, err
 	}
 	defer log.Close()
-	_, err = fmt.Fprintf(log, "%s/%d\n", j.RunnerName, j.ID)
+	_, err = fmt.Fprintf(log, "%s/%d\n", j.RunnerID, j.ID)
 	return h, err
 }
 

@@ -7,13 +7,13 @@ import (
 func TestFakeConforms(t *testing.T) {
 	Run(t, func(t *testing.T) Subject {
 		f := NewFake()
-		return Subject{Executor: f, Inspector: f, RunnerName: "r1"}
+		return Subject{Executor: f, Inspector: f, RunnerID: "r1"}
 	})
 }
 
 func TestDirConforms(t *testing.T) {
 	Run(t, func(t *testing.T) Subject {
 		d := &Dir{Path: t.TempDir()}
-		return Subject{Executor: d, Inspector: d, RunnerName: "r1"}
+		return Subject{Executor: d, Inspector: d, RunnerID: "r1"}
 	})
 }

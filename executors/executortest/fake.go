@@ -60,7 +60,7 @@ type fakeHandle struct {
 }
 
 func (f *Fake) name(j executors.Job) string {
-	return fmt.Sprintf("%s-%s-%d", f.Prefix, j.RunnerName, j.ID)
+	return fmt.Sprintf("%s-%s-%d", f.Prefix, j.RunnerID, j.ID)
 }
 
 func decode(h executors.Handle) (string, error) {
@@ -193,7 +193,7 @@ func (f *Fake) Reap(_ context.Context, keep []executors.Handle, grace time.Durat
 func (f *Fake) Plant(runner string, id int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	name := f.name(executors.Job{RunnerName: runner, ID: id})
+	name := f.name(executors.Job{RunnerID: runner, ID: id})
 	f.hosts[name] = &Host{Name: name, JobID: id, Provisions: 1, Created: time.Now()}
 	f.notifyLocked()
 }

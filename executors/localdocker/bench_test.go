@@ -18,7 +18,7 @@ func BenchmarkProvisionLaunch(b *testing.B) {
 	}
 	for _, mode := range []string{"default-base-image", "heptapod-inner-image"} {
 		b.Run(mode, func(b *testing.B) {
-			o := Options{RunnerName: "glrt-bnc", RunnerLabel: "bench", RunnerURL: "http://127.0.0.1:1", StatePath: b.TempDir() + "/s.json",
+			o := Options{RunnerID: "glrt-bnc", RunnerLabel: "bench", RunnerURL: "http://127.0.0.1:1", StatePath: b.TempDir() + "/s.json",
 				Binary: staticBin, Version: testVersion, NetworkMode: "host"}
 			if mode == "heptapod-inner-image" {
 				o.InnerImage = innerImage
@@ -35,7 +35,7 @@ func BenchmarkProvisionLaunch(b *testing.B) {
 			var hs []executors.Handle
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				j := executors.Job{RunnerName: o.RunnerName, ID: int64(1000 + i), Payload: payload(int64(1000+i), "sleep")}
+				j := executors.Job{RunnerID: o.RunnerID, ID: int64(1000 + i), Payload: payload(int64(1000+i), "sleep")}
 				start := time.Now()
 				h, _ := e.Plan(ctx, j)
 				h, err := e.Provision(ctx, h, j)

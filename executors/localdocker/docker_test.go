@@ -69,7 +69,7 @@ func needDocker(t *testing.T) {
 // everything it labelled at the end of the test.
 func newExec(t *testing.T, mutate func(*Options)) *Executor {
 	t.Helper()
-	o := Options{RunnerName: "glrt-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))[:3], RunnerLabel: "test", RunnerURL: "http://127.0.0.1:1",
+	o := Options{RunnerID: "glrt-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))[:3], RunnerLabel: "test", RunnerURL: "http://127.0.0.1:1",
 		StatePath: filepath.Join(t.TempDir(), "state.json"), InstanceID: "r_test", Binary: staticBin, Version: testVersion,
 		Inner: map[string]any{"docker": map[string]any{"network_mode": "host"}}}
 	if mutate != nil {
@@ -112,7 +112,7 @@ func TestConformanceDefaultImage(t *testing.T) {
 	needDocker(t)
 	executortest.Run(t, func(t *testing.T) executortest.Subject {
 		e := newExec(t, nil)
-		return executortest.Subject{Executor: e, Inspector: e, RunnerName: e.opts.RunnerName}
+		return executortest.Subject{Executor: e, Inspector: e, RunnerID: e.opts.RunnerID}
 	})
 }
 
@@ -120,7 +120,7 @@ func TestConformanceHeptapodImage(t *testing.T) {
 	needDocker(t)
 	executortest.Run(t, func(t *testing.T) executortest.Subject {
 		e := newExec(t, func(o *Options) { o.InnerImage = innerImage; o.NetworkMode = "host" })
-		return executortest.Subject{Executor: e, Inspector: e, RunnerName: e.opts.RunnerName,
+		return executortest.Subject{Executor: e, Inspector: e, RunnerID: e.opts.RunnerID,
 			Payload: func(id int64) json.RawMessage { return payload(id, "sleep") }}
 	})
 }
@@ -128,7 +128,7 @@ func TestConformanceHeptapodImage(t *testing.T) {
 func launch(t *testing.T, e *Executor, id int64, mode string) executors.Handle {
 	t.Helper()
 	ctx := ctxT(t)
-	j := executors.Job{RunnerName: e.opts.RunnerName, ID: id, Token: fmt.Sprintf("job-token-%d", id), Payload: payload(id, mode), TraceOffset: 7}
+	j := executors.Job{RunnerID: e.opts.RunnerID, ID: id, Token: fmt.Sprintf("job-token-%d", id), Payload: payload(id, mode), TraceOffset: 7}
 	h, err := e.Plan(ctx, j)
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +175,7 @@ func TestHostEndIsReported(t *testing.T) {
 func TestReapSparesOthers(t *testing.T) {
 	needDocker(t)
 	e := newExec(t, func(o *Options) { o.InnerImage = innerImage; o.NetworkMode = "host" })
-	other := newExec(t, func(o *Options) { o.InnerImage = innerImage; o.NetworkMode = "host"; o.RunnerName = e.opts.RunnerName })
+	other := newExec(t, func(o *Options) { o.InnerImage = innerImage; o.NetworkMode = "host"; o.RunnerID = e.opts.RunnerID })
 	kept := launch(t, e, 51, "sleep")
 	orphan := launch(t, e, 52, "sleep")
 	foreign := launch(t, other, 152, "sleep") // same runner, another daemon (state file)
@@ -217,7 +217,7 @@ func TestLaunchIsNotRepeated(t *testing.T) {
 	ctx := ctxT(t)
 	hd, _ := decodeHandle(h)
 	before, _ := e.cli.ContainerInspect(ctx, hd.Container)
-	j := executors.Job{RunnerName: e.opts.RunnerName, ID: 61, Payload: payload(61, "sleep")}
+	j := executors.Job{RunnerID: e.opts.RunnerID, ID: 61, Payload: payload(61, "sleep")}
 	if _, err := e.Launch(ctx, h, j); err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestNameConflict(t *testing.T) {
 	needDocker(t)
 	e := newExec(t, func(o *Options) { o.InnerImage = innerImage; o.NetworkMode = "host" })
 	ctx := ctxT(t)
-	j := executors.Job{RunnerName: e.opts.RunnerName, ID: 71, Payload: payload(71, "sleep")}
+	j := executors.Job{RunnerID: e.opts.RunnerID, ID: 71, Payload: payload(71, "sleep")}
 	h, _ := e.Plan(ctx, j)
 	hd, _ := decodeHandle(h)
 	c, err := e.cli.ContainerCreate(ctx, &container.Config{Image: innerImage, Cmd: []string{"x"}}, nil, nil, nil, hd.Container)
@@ -263,7 +263,7 @@ func TestBadInputs(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "unix:///nonexistent/docker.sock is not reachable") {
 			t.Fatalf("got %v", err)
 		}
-		j := executors.Job{RunnerName: "x", ID: 1, Payload: payload(1, "")}
+		j := executors.Job{RunnerID: "x", ID: 1, Payload: payload(1, "")}
 		h, _ := e.Plan(ctxT(t), j)
 		if _, err := e.Provision(ctxT(t), h, j); err == nil || executors.IsPermanent(err) {
 			t.Fatalf("provision: %v (want a transient error)", err)
@@ -272,7 +272,7 @@ func TestBadInputs(t *testing.T) {
 	t.Run("image build failure", func(t *testing.T) {
 		e := newExec(t, func(o *Options) { o.InnerImage = "127.0.0.1:1/nope/missing:1" })
 		ctx := ctxT(t)
-		j := executors.Job{RunnerName: e.opts.RunnerName, ID: 2, Payload: payload(2, "")}
+		j := executors.Job{RunnerID: e.opts.RunnerID, ID: 2, Payload: payload(2, "")}
 		h, _ := e.Plan(ctx, j)
 		_, err := e.Launch(ctx, h, j)
 		if err == nil || !executors.IsPermanent(err) || !strings.Contains(err.Error(), "building the job's host image") || !strings.Contains(err.Error(), "127.0.0.1:1") {
@@ -280,7 +280,7 @@ func TestBadInputs(t *testing.T) {
 		}
 	})
 	t.Run("bad host scheme", func(t *testing.T) {
-		if _, err := New(Options{Host: "http://x", RunnerName: "r", RunnerURL: "http://g"}); err == nil {
+		if _, err := New(Options{Host: "http://x", RunnerID: "r", RunnerURL: "http://g"}); err == nil {
 			t.Fatal("accepted")
 		}
 	})
@@ -314,7 +314,7 @@ func TestBuildContextGolden(t *testing.T) {
 	p := json.RawMessage(`{"id":7,"token":"jt","image":{"name":"debian:12"},"services":[{"name":"tutum/wordpress"}],
 "variables":[{"key":"CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX","value":"gl.example:443/g/dependency_proxy/containers","public":true,"masked":false}]}`)
 	for _, mode := range []struct{ name, inner string }{{"default", ""}, {"heptapod", "registry.example/heptapod-runner:0.7.0"}} {
-		e := &Executor{opts: Options{RunnerName: "glrt-abc", RunnerLabel: "my-runner", RunnerURL: "https://gitlab.example", Inner: inner, InnerImage: mode.inner, Version: "1.2.3"},
+		e := &Executor{opts: Options{RunnerID: "glrt-abc", RunnerLabel: "my-runner", RunnerURL: "https://gitlab.example", Inner: inner, InnerImage: mode.inner, Version: "1.2.3"},
 			baseTagV: "paas-runner-host:1.2.3"}
 		bc, err := e.Context(executors.Job{ID: 7, Payload: p, TraceOffset: 321})
 		if err != nil {

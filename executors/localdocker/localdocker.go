@@ -56,9 +56,10 @@ type Options struct {
 	// InnerImage, when set, is a Heptapod Runner image used as the base of
 	// job hosts instead of paas-runner's own base image.
 	InnerImage string
-	// RunnerName is the runner's unique name (first 8 characters of its
-	// token); RunnerLabel the runner's display name for runner.toml.
-	RunnerName  string
+	// RunnerID identifies the runner (config.Runner.ID): host names and
+	// labels carry it. RunnerLabel is the runner's display name for
+	// runner.toml.
+	RunnerID    string
 	RunnerLabel string
 	RunnerURL   string
 	// Inner is forwarded to the inner runner's runner.toml.
@@ -117,7 +118,7 @@ func New(opts Options) (*Executor, error) {
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
-	if opts.RunnerName == "" || opts.RunnerURL == "" {
+	if opts.RunnerID == "" || opts.RunnerURL == "" {
 		return nil, errors.New("runner name and URL are required")
 	}
 	if opts.NetworkMode == "" {
@@ -173,7 +174,7 @@ func decodeHandle(h executors.Handle) (handle, error) {
 var nameSafe = strings.NewReplacer("/", "_", ":", "_", "+", "_", "=", "_", " ", "_")
 
 func (e *Executor) names(id int64) handle {
-	prefix := nameSafe.Replace(e.opts.RunnerName)
+	prefix := nameSafe.Replace(e.opts.RunnerID)
 	return handle{
 		Container: fmt.Sprintf("paas-job-%s-%d", prefix, id),
 		Image:     fmt.Sprintf("paas-job-%s-%s-%d", e.stateID, strings.ToLower(strings.ReplaceAll(prefix, "_", "-")), id),
@@ -184,7 +185,7 @@ func (e *Executor) names(id int64) handle {
 func (e *Executor) labels(id int64) map[string]string {
 	l := map[string]string{
 		LabelManaged: "true",
-		LabelRunner:  e.opts.RunnerName,
+		LabelRunner:  e.opts.RunnerID,
 		LabelState:   e.stateID,
 		LabelDaemon:  e.opts.InstanceID,
 	}
@@ -223,7 +224,7 @@ func (e *Executor) Provision(ctx context.Context, h executors.Handle, j executor
 // from binary (default: the running executable) unless it exists, and
 // returns its tag.
 func BuildBaseImage(ctx context.Context, host, version, binary string, log *zap.Logger) (string, error) {
-	e, err := New(Options{Host: host, Version: version, Binary: binary, RunnerName: "-", RunnerURL: "-", Logger: log})
+	e, err := New(Options{Host: host, Version: version, Binary: binary, RunnerID: "-", RunnerURL: "-", Logger: log})
 	if err != nil {
 		return "", err
 	}
@@ -474,7 +475,7 @@ func (e *Executor) Decommission(ctx context.Context, h executors.Handle) error {
 func (e *Executor) ownFilter() filters.Args {
 	return filters.NewArgs(
 		filters.Arg("label", LabelManaged+"=true"),
-		filters.Arg("label", LabelRunner+"="+e.opts.RunnerName),
+		filters.Arg("label", LabelRunner+"="+e.opts.RunnerID),
 		filters.Arg("label", LabelState+"="+e.stateID),
 	)
 }

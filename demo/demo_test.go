@@ -1,0 +1,45 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+)
+
+// The demo is what a newcomer runs first: it must pass as it is, and it
+// checks itself (every job as expected, no token in any log, nothing
+// left).
+func TestDemo(t *testing.T) {
+	cli, err := localdockertest.Client()
+	if err != nil {
+		if localdockertest.Required() {
+			t.Fatalf("no Docker engine: %v", err)
+		}
+		t.Skip("no Docker engine")
+	}
+	cli.Close()
+	bin := filepath.Join(t.TempDir(), "paas-runner")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X gitlab.com/paas-runner/paas-runner/internal/version.Version=demo-test", "-o", bin, "../cmd/paas-runner")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building paas-runner: %v\n%s", err, out)
+	}
+	var out, errb bytes.Buffer
+	code := run([]string{"--binary", bin}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	for _, want := range []string{"queued → running", "host ready after", "running → failed (script_failure)", "AS EXPECTED", "ended as expected"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String()+errb.String(), runnerToken) || strings.Contains(out.String(), "glcbt-") {
+		t.Errorf("a token in the demo's output:\n%s", out.String())
+	}
+}

@@ -239,7 +239,7 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 	var err error
 	for _, g := range d.cfg.Guards {
 		var vs []job.Variable
-		vs, err = g.Admit(gctx, t.r.UniqueName, t.acquired, func(line string) { d.traceLine(ctx, t, line, false) }, park)
+		vs, err = g.Admit(gctx, t.r.ID, t.acquired, func(line string) { d.traceLine(ctx, t, line, false) }, park)
 		if err != nil {
 			break
 		}
@@ -524,7 +524,7 @@ func (d *Dispatcher) untrack(t *tracked) {
 	delete(d.jobs, k)
 	d.mu.Unlock()
 	for _, g := range d.cfg.Guards {
-		g.Release(t.r.UniqueName, k.ID)
+		g.Release(t.r.ID, k.ID)
 	}
 }
 

@@ -44,6 +44,9 @@ type Config struct {
 	QuotaComputation map[string]any
 
 	Runners []Runner
+
+	// Guards is [guards] (defaults when absent).
+	Guards Guards
 }
 
 // Runner is one [[runners]] entry.

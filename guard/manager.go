@@ -512,3 +512,7 @@ func (m *Manager) Holders() []HolderInfo {
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Guard < out[j].Guard })
 	return out
 }
+
+// Core is the waiting machinery this manager uses (shared with other kinds
+// of guards).
+func (m *Manager) Core() *Core { return m.core }

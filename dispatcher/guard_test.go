@@ -30,9 +30,7 @@ func lockedJob(h *harness, pipeline int, lock string, extra ...map[string]any) *
 	if lock != "" {
 		vars = append(vars, map[string]any{"key": "PAAS_LOCK", "value": lock, "public": true})
 	}
-	for _, e := range extra {
-		vars = append(vars, e)
-	}
+	vars = append(vars, extra...)
 	return h.gl.Enqueue("", map[string]any{"variables": vars,
 		"job_info": map[string]any{"name": "deploy", "project_id": 1, "pipeline_id": pipeline, "project_full_path": "acme/web"}})
 }

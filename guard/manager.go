@@ -63,12 +63,17 @@ type Manager struct {
 	log  *zap.Logger
 	core *Core
 
+	// upd makes store updates and their publication one step: a state
+	// read later is never published before one read earlier (a waiter
+	// would miss its grant).
+	upd      sync.Mutex
 	mu       sync.Mutex
 	policy   *Policy
 	st       *State
 	dec      *Decision
 	changed  chan struct{}
 	unsynced error // last backend error, shown to waiters
+	synced   bool  // the store answered once: pools are known
 	parked   int   // waiting jobs that gave their slots back
 
 	bg sync.WaitGroup
@@ -98,8 +103,11 @@ func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) 
 		opt.Now = time.Now
 	}
 	m := &Manager{opt: opt, be: be, log: opt.Logger, core: opt.Core, policy: opt.Policy, changed: make(chan struct{}), st: NewState()}
+	m.dec = Decide(m.st, m.policy, opt.Now())
 	if _, err := m.update(ctx, func(*State) bool { return false }); err != nil {
-		return nil, err
+		// a shared store may be unreachable now: jobs without guards go
+		// on; guarded jobs wait, saying so, until it answers
+		m.log.Warn("guards: the lock store is unreachable; guarded jobs wait until it answers", zap.Error(err))
 	}
 	return m, nil
 }
@@ -135,6 +143,13 @@ func (m *Manager) Changed() <-chan struct{} {
 // update runs fn then settles (leases, supersede, grants to this daemon's
 // waiters) in one durable change, and publishes the result.
 func (m *Manager) update(ctx context.Context, fn func(*State) bool) (*State, error) {
+	m.upd.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			m.upd.Unlock()
+		}
+	}()
 	pol := m.pol()
 	var events []func()
 	st, err := m.be.Update(ctx, func(s *State) bool {
@@ -150,12 +165,14 @@ func (m *Manager) update(ctx context.Context, fn func(*State) bool) (*State, err
 		m.mu.Unlock()
 		return nil, err
 	}
-	m.unsynced = nil
+	m.unsynced, m.synced = nil, true
 	m.st = st
 	m.dec = Decide(st, pol, m.opt.Now())
 	close(m.changed)
 	m.changed = make(chan struct{})
 	m.mu.Unlock()
+	m.upd.Unlock()
+	locked = false
 	for _, e := range events {
 		e()
 	}
@@ -267,9 +284,12 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	ref := JobRef{Daemon: m.opt.Daemon, Runner: runnerID, JobID: a.ID}
 	st, _ := m.Snapshot()
 	pol := m.pol()
+	m.mu.Lock()
+	synced := m.synced
+	m.mu.Unlock()
 	req, err := ParseRequest(a.Payload, pol, ref, func(pool string) bool {
 		_, ok := st.Pools[pool]
-		return ok
+		return ok || !synced // pools unknown until the store answers
 	})
 	if err != nil {
 		return nil, &WaitError{Reason: "declaration", Msg: err.Error()}
@@ -293,7 +313,7 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 				return false
 			}
 			for _, d := range req.Demands {
-				if IsMutex(d.Pool) && s.Pools[d.Pool] == nil {
+				if IsMutex(d.Pool) && (s.Pools[d.Pool] == nil || s.Pools[d.Pool].Locks[MutexLock] == nil) {
 					s.Pools[d.Pool] = &Pool{Locks: map[string]*Lock{MutexLock: {}}}
 				}
 			}

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -146,7 +147,8 @@ func runProperty(t *testing.T, seed int64) {
 	names := []string{"l0", "l1", "l2", "l3"}
 	const n = 25
 	pipelines := rng.Perm(n)
-	var inUse sync.Map // "lock" → job id
+	var inUse sync.Map     // "lock" → holding
+	var epoch atomic.Int32 // fake clock advances: dying jobs' leases end with them
 	var wg sync.WaitGroup
 	var ended, grants atomic.Int32
 	for i := 0; i < n; i++ {
@@ -200,6 +202,7 @@ func runProperty(t *testing.T, seed int64) {
 				m, ictx := d.m, d.ctx
 				d.admits.Add(1)
 				d.mu.RUnlock()
+				asked := epoch.Load()
 				actx, stop := context.WithCancel(jctx)
 				unhook := context.AfterFunc(ictx, stop)
 				vars, err := m.Admit(actx, "runner1", a, func(string) {}, nil)
@@ -209,16 +212,22 @@ func runProperty(t *testing.T, seed int64) {
 				if err == nil {
 					grants.Add(1)
 					held := strings.Split(job.Variables(vars).Get("PAAS_LOCKS"), ",")
+					me := &holding{id: j.id, dying: dies, asked: asked}
 					for _, l := range held {
-						if other, dup := inUse.LoadOrStore(l, j.id); dup {
-							t.Errorf("lock %s held by jobs %v and %d at once", l, other, j.id)
+						if v, dup := inUse.Swap(l, me); dup {
+							// a dying job's lease may have run out since it
+							// asked (the clock moved): it is presumed dead
+							if o := v.(*holding); !o.dying || epoch.Load() == o.asked {
+								t.Errorf("lock %s held by jobs %d and %d at once", l, o.id, j.id)
+							}
 						}
 					}
 					time.Sleep(hold) // the job's work
 					for _, l := range held {
-						inUse.Delete(l)
+						inUse.CompareAndDelete(l, me)
 					}
 					if dies {
+						epoch.Add(1)
 						d.clock.Add(int64(2 * time.Second)) // its lease runs out
 						d.mu.RLock()
 						d.m.Nudge()
@@ -247,9 +256,14 @@ func runProperty(t *testing.T, seed int64) {
 		}()
 	}
 	// restarts while jobs wait and hold
+	stuck := time.Now().Add(90 * time.Second)
 	for r := 0; r < 2; r++ {
 		target := int32(rng.Intn(n/2) + 1)
 		for grants.Load() < target && ended.Load() < n {
+			if time.Now().After(stuck) {
+				st, _ := d.m.Snapshot()
+				t.Fatalf("seed %d (%s): no progress: %d grants, %d ended; state %s", seed, mode, grants.Load(), ended.Load(), dump(st))
+			}
 			time.Sleep(100 * time.Microsecond) // wait for progress before the next restart
 		}
 		d.restart()
@@ -270,7 +284,7 @@ func runProperty(t *testing.T, seed int64) {
 			d.mu.RUnlock()
 		case <-deadline:
 			st, _ := d.m.Snapshot()
-			t.Fatalf("seed %d (%s): %d of %d jobs ended; waiters %d: deadlock or lost wake-up", seed, mode, ended.Load(), n, len(st.Waiters))
+			t.Fatalf("seed %d (%s): %d of %d jobs ended: deadlock or lost wake-up; state %s", seed, mode, ended.Load(), n, dump(st))
 		}
 	}
 	// nothing left: every lock released (dead jobs by lease)
@@ -290,4 +304,15 @@ func runProperty(t *testing.T, seed int64) {
 	if len(st.Waiters) != 0 {
 		t.Errorf("%d waiters left", len(st.Waiters))
 	}
+}
+
+type holding struct {
+	id    int64
+	dying bool
+	asked int32
+}
+
+func dump(st *State) string {
+	b, _ := json.MarshalIndent(st, "", " ")
+	return string(b)
 }

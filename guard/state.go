@@ -372,7 +372,7 @@ func tryGrant(s *State, demands []Demand, free map[string]map[string]bool, anyRe
 		if s.Pools[dm.Pool] == nil || !free[dm.Pool][dm.Lock] {
 			return nil, false
 		}
-		c := Claim{dm.Pool, dm.Lock}
+		c := Claim(dm)
 		taken[c] = true
 		takenIn[dm.Pool]++
 		claims[i] = c

@@ -268,11 +268,30 @@ func (m *Manager) Run(ctx context.Context) {
 			m.bg.Wait()
 			return
 		case <-t.C:
+			if !m.hasWaiters() {
+				continue // nothing to claim for: no request to a shared store
+			}
 			if _, err := m.update(ctx, func(*State) bool { return false }); err != nil && ctx.Err() == nil {
 				m.log.Warn("guards: reading the lock state failed", zap.Error(err))
+				m.mu.Lock()
+				close(m.changed) // waiters try again (one try per Refresh)
+				m.changed = make(chan struct{})
+				m.mu.Unlock()
 			}
 		}
 	}
+}
+
+func (m *Manager) hasWaiters() bool {
+	st, _ := m.Snapshot()
+	for _, w := range st.Waiters {
+		if w.Daemon == m.opt.Daemon {
+			return true
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.unsynced != nil // retry: waiting jobs wait for the store to answer
 }
 
 // Wait returns once background work (releases) is done.

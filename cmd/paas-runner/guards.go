@@ -40,6 +40,14 @@ func buildGuards(ctx context.Context, cfg *config.Config, store *state.Store, sy
 			return nil, err
 		}
 		be = l
+	case "git":
+		gb, err := guard.OpenGit(ctx, guard.GitOptions{URL: g.Git.URL, Branch: g.Git.Branch, Username: g.Git.Username,
+			Password: g.Git.Password, RetryDelay: g.Git.RetryDelay, Daemon: systemID})
+		if err != nil {
+			log.Warn("guards: the lock repository is unreachable; jobs without locks run, jobs with locks wait", zap.Error(err))
+		}
+		be = gb
+		opts.Refresh, opts.AsyncRelease = g.Git.RetryDelay, true
 	default:
 		return nil, fmt.Errorf("%s: guards.backend: %q is not available in this build", cfg.Path, g.Backend)
 	}

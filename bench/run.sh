@@ -23,3 +23,7 @@ go test -run xxx -bench JobStartToFirstLine -benchtime 10x ./cmd/paas-runner/ | 
 echo
 echo "## go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/"
 go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/ | grep Benchmark
+echo
+echo "## go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/"
+go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/ | grep Benchmark
+go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep Benchmark

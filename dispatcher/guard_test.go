@@ -3,10 +3,12 @@ package dispatcher_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,5 +219,30 @@ func TestDrainLeavesWaitersForNextStart(t *testing.T) {
 	})
 	if got := h.gl.Job(b.ID).Acquisitions; got != 1 {
 		t.Fatalf("b acquired %d times", got)
+	}
+}
+
+// A job whose launch fails releases its lock once its host is removed; the
+// next waiter then goes on.
+func TestLaunchFailureReleasesLock(t *testing.T) {
+	h, m, _ := newGuardHarness(t)
+	var failID atomic.Int64
+	h.fake.OnProvision = func(_ context.Context, j executors.Job) error {
+		if j.ID == failID.Load() {
+			return executors.Permanent("provision", errors.New("no capacity"))
+		}
+		return nil
+	}
+	h.start()
+	a := lockedJob(h, 1, "production")
+	failID.Store(a.ID)
+	h.waitStatus(a.ID, "failed")
+	b := lockedJob(h, 2, "production")
+	h.waitFake("b launched", func(f *executortest.Fake) bool {
+		hh, ok := f.LiveLocked(h.hostName(h.tokens[0], b.ID))
+		return ok && hh.Launches == 1
+	})
+	if hs := m.Holders(); len(hs) != 1 || hs[0].Job.JobID != b.ID {
+		t.Fatalf("holders %+v", hs)
 	}
 }

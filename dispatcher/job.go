@@ -134,11 +134,6 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	traced := make(chan struct{})
 	if rec.Phase == state.Acquired {
 		if len(d.cfg.Guards) > 0 {
-			// Guards may wait long: the job is durable meanwhile.
-			t.update(d.store, func(*state.Job) {})
-			if err := d.store.Sync(ctx); err != nil {
-				return fmt.Errorf("saving state: %w", err)
-			}
 			if err := d.admit(ctx, t); err != nil {
 				return err
 			}
@@ -225,6 +220,12 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 	defer context.AfterFunc(d.stopWaiting, stop)()
 	parked := false
 	park := func() {
+		// A guard may wait long: the job is durable meanwhile (it waits
+		// again after a restart).
+		t.update(d.store, func(*state.Job) {})
+		if err := d.store.Sync(ctx); err != nil && ctx.Err() == nil {
+			t.logger().Warn("could not save the waiting job; it is lost if paas-runner stops now", zap.Error(err))
+		}
 		d.mu.Lock()
 		if !parked {
 			parked = true

@@ -41,6 +41,20 @@ func newGitEnv(t *testing.T, files map[string]string) *gitEnv {
 	return &gitEnv{t: t, srv: srv, root: root, url: srv.URL + "/ops/locks.git"}
 }
 
+// newGitEnvB is newGitEnv for benchmarks: it returns the repository URL.
+func newGitEnvB(b *testing.B, files map[string]string) string {
+	root := b.TempDir()
+	if _, err := gitserve.MakeRepo(root, "ops/locks.git", files); err != nil {
+		b.Fatal(err)
+	}
+	srv, err := gitserve.New(root, func(u, p string) bool { return u == "locks-bot" && p == "s3cret" })
+	if err != nil {
+		b.Skip(err)
+	}
+	b.Cleanup(srv.Close)
+	return srv.URL + "/ops/locks.git"
+}
+
 type gitDaemon struct {
 	m      *Manager
 	be     *Git

@@ -128,3 +128,53 @@ func TestLockSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("guards file mode %v", fi.Mode())
 	}
 }
+
+// SIGKILL between the claim and the end of provisioning: after the restart
+// the job still holds its lock (nobody else gets it), its launch completes
+// once, and the lock is released at its end.
+func TestLockKilledWhileProvisioning(t *testing.T) {
+	e := newEnv(t, "")
+	p := e.start("provision")
+	a := lockJob(e, 300, "production")
+	e.waitFile(filepath.Join(e.hosts, e.hostName(a.ID)+".holding-provision"))
+	p.signal(syscall.SIGKILL)
+	p.wait(t)
+	guards, _ := os.ReadFile(e.state + ".guards")
+	if !strings.Contains(string(guards), `"job_id":`+strconv.FormatInt(a.ID, 10)) {
+		t.Fatalf("the claim was not durable before provisioning: %s", guards)
+	}
+	p2 := e.start("")
+	b := lockJob(e, 301, "production")
+	e.gl.WaitFor(procWait, "b waiting for a", func(s *coordinatortest.Server) bool {
+		return s.TraceContains(b.ID, "waiting for lock production (held by job "+strconv.FormatInt(a.ID, 10))
+	})
+	e.waitFile(filepath.Join(e.hosts, e.hostName(a.ID)+".launched"))
+	if _, err := os.Stat(filepath.Join(e.hosts, e.hostName(b.ID)+".host")); err == nil {
+		t.Fatal("b got a host while a holds the lock")
+	}
+	e.gl.Finish(a.ID, "success")
+	e.waitFile(filepath.Join(e.hosts, e.hostName(b.ID)+".launched"))
+	e.gl.Finish(b.ID, "success")
+	deadline := time.Now().Add(procWait)
+	for {
+		if m, _ := filepath.Glob(filepath.Join(e.hosts, "*.host")); len(m) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hosts not removed")
+		}
+		time.Sleep(10 * time.Millisecond) // another process removes them
+	}
+	p2.signal(syscall.SIGTERM)
+	if code := p2.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for k, n := range e.launches() {
+		if n != 1 {
+			t.Fatalf("%s launched %d times", k, n)
+		}
+	}
+	if guards, _ := os.ReadFile(e.state + ".guards"); strings.Contains(string(guards), `"holder"`) {
+		t.Fatalf("a lock still held: %s", guards)
+	}
+}

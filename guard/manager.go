@@ -540,6 +540,10 @@ type HolderInfo struct {
 // Holders lists current holders, sorted.
 func (m *Manager) Holders() []HolderInfo {
 	st, _ := m.Snapshot()
+	return holders(st)
+}
+
+func holders(st *State) []HolderInfo {
 	var out []HolderInfo
 	for _, pn := range sortedKeys(st.Pools) {
 		for _, ln := range sortedKeys(st.Pools[pn].Locks) {

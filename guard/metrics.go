@@ -103,7 +103,11 @@ type PoolInfo struct {
 // Report describes the current state.
 func (m *Manager) Report() Report {
 	st, dec := m.Snapshot()
-	r := Report{Backend: m.be.Branch(), Holders: m.Holders(), Waiters: []WaiterInfo{}, Pools: []PoolInfo{}}
+	return buildReport(st, dec, m.be.Branch())
+}
+
+func buildReport(st *State, dec *Decision, backend string) Report {
+	r := Report{Backend: backend, Holders: holders(st), Waiters: []WaiterInfo{}, Pools: []PoolInfo{}}
 	if r.Holders == nil {
 		r.Holders = []HolderInfo{}
 	}

@@ -140,6 +140,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return execFetchedJob(args[1:], stderr)
 		case "guard":
 			return guardCmd(args[1:], stdout, stderr)
+		case "locks":
+			return locksCmd(args[1:], stdout, stderr)
+		case "pool":
+			return poolCmd(args[1:], stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)

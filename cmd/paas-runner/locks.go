@@ -254,4 +254,3 @@ func printReport(w io.Writer, r guard.Report) {
 	}
 	_ = tw.Flush()
 }
-

@@ -104,6 +104,7 @@ func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) 
 	}
 	m := &Manager{opt: opt, be: be, log: opt.Logger, core: opt.Core, policy: opt.Policy, changed: make(chan struct{}), st: NewState()}
 	m.dec = Decide(m.st, m.policy, opt.Now())
+	m.core.AddSource(m.counts)
 	if _, err := m.update(ctx, func(*State) bool { return false }); err != nil {
 		// a shared store may be unreachable now: jobs without guards go
 		// on; guarded jobs wait, saying so, until it answers

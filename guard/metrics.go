@@ -10,10 +10,6 @@ import (
 )
 
 var (
-	waitingDesc = prometheus.NewDesc("paas_runner_guard_waiting_jobs",
-		"Jobs of this daemon waiting for a guard (a job waiting for two locks counts on both).", []string{"guard"}, nil)
-	heldDesc = prometheus.NewDesc("paas_runner_guard_held",
-		"Locks held by jobs of this daemon.", []string{"guard"}, nil)
 	availableDesc = prometheus.NewDesc("resource_pool_num_available_locks",
 		"Unclaimed locks of a pool (pool-resource's metric).", []string{"pool", "branch"}, nil)
 	claimedDesc = prometheus.NewDesc("resource_pool_num_claimed_locks",
@@ -22,23 +18,19 @@ var (
 
 type collector struct{ m *Manager }
 
-// Collectors are the guard metrics: the manager's gauges and the shared
-// waiting machinery's histogram.
+// Collectors are the guard metrics: pool-resource's pool gauges and the
+// shared waiting machinery's (to register once per daemon, even when
+// several kinds of guard share the Core).
 func (m *Manager) Collectors() []prometheus.Collector {
 	return append([]prometheus.Collector{collector{m}}, m.core.Collectors()...)
 }
 
-func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- waitingDesc
-	ch <- heldDesc
-	ch <- availableDesc
-	ch <- claimedDesc
-}
-
-func (c collector) Collect(ch chan<- prometheus.Metric) {
-	st, _ := c.m.Snapshot()
-	me := c.m.opt.Daemon
-	waiting, held := map[string]int{}, map[string]int{}
+// counts is this daemon's waiting jobs and held locks by guard label (a
+// Source of the Core).
+func (m *Manager) counts() (waiting, held map[string]int) {
+	st, _ := m.Snapshot()
+	me := m.opt.Daemon
+	waiting, held = map[string]int{}, map[string]int{}
 	for _, w := range st.Waiters {
 		if w.Daemon != me || w.SupersededBy != 0 {
 			continue
@@ -47,29 +39,37 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			waiting[GuardLabel(d.Pool)]++
 		}
 	}
-	branch := c.m.be.Branch()
-	for _, pn := range sortedKeys(st.Pools) {
-		p := st.Pools[pn]
-		claimed := 0
+	for pn, p := range st.Pools {
 		for _, l := range p.Locks {
-			if l.Holder == nil {
-				continue
-			}
-			claimed++
-			if l.Holder.Daemon == me {
+			if l.Holder != nil && l.Holder.JobID != 0 && l.Holder.Daemon == me {
 				held[GuardLabel(pn)]++
 			}
 		}
-		if !IsMutex(pn) {
-			ch <- prometheus.MustNewConstMetric(availableDesc, prometheus.GaugeValue, float64(len(p.Locks)-claimed), pn, branch)
-			ch <- prometheus.MustNewConstMetric(claimedDesc, prometheus.GaugeValue, float64(claimed), pn, branch)
+	}
+	return waiting, held
+}
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- availableDesc
+	ch <- claimedDesc
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	st, _ := c.m.Snapshot()
+	branch := c.m.be.Branch()
+	for _, pn := range sortedKeys(st.Pools) {
+		if IsMutex(pn) {
+			continue
 		}
-	}
-	for g, n := range waiting {
-		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(n), g)
-	}
-	for g, n := range held {
-		ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, float64(n), g)
+		p := st.Pools[pn]
+		claimed := 0
+		for _, l := range p.Locks {
+			if l.Holder != nil {
+				claimed++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(availableDesc, prometheus.GaugeValue, float64(len(p.Locks)-claimed), pn, branch)
+		ch <- prometheus.MustNewConstMetric(claimedDesc, prometheus.GaugeValue, float64(claimed), pn, branch)
 	}
 }
 

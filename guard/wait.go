@@ -3,6 +3,7 @@ package guard
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,9 +42,60 @@ type Wait struct {
 	Check   Check
 }
 
-// Core holds the waiting metrics.
+// Core holds the waiting metrics. Each kind of guard adds a Source; the
+// core serves paas_runner_guard_waiting_jobs{guard} and
+// paas_runner_guard_held{guard} for all of them, and the wait histogram.
 type Core struct {
 	waitSeconds prometheus.Histogram
+
+	mu      sync.Mutex
+	sources []Source
+}
+
+// Source reports one kind of guard's current counts by guard label.
+type Source func() (waiting, held map[string]int)
+
+// AddSource adds a kind of guard to the gauges.
+func (c *Core) AddSource(s Source) {
+	c.mu.Lock()
+	c.sources = append(c.sources, s)
+	c.mu.Unlock()
+}
+
+var (
+	waitingDesc = prometheus.NewDesc("paas_runner_guard_waiting_jobs",
+		"Jobs of this daemon waiting for a guard (a job waiting for two locks counts on both).", []string{"guard"}, nil)
+	heldDesc = prometheus.NewDesc("paas_runner_guard_held",
+		"Locks held by jobs of this daemon.", []string{"guard"}, nil)
+)
+
+type coreGauges struct{ c *Core }
+
+func (g coreGauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- waitingDesc
+	ch <- heldDesc
+}
+
+func (g coreGauges) Collect(ch chan<- prometheus.Metric) {
+	g.c.mu.Lock()
+	sources := append([]Source(nil), g.c.sources...)
+	g.c.mu.Unlock()
+	waiting, held := map[string]int{}, map[string]int{}
+	for _, s := range sources {
+		w, h := s()
+		for k, n := range w {
+			waiting[k] += n
+		}
+		for k, n := range h {
+			held[k] += n
+		}
+	}
+	for k, n := range waiting {
+		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(n), k)
+	}
+	for k, n := range held {
+		ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, float64(n), k)
+	}
 }
 
 // NewCore makes the shared waiting machinery.
@@ -56,7 +108,9 @@ func NewCore() *Core {
 }
 
 // Collectors are the core's metrics.
-func (c *Core) Collectors() []prometheus.Collector { return []prometheus.Collector{c.waitSeconds} }
+func (c *Core) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{c.waitSeconds, coreGauges{c}}
+}
 
 // WaitError is a wait that ended without the guard letting the job go on.
 type WaitError struct {

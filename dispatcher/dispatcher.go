@@ -120,6 +120,9 @@ type Config struct {
 	StatsInterval time.Duration
 	Logger        *zap.Logger
 	Guards        []Guard
+	// MaxWaiting jobs waiting for guards give their slots back (default
+	// 200); more wait holding theirs, so that acquisition stops.
+	MaxWaiting int
 }
 
 func (c *Config) defaults() {
@@ -156,6 +159,9 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if c.MaxWaiting <= 0 {
+		c.MaxWaiting = 200
+	}
 }
 
 // Dispatcher runs the runners.
@@ -184,6 +190,7 @@ type Dispatcher struct {
 	// stopWaiting ends guard waits when draining: they resume at next start.
 	stopWaiting context.Context
 	endWaits    context.CancelFunc
+	parked      int // guarded by mu: waiting jobs that gave their slots back
 
 	stats stats
 }

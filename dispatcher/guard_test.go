@@ -246,3 +246,27 @@ func TestLaunchFailureReleasesLock(t *testing.T) {
 		t.Fatalf("holders %+v", hs)
 	}
 }
+
+// Beyond MaxWaiting, waiting jobs keep their slots and are still made
+// durable; they go on in turn.
+func TestWaitingBeyondMaxKeepsSlots(t *testing.T) {
+	h, _, calls := newGuardHarness(t)
+	h.cfg.Concurrent, h.cfg.MaxProvisioning, h.cfg.MaxWaiting = 2, 2, 1
+	h.start()
+	a := lockedJob(h, 1, "x")
+	h.waitFake("a launched", func(f *executortest.Fake) bool { _, ok := f.LiveLocked(h.hostName(h.tokens[0], a.ID)); return ok })
+	b := lockedJob(h, 2, "x")
+	h.gl.WaitFor(wait, "b waiting", func(s *coordinatortest.Server) bool { return s.TraceContains(b.ID, "waiting for lock x") })
+	c := lockedJob(h, 3, "x")
+	h.gl.WaitFor(wait, "c waiting", func(s *coordinatortest.Server) bool { return s.TraceContains(c.ID, "waiting for lock x") })
+	if rec, ok := h.store.Get(state.Key{Runner: uniqueName(h.tokens[0]), ID: c.ID}); !ok || rec.Phase != state.Acquired {
+		t.Fatalf("c not durable: %+v %v", rec, ok)
+	}
+	h.gl.Finish(a.ID, "success")
+	h.waitFake("b launched", func(f *executortest.Fake) bool { _, ok := f.LiveLocked(h.hostName(h.tokens[0], b.ID)); return ok })
+	h.gl.Finish(b.ID, "success")
+	h.waitFake("c launched", func(f *executortest.Fake) bool { _, ok := f.LiveLocked(h.hostName(h.tokens[0], c.ID)); return ok })
+	if calls.of(c.ID) == 0 {
+		t.Fatal("c never provisioned")
+	}
+}

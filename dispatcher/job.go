@@ -227,8 +227,9 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 			t.logger().Warn("could not save the waiting job; it is lost if paas-runner stops now", zap.Error(err))
 		}
 		d.mu.Lock()
-		if !parked {
+		if !parked && d.parked < d.cfg.MaxWaiting {
 			parked = true
+			d.parked++
 			d.total--
 			d.provisioning--
 			t.r.inFlight--
@@ -247,6 +248,9 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 		added = append(added, vs...)
 	}
 	if parked {
+		d.mu.Lock()
+		d.parked--
+		d.mu.Unlock()
 		d.unpark(ctx, t.r, err == nil)
 	}
 	switch {

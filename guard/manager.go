@@ -41,9 +41,6 @@ type Options struct {
 	Daemon      string
 	Policy      *Policy
 	LeaseMargin time.Duration // default 10 min
-	// MaxWaiting jobs give their slots back while they wait; more wait
-	// holding them (default 200).
-	MaxWaiting int
 	// Refresh is how often the state is re-read and leases checked
 	// (default 5 s; the git backend's retry_delay).
 	Refresh time.Duration
@@ -74,7 +71,6 @@ type Manager struct {
 	changed  chan struct{}
 	unsynced error // last backend error, shown to waiters
 	synced   bool  // the store answered once: pools are known
-	parked   int   // waiting jobs that gave their slots back
 
 	bg sync.WaitGroup
 }
@@ -83,9 +79,6 @@ type Manager struct {
 func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) {
 	if opt.LeaseMargin <= 0 {
 		opt.LeaseMargin = 10 * time.Minute
-	}
-	if opt.MaxWaiting <= 0 {
-		opt.MaxWaiting = 200
 	}
 	if opt.Refresh <= 0 {
 		opt.Refresh = 5 * time.Second
@@ -344,29 +337,9 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 		})
 	}
 	var claims []Claim
-	parked := false
-	defer func() {
-		if parked {
-			m.mu.Lock()
-			m.parked--
-			m.mu.Unlock()
-		}
-	}()
 	err = m.core.Wait(ctx, Wait{
 		Guard: "locks", Since: since, Deadline: since.Add(req.Timeout), NoWait: req.NoWait,
-		Log: jobLog, Changed: m.Changed,
-		Blocking: func() {
-			m.mu.Lock()
-			ok := m.parked < m.opt.MaxWaiting
-			if ok {
-				m.parked++
-				parked = true
-			}
-			m.mu.Unlock()
-			if ok && blocking != nil {
-				blocking()
-			}
-		},
+		Log: jobLog, Changed: m.Changed, Blocking: blocking,
 		Check: func(ctx context.Context) (bool, string, string, error) {
 			var st *State
 			var dec *Decision

@@ -97,7 +97,7 @@ func (d *daemonSim) start() {
 		d.t.Fatal(err)
 	}
 	m, err := NewManager(context.Background(), &orderChecker{Backend: be, t: d.t, mode: d.mode}, Options{Daemon: "r_prop", Policy: d.policy,
-		LeaseMargin: time.Millisecond, Logger: zap.NewNop(), Now: d.now, MaxWaiting: 5})
+		LeaseMargin: time.Millisecond, Logger: zap.NewNop(), Now: d.now})
 	if err != nil {
 		d.t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func guardPolicy(g config.Guards) *guard.Policy {
 // what jobs no longer in the state file hold.
 func buildGuards(ctx context.Context, cfg *config.Config, store *state.Store, systemID string, log *zap.Logger) (*guard.Manager, error) {
 	g := cfg.Guards
-	opts := guard.Options{Daemon: systemID, Policy: guardPolicy(g), LeaseMargin: g.LeaseMargin, MaxWaiting: g.MaxWaitingJobs,
+	opts := guard.Options{Daemon: systemID, Policy: guardPolicy(g), LeaseMargin: g.LeaseMargin,
 		Logger: log.Named("guards")}
 	var be guard.Backend
 	switch g.Backend {

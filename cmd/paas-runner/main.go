@@ -210,7 +210,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	dcfg := dispatcherConfig(cfg, o, log)
-	dcfg.Guards = append(dcfg.Guards, guards)
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
 	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)

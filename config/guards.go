@@ -214,13 +214,6 @@ func validGuardName(s string) error {
 	return nil
 }
 
-func unwrapPathError(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
-}
-
 var (
 	guardPoolKeyRe = regexp.MustCompile(`^guards\.pools\[(\d+)\]\.(.+)$`)
 	guardPoolsHdr  = regexp.MustCompile(`^\s*\[\[\s*guards\s*\.\s*pools\s*\]\]`)

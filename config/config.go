@@ -47,6 +47,11 @@ type Config struct {
 
 	// Guards is [guards] (defaults when absent).
 	Guards Guards
+
+	// Warnings are accepted keys that have no effect (gitlab-runner
+	// [runners.docker] keys the inner runner does not honour), to log at
+	// start, in file order.
+	Warnings []Warning
 }
 
 // Runner is one [[runners]] entry.

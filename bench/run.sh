@@ -33,3 +33,6 @@ echo
 echo "## go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/"
 go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/ | grep Benchmark
 go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep Benchmark
+echo
+echo "## go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/"
+go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/ 2>/dev/null | grep Benchmark

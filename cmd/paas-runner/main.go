@@ -27,6 +27,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
@@ -142,6 +143,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return execFetchedJob(args[1:], stderr)
 		case "guard":
 			return guardCmd(args[1:], stdout, stderr)
+		case "locks":
+			return locksCmd(args[1:], stdout, stderr)
+		case "pool":
+			return poolCmd(args[1:], stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)
@@ -208,14 +213,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
 	}
-	d, err := dispatcher.New(dispatcherConfig(cfg, o, log), store, runners)
+	guards, err := buildGuards(ctx, cfg, store, systemID, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+	dcfg := dispatcherConfig(cfg, o, log)
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -228,6 +240,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go handleSignals(runCtx, sigs, stop, d, o.debugSignal, log)
+	guardsCtx, stopGuards := context.WithCancel(ctx)
+	defer stopGuards()
+	go guards.Run(guardsCtx)
 	if err := d.Run(runCtx); err != nil {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
@@ -414,7 +429,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -440,6 +455,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	serveGuards(guards, reg, mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/internal/version"
+	"gitlab.com/paas-runner/paas-runner/pipeguard"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
 
@@ -64,11 +67,32 @@ func buildGuards(ctx context.Context, cfg *config.Config, store *state.Store, sy
 	return m, nil
 }
 
-// serveGuards adds the guard metrics and GET /debug/locks.
-func serveGuards(m *guard.Manager, reg *prometheus.Registry, mux *http.ServeMux) {
+// buildPipelineGuard makes the pipeline-conflict guard: one watcher (one
+// poll loop per project and token) for the whole daemon, on the locks
+// guard's waiting machinery. A job resumed after a restart keeps the start
+// of its wait: its acquisition time in the state file.
+func buildPipelineGuard(cfg *config.Config, store *state.Store, systemID string, core *guard.Core, log *zap.Logger) *guard.Pipelines {
+	w := &pipeguard.Watcher{UserAgent: version.UserAgent()}
+	testPipelineOverrides(w)
+	p := guard.NewPipelines(core, w, systemID, log.Named("pipeline_guard"))
+	tokens := map[string]string{}
+	for i := range cfg.Runners {
+		tokens[cfg.Runners[i].ID()] = cfg.Runners[i].GuardAPIToken
+	}
+	p.Token = func(runnerID string) string { return tokens[runnerID] }
+	p.Since = func(runnerID string, jobID int64) time.Time {
+		rec, _ := store.Get(state.Key{Runner: runnerID, ID: jobID})
+		return rec.AcquiredAt
+	}
+	return p
+}
+
+// serveGuards adds the guard metrics and GET /debug/locks (locks, pools
+// and pipeline guards).
+func serveGuards(m *guard.Manager, p *guard.Pipelines, reg *prometheus.Registry, mux *http.ServeMux) {
 	if m == nil {
 		return
 	}
 	reg.MustRegister(m.Collectors()...)
-	mux.Handle("/debug/locks", m.DebugHandler())
+	mux.Handle("/debug/locks", guard.DebugHandler(m, p))
 }

@@ -244,11 +244,31 @@ func TestPipelineGuardNarrowedByJobName(t *testing.T) {
 	p2 := h.gl.AddPipeline(guardProj, "main", "running")
 	x := h.guardedJob(p2, "GUARD_JOB_REGEX", "^test$")
 	h.launched(x.ID)
+	h.gl.Finish(x.ID, "success") // concurrent = 2: room for y and z
 	y := h.guardedJob(p2, "GUARD_JOB_REGEX", "^deploy$")
 	h.waitTrace(y.ID, fmt.Sprintf("pipeline #%d running", p1))
 	h.noHost(y.ID)
+	z := h.guardedJob(p2, "GUARD_STAGE_REGEX", "^deploy$")
+	h.waitTrace(z.ID, fmt.Sprintf("pipeline #%d running", p1))
 	h.gl.SetPipelineJobStatus(p1, "deploy", "success") // the pipeline still runs
 	h.launched(y.ID)
+	h.launched(z.ID)
+}
+
+// PAAS_GUARD_PIPELINES=true alone turns the guard on with
+// gitlab-job-guard's defaults (ref regex ^\d+\-, status running).
+func TestPipelineGuardDefaults(t *testing.T) {
+	h := newPipeHarness(t, false)
+	h.start()
+	h.gl.AddPipeline(guardProj, "main", "running") // not a matching ref
+	p1 := h.gl.AddPipeline(guardProj, "12-fix", "running")
+	p2 := h.gl.AddPipeline(guardProj, "13-other", "running")
+	a := h.guardedJob(p2, "GUARD_REF_REGEX", "", "PAAS_GUARD_PIPELINES", "true")
+	h.waitTrace(a.ID, "waiting for 1 other pipelines in (running) state")
+	h.waitTrace(a.ID, fmt.Sprintf("pipeline #%d running", p1))
+	h.noHost(a.ID)
+	h.gl.SetPipelineStatus(p1, "failed")
+	h.launched(a.ID)
 }
 
 // The pipelines API failing: the job's log says so and the job keeps

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -103,6 +104,7 @@ type Server struct {
 	// HoldRequests makes POST /jobs/request wait until the job queue
 	// changes or this long passes when last_update is current (long poll).
 	LongPoll time.Duration
+	observer atomic.Pointer[Observer] // see Observe
 }
 
 // New starts a fake GitLab for the duration of the test.
@@ -369,6 +371,7 @@ var (
 )
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	s.observeRequest(r)
 	route := r.Method + " " + r.URL.Path
 	s.mu.Lock()
 	s.counts[route]++
@@ -714,6 +717,7 @@ func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
 	} else {
 		j.Trace = append(j.Trace, body...)
 	}
+	s.observeTrace(id, cur, body)
 	s.notify()
 	w.Header().Set("Job-Status", j.Status)
 	w.Header().Set("Range", fmt.Sprintf("0-%d", cur+len(body)))

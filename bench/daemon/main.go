@@ -25,6 +25,7 @@ func main() {
 	binary := flag.String("binary", "bench/out/paas-runner", "paas-runner built with -tags paasrunner_testexec")
 	jobs := flag.Int("jobs", 5000, "launched jobs in the state file")
 	seconds := flag.Int("seconds", 20, "measurement window")
+	free := flag.Int("free", 0, "free slots: concurrent = jobs + free (0: saturated, the daemon must not poll for jobs)")
 	flag.Parse()
 
 	t := &coordinatortest.Program{}
@@ -38,12 +39,20 @@ func main() {
 	os.Mkdir(hosts, 0o700)
 	statePath := filepath.Join(dir, "state.json")
 
-	// A state file as a previous run would leave it: N launched jobs.
+	// A state file as a previous run would leave it: N launched jobs, each
+	// with its host still up (the test-dir executor's files), so that a
+	// daemon that checks its hosts at start keeps them all.
 	var launched []string
 	for i := 0; i < *jobs; i++ {
 		j := gl.AddRunning(token)
+		host := fmt.Sprintf("host-%s-%d", config.RunnerID(token), j.ID)
+		for _, suffix := range []string{".host", ".launched"} {
+			if err := os.WriteFile(filepath.Join(hosts, host+suffix), nil, 0o600); err != nil {
+				t.Fatalf("%v", err)
+			}
+		}
 		rec := map[string]any{"runner_name": config.RunnerID(token), "job_id": j.ID, "token": j.Token, "trace_offset": 100,
-			"expected_weight": 1, "paas_resource": map[string]string{"name": fmt.Sprintf("host-%s-%d", config.RunnerID(token), j.ID)},
+			"expected_weight": 1, "paas_resource": map[string]string{"name": host},
 			"phase": "launched", "executor": "test-dir", "acquired_at": time.Now().UTC(), "launched_at": time.Now().UTC()}
 		b, _ := json.Marshal(rec)
 		launched = append(launched, string(b))
@@ -62,7 +71,7 @@ name = "bench"
 url = %q
 token = %q
 executor = "test-dir"
-`, *jobs+100, statePath, gl.URL, token)), 0o600)
+`, *jobs+*free, statePath, gl.URL, token)), 0o600)
 
 	cmd := exec.Command(*binary, "--log-format", "json", cfg)
 	cmd.Env = append(os.Environ(), "PAAS_RUNNER_TEST_EXECUTOR_DIR="+hosts)
@@ -93,16 +102,26 @@ executor = "test-dir"
 	time.Sleep(time.Duration(*seconds) * time.Second) // the measurement window
 	j1, r1, el := gl.Count("GET /api/v4/job"), gl.Count("POST /api/v4/jobs/request"), time.Since(t0).Seconds()
 	rss, hwm := procMem(cmd.Process.Pid)
+	running := 0
+	for _, j := range gl.Jobs() {
+		if j.Status == "running" {
+			running++
+		}
+	}
 
 	stopAt := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)
 	err := cmd.Wait()
 	stop := time.Since(stopAt)
 
-	fmt.Printf("| tracked launched jobs | %d |\n", *jobs)
+	fmt.Printf("| tracked launched jobs (concurrent) | %d (%d); still running at the end: %d |\n", *jobs, *jobs+*free, running)
 	fmt.Printf("| restart: process start → all jobs tracked | %.0f ms |\n", restart.Seconds()*1000)
 	fmt.Printf("| GitLab requests/s tracking jobs (GET /job) | %.1f |\n", float64(j1-j0)/el)
-	fmt.Printf("| GitLab requests/s polling for jobs (POST /jobs/request) | %.1f |\n", float64(r1-r0)/el)
+	what := "saturated"
+	if *free > 0 {
+		what = fmt.Sprintf("%d slots free", *free)
+	}
+	fmt.Printf("| GitLab requests/s polling for jobs (POST /jobs/request, %s) | %.2f |\n", what, float64(r1-r0)/el)
 	fmt.Printf("| daemon RSS (VmRSS / peak VmHWM) | %d MB / %d MB |\n", rss/1024, hwm/1024)
 	fmt.Printf("| graceful stop (SIGTERM → exit) | %.0f ms (exit: %v) |\n", stop.Seconds()*1000, errOrZero(err))
 }

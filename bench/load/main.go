@@ -693,7 +693,7 @@ func (r *result) row() string {
 	}
 	cpu := "–"
 	if r.cpuWindow > 0 {
-		cpu = fmt.Sprintf("%.1f s (%.0f%% of a core)", r.cpuSeconds, 100*r.cpuSeconds/r.cpuWindow.Seconds())
+		cpu = fmt.Sprintf("%.1f s (%.1f%% of a core)", r.cpuSeconds, 100*r.cpuSeconds/r.cpuWindow.Seconds())
 	}
 	return fmt.Sprintf("| %d (%d) | %s | %s | %s | **%.2f** (%s) | %.2f | %s | %s | %d MiB | %s | %s | %d, %s | %s |",
 		r.jobs, r.conc, r.variant, pair(r.firstLine, r.succeeded), pair(r.visible, r.succeeded*printedLines(r.variant)),

@@ -63,6 +63,7 @@ type options struct {
 	concurrent    int
 	variants      []string
 	checkInterval float64
+	maxProv       int
 	runTimeout    time.Duration
 	timeout       time.Duration
 	header        bool
@@ -77,14 +78,15 @@ func run(args []string) int {
 	fs.IntVar(&o.concurrent, "concurrent", 0, "the daemon's concurrent (default: -jobs)")
 	fs.StringVar(&vs, "variant", "sleep,print", "scripts to run, one run each: sleep (echo; sleep 30), print (echo A; sleep 12; echo B; sleep 12)")
 	fs.Float64Var(&o.checkInterval, "check-interval", config.DefaultCheckInterval, "the daemon's check_interval (seconds)")
+	fs.IntVar(&o.maxProv, "max-provisioning", 0, "the daemon's paas_max_concurrent_provisioning (0: its default)")
 	fs.DurationVar(&o.runTimeout, "run-timeout", 10*time.Minute, "give up on one run after this long")
 	fs.DurationVar(&o.timeout, "timeout", 25*time.Minute, "give up on everything after this long")
 	fs.BoolVar(&o.header, "header", true, "print the table's header")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if o.jobs < 1 || o.concurrent < 0 {
-		fmt.Fprintln(os.Stderr, "load: -jobs must be ≥ 1 and -concurrent ≥ 0")
+	if o.jobs < 1 || o.concurrent < 0 || o.maxProv < 0 {
+		fmt.Fprintln(os.Stderr, "load: -jobs must be ≥ 1, -concurrent and -max-provisioning ≥ 0")
 		return 2
 	}
 	if o.concurrent == 0 {
@@ -253,6 +255,7 @@ type result struct {
 	variant  string
 	jobs     int
 	conc     int
+	maxProv  int
 	cores    int
 	load     string
 	version  string
@@ -286,7 +289,7 @@ type result struct {
 }
 
 func (b *bench) runOnce(parent context.Context, variant string) *result {
-	r := &result{variant: variant, jobs: b.o.jobs, conc: b.o.concurrent, cores: runtime.NumCPU(), load: loadAvg(), version: b.version}
+	r := &result{variant: variant, jobs: b.o.jobs, conc: b.o.concurrent, maxProv: b.o.maxProv, cores: runtime.NumCPU(), load: loadAvg(), version: b.version}
 	ctx, cancel := context.WithTimeout(parent, b.o.runTimeout)
 	defer cancel()
 	fail := func(format string, args ...any) *result {
@@ -305,11 +308,15 @@ func (b *bench) runOnce(parent context.Context, variant string) *result {
 	runDir := filepath.Join(b.dir, variant)
 	os.MkdirAll(runDir, 0o700)
 	cfg := filepath.Join(runDir, "config.toml")
+	global := ""
+	if b.o.maxProv > 0 {
+		global = fmt.Sprintf("paas_max_concurrent_provisioning = %d\n", b.o.maxProv)
+	}
 	conf := fmt.Sprintf(`# written by bench/load
 concurrent = %d
 check_interval = %g
 state_file = %q
-
+%s
 [[runners]]
 name = "load"
 url = %q
@@ -319,7 +326,7 @@ executor = "local-docker"
   network_mode = "host"
   [runners.docker]
   pull_policy = "if-not-present"
-`, b.o.concurrent, b.o.checkInterval, filepath.Join(runDir, "state.json"), gl.URL, token)
+`, b.o.concurrent, b.o.checkInterval, filepath.Join(runDir, "state.json"), global, gl.URL, token)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return fail("%v", err)
 	}
@@ -695,8 +702,12 @@ func (r *result) row() string {
 	if r.cpuWindow > 0 {
 		cpu = fmt.Sprintf("%.1f s (%.1f%% of a core)", r.cpuSeconds, 100*r.cpuSeconds/r.cpuWindow.Seconds())
 	}
-	return fmt.Sprintf("| %d (%d) | %s | %s | %s | **%.2f** (%s) | %.2f | %s | %s | %d MiB | %s | %s | %d, %s | %s |",
-		r.jobs, r.conc, r.variant, pair(r.firstLine, r.succeeded), pair(r.visible, r.succeeded*printedLines(r.variant)),
+	conc := strconv.Itoa(r.conc)
+	if r.maxProv > 0 {
+		conc += fmt.Sprintf(", provisioning %d", r.maxProv)
+	}
+	return fmt.Sprintf("| %d (%s) | %s | %s | %s | **%.2f** (%s) | %.2f | %s | %s | %d MiB | %s | %s | %d, %s | %s |",
+		r.jobs, conc, r.variant, pair(r.firstLine, r.succeeded), pair(r.visible, r.succeeded*printedLines(r.variant)),
 		total, strings.Join(by, "; "), r.innerRPS, pair(r.hostGone, r.succeeded), images,
 		r.rssPeakKiB/1024, cpu, ok, r.cores, r.load, r.version)
 }

@@ -43,15 +43,18 @@ type hostTimes struct {
 	ImageGone time.Time
 }
 
-// watcher follows the engine's events for one runner: the containers of
-// each job (its host and, while a job image is built, the build's
-// intermediate containers) and the removal of images. Times are the
-// engine's.
+// watcher follows the engine's events for the run's jobs: the containers
+// labelled with each job's id (its host, the inner runner's containers,
+// and, while a job image is built, the build's intermediate containers) and
+// the removal of images. Times are the engine's. Jobs are told by their id
+// label, not by the runner's: the run's job ids are its own (the fake
+// GitLab numbers them from this process's pid), and the runner label's
+// value is the daemon's business.
 type watcher struct {
-	cli      *client.Client
-	runnerID string
+	cli *client.Client
 
 	mu        sync.Mutex
+	expected  map[int64]bool
 	boxes     map[int64][]*box
 	imageGone map[string]time.Time // image id → deleted
 	errs      []error
@@ -60,9 +63,9 @@ type watcher struct {
 // watch starts following events until ctx ends. It returns once both
 // event streams are seen delivering (a probe container and a probe tag of
 // probeImage come and go), so that nothing after it is missed.
-func watch(ctx context.Context, cli *client.Client, runnerID, probeImage string) (*watcher, error) {
-	w := &watcher{cli: cli, runnerID: runnerID, boxes: map[int64][]*box{}, imageGone: map[string]time.Time{}}
-	cf := filters.NewArgs(filters.Arg("type", "container"), filters.Arg("label", localdocker.LabelRunner+"="+runnerID),
+func watch(ctx context.Context, cli *client.Client, probeImage string) (*watcher, error) {
+	w := &watcher{cli: cli, expected: map[int64]bool{}, boxes: map[int64][]*box{}, imageGone: map[string]time.Time{}}
+	cf := filters.NewArgs(filters.Arg("type", "container"), filters.Arg("label", localdocker.LabelJobID),
 		filters.Arg("event", "create"), filters.Arg("event", "start"), filters.Arg("event", "destroy"))
 	cmsgs, cerrs := cli.Events(ctx, events.ListOptions{Filters: cf})
 	imf := filters.NewArgs(filters.Arg("type", "image"), filters.Arg("event", "delete"), filters.Arg("event", "untag"))
@@ -80,7 +83,7 @@ func watch(ctx context.Context, cli *client.Client, runnerID, probeImage string)
 				w.fail(ctx, err)
 				return
 			case m := <-cmsgs:
-				if m.Actor.Attributes[localdocker.LabelJobID] == "" && m.Action == events.ActionDestroy {
+				if m.Actor.Attributes[localdocker.LabelJobID] == "0" && m.Action == events.ActionDestroy {
 					select {
 					case probes <- m.Actor.ID:
 					default:
@@ -106,7 +109,7 @@ func watch(ctx context.Context, cli *client.Client, runnerID, probeImage string)
 // through.
 func (w *watcher) probe(ctx context.Context, probeImage string, seen <-chan string) error {
 	name := fmt.Sprintf("paas-runner-bench-probe-%d-%d", os.Getpid(), time.Now().UnixNano())
-	c, err := w.cli.ContainerCreate(ctx, &container.Config{Image: probeImage, Cmd: []string{"true"}, Labels: map[string]string{localdocker.LabelRunner: w.runnerID}}, nil, nil, nil, name)
+	c, err := w.cli.ContainerCreate(ctx, &container.Config{Image: probeImage, Cmd: []string{"true"}, Labels: map[string]string{localdocker.LabelJobID: "0"}}, nil, nil, nil, name)
 	if err != nil {
 		return fmt.Errorf("probe container: %w", err)
 	}
@@ -162,6 +165,9 @@ func (w *watcher) container(ctx context.Context, m events.Message) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if m.Action == events.ActionCreate {
+		if !w.expected[id] {
+			return // another run's, or another engineer's
+		}
 		b := &box{ID: m.Actor.ID, Created: at(m)}
 		w.boxes[id] = append(w.boxes[id], b)
 		go w.noteImage(ctx, id, b)
@@ -201,6 +207,14 @@ func (w *watcher) noteImage(ctx context.Context, id int64, b *box) {
 	b.JobImage = info.Config != nil && info.Config.Labels[localdocker.LabelJobID] == strconv.FormatInt(id, 10)
 }
 
+// expect makes job id one of the run's: call it before the job can be
+// handed out.
+func (w *watcher) expect(id int64) {
+	w.mu.Lock()
+	w.expected[id] = true
+	w.mu.Unlock()
+}
+
 func (w *watcher) image(m events.Message) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -234,54 +248,88 @@ func (w *watcher) errors() []error {
 	return append([]error(nil), w.errs...)
 }
 
-// remaining counts the runner's containers and per-job images still on
-// the engine.
-func remaining(ctx context.Context, cli *client.Client, runnerID string) (containers, images int, err error) {
-	f := filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runnerID))
-	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+// runContainers lists the run's containers: the runner's, and those
+// labelled with one of the run's job ids made since it started.
+func runContainers(ctx context.Context, cli *client.Client, runnerID string, jobs map[int64]bool, since time.Time) ([]container.Summary, error) {
+	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runnerID))})
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	is, err := cli.ImageList(ctx, image.ListOptions{All: true, Filters: f})
+	seen := map[string]bool{}
+	for _, c := range cs {
+		seen[c.ID] = true
+	}
+	more, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelJobID))})
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	return len(cs), len(is), nil
+	for _, c := range more {
+		id, _ := strconv.ParseInt(c.Labels[localdocker.LabelJobID], 10, 64)
+		if jobs[id] && !seen[c.ID] && !time.Unix(c.Created, 0).Before(since.Add(-time.Second)) {
+			cs = append(cs, c)
+		}
+	}
+	return cs, nil
 }
 
-// cleanRun removes what one run left: the runner's containers and images,
-// and the containers, networks and volumes the inner runners made for the
-// run's jobs (labelled with a job id of the run, made since it started).
-// It returns what it removed, for the report.
+// runImages lists the run's images: the runner's, and those labelled with
+// one of the run's job ids made since it started (per-job images).
+func runImages(ctx context.Context, cli *client.Client, runnerID string, jobs map[int64]bool, since time.Time) ([]image.Summary, error) {
+	is, err := cli.ImageList(ctx, image.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runnerID))})
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, im := range is {
+		seen[im.ID] = true
+	}
+	more, err := cli.ImageList(ctx, image.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelJobID))})
+	if err != nil {
+		return nil, err
+	}
+	for _, im := range more {
+		id, _ := strconv.ParseInt(im.Labels[localdocker.LabelJobID], 10, 64)
+		if jobs[id] && !seen[im.ID] && !time.Unix(im.Created, 0).Before(since.Add(-time.Second)) {
+			is = append(is, im)
+		}
+	}
+	return is, nil
+}
+
+// remaining counts the run's containers and images still on the engine.
+func remaining(ctx context.Context, cli *client.Client, runnerID string, jobs map[int64]bool, since time.Time) (containers, images int, err error) {
+	cs, err := runContainers(ctx, cli, runnerID, jobs, since)
+	if err != nil {
+		return 0, 0, err
+	}
+	is, err := runImages(ctx, cli, runnerID, jobs, since)
+	return len(cs), len(is), err
+}
+
+// cleanRun removes what one run left: its containers and images, and the
+// networks and volumes labelled with one of its job ids made since it
+// started. It returns what it removed.
 func cleanRun(cli *client.Client, runnerID string, jobs map[int64]bool, since time.Time) []string {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var removed []string
-	ours := filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runnerID))
-	cs, _ := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: ours})
-	jobbed := filters.NewArgs(filters.Arg("label", localdocker.LabelJobID))
-	more, _ := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: jobbed})
-	for _, c := range more {
-		id, _ := strconv.ParseInt(c.Labels[localdocker.LabelJobID], 10, 64)
-		if jobs[id] && time.Unix(c.Created, 0).After(since.Add(-time.Second)) && c.Labels[localdocker.LabelRunner] == "" {
-			cs = append(cs, c)
-		}
-	}
+	cs, _ := runContainers(ctx, cli, runnerID, jobs, since)
 	for _, c := range cs {
 		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err == nil {
 			removed = append(removed, "container "+c.ID[:12])
 		}
 	}
-	is, _ := cli.ImageList(ctx, image.ListOptions{All: true, Filters: ours})
+	is, _ := runImages(ctx, cli, runnerID, jobs, since)
 	for _, im := range is {
 		if _, err := cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err == nil {
 			removed = append(removed, "image "+im.ID)
 		}
 	}
+	jobbed := filters.NewArgs(filters.Arg("label", localdocker.LabelJobID))
 	nets, _ := cli.NetworkList(ctx, network.ListOptions{Filters: jobbed})
 	for _, n := range nets {
 		id, _ := strconv.ParseInt(n.Labels[localdocker.LabelJobID], 10, 64)
-		if jobs[id] && n.Created.After(since.Add(-time.Second)) {
+		if jobs[id] && !n.Created.Before(since.Add(-time.Second)) {
 			if cli.NetworkRemove(ctx, n.ID) == nil {
 				removed = append(removed, "network "+n.Name)
 			}

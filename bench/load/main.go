@@ -410,7 +410,7 @@ executor = "local-docker"
 	if !waitUntil(ctx, exited, func() bool { return gl.Count("POST /api/v4/jobs/request") > 0 }) {
 		return fail("the daemon never asked GitLab for a job")
 	}
-	w, err := watch(ctx, b.cli, runnerID, b.jobImage)
+	w, err := watch(ctx, b.cli, b.jobImage)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -446,6 +446,7 @@ executor = "local-docker"
 		b.tokensMu.Unlock()
 		q := gl.Enqueue(token, b.payload(tok, variant, gl.URL))
 		queued[q.ID] = time.Now()
+		w.expect(q.ID)
 		jobs[q.ID] = true
 		ids = append(ids, q.ID)
 	}
@@ -595,7 +596,7 @@ executor = "local-docker"
 
 	// Stop the daemon; what did it leave?
 	stop()
-	if c, i, err := remaining(context.Background(), b.cli, runnerID); err == nil && c+i > 0 {
+	if c, i, err := remaining(context.Background(), b.cli, runnerID, jobs, started); err == nil && c+i > 0 {
 		r.leftovers = fmt.Sprintf("%d containers, %d images", c, i)
 		r.problems = append(r.problems, "left on the engine after the daemon stopped: "+r.leftovers)
 	}

@@ -273,9 +273,10 @@ func runContainers(ctx context.Context, cli *client.Client, runnerID string, job
 }
 
 // runImages lists the run's images: the runner's, and those labelled with
-// one of the run's job ids made since it started (per-job images).
+// one of the run's job ids made since it started (per-job images); top
+// images only (a build's intermediate images go with them).
 func runImages(ctx context.Context, cli *client.Client, runnerID string, jobs map[int64]bool, since time.Time) ([]image.Summary, error) {
-	is, err := cli.ImageList(ctx, image.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runnerID))})
+	is, err := cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelRunner+"="+runnerID))})
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +284,7 @@ func runImages(ctx context.Context, cli *client.Client, runnerID string, jobs ma
 	for _, im := range is {
 		seen[im.ID] = true
 	}
-	more, err := cli.ImageList(ctx, image.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelJobID))})
+	more, err := cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelJobID))})
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strconv"
@@ -301,6 +302,9 @@ func (d *decoder) decodeRunner(i int, prims map[string]toml.Primitive) Runner {
 			var v any
 			if d.decodeValue(p+"."+k, prim, &v) {
 				r.Inner[k] = v
+				if k == "cache" {
+					d.checkInnerCache(i, p+".cache", v)
+				}
 			}
 			return true
 		case acceptedRunnerKeys[k]:
@@ -345,4 +349,31 @@ func (d *decoder) runnerKeysWithPrefix(i int, prefix string) []string {
 		}
 	}
 	return ks
+}
+
+// checkInnerCache validates the [runners.cache] keys the inner runner
+// acts on: max_age, seconds a local cache volume is kept after its last
+// save (a positive, finite number).
+func (d *decoder) checkInnerCache(i int, p string, v any) {
+	m, _ := v.(map[string]any)
+	age, ok := m["max_age"]
+	if !ok {
+		return
+	}
+	fail := func(msg string) {
+		d.errs = append(d.errs, &Error{File: d.file, Line: d.loc.line(i, []string{"cache", "max_age"}), Key: p + ".max_age", Msg: msg})
+	}
+	var secs float64
+	switch n := age.(type) {
+	case int64:
+		secs = float64(n)
+	case float64:
+		secs = n
+	default:
+		fail("want a number of seconds")
+		return
+	}
+	if math.IsNaN(secs) || math.IsInf(secs, 0) || secs <= 0 || secs > 100*365*24*3600 {
+		fail("want a positive number of seconds (at most 100 years)")
+	}
 }

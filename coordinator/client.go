@@ -58,6 +58,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// Retry bounds the retries of 408/429/5xx answers.
 	Retry RetryPolicy
+	// ArtifactRetryMin and ArtifactRetryMax space the attempts of
+	// artifact uploads and downloads (default 1 s doubling up to 5 s,
+	// gitlab-runner's); how many attempts is gitlab-runner's rule.
+	ArtifactRetryMin, ArtifactRetryMax time.Duration
 }
 
 // RetryPolicy is an exponential backoff with full jitter.

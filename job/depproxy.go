@@ -54,7 +54,7 @@ func ServiceAlias(expandedName string) string {
 // UseDependencyProxy rewrites a raw job payload so that Docker Hub images of
 // the job and its services are pulled through the group's Dependency Proxy,
 // when the job has CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX. Names are first
-// expanded with the job's variables. A rewritten service with no alias gets
+// expanded with the job's variables (see Variables.Expanded). A rewritten service with no alias gets
 // the derived one, so that jobs can still reach it by its usual name.
 // Unknown payload fields are kept. The payload is returned unchanged when
 // there is no prefix.
@@ -65,7 +65,11 @@ func UseDependencyProxy(raw json.RawMessage) (json.RawMessage, error) {
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return nil, fmt.Errorf("reading job variables: %w", err)
 	}
-	prefix := p.Variables.Expand(p.Variables.Get(DependencyProxyVariable))
+	// Names are expanded once against the variables as the job gets them
+	// (each expanded once), like GitLab Runner expands image names: the
+	// work is bounded whatever the variables say.
+	vars := p.Variables.Expanded()
+	prefix := vars.Get(DependencyProxyVariable)
 	if prefix == "" {
 		return raw, nil
 	}
@@ -80,7 +84,7 @@ func UseDependencyProxy(raw json.RawMessage) (json.RawMessage, error) {
 			return nil, fmt.Errorf("job image: %w", err)
 		}
 		if name, _ := m["name"].(string); name != "" {
-			m["name"], _ = dependencyProxyName(p.Variables.Expand(name), prefix)
+			m["name"], _ = dependencyProxyName(vars.Expand(name), prefix)
 			doc["image"], _ = json.Marshal(m)
 		}
 	}
@@ -94,7 +98,7 @@ func UseDependencyProxy(raw json.RawMessage) (json.RawMessage, error) {
 			if name == "" {
 				continue
 			}
-			expanded := p.Variables.Expand(name)
+			expanded := vars.Expand(name)
 			rewritten, ok := dependencyProxyName(expanded, prefix)
 			m["name"] = rewritten
 			if alias, _ := m["alias"].(string); ok && alias == "" {

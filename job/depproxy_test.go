@@ -2,6 +2,7 @@ package job
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -67,5 +68,35 @@ func TestUseDependencyProxy(t *testing.T) {
 	plain := json.RawMessage(`{"id":1,"image":{"name":"debian"}}`)
 	if out, _ := UseDependencyProxy(plain); string(out) != string(plain) {
 		t.Errorf("rewritten without prefix: %s", out)
+	}
+}
+
+// A self-referencing variable in an image name costs the daemon bounded
+// work: one expansion of each value, one of the name.
+func TestUseDependencyProxyBoundedExpansion(t *testing.T) {
+	self := `$A$A$A$A$A$A$A$A`
+	raw := json.RawMessage(`{"id":1,"token":"t",
+ "variables":[{"key":"CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX","value":"dp.example/grp"},{"key":"A","value":"` + self + `"},
+              {"key":"LIT","value":"a$$b"}],
+ "image":{"name":"img$A"},
+ "services":[{"name":"svc$A$A"},{"name":"$LIT"}]}`)
+	out, err := UseDependencyProxy(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Image    map[string]any `json:"image"`
+		Services []map[string]any
+	}
+	json.Unmarshal(out, &p)
+	eight := strings.Repeat(self, 8)
+	if p.Image["name"] != "dp.example/grp/library/img"+eight {
+		t.Errorf("image %d bytes", len(p.Image["name"].(string)))
+	}
+	if p.Services[0]["name"] != "dp.example/grp/library/svc"+eight+eight {
+		t.Errorf("service %d bytes", len(p.Services[0]["name"].(string)))
+	}
+	if p.Services[1]["name"] != "dp.example/grp/library/a$b" {
+		t.Errorf("$$ is a literal $: %v", p.Services[1]["name"])
 	}
 }

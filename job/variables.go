@@ -1,7 +1,5 @@
 package job
 
-import "strings"
-
 // Variable is one entry of the payload's variables list.
 type Variable struct {
 	Key    string `json:"key"`
@@ -31,65 +29,89 @@ func (vs Variables) Lookup(key string) (string, bool) {
 	return "", false
 }
 
-// Expand replaces $NAME and ${NAME} in s with the variables' values, like
-// Go's os.Expand: unknown names expand to "", "$$" is kept as "$" only by
-// os.Expand's rules (a lone "$" followed by a non-name char is dropped).
-// Values are themselves expanded (recursively, up to a bounded depth) unless
-// the variable is raw, the way GitLab Runner expands variable references.
+// Expand replaces $NAME and ${NAME} in s with the values of the variables,
+// the way GitLab Runner expands job variables: in one pass over s, with
+// the values as they are (a value that itself holds $OTHER is not expanded
+// again), "$$" giving a literal "$", the shell's special parameters ($*,
+// $#, $@, $!, $?, $0…$9) and unknown names giving "". A "$" that starts
+// no name is dropped, as in Go 1.10's os.Expand that GitLab Runner keeps;
+// a "$" ending s is kept.
+//
+// The result is at most len(s) + len(s)/2 × the longest value long: no
+// variable can make it grow further (no recursion).
 func (vs Variables) Expand(s string) string {
-	return vs.expand(s, 0)
-}
-
-const maxExpandDepth = 10
-
-func (vs Variables) expand(s string, depth int) string {
-	if !strings.Contains(s, "$") {
+	var out []byte
+	done := 0 // s[:done] is in out
+	for i := 0; i+1 < len(s); i++ {
+		if s[i] != '$' {
+			continue
+		}
+		if out == nil {
+			out = make([]byte, 0, len(s)+16)
+		}
+		out = append(out, s[done:i]...)
+		name, width := refName(s[i+1:])
+		out = append(out, vs.value(name)...)
+		i += width
+		done = i + 1
+	}
+	if out == nil {
 		return s
 	}
-	return expandFunc(s, func(name string) string {
-		for i := len(vs) - 1; i >= 0; i-- {
-			if vs[i].Key != name {
-				continue
-			}
-			if vs[i].Raw || depth >= maxExpandDepth {
-				return vs[i].Value
-			}
-			return vs.expand(vs[i].Value, depth+1)
+	return string(append(out, s[done:]...))
+}
+
+// Expanded returns the variables with every value that is not raw
+// expanded once (Expand) against the values as given: what a job's
+// environment gets. Referring to oneself gives one's own value as given.
+func (vs Variables) Expanded() Variables {
+	out := make(Variables, len(vs))
+	for i, v := range vs {
+		if !v.Raw {
+			v.Value = vs.Expand(v.Value)
 		}
+		out[i] = v
+	}
+	return out
+}
+
+// value is what $name expands to.
+func (vs Variables) value(name string) string {
+	switch name {
+	case "$":
+		return "$"
+	case "*", "#", "@", "!", "?", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9":
 		return ""
-	})
+	}
+	return vs.Get(name)
 }
 
-// expandFunc is os.Expand's algorithm (kept here so that job stays a leaf
-// with exactly the semantics we test against).
-func expandFunc(s string, mapping func(string) string) string {
-	var buf []byte
-	i := 0
-	for j := 0; j < len(s); j++ {
-		if s[j] == '$' && j+1 < len(s) {
-			if buf == nil {
-				buf = make([]byte, 0, 2*len(s))
-			}
-			buf = append(buf, s[i:j]...)
-			name, w := shellName(s[j+1:])
-			if name == "" && w > 0 {
-				// invalid syntax: eat the characters
-			} else if name == "" {
-				buf = append(buf, s[j])
-			} else {
-				buf = append(buf, mapping(name)...)
-			}
-			j += w
-			i = j + 1
+// refName reads the name after a "$" at the start of s (s is not empty):
+// {NAME}, a special one-character parameter, or a run of letters, digits
+// and underscores (possibly empty). width is how many bytes of s it took.
+func refName(s string) (name string, width int) {
+	if s[0] == '{' {
+		if len(s) > 2 && isSpecialParam(s[1]) && s[2] == '}' {
+			return s[1:2], 3
 		}
+		for i := 1; i < len(s); i++ {
+			if s[i] == '}' {
+				return s[1:i], i + 1
+			}
+		}
+		return "", 1 // no closing brace: the brace goes with the "$"
 	}
-	if buf == nil {
-		return s
+	if isSpecialParam(s[0]) {
+		return s[:1], 1
 	}
-	return string(buf) + s[i:]
+	n := 0
+	for n < len(s) && isNameByte(s[n]) {
+		n++
+	}
+	return s[:n], n
 }
 
-func isShellSpecialVar(c uint8) bool {
+func isSpecialParam(c byte) bool {
 	switch c {
 	case '*', '#', '$', '@', '!', '?', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
 		return true
@@ -97,30 +119,6 @@ func isShellSpecialVar(c uint8) bool {
 	return false
 }
 
-func isAlphaNum(c uint8) bool {
+func isNameByte(c byte) bool {
 	return c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
-}
-
-func shellName(s string) (string, int) {
-	if s[0] == '{' {
-		if len(s) > 2 && isShellSpecialVar(s[1]) && s[2] == '}' {
-			return s[1:2], 3
-		}
-		for i := 1; i < len(s); i++ {
-			if s[i] == '}' {
-				if i == 1 {
-					return "", 2
-				}
-				return s[1:i], i + 1
-			}
-		}
-		return "", 1
-	}
-	if isShellSpecialVar(s[0]) {
-		return s[0:1], 1
-	}
-	var i int
-	for i = 0; i < len(s) && isAlphaNum(s[i]); i++ {
-	}
-	return s[:i], i
 }

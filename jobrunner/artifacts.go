@@ -2,17 +2,17 @@ package jobrunner
 
 import (
 	"archive/tar"
-	"archive/zip"
-	"compress/gzip"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-git/go-git/v5"
 
@@ -127,7 +127,7 @@ func (r *runner) uploadArtifacts(ctx context.Context, id string, jobOK bool, src
 }
 
 func (r *runner) uploadOne(ctx context.Context, id string, a job.Artifact, tracked map[string]bool) error {
-	inc, exc := newMatcher(a.Paths, r.vars), newMatcher(a.Exclude, r.vars)
+	inc, exc := newMatcher(a.Paths, r.expanded), newMatcher(a.Exclude, r.expanded)
 	typ, format := a.Type, a.Format
 	if typ == "" {
 		typ = "archive"
@@ -146,15 +146,18 @@ func (r *runner) uploadOne(ctx context.Context, id string, a job.Artifact, track
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	var zw *zip.Writer
-	var gw *gzip.Writer
+	var pk *packer
 	switch format {
 	case "zip":
-		zw = zip.NewWriter(tmp)
+		pk = newZipPacker(tmp)
 	case "gzip":
-		gw = gzip.NewWriter(tmp)
+		pk = newGzipPacker(tmp)
+	case "raw":
+		pk = newRawPacker(tmp)
+	default:
+		// GitLab refuses it too; say so before reading anything
+		return fmt.Errorf("%s artifacts: unknown artifact_format %q", typ, format)
 	}
-	n := 0
 	tr := tar.NewReader(rc)
 	for {
 		hdr, err := tr.Next()
@@ -177,74 +180,58 @@ func (r *runner) uploadOne(ctx context.Context, id string, a job.Artifact, track
 		if !selected || exc.match(rel) {
 			continue
 		}
-		n++
-		switch {
-		case zw != nil:
-			fh := &zip.FileHeader{Name: rel, Method: zip.Deflate, Modified: hdr.ModTime}
-			fh.SetMode(hdr.FileInfo().Mode())
-			w, err := zw.CreateHeader(fh)
-			if err != nil {
-				return err
-			}
-			if hdr.Typeflag == tar.TypeSymlink {
-				_, err = io.WriteString(w, hdr.Linkname)
-			} else {
-				_, err = io.Copy(w, tr)
-			}
-			if err != nil {
-				return err
-			}
-		case gw != nil:
-			if _, err := io.Copy(gw, tr); err != nil {
-				return err
-			}
-		default: // raw: the first file
-			if n == 1 {
-				if _, err := io.Copy(tmp, tr); err != nil {
-					return err
-				}
-			}
+		if err := pk.add(rel, hdr, tr); err != nil {
+			return fmt.Errorf("%s artifacts: %w", typ, err)
 		}
 	}
-	if zw != nil {
-		if err := zw.Close(); err != nil {
-			return err
-		}
+	body, err := pk.finish()
+	if err != nil {
+		return fmt.Errorf("%s artifacts: %w", typ, err)
 	}
-	if gw != nil {
-		if err := gw.Close(); err != nil {
-			return err
-		}
-	}
-	if n == 0 {
+	if pk.n == 0 {
 		r.printf("%sWARNING: %s: no matching files%s\n", ansiBoldRed, strings.Join(a.Paths, ", "), ansiReset)
 		return nil
 	}
-	r.printf("%s: found %d matching artifact files and directories\n", typ, n)
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	name := a.Name
-	switch {
-	case name == "" && format == "zip":
-		name = "artifacts.zip"
-	case name == "":
-		name = typ
-	case format == "zip" && !strings.HasSuffix(name, ".zip"):
-		name += ".zip"
-	}
+	r.printf("%s: found %d matching artifact files and directories\n", typ, pk.n)
+	name := artifactFilename(r.expanded.Expand(cmp.Or(a.Name, "artifacts")), format)
 	r.printf("Uploading artifacts as %q to coordinator...\n", typ)
-	err = r.gl.UploadArtifacts(ctx, r.p.ID, r.p.Token, coordinator.ArtifactUpload{Filename: name, Type: typ, Format: format, ExpireIn: a.ExpireIn}, tmp)
-	if err != nil {
+	up := coordinator.ArtifactUpload{Filename: name, Type: typ, Format: format, ExpireIn: a.ExpireIn,
+		Retrying: func(err error, wait time.Duration) {
+			r.printf("%sWARNING: Uploading artifacts as %q to coordinator... %v%s\n", ansiBoldRed, typ, err, ansiReset)
+			r.printf("%sWARNING: Retrying in %v...%s\n", ansiBoldRed, wait.Round(time.Millisecond), ansiReset)
+		}}
+	if err := r.gl.UploadArtifacts(ctx, r.p.ID, r.p.Token, up, body); err != nil {
 		return fmt.Errorf("uploading %s artifacts: %w", typ, err)
 	}
 	r.printf("Uploading artifacts as %q to coordinator... 201 Created\n", typ)
 	return nil
 }
 
+// artifactFilename is the upload's file name, as gitlab-runner makes it:
+// the base name of the (expanded) artifacts:name, "default" if that is
+// empty, with .zip or .gz after it for those formats.
+func artifactFilename(name, format string) string {
+	name = path.Base(name)
+	if name == "" || name == "." {
+		name = "default"
+	}
+	switch format {
+	case "zip":
+		return name + ".zip"
+	case "gzip":
+		return name + ".gz"
+	}
+	return name
+}
+
 // downloadDependencies unpacks the artifacts of the jobs this one depends
 // on into dir (the sources, copied into the job container after).
 func (r *runner) downloadDependencies(ctx context.Context, dir string) error {
+	// gitlab-runner's FF_USE_DIRECT_DOWNLOAD, on unless the job turns it off
+	direct, err := strconv.ParseBool(r.expanded.Get("FF_USE_DIRECT_DOWNLOAD"))
+	if err != nil {
+		direct = true
+	}
 	for _, d := range r.p.Dependencies {
 		if d.ArtifactsFile == nil || d.ArtifactsFile.Filename == "" {
 			continue
@@ -254,49 +241,22 @@ func (r *runner) downloadDependencies(ctx context.Context, dir string) error {
 		if err != nil {
 			return err
 		}
-		err = r.gl.DownloadArtifacts(ctx, d.ID, d.Token, tmp)
+		opt := coordinator.DownloadOptions{DirectDownload: direct, Retrying: func(err error, wait time.Duration) {
+			r.printf("%sWARNING: Downloading artifacts from coordinator... %v%s\n", ansiBoldRed, err, ansiReset)
+			r.printf("%sWARNING: Retrying in %v...%s\n", ansiBoldRed, wait.Round(time.Millisecond), ansiReset)
+		}}
+		err = r.gl.DownloadArtifacts(ctx, d.ID, d.Token, opt, tmp)
 		if err == nil {
-			err = unzipInto(tmp, dir)
+			var warnings []string
+			warnings, err = extractZip(tmp, dir)
+			for _, w := range warnings {
+				r.printf("%sWARNING: %s%s\n", ansiBoldRed, w, ansiReset)
+			}
 		}
 		tmp.Close()
 		os.Remove(tmp.Name())
 		if err != nil {
 			return fmt.Errorf("artifacts of %s (%d): %w", d.Name, d.ID, err)
-		}
-	}
-	return nil
-}
-
-func unzipInto(f *os.File, dir string) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	zr, err := zip.NewReader(f, fi.Size())
-	if err != nil {
-		return err
-	}
-	for _, zf := range zr.File {
-		name := path.Clean("/" + zf.Name)[1:] // no escape from dir
-		if name == "" || zf.FileInfo().IsDir() {
-			continue
-		}
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		rc, err := zf.Open()
-		if err != nil {
-			return err
-		}
-		out, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, zf.Mode().Perm()|0o600)
-		if err == nil {
-			_, err = io.Copy(out, rc)
-			out.Close()
-		}
-		rc.Close()
-		if err != nil {
-			return err
 		}
 	}
 	return nil

@@ -9,36 +9,102 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path"
-	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/volume"
 
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/internal/labels"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
-// Caches live in local Docker volumes, one per cache key, kept across jobs
-// on the same engine (they are not removed with the job).
+// Caches live in local Docker volumes kept across jobs on the same engine
+// (they are not removed with the job): one per runner, project and cache
+// key, so that a project never reads nor writes another project's cache.
+// A volume is rewritten whole when its cache is saved; one not saved for
+// [runners.cache] max_age is removed at the start of a job.
 
 var volumeUnsafe = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 
-func cacheVolume(key string) string {
-	sum := sha256.Sum256([]byte(key))
+// Labels of cache volumes (with labels.LabelRole = labels.RoleCache and
+// labels.LabelRunner).
+const (
+	labelCacheKey     = "paas-runner.cache-key"
+	labelCacheProject = "paas-runner.project-id"
+	labelCacheSavedAt = "paas-runner.cache-saved-at" // Unix seconds
+)
+
+// cacheVolume names the volume of a cache key of a project on a runner.
+func cacheVolume(runnerID string, projectID int64, key string) string {
+	sum := sha256.Sum256([]byte(runnerID + "\x00" + strconv.FormatInt(projectID, 10) + "\x00" + key))
 	safe := volumeUnsafe.ReplaceAllString(key, "_")
 	if len(safe) > 40 {
 		safe = safe[:40]
 	}
-	return "paas-runner-cache-" + safe + "-" + hex.EncodeToString(sum[:4])
+	prefix := "paas-runner-cache-"
+	if runnerID != "" {
+		prefix += volumeUnsafe.ReplaceAllString(runnerID, "_") + "-"
+	}
+	return prefix + "p" + strconv.FormatInt(projectID, 10) + "-" + safe + "-" + hex.EncodeToString(sum[:4])
+}
+
+// projectID is the job's project, from the payload or CI_PROJECT_ID.
+func (r *runner) projectID() int64 {
+	if id := r.p.JobInfo.ProjectID; id != 0 {
+		return id
+	}
+	id, _ := strconv.ParseInt(r.p.Variables.Get("CI_PROJECT_ID"), 10, 64)
+	return id
+}
+
+func (r *runner) cacheVolume(key string) string {
+	return cacheVolume(r.o.Job.RunnerID, r.projectID(), key)
+}
+
+// removeStaleCaches removes this runner's cache volumes not saved for
+// longer than maxAge. A volume in use by a running job stays (Docker
+// refuses); other runners' caches are theirs to bound.
+func (r *runner) removeStaleCaches(ctx context.Context, maxAge time.Duration, now time.Time) {
+	f := filters.NewArgs(filters.Arg("label", labels.LabelRole+"="+labels.RoleCache))
+	if r.o.Job.RunnerID != "" {
+		f.Add("label", labels.LabelRunner+"="+r.o.Job.RunnerID)
+	}
+	vs, err := r.docker.VolumeList(ctx, volume.ListOptions{Filters: f})
+	if err != nil {
+		r.log.Warn("listing cache volumes failed", zap.Error(err))
+		return
+	}
+	for _, v := range vs.Volumes {
+		if r.o.Job.RunnerID == "" && v.Labels[labels.LabelRunner] != "" {
+			continue
+		}
+		saved, err := strconv.ParseInt(v.Labels[labelCacheSavedAt], 10, 64)
+		if err != nil {
+			continue // not one of ours
+		}
+		if now.Sub(time.Unix(saved, 0)) <= maxAge {
+			continue
+		}
+		if err := r.docker.VolumeRemove(ctx, v.Name, false); err != nil {
+			if !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) {
+				r.log.Warn("removing a stale cache volume failed", zap.String("volume", v.Name), zap.Error(err))
+			}
+			continue
+		}
+		r.log.Info("removed a stale cache volume", zap.String("volume", v.Name), zap.String("cache_key", v.Labels[labelCacheKey]))
+	}
 }
 
 func (r *runner) cacheKey(c job.Cache) string {
-	k := r.vars.Expand(c.Key)
+	k := r.expanded.Expand(c.Key)
 	if k == "" {
 		k = "default"
 	}
@@ -49,7 +115,7 @@ func (r *runner) cacheKey(c job.Cache) string {
 // /cache, to move files in and out through the Docker API.
 func (r *runner) cacheContainer(ctx context.Context, img, vol string) (string, error) {
 	c, err := r.docker.ContainerCreate(ctx, &container.Config{Image: img, Cmd: []string{"true"}, Entrypoint: []string{},
-		Labels: map[string]string{"paas-runner.job-id": fmt.Sprint(r.p.ID)}},
+		Labels: r.labels()},
 		&container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: vol, Target: "/cache"}}}, nil, nil, "")
 	if err != nil {
 		return "", err
@@ -68,9 +134,9 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 		keys := append([]string{r.cacheKey(c)}, c.FallbackKeys...)
 		for i, k := range keys {
 			if i > 0 {
-				k = r.vars.Expand(k)
+				k = r.expanded.Expand(k)
 			}
-			vol := cacheVolume(k)
+			vol := r.cacheVolume(k)
 			if _, err := r.docker.VolumeInspect(ctx, vol); err != nil {
 				continue
 			}
@@ -88,52 +154,19 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 	}
 }
 
-// copyOut extracts the content of path in container id into dir.
+// copyOut extracts the content of path in container id into dir, never
+// outside it (see extractor).
 func (r *runner) copyOut(ctx context.Context, id, src, dir string) error {
 	rc, _, err := r.docker.CopyFromContainer(ctx, id, src)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		_, rel, _ := strings.Cut(hdr.Name, "/") // strip "cache/"
-		rel = path.Clean("/" + rel)[1:]
-		if rel == "" {
-			continue
-		}
-		p := filepath.Join(dir, filepath.FromSlash(rel))
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(p, 0o755); err != nil {
-				return err
-			}
-		case tar.TypeReg:
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, os.FileMode(hdr.Mode).Perm()|0o600)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(f, tr)
-			f.Close()
-			if err != nil {
-				return err
-			}
-		case tar.TypeSymlink:
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			os.Remove(p)
-			if err := os.Symlink(hdr.Linkname, p); err != nil {
-				return err
-			}
-		}
+	warnings, err := extractTar(rc, dir, true)
+	for _, w := range warnings {
+		r.printf("%sWARNING: %s%s\n", ansiBoldRed, w, ansiReset)
 	}
+	return err
 }
 
 // saveCaches stores the cached paths of the project directory of container
@@ -154,7 +187,7 @@ func (r *runner) saveCaches(ctx context.Context, img, id string, jobOK bool, src
 }
 
 func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache, tracked map[string]bool) error {
-	inc := newMatcher(c.Paths, r.vars)
+	inc := newMatcher(c.Paths, r.expanded)
 	rc, _, err := r.docker.CopyFromContainer(ctx, id, r.projectDir())
 	if err != nil {
 		return err
@@ -199,11 +232,16 @@ func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache
 	if err := tw.Close(); err != nil {
 		return err
 	}
-	vol := cacheVolume(key)
+	vol := r.cacheVolume(key)
 	if err := r.docker.VolumeRemove(ctx, vol, true); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("replacing the cache volume: %w", err)
 	}
-	if _, err := r.docker.VolumeCreate(ctx, volume.CreateOptions{Name: vol, Labels: map[string]string{"paas-runner.cache-key": key}}); err != nil {
+	vl := map[string]string{labels.LabelRole: labels.RoleCache, labelCacheKey: key,
+		labelCacheProject: strconv.FormatInt(r.projectID(), 10), labelCacheSavedAt: strconv.FormatInt(time.Now().Unix(), 10)}
+	if r.o.Job.RunnerID != "" {
+		vl[labels.LabelRunner] = r.o.Job.RunnerID
+	}
+	if _, err := r.docker.VolumeCreate(ctx, volume.CreateOptions{Name: vol, Labels: vl}); err != nil {
 		return err
 	}
 	cid, err := r.cacheContainer(ctx, img, vol)

@@ -7,10 +7,14 @@ package jobrunner
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"gitlab.com/paas-runner/paas-runner/internal/labels"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
@@ -22,6 +26,40 @@ type RunnerConfig struct {
 	Environment []string     `toml:"environment"`
 	OutputLimit int64        `toml:"output_limit"` // KB
 	Docker      DockerConfig `toml:"docker"`
+	Cache       CacheConfig  `toml:"cache"`
+}
+
+// CacheConfig is [runners.cache]. Only local cache volumes exist here.
+type CacheConfig struct {
+	// MaxAge bounds local cache volumes: one not saved for this long is
+	// removed when a job starts (max_age, seconds; default 7 days).
+	MaxAge    time.Duration `toml:"-"`
+	MaxAgeRaw any           `toml:"max_age"`
+}
+
+// DefaultCacheMaxAge is [runners.cache] max_age when not set.
+const DefaultCacheMaxAge = 7 * 24 * time.Hour
+
+// CacheMaxAge reads [runners.cache] max_age: a positive number of seconds
+// (integer or float), or absent (nil) for the default.
+func CacheMaxAge(v any) (time.Duration, error) {
+	var secs float64
+	switch n := v.(type) {
+	case nil:
+		return DefaultCacheMaxAge, nil
+	case int64:
+		secs = float64(n)
+	case int:
+		secs = float64(n)
+	case float64:
+		secs = n
+	default:
+		return 0, fmt.Errorf("want a number of seconds, not %T", v)
+	}
+	if math.IsNaN(secs) || math.IsInf(secs, 0) || secs <= 0 || secs > 100*365*24*3600 {
+		return 0, fmt.Errorf("want a positive number of seconds (at most 100 years), not %v", secs)
+	}
+	return time.Duration(secs * float64(time.Second)), nil
 }
 
 // DockerConfig is [runners.docker].
@@ -56,6 +94,11 @@ func LoadConfig(path string) (*RunnerConfig, error) {
 			}
 		}
 	}
+	maxAge, err := CacheMaxAge(rc.Cache.MaxAgeRaw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: runners.cache.max_age: %w", path, err)
+	}
+	rc.Cache.MaxAge = maxAge
 	if rc.URL == "" {
 		return nil, fmt.Errorf("%s: the runner has no url", path)
 	}
@@ -75,6 +118,11 @@ type Job struct {
 	// TraceCRC of the log up to TraceOffset; nil when the daemon could not
 	// know it (the final update then carries no checksum).
 	TraceCRC *uint32
+	// SystemID and RunnerID identify the daemon and the runner that
+	// handed the job over; they label everything the job creates. Empty
+	// when job.json does not say (a job.json made by Heptapod).
+	SystemID string
+	RunnerID string
 }
 
 // LoadJob reads job.json.
@@ -91,8 +139,29 @@ func LoadJob(path string) (*Job, error) {
 		PaasRunner struct {
 			TraceOffset int64   `json:"trace_offset"`
 			TraceCRC    *uint32 `json:"trace_crc32"`
+			SystemID    string  `json:"system_id"`
+			RunnerID    string  `json:"runner_id"`
 		} `json:"paas_runner"`
 	}
 	_ = json.Unmarshal(raw, &extra)
-	return &Job{Acquired: a, TraceOffset: extra.PaasRunner.TraceOffset, TraceCRC: extra.PaasRunner.TraceCRC}, nil
+	pr := extra.PaasRunner
+	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, SystemID: pr.SystemID, RunnerID: pr.RunnerID}, nil
+}
+
+// labels are put on every container, network and volume the job creates,
+// so that the daemon finds and removes them with the job's host (see
+// internal/labels). Keys whose value is unknown are left out rather than
+// set empty.
+func (r *runner) labels() map[string]string {
+	l := map[string]string{
+		labels.LabelJobID: strconv.FormatInt(r.p.ID, 10),
+		labels.LabelRole:  labels.RoleJob,
+	}
+	if r.o.Job.SystemID != "" {
+		l[labels.LabelSystemID] = r.o.Job.SystemID
+	}
+	if r.o.Job.RunnerID != "" {
+		l[labels.LabelRunner] = r.o.Job.RunnerID
+	}
+	return l
 }

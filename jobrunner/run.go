@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -68,8 +69,11 @@ type runner struct {
 	docker *client.Client
 	trace  *Trace
 	log    *zap.Logger
-	name   string // prefix of everything created for this job
-	vars   job.Variables
+	name   string        // prefix of everything created for this job
+	vars   job.Variables // as given
+	// expanded: vars with each value expanded once, what the job's
+	// environment gets and what names in the payload expand against
+	expanded job.Variables
 
 	mu        sync.Mutex
 	canceling bool
@@ -98,10 +102,14 @@ func Run(ctx context.Context, o Options) error {
 	r := &runner{o: o, p: j.Payload, gl: gl, docker: o.Docker, log: o.Logger.With(zap.Int64("job_id", j.ID)),
 		name: fmt.Sprintf("paas-job-%d-%s", j.ID, randomSuffix()), cancelCh: make(chan struct{}), abortCh: make(chan struct{})}
 	r.vars = r.variables()
+	r.expanded = r.vars.Expanded()
 	var secrets []string
-	for _, v := range r.vars {
+	for i, v := range r.vars {
 		if v.Masked {
 			secrets = append(secrets, v.Value)
+			if e := r.expanded[i].Value; e != v.Value {
+				secrets = append(secrets, e)
+			}
 		}
 	}
 	secrets = append(secrets, j.Token)
@@ -133,7 +141,10 @@ func (r *runner) onStatus(st string) {
 			r.canceling = true
 			close(r.cancelCh)
 		}
-	case job.StatusCanceled, job.StatusFailed, job.StatusSuccess:
+	case job.StatusCanceled, job.StatusFailed, job.StatusSuccess, statusRefused:
+		if st == statusRefused {
+			r.log.Warn("GitLab refused the job's log or update without a job status (log over its size limit, token refused, or job gone): stopping the job")
+		}
 		select {
 		case <-r.abortCh:
 		default:
@@ -185,18 +196,16 @@ func (r *runner) variables() job.Variables {
 	return append(vs, r.p.Variables...)
 }
 
-// env renders variables for a container: expanded unless raw; file
-// variables point at files written under dir.
+// env renders variables for a container: each expanded once unless raw
+// (job.Variables.Expanded); file variables point at files written under
+// dir.
 func (r *runner) env(extra ...job.Variable) ([]string, map[string][]byte) {
-	vs := append(append(job.Variables{}, r.vars...), extra...)
+	vs := append(append(job.Variables{}, r.vars...), extra...).Expanded()
 	files := map[string][]byte{}
 	seen := map[string]int{}
 	var out []string
 	for _, v := range vs {
 		val := v.Value
-		if !v.Raw {
-			val = vs.Expand(val)
-		}
 		if v.File {
 			p := r.projectDir() + ".tmp/" + v.Key
 			files[p] = []byte(val)
@@ -249,7 +258,7 @@ func (r *runner) runJob(ctx context.Context) result {
 	if img == "" {
 		img = r.o.Config.Docker.Image
 	}
-	img = r.vars.Expand(img)
+	img = r.expanded.Expand(img)
 	if img == "" {
 		r.printf("%sERROR: the job has no image and [runners.docker] sets none%s\n", ansiBoldRed, ansiReset)
 		return result{state: "failed", reason: job.ConfigurationError}
@@ -264,7 +273,7 @@ func (r *runner) runJob(ctx context.Context) result {
 		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
 		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
 	}
-	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: map[string]string{"paas-runner.job-id": strconv.FormatInt(r.p.ID, 10)}})
+	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: r.labels()})
 	if err != nil {
 		r.printf("%sERROR: creating the builds volume: %v%s\n", ansiBoldRed, err, ansiReset)
 		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
@@ -292,6 +301,11 @@ func (r *runner) runJob(ctx context.Context) result {
 		return r.failure(jctx, ctx, job.ScriptFailure, 1)
 	}
 
+	maxAge := r.o.Config.Cache.MaxAge
+	if maxAge <= 0 {
+		maxAge = DefaultCacheMaxAge
+	}
+	r.removeStaleCaches(hard, maxAge, time.Now())
 	if len(r.p.Cache) > 0 {
 		end = r.section("restore_cache", "Restoring cache")
 		r.restoreCaches(hard, img, srcDir)
@@ -474,7 +488,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	cfg := &container.Config{
 		Image: img, Env: env, WorkingDir: "/",
 		Cmd:    []string{"sh", "-c", r.shellScript(cmds)},
-		Labels: map[string]string{"paas-runner.job-id": strconv.FormatInt(r.p.ID, 10)},
+		Labels: r.labels(),
 	}
 	if ep := r.p.Image.Entrypoint; len(ep) > 0 {
 		cfg.Entrypoint = ep
@@ -620,6 +634,10 @@ func (r *runner) finalUpdate(ctx context.Context, res result, size int64, checks
 			return nil
 		case errors.Is(err, job.ErrNotRunning):
 			// canceled or already final in GitLab: nothing more to report
+			return nil
+		case coordinator.StatusOf(err) == http.StatusNotFound:
+			// the job is gone (deleted with its project, say): stop
+			r.log.Warn("GitLab does not know the job any more (404): its result is not reported", zap.Error(err))
 			return nil
 		case err != nil && !coordinator.IsTransient(err):
 			return fmt.Errorf("reporting the job result: %w", err)

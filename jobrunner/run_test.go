@@ -26,7 +26,14 @@ import (
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
-const jobImage = "paas-runner-test-busybox:1"
+// jobImage is per test process: several worktrees run this package at
+// once on one engine, and each removes its image when it ends.
+var jobImage = fmt.Sprintf("paas-runner-test-busybox:p%d", os.Getpid())
+
+const (
+	testSystemID = "r_jobrunnertest"
+	testRunnerID = "tjobrun1"
+)
 
 var cli *client.Client
 
@@ -61,6 +68,8 @@ type jobSpec struct {
 	during func(gl *coordinatortest.Server, id int64)
 	// setup adjusts the queued job before it is acquired
 	setup func(gl *coordinatortest.Server, q *coordinatortest.Job)
+	// config adjusts the runner.toml the job runs with
+	config func(rc *RunnerConfig)
 }
 
 // runJob queues a job in a fake GitLab, acquires it like the daemon, and
@@ -102,7 +111,8 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	gl.AppendTrace(q.ID, "daemon line\n")
 	var doc map[string]any
 	json.Unmarshal(a.Raw, &doc)
-	doc["paas_runner"] = map[string]any{"trace_offset": len("daemon line\n"), "trace_crc32": crc32.ChecksumIEEE([]byte("daemon line\n"))}
+	doc["paas_runner"] = map[string]any{"trace_offset": len("daemon line\n"), "trace_crc32": crc32.ChecksumIEEE([]byte("daemon line\n")),
+		"system_id": testSystemID, "runner_id": testRunnerID}
 	raw, _ := json.Marshal(doc)
 	jp := filepath.Join(t.TempDir(), "job.json")
 	os.WriteFile(jp, raw, 0o600)
@@ -111,6 +121,9 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 		t.Fatal(err)
 	}
 	rc := &RunnerConfig{URL: gl.URL, BuildsDir: "/builds", OutputLimit: 4096}
+	if spec.config != nil {
+		spec.config(rc)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if spec.during != nil {
@@ -317,7 +330,7 @@ func TestCacheReusedBySecondJob(t *testing.T) {
 	key := fmt.Sprintf("deps-%d", time.Now().UnixNano())
 	t.Cleanup(func() {
 		if cli != nil {
-			cli.VolumeRemove(context.Background(), cacheVolume(key), true)
+			cli.VolumeRemove(context.Background(), cacheVolume(testRunnerID, 1, key), true)
 		}
 	})
 	cache := func(k string, fallback []string, policy string) func(*coordinatortest.Server, *coordinatortest.Job) {

@@ -48,7 +48,7 @@ func (r *runner) startServices(ctx context.Context) error {
 		return nil
 	}
 	nw, err := r.docker.NetworkCreate(ctx, r.name+"-network", network.CreateOptions{
-		Driver: "bridge", Labels: map[string]string{"paas-runner.job-id": strconv.FormatInt(r.p.ID, 10)}})
+		Driver: "bridge", Labels: r.labels()})
 	if err != nil {
 		return fmt.Errorf("creating the job network: %w", err)
 	}
@@ -60,19 +60,19 @@ func (r *runner) startServices(ctx context.Context) error {
 	}
 	var all []started
 	for i, s := range r.p.Services {
-		img := r.vars.Expand(s.Name)
+		img := r.expanded.Expand(s.Name)
 		if img == "" {
 			continue
 		}
 		if err := r.pullImage(ctx, img, s.PullPolicy); err != nil {
 			return err
 		}
-		aliases := serviceAliases(s, r.vars)
+		aliases := serviceAliases(s, r.expanded)
 		env, _ := r.env()
 		for _, v := range s.Variables {
-			env = append(env, v.Key+"="+r.vars.Expand(v.Value))
+			env = append(env, v.Key+"="+r.expanded.Expand(v.Value))
 		}
-		cfg := &container.Config{Image: img, Env: env, Labels: map[string]string{"paas-runner.job-id": strconv.FormatInt(r.p.ID, 10)}}
+		cfg := &container.Config{Image: img, Env: env, Labels: r.labels()}
 		if len(s.Entrypoint) > 0 {
 			cfg.Entrypoint = s.Entrypoint
 		}

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -12,10 +13,12 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/go-git/go-git/v5"
 	gitconfig "github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -82,17 +85,26 @@ func fetchSources(ctx context.Context, p *job.Payload, dir string, log io.Writer
 	if err := wt.Checkout(&git.CheckoutOptions{Hash: plumbing.NewHash(gi.Sha), Force: true}); err != nil {
 		return fmt.Errorf("checking out %s: %w", gi.Sha, err)
 	}
-	var rec git.SubmoduleRescursivity
+	levels := 0
 	switch strategy := vars.Get("GIT_SUBMODULE_STRATEGY"); strategy {
 	case "", "none":
 		return nil
 	case "normal":
-		rec = git.NoRecurseSubmodules
+		levels = 1
 	case "recursive":
-		rec = git.DefaultSubmoduleRecursionDepth
+		levels = int(git.DefaultSubmoduleRecursionDepth)
 	default:
 		return fmt.Errorf("GIT_SUBMODULE_STRATEGY %q: want none, normal or recursive", strategy)
 	}
+	return updateSubmodules(ctx, wt, u, auth, levels, log)
+}
+
+// updateSubmodules initializes and checks out the submodules of wt, and
+// theirs down to depth levels. The job token (auth) goes only to
+// submodules on the GitLab host of the project (origin): relative URLs,
+// or absolute ones naming the same scheme, host and port. A submodule
+// elsewhere is fetched without credentials.
+func updateSubmodules(ctx context.Context, wt *git.Worktree, origin *url.URL, auth *githttp.BasicAuth, depth int, log io.Writer) error {
 	subs, err := wt.Submodules()
 	if err != nil {
 		return fmt.Errorf("reading submodules: %w", err)
@@ -101,15 +113,50 @@ func fetchSources(ctx context.Context, p *job.Payload, dir string, log io.Writer
 		return nil
 	}
 	fmt.Fprintln(log, "Updating/initializing submodules...")
-	// Submodules on the same GitLab get the job token; relative URLs
-	// resolve against origin.
-	if err := subs.UpdateContext(ctx, &git.SubmoduleUpdateOptions{Init: true, RecurseSubmodules: rec, Auth: auth}); err != nil {
-		return fmt.Errorf("updating submodules: %w", err)
-	}
 	for _, s := range subs {
-		fmt.Fprintf(log, "Submodule %s updated\n", s.Config().Path)
+		name := s.Config().Path
+		if err := s.Init(); err != nil && !errors.Is(err, git.ErrSubmoduleAlreadyInitialized) {
+			return fmt.Errorf("submodule %s: %w", name, err)
+		}
+		sr, err := s.Repository() // its origin: the URL resolved against ours
+		if err != nil {
+			return fmt.Errorf("submodule %s: %w", name, err)
+		}
+		var subAuth transport.AuthMethod
+		if rem, err := sr.Remote("origin"); auth != nil && err == nil && len(rem.Config().URLs) > 0 && sameGitLab(origin, rem.Config().URLs[0]) {
+			subAuth = auth
+		}
+		if err := s.UpdateContext(ctx, &git.SubmoduleUpdateOptions{RecurseSubmodules: git.NoRecurseSubmodules, Auth: subAuth}); err != nil {
+			return fmt.Errorf("updating submodule %s: %w", name, err)
+		}
+		fmt.Fprintf(log, "Submodule %s updated\n", name)
+		if depth > 1 {
+			swt, err := sr.Worktree()
+			if err != nil {
+				return fmt.Errorf("submodule %s: %w", name, err)
+			}
+			if err := updateSubmodules(ctx, swt, origin, auth, depth-1, log); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// sameGitLab tells whether a git URL is on the project's GitLab: same
+// scheme, host and port as origin.
+func sameGitLab(origin *url.URL, raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	port := func(u *url.URL) string {
+		if p := u.Port(); p != "" {
+			return p
+		}
+		return map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return u.Scheme == origin.Scheme && strings.EqualFold(u.Hostname(), origin.Hostname()) && port(u) == port(origin)
 }
 
 // tarDir archives dir so that it unpacks at prefix (an absolute path).

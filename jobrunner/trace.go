@@ -1,10 +1,10 @@
 package jobrunner
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"hash/crc32"
+	"net/http"
 	"sync"
 	"time"
 
@@ -14,65 +14,59 @@ import (
 
 // Trace is the job log: an io.Writer that masks secrets (even split across
 // writes), keeps a bounded buffer (writers wait when GitLab is slower than
-// the job), and sends it incrementally with PATCH /jobs/:id/trace at the
-// interval GitLab asks for, resuming at GitLab's offset on 416.
+// the job), and streams it with PATCH /jobs/:id/trace while the job runs:
+// what was written goes out at the next tick of the interval GitLab asks
+// for (X-GitLab-Trace-Update-Interval), batched (one PATCH per interval, or
+// sooner when much is pending), resuming at GitLab's offset on 416.
 type Trace struct {
 	client *coordinator.Client
 	id     int64
 	token  string
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	masks    [][]byte
-	maxMask  int
-	carry    []byte // tail kept back: a secret may continue in the next write
-	pending  []byte // masked, not sent yet
-	offset   int64  // GitLab's log length after what was sent
-	crc      uint32 // of the whole log, the daemon's part included
-	crcKnown bool
-	total    int64 // bytes produced (sent or pending), for the final update
-	interval time.Duration
-	closed   bool
-	limit    int64 // output limit; past it, output is dropped with a note
-	limited  bool
-	status   func(string) // called with every Job-Status seen
-	sendErr  error
+	mu        sync.Mutex
+	cond      *sync.Cond
+	masker    *masker
+	lastWrite time.Time
+	kick      chan struct{} // much is pending: send without waiting for the tick
+	pending   []byte        // masked, not sent yet
+	// history: the last bytes GitLab acknowledged, from histStart on
+	// (histCRC: the log's CRC up to histStart), to resend what GitLab says
+	// it lost (416)
+	history   []byte
+	histStart int64
+	histCRC   uint32
+	offset    int64  // GitLab's log length after what was sent
+	crc       uint32 // of the whole log, the daemon's part included
+	crcKnown  bool
+	total     int64 // bytes produced (sent or pending), for the final update
+	interval  time.Duration
+	closed    bool
+	limit     int64 // output limit; past it, output is dropped with a note
+	limited   bool
+	status    func(string) // called with every Job-Status seen
+	sendErr   error
 }
 
 const (
 	maxPending = 1 << 20 // bytes buffered before writers wait
 	maxPatch   = 1 << 20 // bytes per PATCH
+	maxHistory = 2 << 20 // bytes of sent log kept to resend on 416 (up to twice that)
 )
 
 // NewTrace continues a job log at offset, whose CRC32 so far is crc.
 // secrets are replaced by [MASKED] wherever they appear.
 func NewTrace(client *coordinator.Client, id int64, token string, offset int64, crc *uint32, secrets []string, limit int64, interval time.Duration, status func(string)) *Trace {
-	t := &Trace{client: client, id: id, token: token, offset: offset, total: offset, interval: interval, limit: limit, status: status}
+	t := &Trace{client: client, id: id, token: token, offset: offset, total: offset, interval: interval, limit: limit, status: status,
+		masker: newMasker(secrets), kick: make(chan struct{}, 1)}
 	switch {
 	case crc != nil:
 		t.crc, t.crcKnown = *crc, true
 	case offset == 0:
 		t.crcKnown = true
 	}
+	t.histStart, t.histCRC = offset, t.crc
 	t.cond = sync.NewCond(&t.mu)
-	for _, s := range secrets {
-		if len(s) >= 4 { // like GitLab, shorter values cannot be masked safely
-			t.masks = append(t.masks, []byte(s))
-			t.maxMask = max(t.maxMask, len(s))
-		}
-	}
 	return t
-}
-
-var masked = []byte("[MASKED]")
-
-func (t *Trace) mask(b []byte) []byte {
-	for _, m := range t.masks {
-		if bytes.Contains(b, m) {
-			b = bytes.ReplaceAll(b, m, masked)
-		}
-	}
-	return b
 }
 
 // Write adds job output to the log.
@@ -85,16 +79,29 @@ func (t *Trace) Write(p []byte) (int, error) {
 	if t.closed {
 		return 0, errors.New("trace closed")
 	}
-	// Complete secrets are replaced; only a secret still incomplete can
-	// end the buffer, within its last maxMask-1 bytes: hold those back.
-	out := t.mask(append(t.carry, p...))
-	keep := 0
-	if t.maxMask > 1 {
-		keep = min(len(out), t.maxMask-1)
+	if t.sendErr != nil {
+		return len(p), nil // GitLab takes no more: the output goes nowhere
 	}
-	t.carry = append([]byte(nil), out[len(out)-keep:]...)
-	t.emit(out[:len(out)-keep])
+	t.emit(t.masker.write(p))
+	t.lastWrite = time.Now()
+	if len(t.pending) >= maxPatch/2 {
+		select {
+		case t.kick <- struct{}{}:
+		default:
+		}
+	}
 	return len(p), nil
+}
+
+// releaseHeld sends on the output held back as the possible beginning of
+// a secret when nothing was written for a while (half an interval): a
+// line must not wait for output that may never come.
+func (t *Trace) releaseHeld(quiet time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.masker.holding() && time.Since(t.lastWrite) >= quiet {
+		t.emit(t.masker.release())
+	}
 }
 
 func (t *Trace) emit(out []byte) {
@@ -125,17 +132,23 @@ func appendInt(b []byte, n int64) []byte {
 // asks GitLab how the job is, so that a silent job is still canceled.
 func (t *Trace) Run(ctx context.Context) {
 	last := time.Now()
+	timer := time.NewTimer(t.currentInterval())
+	defer timer.Stop()
 	for {
-		t.mu.Lock()
-		iv := t.interval
-		had := len(t.pending) > 0
-		t.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(iv):
+		case <-t.kick:
+			if t.flush(ctx) == nil {
+				last = time.Now()
+			}
+			continue
+		case <-timer.C:
 		}
-		if had || t.hasPending() {
+		iv := t.currentInterval()
+		timer.Reset(iv)
+		t.releaseHeld(iv / 2)
+		if t.hasPending() {
 			if t.flush(ctx) == nil {
 				last = time.Now()
 			}
@@ -146,6 +159,12 @@ func (t *Trace) Run(ctx context.Context) {
 			last = time.Now()
 		}
 	}
+}
+
+func (t *Trace) currentInterval() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.interval
 }
 
 func (t *Trace) hasPending() bool {
@@ -164,39 +183,55 @@ func (t *Trace) keepAlive(ctx context.Context) {
 		t.status(res.JobStatus)
 	case errors.Is(err, job.ErrNotRunning):
 		t.status(job.StatusCanceled)
+	case coordinator.StatusOf(err) == http.StatusNotFound:
+		t.status(statusRefused) // the job is gone
 	}
 }
 
 // flush sends everything pending.
 func (t *Trace) flush(ctx context.Context) error {
+	ranges := 0
 	for {
 		t.mu.Lock()
-		if len(t.pending) == 0 {
+		if len(t.pending) == 0 || t.sendErr != nil {
+			err := t.sendErr
 			t.mu.Unlock()
-			return nil
+			return err
 		}
 		chunk := t.pending[:min(len(t.pending), maxPatch)]
 		off := t.offset
 		t.mu.Unlock()
 
-		res, err := t.client.AppendTrace(ctx, t.id, t.token, off, chunk)
+		res, err := t.client.PatchTrace(ctx, t.id, t.token, off, chunk)
 		if res.JobStatus != "" && t.status != nil {
 			t.status(res.JobStatus)
 		}
-		t.mu.Lock()
-		if err != nil {
-			if errors.Is(err, job.ErrNotRunning) {
-				t.sendErr = err
-				t.cond.Broadcast()
+		var re *coordinator.RangeError
+		switch {
+		case errors.As(err, &re) && ranges < 5:
+			ranges++
+			t.mu.Lock()
+			t.resync(off, len(chunk), re.Have)
+			t.mu.Unlock()
+			continue
+		case errors.Is(err, job.ErrNotRunning):
+			// 403 (or 404): GitLab takes no more of this job's log. Without
+			// Job-Status (the log is over GitLab's size limit, or the
+			// token is refused) this stops the job too, like gitlab-runner.
+			if res.JobStatus == "" && t.status != nil {
+				t.status(statusRefused)
 			}
+			t.mu.Lock()
+			t.sendErr = err
+			t.pending = nil
+			t.cond.Broadcast()
 			t.mu.Unlock()
 			return err
+		case err != nil:
+			return err
 		}
-		t.crc = crc32.Update(t.crc, crc32.IEEETable, chunk)
-		if res.Offset != off+int64(len(chunk)) {
-			t.crcKnown = false // someone else wrote meanwhile
-		}
-		t.offset = res.Offset
+		t.mu.Lock()
+		t.sent(chunk)
 		t.pending = t.pending[len(chunk):]
 		if len(t.pending) == 0 {
 			t.pending = nil // let the buffer go
@@ -209,14 +244,61 @@ func (t *Trace) flush(ctx context.Context) error {
 	}
 }
 
+// statusRefused is passed to the status callback when GitLab refuses the
+// log without saying the job's status: the job must stop.
+const statusRefused = "refused"
+
+// sent records that GitLab has data at the end of its log (t.offset).
+func (t *Trace) sent(data []byte) {
+	t.crc = crc32.Update(t.crc, crc32.IEEETable, data)
+	t.offset += int64(len(data))
+	t.history = append(t.history, data...)
+	if len(t.history) > 2*maxHistory {
+		drop := len(t.history) - maxHistory
+		t.histCRC = crc32.Update(t.histCRC, crc32.IEEETable, t.history[:drop])
+		t.histStart += int64(drop)
+		t.history = t.history[:copy(t.history, t.history[drop:])] // in place: no new buffer
+	}
+}
+
+// resync follows a 416: GitLab's log is have bytes long, while a PATCH of
+// n bytes was sent at off. Resending starts where GitLab is, from this
+// trace's own buffer: of the chunk, what GitLab already has (its answer
+// to an earlier try was lost) is not sent again; what GitLab lost is sent
+// again from the history.
+func (t *Trace) resync(off int64, n int, have int64) {
+	switch {
+	case have > off && have <= off+int64(n):
+		// GitLab has the beginning of the chunk: ours
+		k := int(have - off)
+		t.sent(t.pending[:k])
+		t.pending = t.pending[k:]
+	case have > off:
+		// someone else wrote meanwhile (the daemon): ours goes after, and
+		// the checksum of the whole log cannot be known
+		t.offset = have
+		t.crcKnown = false
+	case have >= t.histStart:
+		// GitLab lost the end of what it had acknowledged
+		k := int(have - t.histStart)
+		t.pending = append(append([]byte(nil), t.history[k:]...), t.pending...)
+		t.history = t.history[:k]
+		t.offset = have
+		t.crc = crc32.Update(t.histCRC, crc32.IEEETable, t.history)
+	default:
+		// lost before what this trace keeps (or the daemon's part): the
+		// log has a gap; go on at GitLab's end
+		t.offset = have
+		t.crcKnown = false
+	}
+	t.cond.Broadcast()
+}
+
 // Close releases the held-back tail and sends everything; it returns the
 // log's final size and checksum.
 func (t *Trace) Close(ctx context.Context) (int64, string, error) {
 	t.mu.Lock()
-	if t.carry != nil {
-		t.emit(t.mask(t.carry))
-		t.carry = nil
-	}
+	t.emit(t.masker.release())
 	t.closed = true
 	t.cond.Broadcast()
 	t.mu.Unlock()

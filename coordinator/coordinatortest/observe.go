@@ -13,9 +13,10 @@ type Observer struct {
 	// handled, without the server's lock (it may call the server). The
 	// client's connection is still open: r.RemoteAddr names it.
 	Request func(r *http.Request)
-	// Trace is called for every accepted trace chunk (PATCH …/trace
-	// answered 202), with the server's lock held: it must not call the
-	// server. Data is the chunk's own copy.
+	// Trace is called for every trace chunk appended to a job's log
+	// (PATCH …/trace at the right offset; visible in GitLab from then on,
+	// even when an injected failure loses the answer), with the server's
+	// lock held: it must not call the server. Data is the chunk's own copy.
 	Trace func(TraceChunk)
 }
 

@@ -41,14 +41,9 @@ type Job struct {
 	AcquiredAt time.Time
 	// FinishedAt is when the job reached a final state.
 	FinishedAt time.Time
-}
-
-// Artifact is one upload.
-type Artifact struct {
-	Filename string
-	Data     []byte
-	Format   string
-	ExpireIn string
+	// FinalWaits are when final updates were answered 202 (see
+	// Server.FinalUpdatePending).
+	FinalWaits []time.Time
 }
 
 // Runner is a registered runner.
@@ -101,9 +96,22 @@ type Server struct {
 	traceLen      map[int64]int
 	// RegistrationDisabled: POST /runners answers 410 Gone.
 	RegistrationDisabled bool
+	// TraceLimit: a PATCH that would make a job's log longer than this
+	// drops the job (failed, trace_size_exceeded) and is answered 403
+	// without Job-Status, as GitLab does over its trace size limit.
+	TraceLimit int
+	// FinalUpdatePending: this many final updates (PUT success/failed with
+	// an output checksum) of each job are answered 202 with
+	// X-GitLab-Trace-Update-Interval 1, 2, 4… s, as GitLab does while the
+	// log's live chunks are still being persisted; the next is applied.
+	FinalUpdatePending int
+	loseTrace          int
 	// HoldRequests makes POST /jobs/request wait until the job queue
 	// changes or this long passes when last_update is current (long poll).
 	LongPoll time.Duration
+	// storage is the object storage of artifacts, when UseObjectStorage
+	// made one (artifacts.go).
+	storage  *ObjectStorage
 	observer atomic.Pointer[Observer] // see Observe
 }
 
@@ -385,6 +393,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			}
 			s.notify()
 			s.mu.Unlock()
+			// read the body first, as GitLab does: a client still
+			// sending it gets the answer, not a reset connection
+			io.Copy(io.Discard, io.LimitReader(r.Body, 64<<20))
 			for k, vs := range inj.header {
 				w.Header()[k] = vs
 			}
@@ -648,6 +659,9 @@ func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 	}
 	j.Updates = append(j.Updates, req)
 	state, _ := req["state"].(string)
+	if s.holdFinalUpdate(w, j, state, req) {
+		return
+	}
 	switch state {
 	case "running", "pending":
 	case "success":
@@ -712,6 +726,12 @@ func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
 		w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
 		return
 	}
+	if s.TraceLimit > 0 && cur+len(body) > s.TraceLimit {
+		j.Status, j.FailureReason, j.FinishedAt = "failed", "trace_size_exceeded", time.Now()
+		s.notify()
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden - The trace size exceeded the limit"}`)
+		return
+	}
 	if s.TraceSizeOnly {
 		s.traceLen[id] += len(body)
 	} else {
@@ -719,75 +739,58 @@ func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
 	}
 	s.observeTrace(id, cur, body)
 	s.notify()
+	if s.loseTrace > 0 {
+		s.loseTrace--
+		writeJSON(w, http.StatusBadGateway, `{"message":"502 Bad Gateway"}`)
+		return
+	}
 	w.Header().Set("Job-Status", j.Status)
 	w.Header().Set("Range", fmt.Sprintf("0-%d", cur+len(body)))
 	w.Header().Set("X-GitLab-Trace-Update-Interval", strconv.Itoa(s.TraceUpdate))
 	w.WriteHeader(http.StatusAccepted)
 }
 
+// LoseTraceAnswers makes the next n trace PATCHes append to the log but
+// answer 502, as when a proxy loses GitLab's 202: the runner's retry then
+// gets a 416.
+func (s *Server) LoseTraceAnswers(n int) {
+	s.mu.Lock()
+	s.loseTrace = n
+	s.mu.Unlock()
+}
+
+// TruncateTrace cuts a job's log to n bytes, as if GitLab had lost the
+// end of it: the next PATCH gets a 416 with the shorter length.
+func (s *Server) TruncateTrace(id int64, n int) {
+	s.mu.Lock()
+	if j := s.jobs[id]; len(j.Trace) > n {
+		j.Trace = j.Trace[:n]
+	}
+	s.notify()
+	s.mu.Unlock()
+}
+
+// holdFinalUpdate answers 202 to a final update while the job has pending
+// waits (FinalUpdatePending), like update_build_state_service.rb while
+// live trace chunks are not persisted yet. It reports whether it answered.
+func (s *Server) holdFinalUpdate(w http.ResponseWriter, j *Job, state string, req map[string]any) bool {
+	out, _ := req["output"].(map[string]any)
+	if state != "success" && state != "failed" || out["checksum"] == nil || len(j.FinalWaits) >= s.FinalUpdatePending {
+		return false
+	}
+	j.FinalWaits = append(j.FinalWaits, time.Now())
+	s.notify()
+	w.Header().Set("Job-Status", j.Status)
+	w.Header().Set("X-GitLab-Trace-Update-Interval", strconv.Itoa(min(1<<(len(j.FinalWaits)-1), 64)))
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusAccepted)
+	io.WriteString(w, "202")
+	return true
+}
+
 // TraceContains reports whether a job's log contains sub (inside WaitFor).
 func (s *Server) TraceContains(id int64, sub string) bool {
 	return bytes.Contains(s.jobs[id].Trace, []byte(sub))
-}
-
-// uploadArtifacts accepts the multipart upload directly (no Workhorse).
-func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request, id int64) {
-	s.mu.Lock()
-	_, ok := s.authJob(w, id, jobToken(r))
-	s.mu.Unlock()
-	if !ok {
-		return
-	}
-	f, hdr, err := r.FormFile("file")
-	if err != nil {
-		writeJSON(w, http.StatusBadRequest, `{"message":"400 (Bad request) \"file\" not given"}`)
-		return
-	}
-	data, _ := io.ReadAll(f)
-	q := r.URL.Query()
-	typ := q.Get("artifact_type")
-	if typ == "" {
-		typ = "archive"
-	}
-	s.mu.Lock()
-	j := s.jobs[id]
-	if j.Artifacts == nil {
-		j.Artifacts = map[string]Artifact{}
-	}
-	j.Artifacts[typ] = Artifact{Filename: hdr.Filename, Data: data, Format: q.Get("artifact_format"), ExpireIn: q.Get("expire_in")}
-	s.notify()
-	s.mu.Unlock()
-	writeJSON(w, http.StatusCreated, `201`)
-}
-
-// downloadArtifacts serves a job's archive to a running job's token.
-func (s *Server) downloadArtifacts(w http.ResponseWriter, r *http.Request, id int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	caller, ok := s.byToken[jobToken(r)]
-	if !ok || (caller.Status != "running" && caller.Status != "canceling") {
-		writeJSON(w, http.StatusUnauthorized, `{"message":"401 Unauthorized"}`)
-		return
-	}
-	j, ok := s.jobs[id]
-	if !ok || j.Artifacts["archive"].Data == nil {
-		writeJSON(w, http.StatusNotFound, `{"message":"404 Not Found"}`)
-		return
-	}
-	w.Header().Set("Content-Type", "application/zip")
-	w.Write(j.Artifacts["archive"].Data)
-}
-
-// SetArtifacts gives a job an artifacts archive (as if an earlier job had
-// uploaded it).
-func (s *Server) SetArtifacts(id int64, zip []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	j := s.jobs[id]
-	if j.Artifacts == nil {
-		j.Artifacts = map[string]Artifact{}
-	}
-	j.Artifacts["archive"] = Artifact{Filename: "artifacts.zip", Data: zip, Format: "zip"}
 }
 
 // idBase starts job ids differently in each test process, so that test

@@ -572,6 +572,9 @@ executor = "local-docker"
 				r.toStarted = append(r.toStarted, h.Started.Sub(j.AcquiredAt))
 			}
 		}
+		if j.Acquisitions > 1 {
+			r.problems = append(r.problems, fmt.Sprintf("job %d was handed out %d times", id, j.Acquisitions))
+		}
 		if j.Status != "success" {
 			r.problems = append(r.problems, fmt.Sprintf("job %d ended %s %s", id, j.Status, j.FailureReason))
 			continue

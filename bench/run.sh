@@ -24,6 +24,11 @@ echo
 echo "## go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/"
 go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/ | grep Benchmark
 echo
+echo "## go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/"
+go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/ | grep Benchmark
+go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep Benchmark
+
+echo
 # Under load, end to end: the real daemon (static bin/paas-runner) with
 # local-docker, N jobs queued at once, concurrent = N. LOAD_JOBS="1 20 50"
 # to choose N (50 is heavy on a 2-core machine).

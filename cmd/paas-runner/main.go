@@ -137,6 +137,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return hostImage(args[1:], stdout, stderr)
 		case "exec-fetched-job":
 			return execFetchedJob(args[1:], stderr)
+		case "guard":
+			return guardCmd(args[1:], stdout, stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)

@@ -111,8 +111,10 @@ type Server struct {
 	LongPoll time.Duration
 	// storage is the object storage of artifacts, when UseObjectStorage
 	// made one (artifacts.go).
-	storage  *ObjectStorage
-	observer atomic.Pointer[Observer] // see Observe
+	storage *ObjectStorage
+	// pipelines: the projects pipelines API (pipelines.go).
+	pipelines *pipelineState
+	observer  atomic.Pointer[Observer] // see Observe
 }
 
 // New starts a fake GitLab for the duration of the test.
@@ -432,6 +434,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.deleteRunner(w, r, false)
 	case r.Method == http.MethodDelete && r.URL.Path == "/api/v4/runners/managers":
 		s.deleteRunner(w, r, true)
+	case strings.HasPrefix(r.URL.Path, "/api/v4/projects/"):
+		s.servePipelines(w, r)
 	default:
 		writeJSON(w, http.StatusNotFound, `{"message":"404 Not Found"}`)
 	}

@@ -1,0 +1,126 @@
+package pipeguard
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/pipeguard/pipeguardtest"
+)
+
+// BenchmarkWaiters100 runs 100 jobs of one project waiting on the same rule
+// (GUARD_REF_REGEX=^deploy/ while an older deploy pipeline runs) for 10 minutes of a manual clock,
+// through the real Watcher, client and fake GitLab, with the real 3–15 s
+// jittered interval, then ends the conflict. It reports GitLab requests per
+// simulated minute while they wait, the simulated time from the conflict's
+// end to each job's decision (p50, max), and the wall time the last poll
+// took to decide for all 100 jobs.
+//
+// "shared": the jobs share a token, so one poller serves them all (what the
+// daemon does). "per-job": each job has its own token, hence its own poller:
+// the cost of one gitlab-job-guard per job, for comparison.
+func BenchmarkWaiters100(b *testing.B) {
+	for _, mode := range []string{"shared", "per-job"} {
+		b.Run(mode, func(b *testing.B) {
+			var perMin, p50, worst, wall float64
+			for range b.N {
+				r := simulate(b, 100, mode == "per-job", 10*time.Minute)
+				perMin += r.perMinute
+				p50 += r.p50.Seconds()
+				worst += r.max.Seconds()
+				wall += r.wall.Seconds() * 1000
+			}
+			n := float64(b.N)
+			b.ReportMetric(perMin/n, "requests/min")
+			b.ReportMetric(p50/n, "p50-decision-s")
+			b.ReportMetric(worst/n, "max-decision-s")
+			b.ReportMetric(wall/n, "last-poll-wall-ms")
+		})
+	}
+}
+
+type simResult struct {
+	perMinute float64
+	p50, max  time.Duration
+	wall      time.Duration
+}
+
+func simulate(b *testing.B, jobs int, perJobToken bool, span time.Duration) simResult {
+	srv := coordinatortest.New(b)
+	clk := pipeguardtest.NewClock()
+	w := &Watcher{Clock: clk}
+	// An older deploy pipeline runs; 100 jobs of other pipelines (running,
+	// not deploys) wait for deploy pipelines to be done.
+	old := srv.AddPipeline(7, "deploy/old", "running")
+	rule, err := NewRule(Spec{RefRegex: "^deploy/"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	type done struct {
+		at  time.Time
+		err error
+	}
+	results := make(chan done, jobs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range jobs {
+		tok := "glpat-bench"
+		if perJobToken {
+			tok = fmt.Sprintf("glpat-bench-%d", i)
+		}
+		srv.AddAPIToken(tok, "read_api")
+		own := srv.AddPipeline(7, fmt.Sprintf("feature/%d", i), "running")
+		go func() {
+			_, err := w.Wait(ctx, Request{APIURL: srv.URL + "/api/v4", Project: "7", Token: tok, PipelineID: own, Rule: rule}, nil)
+			results <- done{clk.Now(), err}
+		}()
+	}
+	pollers := 1
+	if perJobToken {
+		pollers = jobs
+	}
+	// Every job's timeout timer plus every poller's interval timer: all
+	// asleep.
+	asleep := func() {
+		if !clk.WaitPending(jobs+pollers, time.Minute) {
+			b.Fatalf("pending timers %d, want %d", clk.Pending(), jobs+pollers)
+		}
+	}
+	asleep()
+	base := srv.Count("GET /api/v4/projects/7/pipelines")
+	t0 := clk.Now()
+	for clk.Now().Sub(t0) < span {
+		clk.Advance(clk.Next())
+		asleep()
+	}
+	requests := srv.Count("GET /api/v4/projects/7/pipelines") - base
+	elapsed := clk.Now().Sub(t0)
+	// The older pipeline ends in the middle of an interval.
+	clk.Advance(clk.Next() / 2)
+	srv.SetPipelineStatus(old, "success")
+	ended := clk.Now()
+	var lat []time.Duration
+	var wall time.Duration
+	perPoller := jobs / pollers
+	for len(lat) < jobs {
+		fired := clk.Advance(clk.Next())
+		t := time.Now()
+		for range fired * perPoller {
+			select {
+			case d := <-results:
+				if d.err != nil {
+					b.Fatal(d.err)
+				}
+				lat = append(lat, d.at.Sub(ended))
+			case <-time.After(time.Minute):
+				b.Fatal("jobs did not proceed")
+			}
+		}
+		wall = time.Since(t)
+	}
+	slices.Sort(lat)
+	return simResult{perMinute: float64(requests) / elapsed.Minutes(), p50: lat[len(lat)/2], max: lat[len(lat)-1], wall: wall}
+}

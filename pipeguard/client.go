@@ -1,0 +1,246 @@
+package pipeguard
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Client speaks GitLab's projects pipelines API (lib/api/ci/pipelines.rb)
+// with a personal, project or group access token (PRIVATE-TOKEN header).
+type Client struct {
+	// APIURL is the API base, e.g. https://gitlab.example.com/api/v4
+	// (CI_API_V4_URL).
+	APIURL string
+	// HTTP is the client used; nil = one with a 10 s timeout.
+	HTTP *http.Client
+	// UserAgent is sent when set.
+	UserAgent string
+	// MaxPages caps one listing (100 pipelines a page); 0 = 100 pages.
+	MaxPages int
+}
+
+// APIError is a GitLab answer other than 2xx.
+type APIError struct {
+	Method, Path string // Path without the API base and query
+	Status       int
+	Message      string // GitLab's message or error, when the body has one
+	Scope        string // insufficient_scope: the scope GitLab asks for
+}
+
+func (e *APIError) Error() string {
+	switch {
+	case e.TokenRejected():
+		if e.Scope != "" {
+			return fmt.Sprintf("guard token rejected by GitLab (%d): %s %s needs a token with the %s scope", e.Status, e.Method, e.Path,
+				strings.Join(strings.Fields(e.Scope), " or "))
+		}
+		return fmt.Sprintf("guard token rejected by GitLab (%d)", e.Status)
+	case e.Status == http.StatusNotFound:
+		return fmt.Sprintf("GitLab answered 404 to %s %s: no such project or pipeline, or the guard token cannot see it (%s)", e.Method, e.Path, e.Message)
+	}
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.Status)
+	}
+	return fmt.Sprintf("GitLab answered %d to %s %s: %s", e.Status, e.Method, e.Path, msg)
+}
+
+// TokenRejected: 401 or 403, retrying with the same token cannot help.
+func (e *APIError) TokenRejected() bool {
+	return e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden
+}
+
+// Permanent reports whether err cannot get better by retrying: a rejected
+// token, a missing project, a bad request.
+func Permanent(err error) bool {
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	return ae.TokenRejected() || ae.Status == http.StatusNotFound || ae.Status == http.StatusBadRequest
+}
+
+// TokenRejected reports whether err is a 401/403 answer.
+func TokenRejected(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.TokenRejected()
+}
+
+func (c *Client) http() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return &http.Client{Timeout: 10 * time.Second}
+}
+
+// projectPath is the :id of a project: a numeric id, or a full path
+// (URL-encoded, g%2Fp).
+func projectPath(project string) string { return url.PathEscape(project) }
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, token string, out any) (http.Header, error) {
+	u := strings.TrimRight(c.APIURL, "/") + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("guard API URL %q: %w", c.APIURL, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	if token != "" {
+		req.Header.Set("PRIVATE-TOKEN", token)
+	}
+	if c.UserAgent != "" {
+		req.Header.Set("User-Agent", c.UserAgent)
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, redact(err, token))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		ae := &APIError{Method: method, Path: path, Status: resp.StatusCode}
+		var e struct {
+			Message any    `json:"message"`
+			Error   string `json:"error"`
+			Scope   string `json:"scope"`
+		}
+		if json.Unmarshal(body, &e) == nil {
+			switch m := e.Message.(type) {
+			case string:
+				ae.Message = m
+			case nil:
+				ae.Message = e.Error
+			default:
+				b, _ := json.Marshal(m)
+				ae.Message = string(b)
+			}
+			if e.Error == "insufficient_scope" {
+				ae.Scope = e.Scope
+			}
+		}
+		return nil, ae
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return nil, fmt.Errorf("%s %s: unexpected answer: %w", method, path, err)
+		}
+	}
+	return resp.Header, nil
+}
+
+// redact keeps a token out of an error (url.Error carries the URL, and a
+// token is never in it here, but a proxy error might echo headers).
+func redact(err error, token string) error {
+	if token == "" || !strings.Contains(err.Error(), token) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), token, "[token]"))
+}
+
+// list GETs every page of path (per_page=100), following X-Next-Page.
+func list[T any](ctx context.Context, c *Client, path string, q url.Values, token string) ([]T, error) {
+	maxPages := c.MaxPages
+	if maxPages == 0 {
+		maxPages = 100
+	}
+	q.Set("per_page", "100")
+	var all []T
+	for page := 1; ; {
+		q.Set("page", strconv.Itoa(page))
+		var batch []T
+		h, err := c.do(ctx, http.MethodGet, path, q, token, &batch)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, batch...)
+		next := h.Get("X-Next-Page")
+		if next == "" || len(batch) == 0 {
+			return all, nil
+		}
+		n, err := strconv.Atoi(next)
+		if err != nil || n <= page {
+			return nil, fmt.Errorf("GET %s: bad X-Next-Page %q", path, next)
+		}
+		if n > maxPages {
+			return nil, fmt.Errorf("GET %s: more than %d pages; narrow the guard's status regex", path, maxPages)
+		}
+		page = n
+	}
+}
+
+// Pipelines lists the project's pipelines that q filters server-side (one
+// listing per status in q.Statuses, all pages), newest first, each once.
+func (c *Client) Pipelines(ctx context.Context, token, project string, q Query) ([]Pipeline, error) {
+	path := "/projects/" + projectPath(project) + "/pipelines"
+	statuses := q.Statuses
+	if len(statuses) == 0 {
+		statuses = []string{""}
+	}
+	seen := map[int64]bool{}
+	var out []Pipeline
+	for _, st := range statuses {
+		v := url.Values{"order_by": {"id"}, "sort": {"desc"}}
+		if st != "" {
+			v.Set("status", st)
+		}
+		if q.Ref != "" {
+			v.Set("ref", q.Ref)
+		}
+		ps, err := list[Pipeline](ctx, c, path, v, token)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			if !seen[p.ID] {
+				seen[p.ID] = true
+				out = append(out, p)
+			}
+		}
+	}
+	if len(q.Statuses) > 1 {
+		sortDesc(out)
+	}
+	return out, nil
+}
+
+func sortDesc(ps []Pipeline) {
+	for i := 1; i < len(ps); i++ {
+		for j := i; j > 0 && ps[j].ID > ps[j-1].ID; j-- {
+			ps[j], ps[j-1] = ps[j-1], ps[j]
+		}
+	}
+}
+
+// PipelineJobs lists a pipeline's jobs whose status is in scope (all when
+// scope is empty). CI_JOB_TOKEN is not accepted by the pipelines list, so
+// the same access token is used here.
+func (c *Client) PipelineJobs(ctx context.Context, token, project string, pipeline int64, scope []string) ([]Job, error) {
+	path := "/projects/" + projectPath(project) + "/pipelines/" + strconv.FormatInt(pipeline, 10) + "/jobs"
+	v := url.Values{}
+	for _, s := range scope {
+		v.Add("scope[]", s)
+	}
+	return list[Job](ctx, c, path, v, token)
+}
+
+// Cancel cancels a pipeline (needs a token with the api scope) and returns
+// it as GitLab answers (its status after the cancel).
+func (c *Client) Cancel(ctx context.Context, token, project string, pipeline int64) (Pipeline, error) {
+	path := "/projects/" + projectPath(project) + "/pipelines/" + strconv.FormatInt(pipeline, 10) + "/cancel"
+	var p Pipeline
+	_, err := c.do(ctx, http.MethodPost, path, nil, token, &p)
+	return p, err
+}

@@ -1,0 +1,219 @@
+package pipeguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+)
+
+const apiToken = "glpat-guard-0123456789"
+
+func newGitLab(t *testing.T) (*coordinatortest.Server, *Client) {
+	srv := coordinatortest.New(t)
+	srv.AddAPIToken(apiToken, "api")
+	return srv, &Client{APIURL: srv.URL + "/api/v4"}
+}
+
+func TestClientPaginatesAndFilters(t *testing.T) {
+	srv, c := newGitLab(t)
+	var runningIDs []int64
+	for i := range 250 {
+		id := srv.AddPipeline(7, fmt.Sprintf("%d-x", i), "running")
+		runningIDs = append(runningIDs, id)
+		srv.AddPipeline(7, "main", "success")
+	}
+	other := srv.AddPipeline(8, "1-x", "running")
+	ps, err := c.Pipelines(context.Background(), apiToken, "7", Query{Statuses: []string{"running"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 250 {
+		t.Fatalf("got %d pipelines, want 250", len(ps))
+	}
+	slices.Reverse(runningIDs)
+	if !slices.Equal(ids(ps), runningIDs) {
+		t.Fatal("not every running pipeline, newest first")
+	}
+	if slices.Contains(ids(ps), other) {
+		t.Fatal("another project's pipeline")
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 3 {
+		t.Fatalf("%d requests for 250 pipelines, want 3 pages of 100", n)
+	}
+	// ref filter and two statuses: merged, newest first.
+	srv.AddPipeline(7, "main", "pending")
+	ps, err = c.Pipelines(context.Background(), apiToken, "7", Query{Statuses: []string{"pending", "success"}, Ref: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 251 || ps[0].Status != "pending" || ps[0].Ref != "main" {
+		t.Fatalf("got %d, first %+v", len(ps), ps[0])
+	}
+	for i := 1; i < len(ps); i++ {
+		if ps[i].ID >= ps[i-1].ID {
+			t.Fatal("not newest first")
+		}
+	}
+}
+
+func TestClientByPath(t *testing.T) {
+	srv, c := newGitLab(t)
+	srv.AddProject(7, "g/p")
+	id := srv.AddPipeline(7, "1-x", "running")
+	ps, err := c.Pipelines(context.Background(), apiToken, "g/p", Query{})
+	if err != nil || len(ps) != 1 || ps[0].ID != id {
+		t.Fatalf("%v %v", ps, err)
+	}
+}
+
+func TestClientErrors(t *testing.T) {
+	srv, c := newGitLab(t)
+	srv.AddAPIToken("glpat-readonly", "read_api")
+	srv.AddAPIToken("glpat-repo", "read_repository")
+	id := srv.AddPipeline(7, "1-x", "running", coordinatortest.PipelineJob{Name: "deploy", Stage: "deploy", Status: "running"})
+	ctx := context.Background()
+
+	_, err := c.Pipelines(ctx, "glpat-unknown", "7", Query{})
+	if !TokenRejected(err) || err.Error() != "guard token rejected by GitLab (401)" {
+		t.Fatalf("unknown token: %v", err)
+	}
+	_, err = c.Pipelines(ctx, "glpat-repo", "7", Query{})
+	if !TokenRejected(err) || err.Error() != "guard token rejected by GitLab (403): GET /projects/7/pipelines needs a token with the api or read_api scope" {
+		t.Fatalf("token without read_api: %v", err)
+	}
+	_, err = c.Pipelines(ctx, "", "7", Query{})
+	if TokenRejected(err) || !Permanent(err) || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("no token: %v", err)
+	}
+	// read_api lists, but cannot cancel.
+	if _, err := c.Pipelines(ctx, "glpat-readonly", "7", Query{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Cancel(ctx, "glpat-readonly", "7", id)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != 403 || ae.Scope != "api" ||
+		err.Error() != fmt.Sprintf("guard token rejected by GitLab (403): POST /projects/7/pipelines/%d/cancel needs a token with the api scope", id) {
+		t.Fatalf("cancel with read_api: %v", err)
+	}
+	p, err := c.Cancel(ctx, apiToken, "7", id)
+	if err != nil || p.Status != "canceled" || srv.PipelineOf(id).Status != "canceled" {
+		t.Fatalf("cancel: %+v %v", p, err)
+	}
+	jobs, err := c.PipelineJobs(ctx, apiToken, "7", id, nil)
+	if err != nil || len(jobs) != 1 || jobs[0].Name != "deploy" || jobs[0].Status != "canceled" {
+		t.Fatalf("jobs: %+v %v", jobs, err)
+	}
+	// A 5xx is not permanent: retry.
+	srv.Inject(`^GET /api/v4/projects/7/pipelines$`, 502, 1, nil)
+	_, err = c.Pipelines(ctx, apiToken, "7", Query{})
+	if err == nil || Permanent(err) || !strings.Contains(err.Error(), "502") {
+		t.Fatalf("502: %v", err)
+	}
+	if strings.Contains(fmt.Sprint(err), apiToken) {
+		t.Fatal("token in an error")
+	}
+}
+
+func TestPollerSharesOneListing(t *testing.T) {
+	srv, c := newGitLab(t)
+	old := srv.AddPipeline(7, "1-old", "running")
+	var ws []Waiter
+	r := mustRule(t, Spec{})
+	for range 100 {
+		ws = append(ws, Waiter{PipelineID: srv.AddPipeline(7, "2-new", "running"), Rule: r})
+	}
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every job waits for every older one (oldest_first).
+	for i, x := range res {
+		if x.Decision.Verdict != Wait || len(x.Decision.Blocking) != i+1 || x.Decision.Blocking[len(x.Decision.Blocking)-1].ID != old {
+			t.Fatalf("waiter %d: %+v", i, x.Decision)
+		}
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 2 {
+		t.Fatalf("%d listing requests for 100 waiters on one rule (101 pipelines: 2 pages), want 2", n)
+	}
+}
+
+func TestPollerNarrowingFetchesJobsOnce(t *testing.T) {
+	srv, c := newGitLab(t)
+	a := srv.AddPipeline(7, "1-a", "running",
+		coordinatortest.PipelineJob{Name: "test", Stage: "test", Status: "running"},
+		coordinatortest.PipelineJob{Name: "deploy", Stage: "deploy", Status: "created"})
+	b := srv.AddPipeline(7, "1-b", "running", coordinatortest.PipelineJob{Name: "deploy", Stage: "deploy", Status: "running"})
+	r := mustRule(t, Spec{JobRegex: "^deploy$"})
+	ws := []Waiter{{PipelineID: b + 100, Rule: r}, {PipelineID: b + 101, Rule: r}}
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range res {
+		if !slices.Equal(ids(x.Decision.Blocking), []int64{b}) {
+			t.Fatalf("blocking %v, want only %d (a's deploy job is not running)", ids(x.Decision.Blocking), b)
+		}
+	}
+	for _, pid := range []int64{a, b} {
+		if n := srv.Count(fmt.Sprintf("GET /api/v4/projects/7/pipelines/%d/jobs", pid)); n != 1 {
+			t.Fatalf("pipeline %d's jobs fetched %d times for 2 waiters", pid, n)
+		}
+	}
+}
+
+func TestPollerCancelOlder(t *testing.T) {
+	srv, c := newGitLab(t)
+	srv.AddAPIToken("glpat-readonly", "read_api")
+	old := srv.AddPipeline(7, "1-a", "running")
+	own := srv.AddPipeline(7, "1-b", "running")
+	r := mustRule(t, Spec{Order: NewestWins, CancelOlder: true})
+	p := &Poller{Client: c}
+	res, err := p.Poll(context.Background(), "glpat-readonly", "7", []Waiter{{PipelineID: own, Rule: r}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err == nil || !strings.Contains(res[0].Err.Error(), "needs a guard token with the api scope") ||
+		!strings.Contains(res[0].Err.Error(), "guard token rejected by GitLab (403)") {
+		t.Fatalf("read_api token: %v", res[0].Err)
+	}
+	res, err = p.Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: own, Rule: r}})
+	if err != nil || res[0].Err != nil {
+		t.Fatal(err, res[0].Err)
+	}
+	if res[0].Decision.Verdict != Proceed || srv.PipelineOf(old).Status != "canceled" {
+		t.Fatalf("after cancel: %+v, old is %s", res[0].Decision, srv.PipelineOf(old).Status)
+	}
+	// The older pipeline's own guard gives way to the newer one.
+	res, _ = p.Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: old, Rule: r}})
+	if res[0].Decision.Verdict != Superseded || res[0].Decision.SupersededBy != own {
+		t.Fatalf("older: %+v", res[0].Decision)
+	}
+}
+
+func TestPollerDistinctQueries(t *testing.T) {
+	srv, c := newGitLab(t)
+	srv.AddPipeline(7, "1-a", "pending")
+	run := srv.AddPipeline(7, "1-b", "running")
+	own := srv.AddPipeline(7, "1-c", "running")
+	ws := []Waiter{
+		{PipelineID: own, Rule: mustRule(t, Spec{})},
+		{PipelineID: own, Rule: mustRule(t, Spec{StatusRegex: "pending"})},
+		{PipelineID: own, Rule: mustRule(t, Spec{RefRegex: "^1-"})}, // same query as the first
+	}
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 2 {
+		t.Fatalf("%d listings for 2 distinct queries", n)
+	}
+	if !slices.Equal(ids(res[0].Decision.Blocking), []int64{run}) || !slices.Equal(ids(res[2].Decision.Blocking), []int64{run}) ||
+		len(res[1].Decision.Blocking) != 1 || res[1].Decision.Blocking[0].Status != "pending" {
+		t.Fatalf("%+v", res)
+	}
+}

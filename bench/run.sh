@@ -27,7 +27,6 @@ echo
 echo "## go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/"
 go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/ | grep Benchmark
 go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep Benchmark
-
 echo
 # Under load, end to end: the real daemon (static bin/paas-runner) with
 # local-docker, N jobs queued at once, concurrent = N. LOAD_JOBS="1 20 50"

@@ -29,6 +29,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -467,7 +468,7 @@ func (d *demo) cleanup() {
 	var left []string
 	for _, im := range imgs {
 		if im.Labels[demoLabel] == "true" || im.Labels["paas-runner.runner"] == runnerID() || (d.hostImages[im.ID] && time.Unix(im.Created, 0).After(d.start.Add(-time.Second))) {
-			if _, err := d.cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err != nil && !client.IsErrNotFound(err) {
+			if _, err := d.cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err != nil && !cerrdefs.IsNotFound(err) {
 				left = append(left, strings.Join(im.RepoTags, ","))
 			}
 		}

@@ -105,7 +105,7 @@ func (m *masker) write(p []byte) []byte {
 // begin one.
 func (m *masker) clean(p []byte) bool {
 	for _, mk := range m.masks {
-		if bytes.Index(p, mk) >= 0 {
+		if bytes.Contains(p, mk) {
 			return false
 		}
 	}

@@ -131,9 +131,3 @@ func (r *runner) startServices(ctx context.Context) error {
 	}
 	return nil
 }
-
-func (r *runner) track(id string) {
-	r.mu.Lock()
-	r.created = append(r.created, id)
-	r.mu.Unlock()
-}

@@ -2,8 +2,10 @@ package jobrunner
 
 import (
 	"context"
+	"fmt"
 	"hash/crc32"
 	"runtime"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -166,4 +168,34 @@ func sampleHeap() func() uint64 {
 		}
 	}()
 	return func() uint64 { close(stop); <-sampled; return peak }
+}
+
+// BenchmarkLiveLogLatency measures how long a line written to the trace
+// takes to be in GitLab's log when GitLab asks for a 3 s interval (as while
+// someone watches the log): lines are written at random moments of the
+// interval, with nothing after them.
+func BenchmarkLiveLogLatency(b *testing.B) {
+	var lat []time.Duration
+	for i := 0; i < b.N; i++ {
+		tr, gl, id := traceFor(b, []string{"glcbt-64_J9xPq3sVt2LmN8wZkYfR"}, 0)
+		gl.TraceUpdate = 3
+		tr.interval = 3 * time.Second
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { tr.Run(ctx); close(done) }()
+		for k := 0; k < 6; k++ {
+			time.Sleep(time.Duration(k) * 550 * time.Millisecond) // spread over the interval, not a synchronisation
+			line := fmt.Sprintf("line %d-%d\n", i, k)
+			start := time.Now()
+			tr.Write([]byte(line))
+			gl.WaitFor(time.Minute, "the line", func(s *coordinatortest.Server) bool { return s.TraceContains(id, line) })
+			lat = append(lat, time.Since(start))
+		}
+		cancel()
+		<-done
+		tr.Close(context.Background())
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(lat[len(lat)/2].Seconds(), "p50-s")
+	b.ReportMetric(lat[len(lat)-1].Seconds(), "max-s")
 }

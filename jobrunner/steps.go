@@ -1,0 +1,184 @@
+package jobrunner
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/docker/docker/api/types/volume"
+
+	"gitlab.com/paas-runner/paas-runner/job"
+)
+
+// The job's steps in order, and what their outcome is.
+
+// runJob prepares, fetches sources, runs the script and after_script.
+func (r *runner) runJob(ctx context.Context) result {
+	timeout := time.Duration(r.p.RunnerInfo.Timeout) * time.Second
+	if timeout <= 0 {
+		timeout = time.Hour
+	}
+	jctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	hard, stopHard := context.WithCancel(jctx)
+	defer stopHard()
+	go func() {
+		select {
+		case <-r.abortCh:
+			stopHard()
+		case <-hard.Done():
+		}
+	}()
+
+	r.printf("%sRunning with %s %s%s\n", ansiBoldGreen, r.o.Info.Name, r.o.Info.Version, ansiReset)
+	img := r.p.Image.Name
+	if img == "" {
+		img = r.o.Config.Docker.Image
+	}
+	img = r.expanded.Expand(img)
+	if img == "" {
+		r.printf("%sERROR: the job has no image and [runners.docker] sets none%s\n", ansiBoldRed, ansiReset)
+		return result{state: "failed", reason: job.ConfigurationError}
+	}
+	end := r.section("prepare_executor", "Preparing the docker executor")
+	err := r.pullImage(hard, img, r.p.Image.PullPolicy)
+	if err == nil {
+		err = r.startServices(hard)
+	}
+	end()
+	if err != nil {
+		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
+		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
+	}
+	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: r.labels()})
+	if err != nil {
+		r.printf("%sERROR: creating the builds volume: %v%s\n", ansiBoldRed, err, ansiReset)
+		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
+	}
+	r.volume = vol.Name
+
+	end = r.section("get_sources", "Getting source from Git repository")
+	srcDir, err := os.MkdirTemp("", "paas-runner-src")
+	if err == nil {
+		defer os.RemoveAll(srcDir)
+		err = fetchSources(hard, r.p, srcDir, r.trace)
+	}
+	end()
+	if err == nil && len(r.p.Dependencies) > 0 {
+		end = r.section("download_artifacts", "Downloading artifacts")
+		if derr := r.downloadDependencies(hard, srcDir); derr != nil {
+			end()
+			r.printf("%sERROR: downloading artifacts: %v%s\n", ansiBoldRed, derr, ansiReset)
+			return r.failure(jctx, ctx, "missing_dependency_failure", 1)
+		}
+		end()
+	}
+	if err != nil {
+		r.printf("%sERROR: getting the sources: %v%s\n", ansiBoldRed, err, ansiReset)
+		return r.failure(jctx, ctx, job.ScriptFailure, 1)
+	}
+
+	maxAge := r.o.Config.Cache.MaxAge
+	if maxAge <= 0 {
+		maxAge = DefaultCacheMaxAge
+	}
+	r.removeStaleCaches(hard, maxAge, time.Now())
+	if len(r.p.Cache) > 0 {
+		end = r.section("restore_cache", "Restoring cache")
+		r.restoreCaches(hard, img, srcDir)
+		end()
+	}
+	var script []string
+	var after []string
+	for _, st := range r.p.Steps {
+		switch st.Name {
+		case "after_script":
+			after = st.Script
+		case "script", "release":
+			script = append(script, st.Script...)
+		}
+	}
+	end = r.section("step_script", "Executing \"step_script\" stage of the job script")
+	code, err := r.runScript(hard, r.cancelCh, img, script, srcDir, nil)
+	end()
+	res := result{state: "success"}
+	switch {
+	case jctx.Err() == context.DeadlineExceeded:
+		r.printf("%sERROR: Job failed: execution took longer than %v seconds%s\n", ansiBoldRed, timeout.Seconds(), ansiReset)
+		res = result{state: "failed", reason: job.JobExecutionTimeout, exitCode: code}
+	case r.aborted():
+		r.printf("%sERROR: Job failed: canceled%s\n", ansiBoldRed, ansiReset)
+		return result{state: "failed", reason: job.UnknownFailure, exitCode: code}
+	case r.isCanceling():
+		r.printf("%sERROR: Job failed: canceled%s\n", ansiBoldRed, ansiReset)
+		res = result{state: "failed", reason: job.UnknownFailure, exitCode: code}
+	case err != nil:
+		r.printf("%sERROR: Job failed (system failure): %v%s\n", ansiBoldRed, err, ansiReset)
+		res = result{state: "failed", reason: job.RunnerSystemFailure}
+	case code != 0:
+		r.printf("%sERROR: Job failed: exit code %d%s\n", ansiBoldRed, code, ansiReset)
+		res = result{state: "failed", reason: job.ScriptFailure, exitCode: code}
+	}
+	if len(after) > 0 && !r.aborted() {
+		status := "success"
+		if res.state != "success" {
+			status = "failed"
+			if r.isCanceling() {
+				status = "canceled"
+			}
+		}
+		// after_script has its own timeout, and runs even after a timeout
+		actx, acancel := context.WithTimeout(ctx, 5*time.Minute)
+		end = r.section("after_script", "Running after_script")
+		_, aerr := r.runScript(actx, nil, img, after, "", []job.Variable{{Key: "CI_JOB_STATUS", Value: status, Public: true}})
+		end()
+		acancel()
+		if aerr != nil {
+			r.printf("%sWARNING: after_script failed: %v%s\n", ansiBoldRed, aerr, ansiReset)
+		}
+	}
+	if !r.aborted() {
+		r.mu.Lock()
+		scriptContainer := r.script
+		r.mu.Unlock()
+		if scriptContainer != "" && len(r.p.Cache) > 0 {
+			cctx, ccancel := context.WithTimeout(ctx, time.Hour)
+			end = r.section("archive_cache", "Saving cache")
+			r.saveCaches(cctx, img, scriptContainer, res.state == "success", srcDir)
+			end()
+			ccancel()
+		}
+		if scriptContainer != "" {
+			actx, acancel := context.WithTimeout(ctx, time.Hour)
+			aerr := r.uploadArtifacts(actx, scriptContainer, res.state == "success", srcDir)
+			acancel()
+			if aerr != nil {
+				r.printf("%sERROR: %v%s\n", ansiBoldRed, aerr, ansiReset)
+				if res.state == "success" {
+					res = result{state: "failed", reason: job.RunnerSystemFailure}
+				}
+			}
+		}
+	}
+	if res.state == "success" {
+		r.printf("%sJob succeeded%s\n", ansiBoldGreen, ansiReset)
+	}
+	return res
+}
+
+func (r *runner) isCanceling() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.canceling
+}
+
+// failure is the result of a failure before the script ran.
+func (r *runner) failure(jctx, ctx context.Context, reason string, code int) result {
+	if jctx.Err() == context.DeadlineExceeded {
+		return result{state: "failed", reason: job.JobExecutionTimeout, exitCode: code}
+	}
+	if r.aborted() || r.isCanceling() {
+		return result{state: "failed", reason: job.UnknownFailure, exitCode: code}
+	}
+	return result{state: "failed", reason: reason, exitCode: code}
+}

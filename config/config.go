@@ -99,6 +99,10 @@ type Clever struct {
 	FlavorNamePrefix         string
 	ExtraEnv                 map[string]string
 	AuthScheme               string
+	// Where the secrets came from when not written in the file:
+	// cc_token_file / cc_token_env and the same for the attributes token.
+	TokenFile, TokenEnv                     string
+	AttributesTokenFile, AttributesTokenEnv string
 }
 
 // Options are what the caller knows that the file cannot say.
@@ -279,12 +283,27 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 		}
 	case "clever-docker":
 		c := &r.Clever
+		d.resolveSecret(p, "cc_token", &c.Token, c.TokenFile, c.TokenEnv)
+		d.resolveSecret(p, "cc_gitlab_namespace_attributes_token", &c.NamespaceAttributesToken, c.AttributesTokenFile, c.AttributesTokenEnv)
+		if r.InnerImage == "" {
+			d.errKey(p+".inner_image", "required for clever-docker: the image Clever Cloud runs each job with, answering Heptapod's entry point "+
+				"(Heptapod's default was registry.heptapod.net:443/heptapod/heptapod-runner/runner:0.7.0)")
+		}
+		if c.MultiTenant && c.NamespaceAttributesToken == "" && !d.defined(p+".cc_gitlab_namespace_attributes_token_file") && !d.defined(p+".cc_gitlab_namespace_attributes_token_env") {
+			d.errKey(p+".cc_gitlab_namespace_attributes_token", "required with cc_multi_tenant = true: a GitLab administrator's token reading group custom attributes")
+		}
+		for _, k := range []struct{ key, v string }{{"cc_zone", c.Zone}, {"cc_default_flavor", c.DefaultFlavor}, {"cc_auth_user", c.AuthUser},
+			{"cc_flavor_context", c.FlavorContext}, {"cc_orga_id_attribute", c.OrgaIDAttribute}, {"cc_orga_token_attribute", c.OrgaTokenAttribute}} {
+			if k.v == "" && d.defined(p+"."+k.key) {
+				d.errKey(p+"."+k.key, "must not be empty")
+			}
+		}
 		if !c.MultiTenant {
 			if c.OrgaID == "" {
 				d.errKey(p+".cc_orga_id", "required unless cc_multi_tenant = true")
 			}
-			if c.Token == "" {
-				d.errKey(p+".cc_token", "required unless cc_multi_tenant = true")
+			if c.Token == "" && !d.defined(p+".cc_token_file") && !d.defined(p+".cc_token_env") {
+				d.errKey(p+".cc_token", "required unless cc_multi_tenant = true (or cc_token_file, cc_token_env)")
 			}
 		}
 		if u, err := url.Parse(c.APIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -295,6 +295,10 @@ func (d *decoder) decodeRunner(i int, prims map[string]toml.Primitive) Runner {
 		"cc_flavor_name_prefix":                &r.Clever.FlavorNamePrefix,
 		"cc_extra_env":                         &r.Clever.ExtraEnv,
 		"cc_auth_scheme":                       &r.Clever.AuthScheme,
+		"cc_token_file":                        &r.Clever.TokenFile,
+		"cc_token_env":                         &r.Clever.TokenEnv,
+		"cc_gitlab_namespace_attributes_token_file": &r.Clever.AttributesTokenFile,
+		"cc_gitlab_namespace_attributes_token_env":  &r.Clever.AttributesTokenEnv,
 	}
 	d.decodeFields(p, prims, fields, func(k string, prim toml.Primitive) bool {
 		switch {

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,7 +32,11 @@ import (
 // (they are not removed with the job): one per runner, project and cache
 // key, so that a project never reads nor writes another project's cache.
 // A volume is rewritten whole when its cache is saved; one not saved for
-// [runners.cache] max_age is removed at the start of a job.
+// [runners.cache] max_age is removed at the start of a job. For the keys
+// the daemon presigned S3 URLs for (job.json paas_runner.cache), the same
+// tar archive is downloaded from and uploaded to S3 instead: job hosts
+// that never see a second job (Clever Cloud) keep their caches, and never
+// hold the S3 keys.
 
 var volumeUnsafe = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 
@@ -136,13 +142,22 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 			if i > 0 {
 				k = r.expanded.Expand(k)
 			}
-			vol := r.cacheVolume(k)
-			if _, err := r.docker.VolumeInspect(ctx, vol); err != nil {
-				continue
-			}
-			id, err := r.cacheContainer(ctx, img, vol)
-			if err == nil {
-				err = r.copyOut(ctx, id, "/cache", dir)
+			var err error
+			if u, remote := r.o.Job.RemoteCache[k]; remote {
+				var found bool
+				if found, err = r.download(ctx, u.Get, dir); err == nil && !found {
+					continue
+				}
+			} else {
+				vol := r.cacheVolume(k)
+				if _, err := r.docker.VolumeInspect(ctx, vol); err != nil {
+					continue
+				}
+				var id string
+				id, err = r.cacheContainer(ctx, img, vol)
+				if err == nil {
+					err = r.copyOut(ctx, id, "/cache", dir)
+				}
 			}
 			if err != nil {
 				r.printf("%sWARNING: restoring cache %q: %v%s\n", ansiBoldRed, k, err, ansiReset)
@@ -152,6 +167,62 @@ func (r *runner) restoreCaches(ctx context.Context, img, dir string) {
 			break
 		}
 	}
+}
+
+// download restores a cache archive from a presigned URL; a missing
+// object (404, or 403 as S3 answers without list rights) is not found.
+func (r *runner) download(ctx context.Context, u, dir string) (bool, error) {
+	if u == "" {
+		return false, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("downloading the cache: %w", stripURLError(err))
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden:
+		return false, nil
+	case resp.StatusCode != http.StatusOK:
+		return false, fmt.Errorf("downloading the cache: HTTP %d", resp.StatusCode)
+	}
+	warnings, err := extractTar(resp.Body, dir, true)
+	for _, w := range warnings {
+		r.printf("%sWARNING: %s%s\n", ansiBoldRed, w, ansiReset)
+	}
+	return true, err
+}
+
+// upload stores a cache archive at a presigned URL.
+func (r *runner) upload(ctx context.Context, u string, data []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	req.ContentLength = int64(len(data))
+	req.Header.Set("Content-Type", "application/x-tar")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("uploading the cache: %w", stripURLError(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("uploading the cache: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// stripURLError drops the URL (it holds a signature) from a client error.
+func stripURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // copyOut extracts the content of path in container id into dir, never
@@ -232,6 +303,13 @@ func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache
 	if err := tw.Close(); err != nil {
 		return err
 	}
+	r.printf("%s: found %d matching files for the cache\n", key, n)
+	if u, remote := r.o.Job.RemoteCache[key]; remote {
+		if u.Put == "" {
+			return errors.New("no upload URL for this key")
+		}
+		return r.upload(ctx, u.Put, buf.Bytes())
+	}
 	vol := r.cacheVolume(key)
 	if err := r.docker.VolumeRemove(ctx, vol, true); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("replacing the cache volume: %w", err)
@@ -250,6 +328,5 @@ func (r *runner) saveCache(ctx context.Context, img, id, key string, c job.Cache
 	}
 	// the container must be gone before the volume can be replaced later
 	defer r.docker.ContainerRemove(context.WithoutCancel(ctx), cid, container.RemoveOptions{Force: true})
-	r.printf("%s: found %d matching files for the cache\n", key, n)
 	return r.docker.CopyToContainer(ctx, cid, "/", &buf, container.CopyToContainerOptions{})
 }

@@ -123,6 +123,16 @@ type Job struct {
 	// when job.json does not say (a job.json made by Heptapod).
 	SystemID string
 	RunnerID string
+	// RemoteCache has, by cache key, the presigned URLs of the S3 cache
+	// objects (the daemon's s3cache): keys without one use local volumes.
+	RemoteCache map[string]RemoteCacheURLs
+}
+
+// RemoteCacheURLs are one cache key's presigned URLs; Put is empty when the
+// job may only restore it.
+type RemoteCacheURLs struct {
+	Get string `json:"get_url"`
+	Put string `json:"put_url"`
 }
 
 // LoadJob reads job.json.
@@ -137,15 +147,16 @@ func LoadJob(path string) (*Job, error) {
 	}
 	var extra struct {
 		PaasRunner struct {
-			TraceOffset int64   `json:"trace_offset"`
-			TraceCRC    *uint32 `json:"trace_crc32"`
-			SystemID    string  `json:"system_id"`
-			RunnerID    string  `json:"runner_id"`
+			TraceOffset int64                      `json:"trace_offset"`
+			TraceCRC    *uint32                    `json:"trace_crc32"`
+			SystemID    string                     `json:"system_id"`
+			RunnerID    string                     `json:"runner_id"`
+			Cache       map[string]RemoteCacheURLs `json:"cache"`
 		} `json:"paas_runner"`
 	}
 	_ = json.Unmarshal(raw, &extra)
 	pr := extra.PaasRunner
-	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, SystemID: pr.SystemID, RunnerID: pr.RunnerID}, nil
+	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, SystemID: pr.SystemID, RunnerID: pr.RunnerID, RemoteCache: pr.Cache}, nil
 }
 
 // labels are put on every container, network and volume the job creates,

@@ -70,6 +70,9 @@ type jobSpec struct {
 	setup func(gl *coordinatortest.Server, q *coordinatortest.Job)
 	// config adjusts the runner.toml the job runs with
 	config func(rc *RunnerConfig)
+	// remoteCache, if set, gives the presigned cache URLs of the payload
+	// (job.json's paas_runner.cache, as the daemon writes it)
+	remoteCache func(payload json.RawMessage) any
 }
 
 // runJob queues a job in a fake GitLab, acquires it like the daemon, and
@@ -111,8 +114,12 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	gl.AppendTrace(q.ID, "daemon line\n")
 	var doc map[string]any
 	json.Unmarshal(a.Raw, &doc)
-	doc["paas_runner"] = map[string]any{"trace_offset": len("daemon line\n"), "trace_crc32": crc32.ChecksumIEEE([]byte("daemon line\n")),
+	pr := map[string]any{"trace_offset": len("daemon line\n"), "trace_crc32": crc32.ChecksumIEEE([]byte("daemon line\n")),
 		"system_id": testSystemID, "runner_id": testRunnerID}
+	if spec.remoteCache != nil {
+		pr["cache"] = spec.remoteCache(a.Raw)
+	}
+	doc["paas_runner"] = pr
 	raw, _ := json.Marshal(doc)
 	jp := filepath.Join(t.TempDir(), "job.json")
 	os.WriteFile(jp, raw, 0o600)

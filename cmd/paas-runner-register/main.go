@@ -327,9 +327,6 @@ func register(f *regFlags, path string, p *prompter, stdout io.Writer) (int, err
 		fmt.Fprintf(stdout, "Note: the system id could not be stored next to the state file (%v); paas-runner creates it at first start.\n", sysErr)
 	}
 	fmt.Fprintf(stdout, "Runner %q registered (id %d) and written to %s. Start it with: paas-runner %s\n", name, creds.ID, path, path)
-	if executor == "clever-docker" {
-		fmt.Fprintln(stdout, "Note: this paas-runner version does not include the clever-docker executor yet; the section is ready for the version that does.")
-	}
 	return exitOK, nil
 }
 
@@ -351,6 +348,14 @@ func (f *regFlags) executorQuestions(p *prompter, sec *runnerSection) error {
 		}
 		sec.Tables["local_docker"] = t
 	case "clever-docker":
+		if !f.set["inner-image"] {
+			img, err := f.value(p, "inner-image", f.innerImage, "The image Clever Cloud runs each job with: paas-runner's host image pushed to a registry, or a Heptapod Runner image.",
+				"Inner image", "", false, true, checkNonEmpty)
+			if err != nil {
+				return err
+			}
+			sec.Keys = append(sec.Keys, kv{"inner_image", img})
+		}
 		mt := "no"
 		if f.set["cc-multi-tenant"] {
 			mt = strconv.FormatBool(f.ccMultiTenant)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 )
 
@@ -134,9 +135,14 @@ func TestAppendLegacyKeepsBytes(t *testing.T) {
 	before := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
 	os.WriteFile(cfg, []byte(before), 0o640)
 	r := runReg("", "--non-interactive", "--url", gl.URL, "--registration-token", "GR1348941legacy", "--name", "clever",
-		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", "--tag-list", "a, b", "--locked", cfg)
+		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", "--tag-list", "a, b", "--locked",
+		"--inner-image", "registry.example/paas-runner-host:1", cfg)
 	if r.code != 0 {
 		t.Fatalf("%+v", r)
+	}
+	// the section is complete: the daemon's configuration check passes
+	if _, err := config.Load(cfg, config.Options{Executors: []string{"local-docker", "clever-docker"}}); err != nil {
+		t.Fatalf("written configuration: %v", err)
 	}
 	data, _ := os.ReadFile(cfg)
 	if !strings.HasPrefix(string(data), before) {
@@ -154,6 +160,17 @@ func TestAppendLegacyKeepsBytes(t *testing.T) {
 	}
 	if fi, _ := os.Stat(cfg); fi.Mode().Perm() != 0o640 {
 		t.Errorf("mode changed to %v", fi.Mode())
+	}
+}
+
+func TestCleverNeedsInnerImage(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)), 0o600)
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--registration-token", "GR1348941legacy", "--name", "clever",
+		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", cfg)
+	if r.code != 2 || !strings.Contains(r.stderr, "--inner-image is required with --non-interactive") {
+		t.Fatalf("%+v", r)
 	}
 }
 

@@ -60,6 +60,12 @@ func InnerConfig(name, url string, forwarded map[string]any) ([]byte, error) {
 // JobJSON is the payload handed to the inner runner: GitLab's payload after
 // the Dependency Proxy rewrite, plus where the daemon left the job log.
 func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]byte, error) {
+	return JobJSONWith(payload, traceOffset, traceCRC, nil)
+}
+
+// JobJSONWith is JobJSON with more keys in its paas_runner object (such as
+// system_id, runner_id, cache); nil values are left out.
+func JobJSONWith(payload json.RawMessage, traceOffset int64, traceCRC *uint32, extra map[string]any) ([]byte, error) {
 	p, err := job.UseDependencyProxy(payload)
 	if err != nil {
 		return nil, err
@@ -69,6 +75,11 @@ func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]by
 		return nil, fmt.Errorf("job payload: %w", err)
 	}
 	pr := map[string]any{"trace_offset": traceOffset}
+	for k, v := range extra {
+		if v != nil {
+			pr[k] = v
+		}
+	}
 	if traceCRC != nil {
 		pr["trace_crc32"] = *traceCRC
 	}

@@ -34,6 +34,7 @@ import (
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 )
 
 // Labels put on everything this executor creates.
@@ -69,6 +70,8 @@ type Options struct {
 	StatePath string
 	// InstanceID labels resources with the daemon instance (informational).
 	InstanceID string
+	// Cache, with an S3 [runners.cache], presigns each job's cache URLs.
+	Cache *s3cache.Presigner
 	// Binary is the static paas-runner binary the base image is built
 	// from (default: the running executable). CABundle is copied next to
 	// it (default: /etc/ssl/certs/ca-certificates.crt).
@@ -421,11 +424,22 @@ func (e *Executor) buildJobImage(ctx context.Context, hd handle, j executors.Job
 
 // Context returns the build context of a job's host image.
 func (e *Executor) Context(j executors.Job) (BuildContext, error) {
-	jobJSON, err := JobJSON(j.Payload, j.TraceOffset, j.TraceCRC)
+	var extra map[string]any
+	inner := e.opts.Inner
+	if e.opts.Cache != nil {
+		// an S3 cache: the host gets presigned URLs, not the credentials
+		urls, err := e.opts.Cache.ForJob(context.Background(), e.opts.RunnerID, j.Payload)
+		if err != nil {
+			return BuildContext{}, err
+		}
+		extra = map[string]any{"cache": urls}
+		inner = s3cache.WithoutCredentials(inner)
+	}
+	jobJSON, err := JobJSONWith(j.Payload, j.TraceOffset, j.TraceCRC, extra)
 	if err != nil {
 		return BuildContext{}, err
 	}
-	toml, err := InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, e.opts.Inner)
+	toml, err := InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, inner)
 	if err != nil {
 		return BuildContext{}, err
 	}

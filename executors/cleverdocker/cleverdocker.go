@@ -1,0 +1,777 @@
+// Package cleverdocker is the clever-docker executor: each job runs on its
+// own Clever Cloud application (instanceLifetime TASK, Docker runtime),
+// deployed by a git push of a build context whose Dockerfile starts the
+// inner runner (exec-fetched-job) of inner_image with the job. It follows
+// Heptapod PAAS Runner's clever-docker (names, create body, env, push to
+// master, handle shape), and improves on it: products are cached and
+// refreshed when an answer says they are stale, a retried create adopts
+// the application made before a crash, errors are classified transient or
+// permanent, and orphans are reaped.
+package cleverdocker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
+	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+	"gitlab.com/paas-runner/paas-runner/job"
+)
+
+// Job variables read by the executor.
+const (
+	FlavorVariable    = "CI_CLEVER_CLOUD_FLAVOR"
+	NamespaceVariable = "CI_PROJECT_ROOT_NAMESPACE"
+)
+
+// Options configure one runner's clever-docker executor (the cc_* keys).
+type Options struct {
+	APIURL     string // cc_api_url, e.g. https://api.clever-cloud.com/v2
+	AuthScheme string // token (Heptapod) or bearer (API tokens)
+	Zone       string
+	// DefaultFlavor and MaxFlavor are short flavor names (M, XL).
+	DefaultFlavor string
+	MaxFlavor     string
+	RepoTimeout   time.Duration // cc_deployment_repo_timeout
+	RepoWaitStep  time.Duration // cc_deployment_repo_wait_step
+
+	// Fixed organisation…
+	OrgaID, Token string
+	// …or multi-tenant: the organisation and its token are custom
+	// attributes of the job's top-level GitLab group.
+	MultiTenant        bool
+	GitLabURL          string // the runner's url
+	AttributesToken    string // cc_gitlab_namespace_attributes_token
+	OrgaIDAttribute    string
+	OrgaTokenAttribute string
+
+	AuthUser         string // git push user (Heptapod: Jenkins)
+	InstanceVariant  string
+	FlavorContext    string
+	FlavorNamePrefix string
+	ExtraEnv         map[string]string
+
+	// InnerImage is the image the host runs (FROM of the pushed
+	// Dockerfile), answering Heptapod's entry point.
+	InnerImage string
+
+	// RunnerID names applications (hpd-job-<RunnerID>-<job id>);
+	// RunnerLabel and RunnerURL go to the inner runner's runner.toml
+	// with Inner (forwarded [[runners]] keys).
+	RunnerID    string
+	RunnerLabel string
+	RunnerURL   string
+	Inner       map[string]any
+	// SystemID tags applications with the daemon, so that reaping never
+	// touches another daemon's.
+	SystemID string
+	// Cache, with an S3 [runners.cache], presigns each job's cache URLs:
+	// hosts get the URLs, never the S3 credentials.
+	Cache *s3cache.Presigner
+
+	// ProductsTTL and TenantTTL bound the caches (default 1 h, 5 min).
+	ProductsTTL time.Duration
+	TenantTTL   time.Duration
+	// RetryMin/RetryMax space retries of one API call; RetryFor bounds
+	// them (defaults 500 ms, 10 s, 90 s).
+	RetryMin, RetryMax, RetryFor time.Duration
+
+	HTTPClient *http.Client
+	UserAgent  string
+	Logger     *zap.Logger
+	// OnAPICall, if set, is called for each Clever API request.
+	OnAPICall func()
+}
+
+// Executor is the clever-docker executor.
+type Executor struct {
+	opts Options
+	api  *client
+	gl   *http.Client
+	log  *zap.Logger
+
+	prodMu    sync.Mutex
+	prod      *products
+	lastForce time.Time
+
+	tenMu   sync.Mutex
+	tenants map[string]tenant // by namespace
+}
+
+var (
+	_ executors.Executor = (*Executor)(nil)
+	_ executors.Reaper   = (*Executor)(nil)
+)
+
+// New checks the options; it makes no network call.
+func New(opts Options) (*Executor, error) {
+	var errs []string
+	u, err := url.Parse(opts.APIURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Sprintf("API URL %q is not an http(s) URL", opts.APIURL))
+	}
+	if opts.AuthScheme == "" {
+		opts.AuthScheme = "token"
+	}
+	if opts.AuthScheme != "token" && opts.AuthScheme != "bearer" {
+		errs = append(errs, fmt.Sprintf("auth scheme %q: want token or bearer", opts.AuthScheme))
+	}
+	if opts.MultiTenant {
+		if opts.GitLabURL == "" || opts.AttributesToken == "" {
+			errs = append(errs, "multi-tenant needs the GitLab URL and a token reading group custom attributes")
+		}
+	} else if opts.OrgaID == "" || opts.Token == "" {
+		errs = append(errs, "an organisation id and its token are required unless multi-tenant")
+	}
+	if opts.InnerImage == "" {
+		errs = append(errs, "inner_image is required: the image Clever Cloud runs the job with")
+	}
+	if opts.RunnerID == "" || opts.RunnerURL == "" {
+		errs = append(errs, "runner id and URL are required")
+	}
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "; "))
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&opts.RepoTimeout, 20*time.Second)
+	def(&opts.RepoWaitStep, 2*time.Second)
+	def(&opts.ProductsTTL, time.Hour)
+	def(&opts.TenantTTL, 5*time.Minute)
+	def(&opts.RetryMin, 500*time.Millisecond)
+	def(&opts.RetryMax, 10*time.Second)
+	def(&opts.RetryFor, 90*time.Second)
+	if opts.Zone == "" {
+		opts.Zone = "par"
+	}
+	if opts.DefaultFlavor == "" {
+		opts.DefaultFlavor = "M"
+	}
+	if opts.AuthUser == "" {
+		opts.AuthUser = "Jenkins"
+	}
+	if opts.FlavorContext == "" {
+		opts.FlavorContext = "heptapod-runner"
+	}
+	if opts.FlavorNamePrefix == "" {
+		opts.FlavorNamePrefix = opts.FlavorContext + "-"
+	}
+	if opts.OrgaIDAttribute == "" {
+		opts.OrgaIDAttribute = "cc_orga_id"
+	}
+	if opts.OrgaTokenAttribute == "" {
+		opts.OrgaTokenAttribute = "cc_orga_token"
+	}
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	hc := opts.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 60 * time.Second}
+	}
+	return &Executor{
+		opts: opts, log: log, gl: hc, tenants: map[string]tenant{},
+		api: &client{base: strings.TrimRight(opts.APIURL, "/"), scheme: opts.AuthScheme, http: hc, ua: opts.UserAgent,
+			policy: backoff.Policy{Min: opts.RetryMin, Max: opts.RetryMax}, retryFor: opts.RetryFor, log: log, onCall: opts.OnAPICall},
+	}, nil
+}
+
+// Check fetches the products and checks the configured flavors against
+// them: a clear error at start for a wrong cc_api_url or flavor name. One
+// attempt: a Clever Cloud that is down does not delay the start.
+func (e *Executor) Check(ctx context.Context) error {
+	p, err := e.fetchProducts(ctx, false, true)
+	if err != nil {
+		return err
+	}
+	for _, f := range []struct{ key, name string }{{"cc_default_flavor", e.opts.DefaultFlavor}, {"cc_max_flavor", e.opts.MaxFlavor}} {
+		if f.name == "" {
+			continue
+		}
+		if _, ok := p.flavors[f.name]; !ok {
+			return fmt.Errorf("%s %q is not an available flavor (available: %s)", f.key, f.name, strings.Join(p.names(""), ", "))
+		}
+	}
+	return nil
+}
+
+// handle is what the state file records of a host. Its keys extend
+// Heptapod's Clever resource ({id, gitlab_namespace, weight, launched,
+// deploy_url}), so Heptapod state files decommission; it never holds a
+// credential.
+type handle struct {
+	Name            string  `json:"name,omitempty"`
+	JobID           int64   `json:"job_id,omitempty"`
+	ID              string  `json:"id,omitempty"`
+	OrgaID          string  `json:"orga_id,omitempty"`
+	GitLabNamespace *string `json:"gitlab_namespace"`
+	Flavor          string  `json:"flavor,omitempty"`
+	Weight          float64 `json:"weight,omitempty"`
+	DeployURL       string  `json:"deploy_url,omitempty"`
+	Launched        bool    `json:"launched"`
+}
+
+func decodeHandle(h executors.Handle) (handle, error) {
+	var hd handle
+	if err := json.Unmarshal(h, &hd); err != nil || (hd.Name == "" && hd.ID == "") {
+		return handle{}, executors.BadHandle(h, "not a clever-docker handle")
+	}
+	if hd.ID != "" && !strings.HasPrefix(hd.ID, "app_") {
+		return handle{}, executors.BadHandle(h, "application id does not start with app_")
+	}
+	return hd, nil
+}
+
+func (hd handle) encode() executors.Handle {
+	b, _ := json.Marshal(hd)
+	return b
+}
+
+func (hd handle) namespace() string {
+	if hd.GitLabNamespace == nil {
+		return ""
+	}
+	return *hd.GitLabNamespace
+}
+
+// Prefix is the name prefix of this runner's applications (Heptapod's).
+func (e *Executor) Prefix() string { return "hpd-job-" + e.opts.RunnerID + "-" }
+
+// AppName is the application name of a job.
+func (e *Executor) AppName(jobID int64) string { return fmt.Sprintf("%s%d", e.Prefix(), jobID) }
+
+func (e *Executor) systemTag() string { return "paas-runner-system-" + e.opts.SystemID }
+
+// Plan names the application after the runner and job, and records the
+// job's flavor and (multi-tenant) top-level namespace. No network call.
+func (e *Executor) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {
+	var p struct {
+		Variables job.Variables `json:"variables"`
+	}
+	if len(j.Payload) > 0 {
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return nil, executors.Permanent("plan", fmt.Errorf("job payload: %w", err))
+		}
+	}
+	hd := handle{Name: e.AppName(j.ID), JobID: j.ID, Flavor: firstNonEmpty(p.Variables.Get(FlavorVariable), e.opts.DefaultFlavor)}
+	if e.opts.MultiTenant {
+		ns := p.Variables.Get(NamespaceVariable)
+		hd.GitLabNamespace = &ns
+	}
+	return hd.encode(), nil
+}
+
+// Provision creates the job's application, or adopts the one a previous
+// attempt created (found by name), then sets its environment. The returned
+// handle has the application id, organisation and deploy URL.
+func (e *Executor) Provision(ctx context.Context, h executors.Handle, j executors.Job) (executors.Handle, error) {
+	hd, err := decodeHandle(h)
+	if err != nil {
+		return nil, err
+	}
+	if hd.ID != "" {
+		return h, nil // provisioned before: Launch checks the app
+	}
+	fl, p, err := e.flavorFor(ctx, hd.Flavor)
+	if err != nil {
+		return nil, err
+	}
+	ten, err := e.tenant(ctx, hd.namespace())
+	if err != nil {
+		return nil, err
+	}
+	hd.OrgaID, hd.Weight = ten.orgaID, fl.weight()
+	a, err := e.findOrCreate(ctx, &ten, hd, fl, p)
+	if err != nil {
+		return nil, err
+	}
+	hd.ID, hd.DeployURL = a.ID, a.Deployment.HTTPURL
+	env := map[string]string{}
+	for k, v := range e.opts.ExtraEnv {
+		env[k] = v
+	}
+	env["CC_MOUNT_DOCKER_SOCKET"] = "true"
+	err = e.withTenant(ctx, &ten, hd.namespace(), func(tok string) error {
+		return e.api.call(ctx, http.MethodPut, e.appPath(ten.orgaID, a.ID)+"/env", tok, env, nil)
+	})
+	if err != nil {
+		return nil, classify("put-env", err)
+	}
+	e.log.Info("Clever Cloud application ready", zap.String("app", hd.Name), zap.String("app_id", hd.ID), zap.String("orga_id", hd.OrgaID),
+		zap.String("flavor", fl.Name))
+	return hd.encode(), nil
+}
+
+func (e *Executor) appsPath(org string) string {
+	return "/organisations/" + url.PathEscape(org) + "/applications"
+}
+func (e *Executor) appPath(org, id string) string {
+	return e.appsPath(org) + "/" + url.PathEscape(id)
+}
+
+// app is what the executor reads of an application.
+type app struct {
+	ID           string   `json:"id"`
+	Name         string   `json:"name"`
+	CreationDate int64    `json:"creationDate"` // ms
+	Tags         []string `json:"tags"`
+	Deployment   struct {
+		RepoState string `json:"repoState"`
+		HTTPURL   string `json:"httpUrl"`
+	} `json:"deployment"`
+}
+
+func (e *Executor) listApps(ctx context.Context, ten *tenant, ns string) ([]app, error) {
+	var apps []app
+	err := e.withTenant(ctx, ten, ns, func(tok string) error {
+		return e.api.call(ctx, http.MethodGet, e.appsPath(ten.orgaID), tok, nil, &apps)
+	})
+	return apps, err
+}
+
+// findOrCreate returns the job's application: the one already there (a
+// create that answered too late, a crash before the handle was saved), or
+// a new one. Extra applications of the same name are removed.
+func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl flavor, p *products) (app, error) {
+	deadline := time.Now().Add(e.opts.RetryFor)
+	refreshed := false
+	for attempt := 0; ; attempt++ {
+		apps, err := e.listApps(ctx, ten, hd.namespace())
+		if err != nil {
+			return app{}, classify("find-app", err)
+		}
+		var mine []app
+		for _, a := range apps {
+			if a.Name == hd.Name {
+				mine = append(mine, a)
+			}
+		}
+		if len(mine) > 0 {
+			sort.Slice(mine, func(i, k int) bool { return mine[i].CreationDate < mine[k].CreationDate })
+			for _, extra := range mine[1:] {
+				e.log.Warn("removing a duplicate application of a job", zap.String("app", hd.Name), zap.String("app_id", extra.ID))
+				if err := e.deleteApp(ctx, ten, hd.namespace(), extra.ID); err != nil {
+					return app{}, err
+				}
+			}
+			e.log.Info("adopting the job's existing application", zap.String("app", hd.Name), zap.String("app_id", mine[0].ID))
+			return mine[0], nil
+		}
+		body := map[string]any{
+			"name":             hd.Name,
+			"description":      fmt.Sprintf("paas-runner job %d of runner %s", hd.JobID, e.opts.RunnerID),
+			"zone":             e.opts.Zone,
+			"deploy":           "git",
+			"instanceType":     p.instanceType,
+			"instanceVersion":  p.instanceVersion,
+			"instanceLifetime": "TASK",
+			"minInstances":     1,
+			"maxInstances":     1,
+			"minFlavor":        fl.Name,
+			"maxFlavor":        fl.Name,
+			"tags":             []string{"paas-runner", e.systemTag()},
+		}
+		if e.opts.InstanceVariant != "" {
+			body["instanceVariant"] = e.opts.InstanceVariant
+		}
+		var a app
+		err = e.withTenant(ctx, ten, hd.namespace(), func(tok string) error {
+			return e.api.do(ctx, http.MethodPost, e.appsPath(ten.orgaID), tok, body, &a)
+		})
+		switch {
+		case err == nil:
+			return a, nil
+		case !refreshed && (isCleverID(err, 9017) || isStatus(err, http.StatusBadRequest)):
+			// An outdated instanceVersion (9017) or flavor: the cached
+			// products are stale. Once.
+			refreshed = true
+			e.log.Warn("application create refused; refreshing the products", zap.Error(err))
+			if _, perr := e.products(ctx, true); perr != nil {
+				return app{}, perr
+			}
+			if fl, p, err = e.flavorFor(ctx, hd.Flavor); err != nil {
+				return app{}, err
+			}
+			continue
+		case retryable(err) && time.Now().Before(deadline):
+			// The app may exist anyway: look again before creating.
+			e.log.Warn("application create failed; looking for it before retrying", zap.Error(err))
+			if berr := backoff.Sleep(ctx, e.api.policy.Wait(attempt)); berr != nil {
+				return app{}, berr
+			}
+			continue
+		}
+		return app{}, classify("create-app", err)
+	}
+}
+
+func (e *Executor) deleteApp(ctx context.Context, ten *tenant, ns, id string) error {
+	err := e.withTenant(ctx, ten, ns, func(tok string) error {
+		return e.api.call(ctx, http.MethodDelete, e.appPath(ten.orgaID, id), tok, nil, nil)
+	})
+	if isStatus(err, http.StatusNotFound) {
+		return nil
+	}
+	return classify("delete-app", err)
+}
+
+// Launch waits until the application's git repository exists, then pushes
+// the job's build context to its master branch. A master that exists
+// already means the job was launched (before a crash): not again.
+func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.Job) (executors.Handle, error) {
+	hd, err := decodeHandle(h)
+	if err != nil {
+		return nil, err
+	}
+	if hd.ID == "" {
+		return nil, executors.Permanent("launch", errors.New("the application was not provisioned"))
+	}
+	if hd.Launched {
+		return h, nil
+	}
+	if hd.Name == "" {
+		return nil, executors.Permanent("launch", errors.New("imported Heptapod handle: the job cannot be relaunched"))
+	}
+	ten, err := e.tenant(ctx, hd.namespace())
+	if err != nil {
+		return nil, err
+	}
+	a, err := e.waitRepo(ctx, &ten, hd)
+	if err != nil {
+		return nil, err
+	}
+	hd.DeployURL = firstNonEmpty(a.Deployment.HTTPURL, hd.DeployURL)
+	bc, err := e.Context(ctx, j)
+	if err != nil {
+		return nil, executors.Permanent("launch", err)
+	}
+	already, err := e.push(ctx, hd.DeployURL, ten.token, bc, j)
+	if err != nil {
+		return nil, err
+	}
+	if already {
+		e.log.Warn("the application's master branch exists: the job was launched before", zap.String("app", hd.Name))
+	}
+	hd.Launched = true
+	return hd.encode(), nil
+}
+
+func (e *Executor) waitRepo(ctx context.Context, ten *tenant, hd handle) (app, error) {
+	deadline := time.Now().Add(e.opts.RepoTimeout)
+	for {
+		var a app
+		err := e.withTenant(ctx, ten, hd.namespace(), func(tok string) error {
+			return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, hd.ID), tok, nil, &a)
+		})
+		if isStatus(err, http.StatusNotFound) {
+			return app{}, executors.Permanent("wait-git", fmt.Errorf("the application %s (%s) is gone: %w", hd.Name, hd.ID, err))
+		}
+		if err != nil {
+			return app{}, classify("wait-git", err)
+		}
+		if a.Deployment.RepoState == "CREATED" {
+			return a, nil
+		}
+		if time.Now().Add(e.opts.RepoWaitStep).After(deadline) {
+			return app{}, executors.Transient("wait-git", fmt.Errorf("the git repository of %s is still %s after %v",
+				hd.Name, firstNonEmpty(a.Deployment.RepoState, "missing"), e.opts.RepoTimeout))
+		}
+		if err := backoff.Sleep(ctx, e.opts.RepoWaitStep); err != nil {
+			return app{}, err
+		}
+	}
+}
+
+// Decommission deletes the job's application; one already gone is
+// success. A handle saved before the create (no id) is looked up by name.
+func (e *Executor) Decommission(ctx context.Context, h executors.Handle) error {
+	hd, err := decodeHandle(h)
+	if err != nil {
+		return err
+	}
+	ten, err := e.tenant(ctx, hd.namespace())
+	if err != nil {
+		if hd.ID == "" && executors.IsPermanent(err) {
+			// Provision never creates without a resolved tenant.
+			e.log.Warn("cannot resolve the tenant of a job that has no application id; nothing to remove", zap.String("app", hd.Name), zap.Error(err))
+			return nil
+		}
+		return err
+	}
+	if hd.OrgaID != "" && hd.OrgaID != ten.orgaID {
+		return executors.Permanent("decommission", fmt.Errorf("the application %s belongs to organisation %s but the tenant is now %s", hd.ID, hd.OrgaID, ten.orgaID))
+	}
+	if hd.ID != "" {
+		return e.deleteApp(ctx, &ten, hd.namespace(), hd.ID)
+	}
+	apps, err := e.listApps(ctx, &ten, hd.namespace())
+	if err != nil {
+		if executors.IsPermanent(classify("find-app", err)) {
+			e.log.Warn("cannot list the applications of a job that has no application id; nothing to remove", zap.String("app", hd.Name), zap.Error(err))
+			return nil
+		}
+		return classify("find-app", err)
+	}
+	for _, a := range apps {
+		if a.Name == hd.Name {
+			if err := e.deleteApp(ctx, &ten, hd.namespace(), a.ID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Reap deletes this runner's applications that no kept handle describes,
+// older than grace, in the fixed organisation or (multi-tenant) in the
+// organisations of the kept handles and of the tenants seen lately.
+// Applications tagged by another daemon are never touched.
+func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time.Duration) ([]string, error) {
+	kept := map[string]bool{}
+	namespaces := map[string]bool{}
+	for _, h := range keep {
+		hd, err := decodeHandle(h)
+		if err != nil {
+			continue
+		}
+		kept[hd.Name], kept[hd.ID] = true, true
+		namespaces[hd.namespace()] = true
+	}
+	delete(kept, "")
+	if e.opts.MultiTenant {
+		e.tenMu.Lock()
+		for ns := range e.tenants {
+			namespaces[ns] = true
+		}
+		e.tenMu.Unlock()
+		delete(namespaces, "")
+	} else {
+		namespaces = map[string]bool{"": true}
+	}
+	cutoff := time.Now().Add(-grace).UnixMilli()
+	var removed []string
+	var errs []error
+	seenOrgs := map[string]bool{}
+	for _, ns := range sortedSet(namespaces) {
+		ten, err := e.tenant(ctx, ns)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if seenOrgs[ten.orgaID] {
+			continue
+		}
+		seenOrgs[ten.orgaID] = true
+		apps, err := e.listApps(ctx, &ten, ns)
+		if err != nil {
+			errs = append(errs, classify("reap", err))
+			continue
+		}
+		for _, a := range apps {
+			if !strings.HasPrefix(a.Name, e.Prefix()) || kept[a.Name] || kept[a.ID] || a.CreationDate > cutoff || !e.mayReap(a.Tags) {
+				continue
+			}
+			if err := e.deleteApp(ctx, &ten, ns, a.ID); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			removed = append(removed, a.Name+" ("+a.ID+")")
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// mayReap: applications of this daemon, or untagged ones (Heptapod's).
+func (e *Executor) mayReap(tags []string) bool {
+	system := false
+	for _, t := range tags {
+		if t == e.systemTag() {
+			return true
+		}
+		if strings.HasPrefix(t, "paas-runner-system-") {
+			system = true
+		}
+	}
+	return !system
+}
+
+func sortedSet(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ---- products ----
+
+type flavor struct {
+	Name  string // full name (heptapod-runner-M)
+	Short string // M
+	Mem   int    // MiB
+	CPUs  int
+}
+
+// weight is Heptapod's (mem_GiB)^1.25.
+func (f flavor) weight() float64 { return math.Pow(float64(f.Mem)/1024, 1.25) }
+
+type products struct {
+	instanceType, instanceVersion string
+	flavors                       map[string]flavor // by short name
+	fetched                       time.Time
+}
+
+// names lists the short flavor names, smallest first, up to max ("" = all).
+func (p *products) names(maxName string) []string {
+	fs := make([]flavor, 0, len(p.flavors))
+	limit := math.MaxInt
+	if m, ok := p.flavors[maxName]; ok {
+		limit = m.Mem
+	}
+	for _, f := range p.flavors {
+		if f.Mem <= limit {
+			fs = append(fs, f)
+		}
+	}
+	sort.Slice(fs, func(i, k int) bool {
+		if fs[i].Mem != fs[k].Mem {
+			return fs[i].Mem < fs[k].Mem
+		}
+		return fs[i].Short < fs[k].Short
+	})
+	out := make([]string, len(fs))
+	for i, f := range fs {
+		out[i] = f.Short
+	}
+	return out
+}
+
+// products returns the cached products, fetched again when older than
+// the TTL or when force (an answer suggested they are stale; at most once
+// a minute).
+func (e *Executor) products(ctx context.Context, force bool) (*products, error) {
+	return e.fetchProducts(ctx, force, false)
+}
+
+// fetchProducts is products; once: no retries (the start-up check).
+func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*products, error) {
+	e.prodMu.Lock()
+	defer e.prodMu.Unlock()
+	if force && time.Since(e.lastForce) < time.Minute && e.prod != nil {
+		force = false
+	}
+	if e.prod != nil && !force && time.Since(e.prod.fetched) < e.opts.ProductsTTL {
+		return e.prod, nil
+	}
+	if force {
+		e.lastForce = time.Now()
+	}
+	// With products cached, a refresh is tried once: on failure the cached
+	// ones serve at once rather than after minutes of retries.
+	get := e.api.call
+	if e.prod != nil || once {
+		get = e.api.do
+	}
+	var runtimes []struct {
+		Type    string `json:"type"`
+		Version string `json:"version"`
+		Name    string `json:"name"`
+		Enabled *bool  `json:"enabled"`
+	}
+	if err := get(ctx, http.MethodGet, "/products/instances", "", nil, &runtimes); err != nil {
+		return e.stale(classify("products", err))
+	}
+	p := &products{flavors: map[string]flavor{}}
+	for _, r := range runtimes {
+		if r.Name != "Docker" || (r.Enabled != nil && !*r.Enabled) {
+			continue
+		}
+		// several Docker runtimes: the newest version
+		if p.instanceVersion == "" || r.Version > p.instanceVersion {
+			p.instanceType, p.instanceVersion = r.Type, r.Version
+		}
+	}
+	if p.instanceType == "" || p.instanceVersion == "" {
+		return e.stale(executors.Transient("products", errors.New("the Clever Cloud products list no Docker runtime")))
+	}
+	var fls []struct {
+		Name      string `json:"name"`
+		Mem       int    `json:"mem"`
+		CPUs      int    `json:"cpus"`
+		Available bool   `json:"available"`
+	}
+	if err := get(ctx, http.MethodGet, "/products/flavors?context="+url.QueryEscape(e.opts.FlavorContext), "", nil, &fls); err != nil {
+		return e.stale(classify("products", err))
+	}
+	for _, f := range fls {
+		short, ok := strings.CutPrefix(f.Name, e.opts.FlavorNamePrefix)
+		if !ok || !f.Available || short == "" {
+			continue
+		}
+		p.flavors[short] = flavor{Name: f.Name, Short: short, Mem: f.Mem, CPUs: f.CPUs}
+	}
+	if len(p.flavors) == 0 {
+		return e.stale(executors.Transient("products", fmt.Errorf("no available flavor named %s… in context %s", e.opts.FlavorNamePrefix, e.opts.FlavorContext)))
+	}
+	p.fetched = time.Now()
+	e.prod = p
+	return p, nil
+}
+
+// stale falls back to the cached products when a refresh fails.
+func (e *Executor) stale(err error) (*products, error) {
+	if e.prod != nil {
+		e.log.Warn("could not refresh the Clever Cloud products; using the cached ones", zap.Error(err))
+		return e.prod, nil
+	}
+	return nil, err
+}
+
+// flavorFor checks a job's flavor against the products and cc_max_flavor.
+func (e *Executor) flavorFor(ctx context.Context, name string) (flavor, *products, error) {
+	p, err := e.products(ctx, false)
+	if err != nil {
+		return flavor{}, nil, err
+	}
+	f, ok := p.flavors[name]
+	if !ok {
+		// a flavor added since the cache was filled?
+		if p, err = e.products(ctx, true); err != nil {
+			return flavor{}, nil, err
+		}
+		f, ok = p.flavors[name]
+	}
+	allowed := strings.Join(p.names(e.opts.MaxFlavor), ", ")
+	if !ok {
+		return flavor{}, nil, &executors.Error{Op: "check-flavor", Permanent: true, FailureReason: job.ScriptFailure,
+			Err: fmt.Errorf("flavor %q is not available (set %s to one of: %s)", name, FlavorVariable, allowed)}
+	}
+	if e.opts.MaxFlavor != "" {
+		m, ok := p.flavors[e.opts.MaxFlavor]
+		if !ok {
+			return flavor{}, nil, executors.Permanent("check-flavor", fmt.Errorf("cc_max_flavor %q is not an available flavor", e.opts.MaxFlavor))
+		}
+		if f.Mem > m.Mem {
+			return flavor{}, nil, &executors.Error{Op: "check-flavor", Permanent: true, FailureReason: job.ScriptFailure,
+				Err: fmt.Errorf("flavor %q is bigger than this runner's maximum %s (set %s to one of: %s)", name, e.opts.MaxFlavor, FlavorVariable, allowed)}
+		}
+	}
+	return f, p, nil
+}

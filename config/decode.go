@@ -105,6 +105,10 @@ func (d *decoder) lineOfKey(key string) int { return d.keys[key] }
 
 // note records that key is defined, and where.
 func (d *decoder) note(key string, p toml.Primitive) {
+	if n := d.guardsLine(key); n > 0 {
+		d.keys[key] = n
+		return
+	}
 	if m := runnerKeyRe.FindStringSubmatch(key); m != nil {
 		i, _ := strconv.Atoi(m[1])
 		d.keys[key] = d.loc.line(i, strings.Split(m[2], "."))
@@ -141,6 +145,12 @@ func (d *decoder) decodeValue(key string, p toml.Primitive, dst any) bool {
 		msg = strings.Replace(msg, "incompatible types: TOML value has type", "wrong type: the value is", 1)
 		msg = strings.Replace(msg, "; destination has type", ", expected", 1)
 		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: key, Msg: msg})
+		return false
+	}
+	// TOML has nan and inf: no setting of paas-runner means either, and a
+	// NaN slips through every comparison meant to bound it.
+	if f, ok := dst.(*float64); ok && (math.IsNaN(*f) || math.IsInf(*f, 0)) {
+		d.errKey(key, fmt.Sprintf("%v is not allowed: give a finite number", *f))
 		return false
 	}
 	return true
@@ -188,6 +198,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 	c.PaasLogStatistics = true
 	c.PaasTrackingRequestsPerSecond = DefaultTrackingRPS
 	var runners []map[string]toml.Primitive
+	var guards map[string]toml.Primitive
 	var ignoredTables map[string]any
 	fields := fieldSet{
 		"concurrent":                        &c.Concurrent,
@@ -206,6 +217,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"paas_tracking_requests_per_second": &c.PaasTrackingRequestsPerSecond,
 		"quota_computation":                 &c.QuotaComputation,
 		"runners":                           &runners,
+		"guards":                            &guards,
 		// gitlab-runner keys with no meaning here, accepted so that a
 		// gitlab-runner style file loads.
 		"session_server":     &ignoredTables,
@@ -213,6 +225,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"sentry_dsn":         new(any),
 	}
 	d.decodeFields("", top, fields, nil)
+	c.Guards = d.decodeGuards(guards)
 	if c.CheckInterval == 0 {
 		c.CheckInterval = DefaultCheckInterval
 	}

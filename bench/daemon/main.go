@@ -26,6 +26,7 @@ func main() {
 	jobs := flag.Int("jobs", 5000, "launched jobs in the state file")
 	seconds := flag.Int("seconds", 20, "measurement window")
 	free := flag.Int("free", 0, "free slots: concurrent = jobs + free (0: saturated, the daemon must not poll for jobs)")
+	executor := flag.String("executor", "test-dir", "test-dir (GitLab is polled for job ends) or test-dir-watch (the executor reports host ends)")
 	flag.Parse()
 
 	t := &coordinatortest.Program{}
@@ -46,6 +47,7 @@ func main() {
 	for i := 0; i < *jobs; i++ {
 		j := gl.AddRunning(token)
 		host := fmt.Sprintf("host-%s-%d", config.RunnerID(token), j.ID)
+		// the hosts exist and run: the restart check finds them alive
 		for _, suffix := range []string{".host", ".launched"} {
 			if err := os.WriteFile(filepath.Join(hosts, host+suffix), nil, 0o600); err != nil {
 				t.Fatalf("%v", err)
@@ -53,7 +55,7 @@ func main() {
 		}
 		rec := map[string]any{"runner_name": config.RunnerID(token), "job_id": j.ID, "token": j.Token, "trace_offset": 100,
 			"expected_weight": 1, "paas_resource": map[string]string{"name": host},
-			"phase": "launched", "executor": "test-dir", "acquired_at": time.Now().UTC(), "launched_at": time.Now().UTC()}
+			"phase": "launched", "executor": *executor, "acquired_at": time.Now().UTC(), "launched_at": time.Now().UTC()}
 		b, _ := json.Marshal(rec)
 		launched = append(launched, string(b))
 	}
@@ -62,6 +64,8 @@ func main() {
 		t.Fatalf("%v", err)
 	}
 	cfg := filepath.Join(dir, "config.toml")
+	// concurrent = the number of launched jobs: the daemon is saturated,
+	// and must not ask GitLab for more jobs.
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`concurrent = %d
 check_interval = 3
 state_file = %q
@@ -70,8 +74,8 @@ paas_log_statistics = false
 name = "bench"
 url = %q
 token = %q
-executor = "test-dir"
-`, *jobs+*free, statePath, gl.URL, token)), 0o600)
+executor = %q
+`, *jobs+*free, statePath, gl.URL, token, *executor)), 0o600)
 
 	cmd := exec.Command(*binary, "--log-format", "json", cfg)
 	cmd.Env = append(os.Environ(), "PAAS_RUNNER_TEST_EXECUTOR_DIR="+hosts)
@@ -116,12 +120,13 @@ executor = "test-dir"
 
 	fmt.Printf("| tracked launched jobs (concurrent) | %d (%d); still running at the end: %d |\n", *jobs, *jobs+*free, running)
 	fmt.Printf("| restart: process start → all jobs tracked | %.0f ms |\n", restart.Seconds()*1000)
-	fmt.Printf("| GitLab requests/s tracking jobs (GET /job) | %.1f |\n", float64(j1-j0)/el)
+	fmt.Printf("| executor | %s |\n", *executor)
+	fmt.Printf("| GitLab requests/s tracking jobs (GET /job) | %.2f (%.0f a minute) |\n", float64(j1-j0)/el, float64(j1-j0)/el*60)
 	what := "saturated"
 	if *free > 0 {
 		what = fmt.Sprintf("%d slots free", *free)
 	}
-	fmt.Printf("| GitLab requests/s polling for jobs (POST /jobs/request, %s) | %.2f |\n", what, float64(r1-r0)/el)
+	fmt.Printf("| GitLab requests/s polling for jobs, %s (POST /jobs/request) | %.2f |\n", what, float64(r1-r0)/el)
 	fmt.Printf("| daemon RSS (VmRSS / peak VmHWM) | %d MB / %d MB |\n", rss/1024, hwm/1024)
 	fmt.Printf("| graceful stop (SIGTERM → exit) | %.0f ms (exit: %v) |\n", stop.Seconds()*1000, errOrZero(err))
 }

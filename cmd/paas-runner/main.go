@@ -27,6 +27,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
@@ -50,6 +51,9 @@ Flags:
 )
 
 func main() {
+	if code, ok := asHeptapodRunner(os.Args, os.Stderr); ok {
+		os.Exit(code)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -139,6 +143,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return execFetchedJob(args[1:], stderr)
 		case "guard":
 			return guardCmd(args[1:], stdout, stderr)
+		case "locks":
+			return locksCmd(args[1:], stdout, stderr)
+		case "pool":
+			return poolCmd(args[1:], stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)
@@ -166,6 +174,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
+	if w := config.PermissionWarning(cfg.Path); w != "" {
+		log.Warn("the configuration file is readable by others than its owner: "+w, zap.String("config", cfg.Path))
+	}
 	if o.setPollIntvl {
 		log.Warn("--poll-interval is deprecated: set check_interval in the configuration", zap.Float64("check_interval", o.pollInterval))
 		cfg.CheckInterval = o.pollInterval
@@ -202,14 +213,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
 	}
-	d, err := dispatcher.New(dispatcherConfig(cfg, o, log), store, runners)
+	guards, err := buildGuards(ctx, cfg, store, systemID, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+	dcfg := dispatcherConfig(cfg, o, log)
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -222,6 +240,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go handleSignals(runCtx, sigs, stop, d, o.debugSignal, log)
+	guardsCtx, stopGuards := context.WithCancel(ctx)
+	defer stopGuards()
+	go guards.Run(guardsCtx)
 	if err := d.Run(runCtx); err != nil {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
@@ -242,14 +263,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // handleSignals: the first SIGTERM/SIGINT/SIGQUIT drains; a second one
 // stops waiting. SIGUSR1 logs the tracked jobs when asked for.
-func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d *dispatcher.Dispatcher, debug bool, log *zap.Logger) {
+func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d forcer, debug bool, log *zap.Logger) {
 	draining := false
+	done := ctx.Done()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-done:
 			if !draining {
 				return
 			}
+			// Draining cancelled ctx itself: from now on only a second
+			// signal matters (selecting on a closed channel would spin).
+			done = nil
 		case s := <-sigs:
 			if s == syscall.SIGUSR1 {
 				if debug {
@@ -261,6 +286,7 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 				draining = true
 				log.Info("signal received: draining (send it again to stop waiting for in-flight steps)", zap.String("signal", s.String()))
 				drain()
+				done = nil
 				continue
 			}
 			log.Warn("second signal: stopping now; in-flight steps resume at next start", zap.String("signal", s.String()))
@@ -270,7 +296,14 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 	}
 }
 
-func logSnapshot(d *dispatcher.Dispatcher, log *zap.Logger) {
+// forcer is what handleSignals needs of the dispatcher.
+type forcer interface {
+	Force()
+	Snapshot() []dispatcher.JobInfo
+	Stats() dispatcher.Stats
+}
+
+func logSnapshot(d forcer, log *zap.Logger) {
 	jobs := d.Snapshot()
 	st := d.Stats()
 	log.Info("tracked jobs", zap.Int("jobs", st.Jobs), zap.Int("provisioning", st.Provisioning), zap.Int("launched", st.Launched))
@@ -297,11 +330,7 @@ func dispatcherConfig(cfg *config.Config, o *options, log *zap.Logger) dispatche
 	if cfg.PaasLogStatistics {
 		dc.StatsInterval = max(sec(cfg.JobProgressPollInterval), 10*time.Second)
 	}
-	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" { // tests: fast retries
-		if d, err := time.ParseDuration(v); err == nil {
-			dc.RetryMin, dc.RetryMax = d, 10*d
-		}
-	}
+	testOverrides(&dc)
 	return dc
 }
 
@@ -315,7 +344,7 @@ func buildRunners(ctx context.Context, cfg *config.Config, reg registry, env exe
 		client, err := coordinator.New(coordinator.Config{
 			URL: rc.URL, Token: rc.Token, TLSCAFile: rc.TLSCAFile, SystemID: systemID,
 			Info: coordinator.Info{Name: version.Name, Version: version.Version, Revision: version.Revision,
-				Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: features()},
+				Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: daemonFeatures()},
 			UserAgent: version.UserAgent(),
 			Logger:    rlog.Named("coordinator"),
 		})
@@ -349,6 +378,15 @@ func legacyIDs(rc *config.Runner) []string {
 // features are what jobs run by this runner support, as advertised to
 // GitLab: the inner runner's (exec-fetched-job), kept truthful there.
 func features() map[string]bool { return jobrunner.Features() }
+
+// daemonFeatures are what the daemon advertises when it requests jobs: the
+// inner runner's, plus two-phase job commit, which the daemon itself does
+// (it confirms a job with PUT state=running once the job is durable).
+func daemonFeatures() map[string]bool {
+	f := features()
+	f["two_phase_job_commit"] = true
+	return f
+}
 
 // execFetchedJob is the inner runner: paas-runner exec-fetched-job
 // --config runner.toml job.json. Exit 0 once GitLab accepted the job's
@@ -391,7 +429,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -405,6 +443,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	gauge("jobs_provisioning", "Jobs acquired but not launched yet.", func(s dispatcher.Stats) float64 { return float64(s.Provisioning) })
 	gauge("jobs_launched", "Jobs running on their host.", func(s dispatcher.Stats) float64 { return float64(s.Launched) })
 	gauge("jobs_decommissioning", "Hosts waiting for removal.", func(s dispatcher.Stats) float64 { return float64(s.Decommissioning) })
+	gauge("hosts_removal_failing", "Hosts whose removal failed and is being retried with backoff (they may be billing).", func(s dispatcher.Stats) float64 { return float64(s.RemovalsFailing) })
 	gauge("concurrent_limit", "The concurrent setting.", func(s dispatcher.Stats) float64 { return float64(s.Concurrent) })
 	counter("jobs_acquired_total", "Jobs acquired from GitLab.", func(s dispatcher.Stats) uint64 { return s.Acquired })
 	counter("jobs_launched_total", "Jobs launched on a host.", func(s dispatcher.Stats) uint64 { return s.LaunchedTotal })
@@ -416,6 +455,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	serveGuards(guards, reg, mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

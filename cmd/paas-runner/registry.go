@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"time"
 
@@ -56,8 +55,8 @@ func newLocalDocker(ctx context.Context, r *config.Runner, env executorEnv, log 
 	}
 	ex, err := localdocker.New(localdocker.Options{Cache: cache,
 		Host: r.LocalDocker.Host, NetworkMode: r.LocalDocker.NetworkMode, InnerImage: r.InnerImage,
-		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
-		StatePath: env.StatePath, InstanceID: env.SystemID, Version: version.Version, Logger: log,
+		RunnerID: r.ID(), LegacyRunnerIDs: legacyIDs(r), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
+		SystemID: env.SystemID, Version: version.Version, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -84,11 +83,7 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, SystemID: env.SystemID,
 		UserAgent: version.UserAgent(), Logger: log,
 	}
-	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" { // tests: fast retries
-		if d, err := time.ParseDuration(v); err == nil {
-			opts.RetryMin, opts.RetryMax, opts.RetryFor = d, 10*d, 100*d
-		}
-	}
+	testCleverOverrides(&opts) // test builds only: fast retries
 	var err error
 	if opts.Cache, err = s3Presigner(r); err != nil {
 		return nil, err

@@ -354,7 +354,7 @@ func cleanRun(cli *client.Client, runnerID string, jobs map[int64]bool, since ti
 
 // baseImages lists the ids of local-docker's base images on the engine.
 func baseImages(ctx context.Context, cli *client.Client) (map[string]bool, error) {
-	is, err := cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelBase+"=true"))})
+	is, err := cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", localdocker.LabelHostImage))})
 	if err != nil {
 		return nil, err
 	}

@@ -53,6 +53,9 @@ func TestWatcherFollowsHostsAndCleanRunRemovesLeftovers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { // should the test fail before removing it
+			cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+		})
 		if start {
 			if err := cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 				t.Fatal(err)

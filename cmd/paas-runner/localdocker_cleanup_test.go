@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"syscall"
 	"testing"
@@ -48,7 +49,7 @@ func jobLeft(t *testing.T, cli *client.Client, runnerID string, id int64) (n int
 // within 10 s of the host going; the cache volume stays.
 func TestLocalDockerCanceledJobLeavesNothing(t *testing.T) {
 	cli := dockerInner(t)
-	tok := "glrt-ldcancel-0123456789"
+	tok := fmt.Sprintf("glrt-ldcancel-%d-0123456789", os.Getpid()) // per process: runs in other checkouts share the engine
 	gl, dir, cfg := localDockerConfig(t, "concurrent = 2\ncheck_interval = 0.1",
 		ldRunner{tok, fmt.Sprintf("inner_image = %q\n  [runners.local_docker]\n  network_mode = \"host\"", innerTag)})
 	rid := config.RunnerID(tok)

@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"syscall"
 	"testing"
@@ -23,7 +24,7 @@ import (
 // runner exactly once, and no container or image of the runner is left.
 func TestLocalDockerKilledWhileLaunching(t *testing.T) {
 	cli := dockerInner(t)
-	tok := "glrt-ldkill-0123456789"
+	tok := fmt.Sprintf("glrt-ldkill-%d-0123456789", os.Getpid()) // per process: runs in other checkouts share the engine
 	gl, dir, cfg := localDockerConfig(t, "concurrent = 8\ncheck_interval = 0.1",
 		ldRunner{tok, fmt.Sprintf("inner_image = %q\n  [runners.local_docker]\n  network_mode = \"host\"", innerTag)})
 	rid := config.RunnerID(tok)

@@ -185,7 +185,7 @@ func BenchmarkDecommissionLag(b *testing.B) {
 	if err := localdockertest.BuildInnerImage(context.Background(), cli, innerTag); err != nil {
 		b.Fatal(err)
 	}
-	tok := "glrt-lag-0123456789"
+	tok := fmt.Sprintf("glrt-lag-%d-0123456789", os.Getpid()) // per process: runs in other checkouts share the engine
 	// check_interval is long: the end must be seen through engine events,
 	// not GitLab polling.
 	gl, _, cfg := localDockerConfig(b, "concurrent = 4\ncheck_interval = 30\npaas_max_concurrent_provisioning = 4",
@@ -243,7 +243,7 @@ func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
 	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
 		t.Fatal(err)
 	}
-	tok := "glrt-ldreal-0123456789"
+	tok := fmt.Sprintf("glrt-ldreal-%d-0123456789", os.Getpid()) // per process: runs in other checkouts share the engine
 	gl, dir, cfg := localDockerConfig(t, "concurrent = 2\ncheck_interval = 0.1", ldRunner{tok, "name = \"real\"\n" + hostNetworkNoPull})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
 	cleanRunner(t, cli, config.RunnerID(tok))
@@ -296,7 +296,7 @@ func BenchmarkJobStartToFirstLine(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer localdockertest.RemoveImage(cli, jobImage)
-	tok := "glrt-first-0123456789"
+	tok := fmt.Sprintf("glrt-first-%d-0123456789", os.Getpid()) // per process: runs in other checkouts share the engine
 	gl, _, cfg := localDockerConfig(b, "concurrent = 2\ncheck_interval = 0.05", ldRunner{tok, hostNetworkNoPull})
 	cmd := exec.Command(binary, cfg)
 	if err := cmd.Start(); err != nil {
@@ -339,7 +339,7 @@ func BenchmarkJobStartToFirstLine(b *testing.B) {
 // An unreachable engine: a clear error at start, and each job failed with
 // runner_system_failure and the reason in its log, after the retries.
 func TestLocalDockerUnreachableEngine(t *testing.T) {
-	tok := "glrt-nodock-0123456789"
+	tok := fmt.Sprintf("glrt-nodock-%d-0123456789", os.Getpid()) // per process: runs in other checkouts share the engine
 	gl, dir, cfg := localDockerConfig(t, "check_interval = 0.05",
 		ldRunner{tok, "  [runners.local_docker]\n  host = \"unix:///nonexistent/docker.sock\""})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,7 +34,7 @@ func TestLocalDockerS3CacheAcrossHosts(t *testing.T) {
 	srv := httptest.NewServer(gofakes3.New(be).Server())
 	t.Cleanup(srv.Close)
 	be.CreateBucket("paas-ci")
-	tok := "glrt-lds3-0123456789"
+	tok := fmt.Sprintf("glrt-lds3-%d-0123456789", os.Getpid()) // per process: runs in other checkouts share the engine
 	s3 := fmt.Sprintf("\n  [runners.cache]\n  Type = \"s3\"\n  [runners.cache.s3]\n  ServerAddress = %q\n  AccessKey = \"AKIDLOCAL\"\n  SecretKey = %q\n  BucketName = \"paas-ci\"\n  Insecure = true",
 		strings.TrimPrefix(srv.URL, "http://"), secret)
 	gl, dir, cfg := localDockerConfig(t, "concurrent = 2\ncheck_interval = 0.1", ldRunner{tok, "name = \"s3\"\n" + hostNetworkNoPull + s3})

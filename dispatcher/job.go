@@ -38,6 +38,8 @@ type tracked struct {
 	// job's concurrency slot was given back before its host was removed.
 	removalFailures int
 	slotFreed       bool
+	// weight is its part of the weighted quota (Dispatcher.mu).
+	weight float64
 }
 
 func (t *tracked) get() state.Job {
@@ -150,6 +152,9 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			if err := d.admit(ctx, t); err != nil {
 				return err
 			}
+		}
+		if err := d.fitWeight(ctx, t, ej); err != nil {
+			return err
 		}
 		h, err := ex.Plan(ctx, ej)
 		if err != nil {
@@ -457,7 +462,7 @@ func (d *Dispatcher) endPending(t *tracked, decommission bool) {
 		t.logger().Warn("keeping the host of a failed launch (paas_decommission_launch_failures = false); remove it by hand", zap.ByteString("handle", rec.Resource))
 		t.update(d.store, func(j *state.Job) { j.KeepResources = true; j.Phase = state.Decommissioning; j.Payload = nil })
 		d.untrack(t)
-		d.release(t.r, true)
+		d.releaseJob(t, true)
 		return
 	}
 	t.update(d.store, func(j *state.Job) { j.Phase = state.Decommissioning; j.Payload = nil })
@@ -469,7 +474,7 @@ func (d *Dispatcher) endPending(t *tracked, decommission bool) {
 func (d *Dispatcher) forget(t *tracked, provisioning bool) {
 	d.store.Delete(t.get().Key())
 	d.untrack(t)
-	d.release(t.r, provisioning)
+	d.releaseJob(t, provisioning)
 }
 
 func (d *Dispatcher) untrack(t *tracked) {
@@ -498,7 +503,7 @@ func (d *Dispatcher) finished(t *tracked, how string) {
 	if d.cfg.KeepFinished {
 		t.logger().Info("keeping the host (paas_finished_jobs_keep_resources = true)", zap.ByteString("handle", rec.Resource))
 		d.untrack(t)
-		d.release(t.r, false)
+		d.releaseJob(t, false)
 		return
 	}
 	d.decoms.enqueue(t)
@@ -538,6 +543,7 @@ func (d *Dispatcher) resume() {
 		d.jobs[rec.Key()] = t
 		d.total++
 		r.inFlight++
+		d.recountLocked(t)
 		if rec.Phase.Pending() {
 			d.provisioning++
 		}

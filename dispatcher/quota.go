@@ -115,19 +115,27 @@ func (d *Dispatcher) fitWeight(ctx context.Context, t *tracked, ej executors.Job
 		return nil
 	}
 	var w float64
-	if _, err := retry(ctx, d, t, "weigh", func() (executors.Handle, error) {
+	_, err := retry(ctx, d, t, "weigh", func() (executors.Handle, error) {
 		var err error
 		w, err = executors.JobWeight(ctx, t.r.Executor, ej)
 		return nil, err
-	}); err != nil {
-		return err
-	}
-	if !(w > 0) {
+	})
+	if err == nil && !(w > 0) {
 		w = 1
 	}
-	if w > d.cfg.Quota+d.quotaSlack() {
-		return &executors.Error{Op: "quota", Permanent: true, FailureReason: job.ScriptFailure,
+	if err == nil && w > d.cfg.Quota+d.quotaSlack() {
+		err = &executors.Error{Op: "quota", Permanent: true, FailureReason: job.ScriptFailure,
 			Err: fmt.Errorf("this job's host weighs %.2f, more than this daemon's whole weighted quota (%.2f, quota_computation): it can never run here; ask for a smaller flavor", w, d.cfg.Quota)}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		// GitLab accepts no final state for a job not confirmed.
+		if cerr := d.durableConfirm(ctx, t); cerr != nil {
+			return cerr
+		}
+		return err
 	}
 	d.mu.Lock()
 	fits := d.quota.used-t.weight+w <= d.cfg.Quota+d.quotaSlack()
@@ -158,10 +166,7 @@ func (d *Dispatcher) fitWeight(ctx context.Context, t *tracked, ej executors.Job
 	// The wait may be long: the job is made durable and confirmed to
 	// GitLab first (as for guards).
 	t.update(d.store, func(j *state.Job) { j.ExpectedWeight = w })
-	if err := d.store.Sync(ctx); err != nil {
-		return fmt.Errorf("saving state: %w", err)
-	}
-	if err := d.confirm(ctx, t); err != nil {
+	if err := d.durableConfirm(ctx, t); err != nil {
 		return err
 	}
 	d.traceLine(ctx, t, fmt.Sprintf("paas-runner: waiting for room in the weighted quota: this job's host weighs %.2f, %.2f of %.2f are in use…", w, used, d.cfg.Quota), false)
@@ -188,4 +193,13 @@ func (d *Dispatcher) fitWeight(ctx context.Context, t *tracked, ej executors.Job
 			return errStopped
 		}
 	}
+}
+
+// durableConfirm makes the job durable, then confirms it to GitLab.
+func (d *Dispatcher) durableConfirm(ctx context.Context, t *tracked) error {
+	t.update(d.store, func(*state.Job) {})
+	if err := d.store.Sync(ctx); err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	return d.confirm(ctx, t)
 }

@@ -140,7 +140,7 @@ type Config struct {
 	// flavor's; defaults to Quota). See quota.go.
 	Quota, QuotaUnit float64
 	Logger           *zap.Logger
-	Guards        []Guard
+	Guards           []Guard
 }
 
 func (c *Config) defaults() {

@@ -195,6 +195,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 	c.PaasTrackingRequestsPerSecond = DefaultTrackingRPS
 	var runners []map[string]toml.Primitive
 	var ignoredTables map[string]any
+	var quotaPrim toml.Primitive
 	fields := fieldSet{
 		"concurrent":                        &c.Concurrent,
 		"check_interval":                    &c.CheckInterval,
@@ -210,7 +211,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"paas_min_seconds_between_launches": &c.PaasMinSecondsBetweenLaunches,
 		"paas_log_statistics":               &c.PaasLogStatistics,
 		"paas_tracking_requests_per_second": &c.PaasTrackingRequestsPerSecond,
-		"quota_computation":                 &c.QuotaComputation,
+		"quota_computation":                 &quotaPrim,
 		"runners":                           &runners,
 		// gitlab-runner keys with no meaning here, accepted so that a
 		// gitlab-runner style file loads.
@@ -219,6 +220,20 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"sentry_dsn":         new(any),
 	}
 	d.decodeFields("", top, fields, nil)
+	if _, ok := top["quota_computation"]; ok {
+		var quota map[string]toml.Primitive
+		if typ := d.md.Type("quota_computation"); typ != "Hash" {
+			d.errKey("quota_computation", fmt.Sprintf("wrong type: the value is %s, expected a table ([quota_computation])", strings.ToLower(typ)))
+		} else if d.decodeValue("quota_computation", quotaPrim, &quota) {
+			q := &QuotaComputation{}
+			d.decodeFields("quota_computation", quota, fieldSet{
+				"reference_runner":     &q.ReferenceRunner,
+				"reference_flavor":     &q.ReferenceFlavor,
+				"reference_jobs_count": &q.ReferenceJobsCount,
+			}, nil)
+			c.QuotaComputation = q
+		}
+	}
 	if c.CheckInterval == 0 {
 		c.CheckInterval = DefaultCheckInterval
 	}

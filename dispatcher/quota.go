@@ -53,12 +53,20 @@ func (d *Dispatcher) quotaRoomLocked() bool {
 	return len(d.quota.queue) == 0 && d.quota.used+d.cfg.QuotaUnit <= d.cfg.Quota+d.quotaSlack()
 }
 
-// reserveWeightLocked takes the unit for r's next request.
-func (d *Dispatcher) reserveWeightLocked(r *runnerState) {
+// reserveWeightLocked takes the unit into *w (a request's reservation, or
+// a job's weight when it takes its slots again after a guard's wait).
+func (d *Dispatcher) reserveWeightLocked(w *float64) {
 	if d.quotaOn() {
-		d.quota.used += d.cfg.QuotaUnit
-		r.reserved = d.cfg.QuotaUnit
+		d.quota.used += d.cfg.QuotaUnit - *w
+		*w = d.cfg.QuotaUnit
 	}
+}
+
+// parkWeightLocked gives back the weight of a job that waits for a guard
+// without its slots (parked): it takes a unit again with them.
+func (d *Dispatcher) parkWeightLocked(t *tracked) {
+	d.quota.used -= t.weight
+	t.weight = 0
 }
 
 // unreserve gives back the slots reserved for a request that brought no job.

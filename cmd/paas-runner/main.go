@@ -28,6 +28,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
@@ -51,6 +52,9 @@ Flags:
 )
 
 func main() {
+	if code, ok := asHeptapodRunner(os.Args, os.Stderr); ok {
+		os.Exit(code)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -140,6 +144,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return execFetchedJob(args[1:], stderr)
 		case "guard":
 			return guardCmd(args[1:], stdout, stderr)
+		case "locks":
+			return locksCmd(args[1:], stdout, stderr)
+		case "pool":
+			return poolCmd(args[1:], stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)
@@ -203,7 +211,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
 	}
-	dc := dispatcherConfig(cfg, o, log)
+	guards, err := buildGuards(ctx, cfg, store, systemID, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+	dcfg := dispatcherConfig(cfg, o, log)
 	if q := cfg.QuotaComputation; q != nil {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		unit, err := executors.FlavorWeight(qctx, runners[q.RunnerIndex].Executor, q.ReferenceFlavor)
@@ -212,18 +225,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "paas-runner: %s: quota_computation.reference_flavor: runner %q: %v\n", cfg.Path, q.ReferenceRunner, err)
 			return exitUsage
 		}
-		dc.QuotaUnit, dc.Quota = unit, unit*float64(q.ReferenceJobsCount)
+		dcfg.QuotaUnit, dcfg.Quota = unit, unit*float64(q.ReferenceJobsCount)
 		log.Info("weighted quota", zap.String("reference_runner", q.ReferenceRunner), zap.String("reference_flavor", q.ReferenceFlavor),
-			zap.Float64("reference_weight", unit), zap.Int("reference_jobs_count", q.ReferenceJobsCount), zap.Float64("weight_quota", dc.Quota))
+			zap.Float64("reference_weight", unit), zap.Int("reference_jobs_count", q.ReferenceJobsCount), zap.Float64("weight_quota", dcfg.Quota))
 	}
-	d, err := dispatcher.New(dc, store, runners)
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -236,6 +250,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go handleSignals(runCtx, sigs, stop, d, o.debugSignal, log)
+	guardsCtx, stopGuards := context.WithCancel(ctx)
+	defer stopGuards()
+	go guards.Run(guardsCtx)
 	if err := d.Run(runCtx); err != nil {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
@@ -422,7 +439,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -454,6 +471,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	serveGuards(guards, reg, mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

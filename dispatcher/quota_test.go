@@ -280,3 +280,66 @@ func mustOpenJobs(t *testing.T, path string) []state.Job {
 	defer s.Close()
 	return s.Jobs()
 }
+
+// parkGuard makes one job wait, without its slots (parked), until opened.
+type parkGuard struct {
+	g  *gate
+	id func() int64
+}
+
+func (p parkGuard) Admit(ctx context.Context, _ string, j *job.Acquired, _ func(string), blocking func()) ([]job.Variable, error) {
+	if j.ID != p.id() {
+		return nil, nil
+	}
+	blocking()
+	return nil, p.g.wait(ctx, j.ID)
+}
+
+func (parkGuard) Release(string, int64) {}
+
+// A job waiting for a guard gives its weight back with its slots, and
+// takes it again (waiting for room) when the guard lets it go.
+func TestQuotaParkedGuardJobGivesWeightBack(t *testing.T) {
+	h := newHarness(t, 1)
+	h.weighed(4, 2)
+	g := newGate()
+	var mu sync.Mutex
+	var parkedID int64
+	h.cfg.Guards = []dispatcher.Guard{parkGuard{g: g, id: func() int64 { mu.Lock(); defer mu.Unlock(); return parkedID }}}
+	var over []string
+	h.fake.OnProvision = func(ctx context.Context, j executors.Job) error {
+		if st := h.d.Stats(); st.WeightUsed > 4 {
+			mu.Lock()
+			over = append(over, fmt.Sprintf("%+v", st))
+			mu.Unlock()
+		}
+		return nil
+	}
+	mu.Lock()
+	a := h.enqueueFlavor("M")
+	parkedID = a.ID
+	mu.Unlock()
+	h.start()
+	<-g.entered
+	b, c := h.enqueueFlavor("M"), h.enqueueFlavor("M")
+	for _, j := range []*coordinatortest.Job{b, c} {
+		name := h.hostName(h.tokens[0], j.ID)
+		h.waitFake("launch of "+name, func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
+	}
+	if st := h.d.Stats(); st.WeightUsed != 4 {
+		t.Fatalf("with the guard's job parked and two M jobs running: %+v", st)
+	}
+	g.open()
+	h.gl.Finish(b.ID, "success")
+	aName := h.hostName(h.tokens[0], a.ID)
+	h.waitFake("launch of the guarded job", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(aName); return ok && hh.Launches == 1 })
+	h.waitStats("A and C counted", func(s dispatcher.Stats) bool { return s.WeightUsed == 4 && s.Jobs == 2 })
+	h.gl.Finish(a.ID, "success")
+	h.gl.Finish(c.ID, "success")
+	h.waitStats("nothing counted", func(s dispatcher.Stats) bool { return s.Jobs == 0 && s.WeightUsed == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(over) > 0 {
+		t.Fatalf("quota exceeded: %v", over)
+	}
+}

@@ -195,6 +195,9 @@ func (d *Dispatcher) fitWeight(ctx context.Context, t *tracked, ej executors.Job
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-d.stopWaiting.Done():
+			// Draining: the job is durable and waits again at next start.
+			return errDraining
 		case <-freed:
 		}
 		if why, _ := t.stopped(); why != "" {

@@ -343,3 +343,42 @@ func TestQuotaParkedGuardJobGivesWeightBack(t *testing.T) {
 		t.Fatalf("quota exceeded: %v", over)
 	}
 }
+
+// A drain ends the wait for room at once (however long shutdown_timeout
+// is): the waiting job stays in the state file with its weight, and waits
+// again after the restart until there is room.
+func TestQuotaDrainEndsTheWait(t *testing.T) {
+	h := newHarness(t, 1)
+	h.cfg.ShutdownTimeout = time.Hour
+	h.weighed(6, 2)
+	h.start()
+	l := h.enqueueFlavor("L")
+	lName := h.hostName(h.tokens[0], l.ID)
+	h.waitFake("launch of L", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(lName); return ok && hh.Launches == 1 })
+	m := h.enqueueFlavor("L") // 4 + 4 > 6
+	h.gl.WaitFor(wait, "the second L job told to wait", func(s *coordinatortest.Server) bool {
+		return strings.Contains(s.TraceOf(m.ID), "waiting for room in the weighted quota")
+	})
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	h.store.Close()
+	h.store = nil
+	var found bool
+	for _, rec := range mustOpenJobs(t, h.statePath) {
+		if rec.JobID == m.ID {
+			found = true
+			if rec.ExpectedWeight != 4 || !rec.Phase.Pending() {
+				t.Fatalf("waiting job after the drain: %+v", rec)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("the waiting job is not in the state file")
+	}
+	h.start()
+	h.waitStats("both resumed", func(s dispatcher.Stats) bool { return s.Jobs == 2 && s.WeightWaiting == 1 })
+	h.gl.Finish(l.ID, "success")
+	mName := h.hostName(h.tokens[0], m.ID)
+	h.waitFake("launch of the second L after the restart", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(mName); return ok && hh.Launches == 1 })
+}

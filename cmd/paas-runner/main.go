@@ -229,7 +229,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Info("weighted quota", zap.String("reference_runner", q.ReferenceRunner), zap.String("reference_flavor", q.ReferenceFlavor),
 			zap.Float64("reference_weight", unit), zap.Int("reference_jobs_count", q.ReferenceJobsCount), zap.Float64("weight_quota", dcfg.Quota))
 	}
-	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	pipes := buildPipelineGuard(cfg, store, systemID, guards.Core(), log)
+	// pipeline guards first: a job waiting for other pipelines holds no lock
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, pipes, guards), cfg.Guards.MaxWaitingJobs
 	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
@@ -237,7 +239,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, pipes, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -439,7 +441,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, pipes *guard.Pipelines, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -471,7 +473,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	serveGuards(guards, reg, mux)
+	serveGuards(guards, pipes, reg, mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -40,9 +41,9 @@ type Config struct {
 	// PaasTrackingRequestsPerSecond caps the GitLab requests spent on
 	// watching launched jobs, however many there are.
 	PaasTrackingRequestsPerSecond float64
-	// QuotaComputation is Heptapod's weighted-quota table, accepted so that
-	// Heptapod configurations load unchanged.
-	QuotaComputation map[string]any
+	// QuotaComputation is Heptapod's weighted quota; nil when the table is
+	// absent (then only concurrent and limit apply).
+	QuotaComputation *QuotaComputation
 
 	Runners []Runner
 
@@ -53,6 +54,18 @@ type Config struct {
 	// [runners.docker] keys the inner runner does not honour), to log at
 	// start, in file order.
 	Warnings []Warning
+}
+
+// QuotaComputation is the [quota_computation] table (Heptapod's): the
+// weighted quota is the weight of ReferenceFlavor on the executor of the
+// runner named ReferenceRunner, times ReferenceJobsCount. Whether the
+// flavor exists is known at run time only (the PaaS lists the flavors).
+type QuotaComputation struct {
+	ReferenceRunner    string
+	ReferenceFlavor    string
+	ReferenceJobsCount int
+	// RunnerIndex is the position of the reference runner in Runners.
+	RunnerIndex int
 }
 
 // Runner is one [[runners]] entry.
@@ -201,6 +214,7 @@ func (c *Config) validate(d *decoder, opts Options) {
 			d.errKey("paas_tracking_requests_per_second", fmt.Sprintf("%g is absurd (at most 100000)", r))
 		}
 	}
+	c.validateQuota(d)
 	if c.StateFile == "" {
 		d.errKey("state_file", "required: path of the JSON state file (kept across restarts)")
 	}
@@ -433,4 +447,52 @@ func sorted(s []string) []string {
 	c := append([]string(nil), s...)
 	sort.Strings(c)
 	return c
+}
+
+func (c *Config) validateQuota(d *decoder) {
+	q := c.QuotaComputation
+	if q == nil {
+		return
+	}
+	const p = "quota_computation"
+	missing := func(k, msg string) { // located at the table
+		d.errs = append(d.errs, &Error{File: d.file, Line: d.lineOfKey(p), Key: p + "." + k, Msg: msg})
+	}
+	if q.ReferenceRunner == "" {
+		if !d.reported(p + ".reference_runner") {
+			missing("reference_runner", "required: the name of the [[runners]] entry whose flavor is the reference")
+		}
+	} else {
+		q.RunnerIndex = -1
+		var names []string
+		for i := range c.Runners {
+			if c.Runners[i].Name == q.ReferenceRunner && q.RunnerIndex < 0 {
+				q.RunnerIndex = i
+			}
+			if c.Runners[i].Name != "" {
+				names = append(names, strconv.Quote(c.Runners[i].Name))
+			}
+		}
+		if q.RunnerIndex < 0 {
+			msg := fmt.Sprintf("no [[runners]] entry is named %q", q.ReferenceRunner)
+			if len(names) > 0 {
+				msg += " (names: " + strings.Join(names, ", ") + ")"
+			} else {
+				msg += " (no runner has a name)"
+			}
+			d.errKey(p+".reference_runner", msg)
+		}
+	}
+	if q.ReferenceFlavor == "" && !d.reported(p+".reference_flavor") {
+		missing("reference_flavor", "required: the flavor one reference job has, such as M (local-docker knows M only)")
+	}
+	switch {
+	case d.reported(p + ".reference_jobs_count"):
+	case !d.defined(p + ".reference_jobs_count"):
+		missing("reference_jobs_count", "required: how many jobs of the reference flavor the quota allows at once")
+	case q.ReferenceJobsCount <= 0:
+		d.errKey(p+".reference_jobs_count", "must be a positive number of jobs")
+	default:
+		d.intRange(p+".reference_jobs_count", q.ReferenceJobsCount, maxJobs)
+	}
 }

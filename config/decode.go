@@ -200,6 +200,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 	var runners []map[string]toml.Primitive
 	var guards map[string]toml.Primitive
 	var ignoredTables map[string]any
+	var quotaPrim toml.Primitive
 	fields := fieldSet{
 		"concurrent":                        &c.Concurrent,
 		"check_interval":                    &c.CheckInterval,
@@ -215,7 +216,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"paas_min_seconds_between_launches": &c.PaasMinSecondsBetweenLaunches,
 		"paas_log_statistics":               &c.PaasLogStatistics,
 		"paas_tracking_requests_per_second": &c.PaasTrackingRequestsPerSecond,
-		"quota_computation":                 &c.QuotaComputation,
+		"quota_computation":                 &quotaPrim,
 		"runners":                           &runners,
 		"guards":                            &guards,
 		// gitlab-runner keys with no meaning here, accepted so that a
@@ -225,6 +226,20 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"sentry_dsn":         new(any),
 	}
 	d.decodeFields("", top, fields, nil)
+	if _, ok := top["quota_computation"]; ok {
+		var quota map[string]toml.Primitive
+		if typ := d.md.Type("quota_computation"); typ != "Hash" {
+			d.errKey("quota_computation", fmt.Sprintf("wrong type: the value is %s, expected a table ([quota_computation])", strings.ToLower(typ)))
+		} else if d.decodeValue("quota_computation", quotaPrim, &quota) {
+			q := &QuotaComputation{}
+			d.decodeFields("quota_computation", quota, fieldSet{
+				"reference_runner":     &q.ReferenceRunner,
+				"reference_flavor":     &q.ReferenceFlavor,
+				"reference_jobs_count": &q.ReferenceJobsCount,
+			}, nil)
+			c.QuotaComputation = q
+		}
+	}
 	c.Guards = d.decodeGuards(guards)
 	if c.CheckInterval == 0 {
 		c.CheckInterval = DefaultCheckInterval

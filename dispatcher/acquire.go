@@ -41,14 +41,14 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 		a, err := r.Source.RequestJob(ctx)
 		var unusable UnusableJob
 		if errors.As(err, &unusable) {
-			d.release(r, true)
+			d.unreserve(r)
 			r.forbidden = 0
 			d.aux.Add(1)
 			go func() { defer d.aux.Done(); d.rejectJob(r, unusable) }()
 			continue
 		}
 		if err != nil || a == nil {
-			d.release(r, true)
+			d.unreserve(r)
 			if err != nil && ctx.Err() == nil {
 				d.requestFailed(r, err)
 			} else if err == nil {
@@ -87,11 +87,12 @@ func (d *Dispatcher) accept(r *runnerState, a *job.Acquired) {
 	rec := state.Job{RunnerID: r.ID, JobID: a.ID, Token: a.Token, ExpectedWeight: 1,
 		Phase: state.Acquired, Executor: r.ExecutorName, AcquiredAt: time.Now().UTC(), Payload: a.Raw}
 	t := &tracked{rec: rec, r: r, acquired: a}
+	d.adoptReservation(r, t)
 	d.mu.Lock()
 	if _, dup := d.jobs[rec.Key()]; dup {
 		d.mu.Unlock()
 		r.log.Error("GitLab assigned a job that is already being handled; ignoring the duplicate", zap.Int64("job_id", a.ID))
-		d.release(r, true)
+		d.releaseJob(t, true)
 		return
 	}
 	d.jobs[rec.Key()] = t

@@ -19,9 +19,11 @@ import (
 // Provision call, through the real coordinator client and the real state
 // file (write-ahead fsync included). Jobs finish as soon as they launch.
 func BenchmarkAcquireToProvision(b *testing.B) {
-	b.Run("burst", func(b *testing.B) { benchAcquire(b, false, false) })
-	b.Run("one-at-a-time", func(b *testing.B) { benchAcquire(b, true, false) })
-	b.Run("one-at-a-time-jobs-end", func(b *testing.B) { benchAcquire(b, true, true) })
+	b.Run("burst", func(b *testing.B) { benchAcquire(b, false, false, false) })
+	b.Run("one-at-a-time", func(b *testing.B) { benchAcquire(b, true, false, false) })
+	b.Run("one-at-a-time-jobs-end", func(b *testing.B) { benchAcquire(b, true, true, false) })
+	// with a weighted quota (never full): the cost of weighing each job
+	b.Run("one-at-a-time-jobs-end-quota", func(b *testing.B) { benchAcquire(b, true, true, true) })
 }
 
 // benchAcquire queues b.N jobs at once (burst), or one after the other
@@ -29,8 +31,11 @@ func BenchmarkAcquireToProvision(b *testing.B) {
 // jobsEnd: each job ends right after its launch (its host reports the
 // end), so the state file stays small; otherwise launched jobs pile up and
 // every write-ahead rewrites all of them.
-func benchAcquire(b *testing.B, serial, jobsEnd bool) {
+func benchAcquire(b *testing.B, serial, jobsEnd, quota bool) {
 	h := newHarness(b, 1)
+	if quota {
+		h.weighed(1e9, 2)
+	}
 	if d := os.Getenv("BENCH_STATE_DIR"); d != "" {
 		h.statePath = filepath.Join(d, "bench-state.json")
 		os.Remove(h.statePath)

@@ -139,7 +139,7 @@ func (d *Dispatcher) decommission(ctx context.Context, t *tracked, dc *decommiss
 			return
 		case freeSlot:
 			log.Error("removing the host keeps failing: its job slot is freed, removal goes on in the background; check the PaaS (the host may be billing)", fields...)
-			d.release(t.r, false)
+			d.releaseJob(t, false)
 		case attempt >= removalSlotAttempts || executors.IsPermanent(err):
 			log.Error("removing the host failed again; retrying", fields...)
 		default:
@@ -156,7 +156,7 @@ func (d *Dispatcher) decommission(ctx context.Context, t *tracked, dc *decommiss
 	failures := t.removalFailures
 	t.mu.Unlock()
 	if !freed {
-		d.release(t.r, false)
+		d.releaseJob(t, false)
 	}
 	d.stats.decommissioned.Add(1)
 	if failures > 0 {

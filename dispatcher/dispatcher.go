@@ -140,8 +140,13 @@ type Config struct {
 	ReapGrace time.Duration
 	// StatsInterval > 0 logs a statistics line that often.
 	StatsInterval time.Duration
-	Logger        *zap.Logger
-	Guards        []Guard
+	// Quota > 0 caps the sum of the jobs' weights (quota_computation:
+	// the reference flavor's weight times reference_jobs_count); QuotaUnit
+	// is the weight reserved before each job request (the reference
+	// flavor's; defaults to Quota). See quota.go.
+	Quota, QuotaUnit float64
+	Logger           *zap.Logger
+	Guards           []Guard
 	// MaxWaiting jobs waiting for guards give their slots back (default
 	// 200); more wait holding theirs, so that acquisition stops.
 	MaxWaiting int
@@ -187,6 +192,12 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if !(c.Quota > 0) || math.IsInf(c.Quota, 0) {
+		c.Quota = 0
+	}
+	if !(c.QuotaUnit > 0) || c.QuotaUnit > c.Quota {
+		c.QuotaUnit = c.Quota
+	}
 	if c.MaxWaiting <= 0 {
 		c.MaxWaiting = 200
 	}
@@ -207,6 +218,7 @@ type Dispatcher struct {
 	slotFreed    chan struct{}
 	jobs         map[state.Key]*tracked
 	nextLaunch   time.Time
+	quota        quotaState
 
 	work      context.Context // cancelled by Force: stops every step
 	forceStop context.CancelFunc
@@ -229,6 +241,8 @@ type runnerState struct {
 	*Runner
 	log      *zap.Logger
 	inFlight int // guarded by Dispatcher.mu
+	// reserved: quota weight reserved for the pending request (Dispatcher.mu)
+	reserved float64
 	// watching: the executor's end watch runs (its launched jobs are
 	// tracked in GitLab only as a safety net).
 	watching atomic.Bool
@@ -365,13 +379,17 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // Draining is closed once the dispatcher acquires no more jobs.
 func (d *Dispatcher) Draining() <-chan struct{} { return d.draining }
 
-// reserve takes a job slot for r if the limits allow it.
-func (d *Dispatcher) reserve(r *runnerState) bool {
+// reserve takes a job slot for r's next request if the limits allow it.
+func (d *Dispatcher) reserve(r *runnerState) bool { return d.reserveInto(r, &r.reserved) }
+
+// reserveInto takes a job slot for r, and the quota's unit into *weight.
+func (d *Dispatcher) reserveInto(r *runnerState, weight *float64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.total >= d.cfg.Concurrent || d.provisioning >= d.cfg.MaxProvisioning || (r.Limit > 0 && r.inFlight >= r.Limit) {
+	if d.total >= d.cfg.Concurrent || d.provisioning >= d.cfg.MaxProvisioning || (r.Limit > 0 && r.inFlight >= r.Limit) || !d.quotaRoomLocked() {
 		return false
 	}
+	d.reserveWeightLocked(weight)
 	d.total++
 	d.provisioning++
 	r.inFlight++
@@ -415,6 +433,10 @@ type Stats struct {
 	Jobs, Provisioning, Launched, Decommissioning, Concurrent, MaxProvisioning int
 	// RemovalsFailing: hosts whose last removal attempt failed (retried).
 	RemovalsFailing int
+	// WeightUsed of WeightQuota (0: no weighted quota); WeightWaiting:
+	// jobs waiting for room in it.
+	WeightUsed, WeightQuota float64
+	WeightWaiting           int
 
 	Acquired, LaunchedTotal, LaunchFailures, Finished, Decommissioned, DecommissionErrors, TrackingRequests, HostEnds uint64
 }
@@ -422,7 +444,8 @@ type Stats struct {
 // Stats returns current counts.
 func (d *Dispatcher) Stats() Stats {
 	d.mu.Lock()
-	s := Stats{Jobs: d.total, Provisioning: d.provisioning, Concurrent: d.cfg.Concurrent, MaxProvisioning: d.cfg.MaxProvisioning}
+	s := Stats{Jobs: d.total, Provisioning: d.provisioning, Concurrent: d.cfg.Concurrent, MaxProvisioning: d.cfg.MaxProvisioning,
+		WeightUsed: d.quota.used, WeightQuota: d.cfg.Quota, WeightWaiting: len(d.quota.queue)}
 	for _, t := range d.jobs {
 		switch t.phase() {
 		case state.Launched:
@@ -482,10 +505,15 @@ func (d *Dispatcher) statsLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			s := d.Stats()
-			d.log.Info("statistics", zap.Int("jobs", s.Jobs), zap.Int("max_concurrent_jobs", s.Concurrent),
+			fields := []zap.Field{zap.Int("jobs", s.Jobs), zap.Int("max_concurrent_jobs", s.Concurrent),
 				zap.Int("jobs_in_provisioning", s.Provisioning), zap.Int("max_jobs_in_provisioning", s.MaxProvisioning),
 				zap.Int("launched", s.Launched), zap.Int("decommissioning", s.Decommissioning),
-				zap.Uint64("acquired_total", s.Acquired), zap.Uint64("launch_failures_total", s.LaunchFailures))
+				zap.Uint64("acquired_total", s.Acquired), zap.Uint64("launch_failures_total", s.LaunchFailures)}
+			if s.WeightQuota > 0 {
+				fields = append(fields, zap.Float64("weight_quota", s.WeightQuota), zap.Float64("current_weight", s.WeightUsed),
+					zap.Int("jobs_waiting_for_weight", s.WeightWaiting))
+			}
+			d.log.Info("statistics", fields...)
 		}
 	}
 }

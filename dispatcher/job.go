@@ -39,6 +39,8 @@ type tracked struct {
 	// job's concurrency slot was given back before its host was removed.
 	removalFailures int
 	slotFreed       bool
+	// weight is its part of the weighted quota (Dispatcher.mu).
+	weight float64
 }
 
 func (t *tracked) get() state.Job {
@@ -152,6 +154,9 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 				return err
 			}
 			ej.Payload = t.get().Payload // with the guards' variables
+		}
+		if err := d.fitWeight(ctx, t, ej); err != nil {
+			return err
 		}
 		h, err := ex.Plan(ctx, ej)
 		if err != nil {
@@ -325,6 +330,7 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 			d.total--
 			d.provisioning--
 			t.r.inFlight--
+			d.parkWeightLocked(t)
 			d.signalLocked()
 		}
 		d.mu.Unlock()
@@ -343,7 +349,7 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 		d.mu.Lock()
 		d.parked--
 		d.mu.Unlock()
-		d.unpark(ctx, t.r, err == nil)
+		d.unpark(ctx, t, err == nil)
 	}
 	switch {
 	case err != nil && d.stopWaiting.Err() != nil && ctx.Err() == nil:
@@ -373,9 +379,10 @@ var errDraining = errors.New("draining: guard wait interrupted")
 // unpark takes a parked job's slots again: waiting for them when it goes
 // on, at once (over the limits, for the failure path to give them back)
 // when it does not or ctx ends.
-func (d *Dispatcher) unpark(ctx context.Context, r *runnerState, goOn bool) {
+func (d *Dispatcher) unpark(ctx context.Context, t *tracked, goOn bool) {
+	r := t.r
 	for {
-		if goOn && ctx.Err() == nil && !d.reserve(r) {
+		if goOn && ctx.Err() == nil && !d.reserveInto(r, &t.weight) {
 			freed := d.freedChan()
 			tm := time.NewTimer(d.cfg.CheckInterval)
 			select {
@@ -600,7 +607,7 @@ func (d *Dispatcher) endPending(t *tracked, decommission bool) {
 		t.logger().Warn("keeping the host of a failed launch (paas_decommission_launch_failures = false); remove it by hand", zap.ByteString("handle", rec.Resource))
 		t.update(d.store, func(j *state.Job) { j.KeepResources = true; j.Phase = state.Decommissioning; j.Payload = nil })
 		d.untrack(t)
-		d.release(t.r, true)
+		d.releaseJob(t, true)
 		return
 	}
 	t.update(d.store, func(j *state.Job) { j.Phase = state.Decommissioning; j.Payload = nil })
@@ -612,7 +619,7 @@ func (d *Dispatcher) endPending(t *tracked, decommission bool) {
 func (d *Dispatcher) forget(t *tracked, provisioning bool) {
 	d.store.Delete(t.get().Key())
 	d.untrack(t)
-	d.release(t.r, provisioning)
+	d.releaseJob(t, provisioning)
 }
 
 func (d *Dispatcher) untrack(t *tracked) {
@@ -645,7 +652,7 @@ func (d *Dispatcher) finished(t *tracked, how string) {
 	if d.cfg.KeepFinished {
 		t.logger().Info("keeping the host (paas_finished_jobs_keep_resources = true)", zap.ByteString("handle", rec.Resource))
 		d.untrack(t)
-		d.release(t.r, false)
+		d.releaseJob(t, false)
 		return
 	}
 	d.decoms.enqueue(t)
@@ -685,6 +692,7 @@ func (d *Dispatcher) resume() {
 		d.jobs[rec.Key()] = t
 		d.total++
 		r.inFlight++
+		d.recountLocked(t)
 		if rec.Phase.Pending() {
 			d.provisioning++
 		}

@@ -26,6 +26,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/executors"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
@@ -188,9 +189,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn(w.Msg, zap.String("key", w.Key), zap.String("at", w.String()))
 	}
-	if cfg.QuotaComputation != nil {
-		log.Warn("quota_computation is accepted for Heptapod compatibility but weighted quotas are not implemented: concurrent and limit apply")
-	}
 
 	store, err := state.Open(cfg.StateFile)
 	if err != nil {
@@ -219,6 +217,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	dcfg := dispatcherConfig(cfg, o, log)
+	if q := cfg.QuotaComputation; q != nil {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		unit, err := executors.FlavorWeight(qctx, runners[q.RunnerIndex].Executor, q.ReferenceFlavor)
+		cancel()
+		if err != nil {
+			fmt.Fprintf(stderr, "paas-runner: %s: quota_computation.reference_flavor: runner %q: %v\n", cfg.Path, q.ReferenceRunner, err)
+			return exitUsage
+		}
+		dcfg.QuotaUnit, dcfg.Quota = unit, unit*float64(q.ReferenceJobsCount)
+		log.Info("weighted quota", zap.String("reference_runner", q.ReferenceRunner), zap.String("reference_flavor", q.ReferenceFlavor),
+			zap.Float64("reference_weight", unit), zap.Int("reference_jobs_count", q.ReferenceJobsCount), zap.Float64("weight_quota", dcfg.Quota))
+	}
 	pipes := buildPipelineGuard(cfg, store, systemID, guards.Core(), log)
 	// pipeline guards first: a job waiting for other pipelines holds no lock
 	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, pipes, guards), cfg.Guards.MaxWaitingJobs
@@ -447,6 +457,12 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 	gauge("jobs_decommissioning", "Hosts waiting for removal.", func(s dispatcher.Stats) float64 { return float64(s.Decommissioning) })
 	gauge("hosts_removal_failing", "Hosts whose removal failed and is being retried with backoff (they may be billing).", func(s dispatcher.Stats) float64 { return float64(s.RemovalsFailing) })
 	gauge("concurrent_limit", "The concurrent setting.", func(s dispatcher.Stats) float64 { return float64(s.Concurrent) })
+	if d.Stats().WeightQuota > 0 {
+		gauge("quota_weight_limit", "The weighted quota (quota_computation): reference flavor weight times reference_jobs_count.", func(s dispatcher.Stats) float64 { return s.WeightQuota })
+		gauge("quota_weight_used", "Sum of the weights of the jobs in the daemon's care.", func(s dispatcher.Stats) float64 { return s.WeightUsed })
+		gauge("quota_weight_available", "Weight left in the weighted quota.", func(s dispatcher.Stats) float64 { return max(0, s.WeightQuota-s.WeightUsed) })
+		gauge("jobs_waiting_for_quota", "Jobs acquired that wait for room in the weighted quota before provisioning.", func(s dispatcher.Stats) float64 { return float64(s.WeightWaiting) })
+	}
 	counter("jobs_acquired_total", "Jobs acquired from GitLab.", func(s dispatcher.Stats) uint64 { return s.Acquired })
 	counter("jobs_launched_total", "Jobs launched on a host.", func(s dispatcher.Stats) uint64 { return s.LaunchedTotal })
 	counter("launch_failures_total", "Jobs failed before launch.", func(s dispatcher.Stats) uint64 { return s.LaunchFailures })

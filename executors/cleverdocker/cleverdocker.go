@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 	"gitlab.com/paas-runner/paas-runner/internal/backoff"
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -74,6 +75,10 @@ type Options struct {
 	RunnerLabel string
 	RunnerURL   string
 	Inner       map[string]any
+	// TLSCAFile is the runner's tls-ca-file: it is pushed with the job
+	// (localdocker.CAFile, named by runner.toml's tls-ca-file) for a
+	// GitLab behind a private CA. Read once by New.
+	TLSCAFile string
 	// SystemID tags applications with the daemon, so that reaping never
 	// touches another daemon's.
 	SystemID string
@@ -108,6 +113,8 @@ type Executor struct {
 
 	tenMu   sync.Mutex
 	tenants map[string]tenant // by namespace
+
+	ca []byte // Options.TLSCAFile's content
 }
 
 var (
@@ -140,6 +147,10 @@ func New(opts Options) (*Executor, error) {
 	}
 	if opts.RunnerID == "" || opts.RunnerURL == "" {
 		errs = append(errs, "runner id and URL are required")
+	}
+	ca, err := localdocker.ReadCA(opts.TLSCAFile)
+	if err != nil {
+		errs = append(errs, err.Error())
 	}
 	if len(errs) > 0 {
 		return nil, errors.New(strings.Join(errs, "; "))
@@ -186,7 +197,7 @@ func New(opts Options) (*Executor, error) {
 		hc = &http.Client{Timeout: 60 * time.Second}
 	}
 	return &Executor{
-		opts: opts, log: log, gl: hc, tenants: map[string]tenant{},
+		opts: opts, log: log, gl: hc, tenants: map[string]tenant{}, ca: ca,
 		api: &client{base: strings.TrimRight(opts.APIURL, "/"), scheme: opts.AuthScheme, http: hc, ua: opts.UserAgent,
 			policy: backoff.Policy{Min: opts.RetryMin, Max: opts.RetryMax}, retryFor: opts.RetryFor, log: log, onCall: opts.OnAPICall},
 	}, nil

@@ -2,11 +2,16 @@ package cleverdocker
 
 import (
 	"bytes"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
 	"gitlab.com/paas-runner/paas-runner/internal/testca"
 )
 
@@ -61,4 +66,64 @@ func TestNewRefusesABadCAFile(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "tls-ca-file") {
 		t.Fatalf("New: %v", err)
 	}
+}
+
+// Multi-tenant: the group attributes are read from a GitLab behind the
+// private CA when tls-ca-file is set (and fail without it).
+func TestMultiTenantGitLabBehindPrivateCA(t *testing.T) {
+	ca, err := testca.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, err := ca.WriteFile(t.TempDir(), "gitlab-ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.ServerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(up.Close)
+	gl := cleverdockertest.NewGitLabTLS(t, up.URL, adminTok, srv)
+	gl.SetGroup("acme", map[string]string{"cc_orga_id": orgA, "cc_orga_token": tokA})
+	for _, withCA := range []bool{true, false} {
+		f := newFixture(t, func(o *Options) {
+			o.MultiTenant, o.OrgaID, o.Token = true, "", ""
+			o.GitLabURL, o.AttributesToken = gl.URL, adminTok
+			o.RetryFor = 50 * time.Millisecond
+			if withCA {
+				o.TLSCAFile = caFile
+			}
+		})
+		f.s.AddOrg(orgA, tokA)
+		_, err := f.e.Plan(ctx(t), nsJob(1, "acme"))
+		if withCA {
+			if err != nil {
+				t.Fatalf("with the CA: %v", err)
+			}
+			if _, err := f.e.Provision(ctx(t), mustPlan(t, f, nsJob(2, "acme")), nsJob(2, "acme")); err != nil {
+				t.Fatalf("provision with the CA: %v", err)
+			}
+			if len(f.s.Apps(orgA)) != 1 {
+				t.Fatalf("%d apps in the tenant's organisation", len(f.s.Apps(orgA)))
+			}
+			continue
+		}
+		if err == nil {
+			_, err = f.e.Provision(ctx(t), mustPlan(t, f, nsJob(3, "acme")), nsJob(3, "acme"))
+		}
+		if err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("without the CA: %v, want a certificate error", err)
+		}
+	}
+}
+
+func mustPlan(t *testing.T, f *fixture, j executors.Job) executors.Handle {
+	t.Helper()
+	h, err := f.e.Plan(ctx(t), j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

@@ -11,6 +11,8 @@ package cleverdocker
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -196,8 +198,14 @@ func New(opts Options) (*Executor, error) {
 	if hc == nil {
 		hc = &http.Client{Timeout: 60 * time.Second}
 	}
+	gl := hc
+	if opts.HTTPClient == nil && ca != nil {
+		// multi-tenant: the group attributes come from GitLab, behind
+		// the runner's private CA
+		gl = &http.Client{Timeout: 60 * time.Second, Transport: caTransport(ca)}
+	}
 	return &Executor{
-		opts: opts, log: log, gl: hc, tenants: map[string]tenant{}, ca: ca,
+		opts: opts, log: log, gl: gl, tenants: map[string]tenant{}, ca: ca,
 		api: &client{base: strings.TrimRight(opts.APIURL, "/"), scheme: opts.AuthScheme, http: hc, ua: opts.UserAgent,
 			policy: backoff.Policy{Min: opts.RetryMin, Max: opts.RetryMax}, retryFor: opts.RetryFor, log: log, onCall: opts.OnAPICall},
 	}, nil
@@ -785,4 +793,17 @@ func (e *Executor) flavorFor(ctx context.Context, name string) (flavor, *product
 		}
 	}
 	return f, p, nil
+}
+
+// caTransport is the default transport trusting ca (PEM) besides the
+// system's certificates.
+func caTransport(ca []byte) *http.Transport {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	pool.AppendCertsFromPEM(ca)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return tr
 }

@@ -5,10 +5,12 @@
 package jobrunner
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +32,12 @@ type RunnerConfig struct {
 	Docker      DockerConfig   `toml:"-"`
 	DockerRaw   map[string]any `toml:"docker"`
 	Cache       CacheConfig    `toml:"cache"`
+	// TLSCAFile is a PEM bundle trusted for GitLab (its API, git,
+	// artifacts) in addition to the system's: gitlab-runner's key. A
+	// relative path is read from runner.toml's directory. TLSCA is its
+	// content once loaded.
+	TLSCAFile string `toml:"tls-ca-file"`
+	TLSCA     []byte `toml:"-"`
 }
 
 // CacheConfig is [runners.cache]. Only local cache volumes exist here.
@@ -99,6 +107,19 @@ func LoadConfig(path string) (*RunnerConfig, error) {
 	rc.Cache.MaxAge = maxAge
 	if rc.URL == "" {
 		return nil, fmt.Errorf("%s: the runner has no url", path)
+	}
+	if rc.TLSCAFile != "" {
+		if !filepath.IsAbs(rc.TLSCAFile) {
+			rc.TLSCAFile = filepath.Join(filepath.Dir(path), rc.TLSCAFile)
+		}
+		ca, err := os.ReadFile(rc.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tls-ca-file: %w", path, err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(ca) {
+			return nil, fmt.Errorf("%s: tls-ca-file %s: no PEM certificate found", path, rc.TLSCAFile)
+		}
+		rc.TLSCA = ca
 	}
 	if rc.BuildsDir == "" {
 		rc.BuildsDir = "/builds"

@@ -37,6 +37,10 @@ func (r *runner) variables() job.Variables {
 		{Key: "CI", Value: "true", Public: true},
 		{Key: "GITLAB_CI", Value: "true", Public: true},
 	}
+	if len(c.TLSCA) > 0 {
+		// as gitlab-runner: the job's own git, curl… can trust GitLab
+		vs = append(vs, job.Variable{Key: "CI_SERVER_TLS_CA_FILE", Value: string(c.TLSCA), File: true})
+	}
 	for _, e := range c.Environment {
 		if k, v, ok := strings.Cut(e, "="); ok {
 			vs = append(vs, job.Variable{Key: k, Value: v})

@@ -87,7 +87,10 @@ func Run(ctx context.Context, o Options) error {
 		o.Logger = zap.NewNop()
 	}
 	j := o.Job
-	gl, err := coordinator.New(coordinator.Config{URL: o.Config.URL, Token: j.Token, UserAgent: o.UserAgent, Info: o.Info, Logger: o.Logger})
+	if err := checkGitLabTLS(ctx, o.Config.URL, o.Config.TLSCA); err != nil {
+		return err
+	}
+	gl, err := coordinator.New(coordinator.Config{URL: o.Config.URL, Token: j.Token, TLSCAFile: o.Config.TLSCAFile, UserAgent: o.UserAgent, Info: o.Info, Logger: o.Logger})
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+	"gitlab.com/paas-runner/paas-runner/internal/testca"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
@@ -73,6 +74,11 @@ type jobSpec struct {
 	// remoteCache, if set, gives the presigned cache URLs of the payload
 	// (job.json's paas_runner.cache, as the daemon writes it)
 	remoteCache func(payload json.RawMessage) any
+	// ca, if set, makes GitLab and the git server speak TLS with a
+	// certificate ca signed (tls_test.go); the runner is given ca unless
+	// withoutCA
+	ca        *testca.CA
+	withoutCA bool
 }
 
 // runJob queues a job in a fake GitLab, acquires it like the daemon, and
@@ -90,10 +96,43 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 // runJobWith runs the job on d with builds_dir buildsDir.
 func runJobWith(t *testing.T, spec jobSpec, d Docker, buildsDir string) coordinatortest.Job {
 	t.Helper()
-	gl := coordinatortest.New(t)
+	q, err := runJobErr(t, spec, d, buildsDir)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, q.Trace)
+	}
+	return q
+}
+
+// runJobErr is runJobWith returning Run's error with the job as GitLab
+// has it then.
+func runJobErr(t *testing.T, spec jobSpec, d Docker, buildsDir string) (coordinatortest.Job, error) {
+	t.Helper()
+	gl := coordinatortest.New
+	var caFile string
+	if spec.ca != nil {
+		gl = func(t coordinatortest.TB) *coordinatortest.Server { return coordinatortest.NewTLS(t, spec.ca) }
+		var err error
+		if caFile, err = spec.ca.WriteFile(t.TempDir(), "ca.pem"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return runJobOn(t, gl(t), caFile, spec, d, buildsDir)
+}
+
+func runJobOn(t *testing.T, gl *coordinatortest.Server, caFile string, spec jobSpec, d Docker, buildsDir string) (coordinatortest.Job, error) {
+	t.Helper()
 	gl.AddRunner("glrt-inner-0123456789")
 	q := gl.Enqueue("", nil)
-	repo, sha := localdockertest.GitServer(t, q.Token)
+	var repo, sha string
+	if spec.ca != nil {
+		cfg, err := spec.ca.ServerConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		repo, sha = localdockertest.GitServerTLS(t, q.Token, false, cfg)
+	} else {
+		repo, sha = localdockertest.GitServer(t, q.Token)
+	}
 	steps := []map[string]any{{"name": "script", "script": spec.script, "timeout": 3600, "when": "on_success"}}
 	if spec.after != nil {
 		steps = append(steps, map[string]any{"name": "after_script", "script": spec.after, "timeout": 3600, "when": "always"})
@@ -112,8 +151,11 @@ func runJobWith(t *testing.T, spec jobSpec, d Docker, buildsDir string) coordina
 	if spec.setup != nil {
 		spec.setup(gl, q)
 	}
-	c, _ := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-inner-0123456789",
+	c, err := coordinator.New(coordinator.Config{URL: gl.URL, Token: "glrt-inner-0123456789", TLSCAFile: caFile,
 		Info: coordinator.Info{Features: Features()}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, err := c.RequestJob(context.Background())
 	if err != nil || a == nil {
 		t.Fatalf("acquiring: %v", err)
@@ -136,6 +178,9 @@ func runJobWith(t *testing.T, spec jobSpec, d Docker, buildsDir string) coordina
 		t.Fatal(err)
 	}
 	rc := &RunnerConfig{URL: gl.URL, BuildsDir: buildsDir, OutputLimit: 4096}
+	if caFile != "" && !spec.withoutCA {
+		rc.TLSCAFile, rc.TLSCA = caFile, spec.ca.PEM
+	}
 	if spec.config != nil {
 		spec.config(rc)
 	}
@@ -144,10 +189,8 @@ func runJobWith(t *testing.T, spec jobSpec, d Docker, buildsDir string) coordina
 	if spec.during != nil {
 		go spec.during(gl, q.ID)
 	}
-	if err := Run(ctx, Options{Config: rc, Job: j, Docker: d, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}}); err != nil {
-		t.Fatalf("run: %v\n%s", err, gl.Job(q.ID).Trace)
-	}
-	return gl.Job(q.ID)
+	err = Run(ctx, Options{Config: rc, Job: j, Docker: d, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}})
+	return gl.Job(q.ID), err
 }
 
 func assertNothingLeft(t *testing.T, id int64) {

@@ -27,8 +27,10 @@ import (
 // fetchSources gets the job's commit into dir with go-git: init, fetch the
 // payload's refspecs (at GIT_DEPTH, else the payload's depth) with the job
 // token, checkout the sha. GIT_STRATEGY=none leaves dir empty;
-// GIT_CHECKOUT=false skips the checkout.
-func fetchSources(ctx context.Context, p *job.Payload, dir string, log io.Writer) error {
+// GIT_CHECKOUT=false skips the checkout. ca (PEM, or nil) is trusted for
+// HTTPS besides the system's certificates (tls-ca-file), for the project
+// and its submodules.
+func fetchSources(ctx context.Context, p *job.Payload, dir string, ca []byte, log io.Writer) error {
 	vars := p.Variables
 	if vars.Get("GIT_STRATEGY") == "none" {
 		fmt.Fprintln(log, "Skipping Git repository setup (GIT_STRATEGY=none)")
@@ -65,7 +67,7 @@ func fetchSources(ctx context.Context, p *job.Payload, dir string, log io.Writer
 		specs = []gitconfig.RefSpec{gitconfig.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", gi.Ref, gi.Ref))}
 	}
 	fmt.Fprintf(log, "Created fresh repository.\n")
-	err = repo.FetchContext(ctx, &git.FetchOptions{RemoteName: "origin", RefSpecs: specs, Depth: depth, Auth: auth, Tags: git.NoTags})
+	err = repo.FetchContext(ctx, &git.FetchOptions{RemoteName: "origin", RefSpecs: specs, Depth: depth, Auth: auth, Tags: git.NoTags, CABundle: ca})
 	if err != nil && err != git.NoErrAlreadyUpToDate {
 		return fmt.Errorf("fetching %s: %w", u.Redacted(), err)
 	}
@@ -96,15 +98,17 @@ func fetchSources(ctx context.Context, p *job.Payload, dir string, log io.Writer
 	default:
 		return fmt.Errorf("GIT_SUBMODULE_STRATEGY %q: want none, normal or recursive", strategy)
 	}
-	return updateSubmodules(ctx, wt, u, auth, levels, log)
+	return updateSubmodules(ctx, wt, u, auth, ca, levels, log)
 }
 
 // updateSubmodules initializes and checks out the submodules of wt, and
 // theirs down to depth levels. The job token (auth) goes only to
 // submodules on the GitLab host of the project (origin): relative URLs,
 // or absolute ones naming the same scheme, host and port. A submodule
-// elsewhere is fetched without credentials.
-func updateSubmodules(ctx context.Context, wt *git.Worktree, origin *url.URL, auth *githttp.BasicAuth, depth int, log io.Writer) error {
+// elsewhere is fetched without credentials. go-git's submodule update has
+// no CA bundle option, so the submodule's repository is fetched here (with
+// ca) and the update only checks out.
+func updateSubmodules(ctx context.Context, wt *git.Worktree, origin *url.URL, auth *githttp.BasicAuth, ca []byte, depth int, log io.Writer) error {
 	subs, err := wt.Submodules()
 	if err != nil {
 		return fmt.Errorf("reading submodules: %w", err)
@@ -126,7 +130,10 @@ func updateSubmodules(ctx context.Context, wt *git.Worktree, origin *url.URL, au
 		if rem, err := sr.Remote("origin"); auth != nil && err == nil && len(rem.Config().URLs) > 0 && sameGitLab(origin, rem.Config().URLs[0]) {
 			subAuth = auth
 		}
-		if err := s.UpdateContext(ctx, &git.SubmoduleUpdateOptions{RecurseSubmodules: git.NoRecurseSubmodules, Auth: subAuth}); err != nil {
+		if err := fetchSubmodule(ctx, s, sr, subAuth, ca); err != nil {
+			return fmt.Errorf("updating submodule %s: %w", name, err)
+		}
+		if err := s.UpdateContext(ctx, &git.SubmoduleUpdateOptions{RecurseSubmodules: git.NoRecurseSubmodules, NoFetch: true}); err != nil {
 			return fmt.Errorf("updating submodule %s: %w", name, err)
 		}
 		fmt.Fprintf(log, "Submodule %s updated\n", name)
@@ -135,10 +142,33 @@ func updateSubmodules(ctx context.Context, wt *git.Worktree, origin *url.URL, au
 			if err != nil {
 				return fmt.Errorf("submodule %s: %w", name, err)
 			}
-			if err := updateSubmodules(ctx, swt, origin, auth, depth-1, log); err != nil {
+			if err := updateSubmodules(ctx, swt, origin, auth, ca, depth-1, log); err != nil {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// fetchSubmodule fetches what submodule s needs into its repository sr,
+// as go-git's update would: its branches, then the recorded commit by its
+// sha if that did not bring it (a server allowing reachable sha1 wants).
+func fetchSubmodule(ctx context.Context, s *git.Submodule, sr *git.Repository, auth transport.AuthMethod, ca []byte) error {
+	err := sr.FetchContext(ctx, &git.FetchOptions{Auth: auth, CABundle: ca})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return err
+	}
+	st, err := s.Status()
+	if err != nil {
+		return err
+	}
+	if _, err := sr.Object(plumbing.AnyObject, st.Expected); err == nil {
+		return nil
+	}
+	spec := gitconfig.RefSpec("+" + st.Expected.String() + ":" + st.Expected.String())
+	err = sr.FetchContext(ctx, &git.FetchOptions{Auth: auth, CABundle: ca, RefSpecs: []gitconfig.RefSpec{spec}})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) && !errors.Is(err, git.ErrExactSHA1NotSupported) {
+		return err
 	}
 	return nil
 }

@@ -88,7 +88,7 @@ func TestSubmoduleOnOtherHostGetsNoToken(t *testing.T) {
 		Variables: job.Variables{{Key: "GIT_SUBMODULE_STRATEGY", Value: "recursive"}},
 	}
 	dir := t.TempDir()
-	if err := fetchSources(context.Background(), p, dir, io.Discard); err != nil {
+	if err := fetchSources(context.Background(), p, dir, nil, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "ext", "EXTFILE")); err != nil || string(b) != "hello from elsewhere\n" {

@@ -77,7 +77,7 @@ func (r *runner) runJob(ctx context.Context) result {
 	srcDir, err := os.MkdirTemp("", "paas-runner-src")
 	if err == nil {
 		defer os.RemoveAll(srcDir)
-		err = fetchSources(hard, r.p, srcDir, r.trace)
+		err = fetchSources(hard, r.p, srcDir, r.o.Config.TLSCA, r.trace)
 	}
 	end()
 	if err == nil && len(r.p.Dependencies) > 0 {

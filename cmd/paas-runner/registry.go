@@ -55,7 +55,7 @@ func newLocalDocker(ctx context.Context, r *config.Runner, env executorEnv, log 
 	}
 	ex, err := localdocker.New(localdocker.Options{Cache: cache,
 		Host: r.LocalDocker.Host, NetworkMode: r.LocalDocker.NetworkMode, InnerImage: r.InnerImage,
-		RunnerID: r.ID(), LegacyRunnerIDs: legacyIDs(r), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
+		RunnerID: r.ID(), LegacyRunnerIDs: legacyIDs(r), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, TLSCAFile: r.TLSCAFile,
 		SystemID: env.SystemID, Version: version.Version, Logger: log,
 	})
 	if err != nil {
@@ -80,7 +80,7 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 		OrgaIDAttribute: c.OrgaIDAttribute, OrgaTokenAttribute: c.OrgaTokenAttribute,
 		AuthUser: c.AuthUser, InstanceVariant: c.InstanceVariantUUID, FlavorContext: c.FlavorContext, FlavorNamePrefix: c.FlavorNamePrefix,
 		ExtraEnv: c.ExtraEnv, InnerImage: r.InnerImage,
-		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, SystemID: env.SystemID,
+		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, TLSCAFile: r.TLSCAFile, SystemID: env.SystemID,
 		UserAgent: version.UserAgent(), Logger: log,
 	}
 	testCleverOverrides(&opts) // test builds only: fast retries

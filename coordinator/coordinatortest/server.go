@@ -137,9 +137,16 @@ type Server struct {
 
 // New starts a fake GitLab for the duration of the test.
 func New(t TB) *Server {
+	return newServer(t, (*httptest.Server).Start)
+}
+
+// newServer makes the fake GitLab and starts it with start (plain HTTP,
+// or TLS: tls.go).
+func newServer(t TB, start func(*httptest.Server)) *Server {
 	s := &Server{t: t, runners: map[string]*Runner{}, jobs: map[int64]*Job{}, byToken: map[string]*Job{},
 		counts: map[string]int{}, changed: make(chan struct{}), nextID: idBase(), TraceUpdate: 3, AckTimeout: 2 * time.Minute}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	start(s.Server)
 	t.Cleanup(s.Close)
 	return s
 }

@@ -11,6 +11,8 @@ package cleverdocker
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/s3cache"
 	"gitlab.com/paas-runner/paas-runner/internal/backoff"
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -74,6 +77,10 @@ type Options struct {
 	RunnerLabel string
 	RunnerURL   string
 	Inner       map[string]any
+	// TLSCAFile is the runner's tls-ca-file: it is pushed with the job
+	// (localdocker.CAFile, named by runner.toml's tls-ca-file) for a
+	// GitLab behind a private CA. Read once by New.
+	TLSCAFile string
 	// SystemID tags applications with the daemon, so that reaping never
 	// touches another daemon's.
 	SystemID string
@@ -108,6 +115,8 @@ type Executor struct {
 
 	tenMu   sync.Mutex
 	tenants map[string]tenant // by namespace
+
+	ca []byte // Options.TLSCAFile's content
 }
 
 var (
@@ -140,6 +149,10 @@ func New(opts Options) (*Executor, error) {
 	}
 	if opts.RunnerID == "" || opts.RunnerURL == "" {
 		errs = append(errs, "runner id and URL are required")
+	}
+	ca, err := localdocker.ReadCA(opts.TLSCAFile)
+	if err != nil {
+		errs = append(errs, err.Error())
 	}
 	if len(errs) > 0 {
 		return nil, errors.New(strings.Join(errs, "; "))
@@ -185,8 +198,14 @@ func New(opts Options) (*Executor, error) {
 	if hc == nil {
 		hc = &http.Client{Timeout: 60 * time.Second}
 	}
+	gl := hc
+	if opts.HTTPClient == nil && ca != nil {
+		// multi-tenant: the group attributes come from GitLab, behind
+		// the runner's private CA
+		gl = &http.Client{Timeout: 60 * time.Second, Transport: caTransport(ca)}
+	}
 	return &Executor{
-		opts: opts, log: log, gl: hc, tenants: map[string]tenant{},
+		opts: opts, log: log, gl: gl, tenants: map[string]tenant{}, ca: ca,
 		api: &client{base: strings.TrimRight(opts.APIURL, "/"), scheme: opts.AuthScheme, http: hc, ua: opts.UserAgent,
 			policy: backoff.Policy{Min: opts.RetryMin, Max: opts.RetryMax}, retryFor: opts.RetryFor, log: log, onCall: opts.OnAPICall},
 	}, nil
@@ -774,4 +793,17 @@ func (e *Executor) flavorFor(ctx context.Context, name string) (flavor, *product
 		}
 	}
 	return f, p, nil
+}
+
+// caTransport is the default transport trusting ca (PEM) besides the
+// system's certificates.
+func caTransport(ca []byte) *http.Transport {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	pool.AppendCertsFromPEM(ca)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return tr
 }

@@ -49,11 +49,15 @@ func (e *Executor) Context(ctx context.Context, j executors.Job) (BuildContext, 
 	if err != nil {
 		return BuildContext{}, err
 	}
-	toml, err := localdocker.InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, inner)
+	caPath := ""
+	if e.ca != nil {
+		caPath = localdocker.CAPath(localdocker.HeptapodRunnerTOML)
+	}
+	toml, err := localdocker.InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, inner, caPath)
 	if err != nil {
 		return BuildContext{}, err
 	}
-	return BuildContext{Dockerfile: localdocker.Dockerfile("", e.opts.InnerImage), JobJSON: jobJSON, RunnerTOML: toml}, nil
+	return BuildContext{Dockerfile: localdocker.Dockerfile("", e.opts.InnerImage, e.ca != nil), JobJSON: jobJSON, RunnerTOML: toml, CA: e.ca}, nil
 }
 
 const pushBranch = plumbing.ReferenceName("refs/heads/master")
@@ -74,10 +78,17 @@ func (e *Executor) push(ctx context.Context, deployURL, token string, bc BuildCo
 	if err != nil {
 		return false, err
 	}
-	for _, f := range []struct {
+	files := []struct {
 		name string
 		data []byte
-	}{{"Dockerfile", bc.Dockerfile}, {"job.json", bc.JobJSON}, {"runner.toml", bc.RunnerTOML}} {
+	}{{"Dockerfile", bc.Dockerfile}, {"job.json", bc.JobJSON}, {"runner.toml", bc.RunnerTOML}}
+	if bc.CA != nil {
+		files = append(files, struct {
+			name string
+			data []byte
+		}{localdocker.CAFile, bc.CA})
+	}
+	for _, f := range files {
 		w, err := fs.Create(f.name)
 		if err != nil {
 			return false, err

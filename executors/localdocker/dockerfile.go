@@ -10,24 +10,31 @@ type BuildContext struct {
 	Dockerfile []byte
 	JobJSON    []byte
 	RunnerTOML []byte
+	// CA is the runner's tls-ca-file, pushed as CAFile (nil: none).
+	CA []byte
 }
+
+// HeptapodRunnerTOML is where a host of Heptapod's shape (a Dockerfile
+// with an inner image) reads runner.toml.
+const HeptapodRunnerTOML = heptapodConfDir + "/runner.toml"
 
 // Dockerfile for a job host built from a context. With innerImage empty
 // the host is baseImage, paas-runner's own image; otherwise innerImage
 // takes Heptapod's shape (/usr/bin/gitlab-runner exec-fetched-job), which
-// paas-runner's host image answers too: inner_image may name either.
-func Dockerfile(baseImage, innerImage string) []byte {
+// paas-runner's host image answers too: inner_image may name either. With
+// withCA the context's CAFile goes next to runner.toml.
+func Dockerfile(baseImage, innerImage string, withCA bool) []byte {
+	dir, from, entry, env := confDir, baseImage, binaryInImage, ""
 	if innerImage != "" {
-		return []byte(fmt.Sprintf(`FROM %s
-COPY runner.toml %s/runner.toml
-COPY job.json %s/job.json
-ENV DEBUG="true"
-ENTRYPOINT ["%s", "exec-fetched-job", "--config", "%s/runner.toml", "%s/job.json"]
-`, innerImage, heptapodConfDir, heptapodConfDir, heptapodEntry, heptapodConfDir, heptapodConfDir))
+		dir, from, entry, env = heptapodConfDir, innerImage, heptapodEntry, "ENV DEBUG=\"true\"\n"
+	}
+	ca := ""
+	if withCA {
+		ca = fmt.Sprintf("COPY %s %s/%s\n", CAFile, dir, CAFile)
 	}
 	return []byte(fmt.Sprintf(`FROM %s
 COPY runner.toml %s/runner.toml
 COPY job.json %s/job.json
-ENTRYPOINT ["%s", "exec-fetched-job", "--config", "%s/runner.toml", "%s/job.json"]
-`, baseImage, confDir, confDir, binaryInImage, confDir, confDir))
+%s%sENTRYPOINT ["%s", "exec-fetched-job", "--config", "%s/runner.toml", "%s/job.json"]
+`, from, dir, dir, ca, env, entry, dir, dir))
 }

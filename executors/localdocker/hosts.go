@@ -74,8 +74,15 @@ func started(info container.InspectResponse) bool {
 	return info.State.Running || (info.State.StartedAt != "" && !strings.HasPrefix(info.State.StartedAt, "0001-01-01"))
 }
 
-// Files returns what the inner runner of j reads.
+// Files returns what the inner runner of j reads on a host of paas-runner's
+// image shape.
 func (e *Executor) Files(j executors.Job) (HostFiles, error) {
+	return e.FilesFor(j, paasShape.Entrypoint[3])
+}
+
+// FilesFor returns what the inner runner of j reads on a host that reads
+// runner.toml at runnerTOML (the CA goes next to it).
+func (e *Executor) FilesFor(j executors.Job, runnerTOML string) (HostFiles, error) {
 	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID}
 	inner := e.opts.Inner
 	if e.opts.Cache != nil {
@@ -91,11 +98,15 @@ func (e *Executor) Files(j executors.Job) (HostFiles, error) {
 	if err != nil {
 		return HostFiles{}, err
 	}
-	toml, err := InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, inner)
+	caPath := ""
+	if e.ca != nil {
+		caPath = CAPath(runnerTOML)
+	}
+	toml, err := InnerConfig(e.opts.RunnerLabel, e.opts.RunnerURL, inner, caPath)
 	if err != nil {
 		return HostFiles{}, err
 	}
-	return HostFiles{JobJSON: jobJSON, RunnerTOML: toml}, nil
+	return HostFiles{JobJSON: jobJSON, RunnerTOML: toml, CA: e.ca}, nil
 }
 
 // create makes the (stopped) host container and returns its entry point.
@@ -131,7 +142,7 @@ func (e *Executor) copyFiles(ctx context.Context, name string, entrypoint []stri
 	if err != nil {
 		return executors.Permanent("launch", fmt.Errorf("host container %s: %w", name, err))
 	}
-	files, err := e.Files(j)
+	files, err := e.FilesFor(j, tomlPath)
 	if err != nil {
 		return executors.Permanent("launch", err)
 	}

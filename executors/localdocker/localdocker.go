@@ -75,6 +75,10 @@ type Options struct {
 	LegacyRunnerIDs []string
 	// Inner is forwarded to the inner runner's runner.toml.
 	Inner map[string]any
+	// TLSCAFile is the runner's tls-ca-file: hosts get a copy (CAFile)
+	// that their runner.toml's tls-ca-file names, for GitLab behind a
+	// private CA. Read once by New.
+	TLSCAFile string
 	// SystemID is the daemon's system_id (required): every resource is
 	// labelled with it, and the reaper and adoption only touch resources
 	// that carry it, so that two daemons on one engine never touch each
@@ -103,6 +107,7 @@ type Executor struct {
 	log      *zap.Logger
 	sockPath string // unix socket to bind into hosts, "" for tcp hosts
 	base     *baseImage
+	ca       []byte // Options.TLSCAFile's content
 
 	evMu     sync.Mutex
 	evSince  time.Time // where the next WatchEnds starts
@@ -130,12 +135,16 @@ func New(opts Options) (*Executor, error) {
 	if opts.NetworkMode == "" {
 		opts.NetworkMode = "bridge"
 	}
+	ca, err := ReadCA(opts.TLSCAFile)
+	if err != nil {
+		return nil, err
+	}
 	cli, sock, err := connect(opts.Host)
 	if err != nil {
 		return nil, err
 	}
 	opts.Host = cli.DaemonHost()
-	e := &Executor{opts: opts, cli: cli, log: opts.Logger, sockPath: sock, evSince: opts.EventsSince}
+	e := &Executor{opts: opts, cli: cli, log: opts.Logger, sockPath: sock, evSince: opts.EventsSince, ca: ca}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}

@@ -4,10 +4,12 @@
 package gitserve
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,11 +29,24 @@ type Server struct {
 // credentials auth accepts; pushes are allowed (git http-backend allows
 // receive-pack for an authenticated REMOTE_USER).
 func New(root string, auth func(user, password string) bool) (*Server, error) {
+	return newServer(root, auth, nil)
+}
+
+// NewTLS is New serving HTTPS with tlsConfig (a certificate signed by a
+// test CA: internal/testca), as a GitLab behind a private CA.
+func NewTLS(root string, auth func(user, password string) bool, tlsConfig *tls.Config) (*Server, error) {
+	if tlsConfig == nil {
+		return nil, fmt.Errorf("gitserve: NewTLS needs a TLS configuration")
+	}
+	return newServer(root, auth, tlsConfig)
+}
+
+func newServer(root string, auth func(user, password string) bool, tlsConfig *tls.Config) (*Server, error) {
 	if _, err := os.Stat(Backend); err != nil {
 		return nil, fmt.Errorf("git http-backend is needed (Debian package git): %w", err)
 	}
 	s := &Server{Root: root}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u, p, ok := r.BasicAuth()
 		if !ok || !auth(u, p) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="git"`)
@@ -41,13 +56,20 @@ func New(root string, auth func(user, password string) bool) (*Server, error) {
 		h := &cgi.Handler{Path: Backend, Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1", "REMOTE_USER=" + u}}
 		h.ServeHTTP(w, r)
 	}))
+	if tlsConfig != nil {
+		s.Server.TLS = tlsConfig
+		s.Server.StartTLS()
+	} else {
+		s.Server.Start()
+	}
 	return s, nil
 }
 
 // URLWith returns the clone URL of repository path (e.g. "g/p.git") with the
 // credentials in it, as a GitLab job payload's repo_url has them.
 func (s *Server) URLWith(path, user, password string) string {
-	return strings.Replace(s.Server.URL, "http://", "http://"+user+":"+password+"@", 1) + "/" + path
+	scheme, rest, _ := strings.Cut(s.Server.URL, "://")
+	return scheme + "://" + url.UserPassword(user, password).String() + "@" + rest + "/" + path
 }
 
 // MakeRepo creates the bare repository root/path with one commit of files

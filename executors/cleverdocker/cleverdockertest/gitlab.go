@@ -1,6 +1,7 @@
 package cleverdockertest
 
 import (
+	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -28,13 +29,23 @@ var reGroupAttrs = regexp.MustCompile(`^/api/v4/groups/([^/]+)/custom_attributes
 // NewGitLab starts the front for the duration of the test; adminToken may
 // read custom attributes.
 func NewGitLab(t TB, upstream, adminToken string) *GitLab {
+	return newGitLab(t, upstream, adminToken, nil)
+}
+
+// NewGitLabTLS is NewGitLab serving HTTPS with tlsConfig (a GitLab behind
+// a private CA: internal/testca).
+func NewGitLabTLS(t TB, upstream, adminToken string, tlsConfig *tls.Config) *GitLab {
+	return newGitLab(t, upstream, adminToken, tlsConfig)
+}
+
+func newGitLab(t TB, upstream, adminToken string, tlsConfig *tls.Config) *GitLab {
 	u, err := url.Parse(upstream)
 	if err != nil {
 		t.Fatalf("upstream %q: %v", upstream, err)
 	}
 	g := &GitLab{admin: map[string]bool{adminToken: true}, groups: map[string]map[string]string{}}
 	proxy := httputil.NewSingleHostReverseProxy(u)
-	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	g.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m := reGroupAttrs.FindStringSubmatch(r.URL.EscapedPath())
 		if m == nil {
 			proxy.ServeHTTP(w, r)
@@ -42,6 +53,12 @@ func NewGitLab(t TB, upstream, adminToken string) *GitLab {
 		}
 		g.attributes(w, r, m[1])
 	}))
+	if tlsConfig != nil {
+		g.Server.TLS = tlsConfig
+		g.Server.StartTLS()
+	} else {
+		g.Server.Start()
+	}
 	t.Cleanup(g.Close)
 	return g
 }

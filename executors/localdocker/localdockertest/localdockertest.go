@@ -7,6 +7,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -144,16 +145,22 @@ func buildImage(ctx context.Context, cli *client.Client, tag string, files map[s
 // password token. It returns the clone URL with those credentials, as a
 // job payload's repo_url has them, and the commit.
 func GitServer(t testing.TB, token string) (repoURL, sha string) {
-	return gitServer(t, token, false)
+	return gitServer(t, token, false, nil)
+}
+
+// GitServerTLS is GitServer (withSub: GitServerWithSubmodule) serving
+// HTTPS with tlsConfig (a certificate signed by a test CA).
+func GitServerTLS(t testing.TB, token string, withSub bool, tlsConfig *tls.Config) (repoURL, sha string) {
+	return gitServer(t, token, withSub, tlsConfig)
 }
 
 // GitServerWithSubmodule is GitServer whose repository has a submodule
 // "lib" (file LIBFILE) with a relative URL (../lib.git) on the same server.
 func GitServerWithSubmodule(t testing.TB, token string) (repoURL, sha string) {
-	return gitServer(t, token, true)
+	return gitServer(t, token, true, nil)
 }
 
-func gitServer(t testing.TB, token string, withSub bool) (repoURL, sha string) {
+func gitServer(t testing.TB, token string, withSub bool, tlsConfig *tls.Config) (repoURL, sha string) {
 	t.Helper()
 	root := t.TempDir()
 	work := filepath.Join(root, "work")
@@ -186,7 +193,7 @@ func gitServer(t testing.TB, token string, withSub bool) (repoURL, sha string) {
 	sha = run(work, "rev-parse", "HEAD")
 	run(root, "clone", "-q", "--bare", work, filepath.Join(root, "g", "p.git"))
 	h := &cgi.Handler{Path: "/usr/lib/git-core/git-http-backend", Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u, p, ok := r.BasicAuth()
 		if !ok || u != "gitlab-ci-token" || p != token {
 			w.Header().Set("WWW-Authenticate", `Basic realm="GitLab"`)
@@ -195,8 +202,15 @@ func gitServer(t testing.TB, token string, withSub bool) (repoURL, sha string) {
 		}
 		h.ServeHTTP(w, r)
 	}))
+	if tlsConfig != nil {
+		srv.TLS = tlsConfig
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	t.Cleanup(srv.Close)
-	return strings.Replace(srv.URL, "http://", "http://gitlab-ci-token:"+token+"@", 1) + "/g/p.git", sha
+	scheme, rest, _ := strings.Cut(srv.URL, "://")
+	return scheme + "://gitlab-ci-token:" + token + "@" + rest + "/g/p.git", sha
 }
 
 // BuildImage builds an image from the files of a build context (one of

@@ -219,7 +219,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	dcfg := dispatcherConfig(cfg, o, log)
-	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	pipes := buildPipelineGuard(cfg, store, systemID, guards.Core(), log)
+	// pipeline guards first: a job waiting for other pipelines holds no lock
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, pipes, guards), cfg.Guards.MaxWaitingJobs
 	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
@@ -227,7 +229,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, pipes, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -429,7 +431,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, pipes *guard.Pipelines, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -455,7 +457,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	serveGuards(guards, reg, mux)
+	serveGuards(guards, pipes, reg, mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

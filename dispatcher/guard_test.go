@@ -59,7 +59,6 @@ func (c *executorCalls) of(id int64) int {
 func newGuardHarness(t *testing.T) (*harness, *guard.Manager, *executorCalls) {
 	h := newHarness(t, 1)
 	h.cfg.Concurrent, h.cfg.MaxProvisioning = 2, 1
-	h.cfg.WaitingInterval = 20 * time.Millisecond // waiting jobs' cancels seen quickly
 	be, err := guard.OpenLocal(filepath.Join(t.TempDir(), "guards.json"), nil)
 	if err != nil {
 		t.Fatal(err)

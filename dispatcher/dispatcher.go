@@ -128,8 +128,9 @@ type Config struct {
 	// WaitingInterval is how often, at most, a job waiting for a guard is
 	// checked in GitLab (default 1 min). The guard writes the job's log
 	// at least every minute, and GitLab's answer to that write tells a
-	// canceled job: each write counts as a check and postpones the next,
-	// so a waiting job costs one request a minute in steady state.
+	// canceled job: each write counts as a check and postpones the next
+	// by 1.5 WaitingInterval, so a waiting job costs one request a minute
+	// in steady state (its log line).
 	WaitingInterval time.Duration
 	// KeepFinished: do not remove hosts of finished jobs.
 	KeepFinished bool

@@ -30,9 +30,9 @@ import (
 //   - waiting: jobs waiting for a guard (locks, pools). The guard writes
 //     their log at least every minute and GitLab's answer to that write
 //     tells an ended or canceling job (traceLine): each successful write
-//     postpones the job's check by WaitingInterval (touch), so that GitLab
-//     is asked only when the log goes quiet: at most one request a minute
-//     per waiting job, first checks spread at random.
+//     postpones the job's check by 1.5 WaitingInterval (touch), so that
+//     GitLab is asked only when the log goes quiet: at most one request a
+//     minute per waiting job, first checks spread at random.
 type tracker struct {
 	d       *Dispatcher
 	mu      sync.Mutex
@@ -128,7 +128,9 @@ func (tr *tracker) move(t *tracked) {
 }
 
 // touch tells that GitLab just answered about waiting job t (its log was
-// written): its next check is postponed by a full WaitingInterval.
+// written): its next check is postponed by one and a half WaitingInterval,
+// so that a log written every interval (the guard's at-least-every-minute
+// line) always comes first and no status check is spent.
 func (tr *tracker) touch(t *tracked) {
 	if !t.waiting.Load() {
 		return
@@ -136,7 +138,11 @@ func (tr *tracker) touch(t *tracked) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if _, ok := tr.members[t]; ok {
-		tr.pushLocked(t, waitLane, false)
+		tr.gen++
+		tr.members[t] = tr.gen
+		ln := tr.lanes[waitLane]
+		heap.Push(&ln.q, entry{t: t, gen: tr.gen, due: time.Now().Add(ln.interval + ln.interval/2)})
+		tr.signalLocked()
 	}
 }
 

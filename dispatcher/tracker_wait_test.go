@@ -6,7 +6,7 @@ import (
 )
 
 // The waiting lane: first checks spread over WaitingInterval, each log
-// write (touch) postpones the next check by a full interval, and a job
+// write (touch) postpones the next check by 1.5 interval, and a job
 // that stopped waiting is not touched.
 func TestTrackerWaitingLane(t *testing.T) {
 	cfg := Config{WaitingInterval: time.Minute}
@@ -39,7 +39,7 @@ func TestTrackerWaitingLane(t *testing.T) {
 	before := time.Now()
 	tr.touch(w)
 	e, at, l, ok := tr.next()
-	if !ok || l != waitLane || e.t != w || at.Before(before.Add(time.Minute)) {
+	if !ok || l != waitLane || e.t != w || at.Before(before.Add(90*time.Second)) {
 		t.Fatalf("after a log write: lane %d, due in %v", l, time.Until(at))
 	}
 	// no longer waiting: back to the poll lane, touch does nothing

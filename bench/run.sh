@@ -30,6 +30,10 @@ echo "## go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/"
 go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/ | grep Benchmark
 go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep Benchmark
 echo
+echo "## go run ./bench/waiting -binary bench/out/paas-runner -jobs 1000 -settle 70 -seconds 180"
+CGO_ENABLED=0 go build -tags paasrunner_testexec -o bench/out/paas-runner ./cmd/paas-runner
+go run ./bench/waiting -binary bench/out/paas-runner -jobs 1000 -settle 70 -seconds 180
+echo
 echo "## go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/"
 go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/ 2>/dev/null | grep Benchmark
 echo

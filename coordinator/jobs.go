@@ -272,6 +272,13 @@ func (c *Client) WriteTrace(ctx context.Context, id int64, jobToken string, offs
 	return res.Offset, err
 }
 
+// WriteTraceStatus is WriteTrace that also returns GitLab's Job-Status
+// answer (running, canceling; empty when GitLab sent none).
+func (c *Client) WriteTraceStatus(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (int64, string, error) {
+	res, err := c.AppendTrace(ctx, id, jobToken, offset, data)
+	return res.Offset, res.JobStatus, err
+}
+
 // Checksum is the trace checksum GitLab expects in final updates.
 func Checksum(data []byte) string { return Checksum32(crc32.ChecksumIEEE(data)) }
 

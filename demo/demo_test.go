@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 )
 
@@ -41,5 +42,32 @@ func TestDemo(t *testing.T) {
 	}
 	if strings.Contains(out.String()+errb.String(), runnerToken) || strings.Contains(out.String(), "glcbt-") {
 		t.Errorf("a token in the demo's output:\n%s", out.String())
+	}
+}
+
+// The demo's guard check fails a run where the lock or the pool did not
+// do their job.
+func TestGuardProblems(t *testing.T) {
+	jobs := pipeline()
+	logs := map[string]string{
+		"deploy-eu": "deploying with production\n",
+		"deploy-us": "paas-runner: waiting for lock production (held by job 5…)\npaas-runner: locks acquired after 4s\ndeploying with production\n",
+		"review-1":  "pool lock env-a: region=eu-west-1\n",
+		"review-2":  "pool lock env-b: region=us-east-1\n",
+	}
+	got := func() []coordinatortest.Job {
+		var js []coordinatortest.Job
+		for _, s := range jobs {
+			js = append(js, coordinatortest.Job{Trace: []byte(logs[s.name])})
+		}
+		return js
+	}
+	if p := guardProblems(jobs, got()); len(p) != 0 {
+		t.Fatalf("a good run refused: %v", p)
+	}
+	logs["review-2"] = "pool lock env-a: region=eu-west-1\n"
+	logs["deploy-us"] = "deploying with production\n"
+	if p := guardProblems(jobs, got()); len(p) != 2 {
+		t.Fatalf("problems %v, want the shared pool lock and no wait", p)
 	}
 }

@@ -19,10 +19,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -55,6 +57,7 @@ func main() {
 type sample struct {
 	name, stage string
 	script      []string
+	vars        map[string]string // CI variables (PAAS_LOCK, PAAS_POOL)
 	extra       map[string]any
 	wantStatus  string
 	wantReason  string
@@ -79,7 +82,70 @@ func pipeline() []sample {
 			wantStatus: "success", check: hasArtifact("out/notes.txt")},
 		{name: "lint", stage: "test", script: []string{"echo checking style", "exit 3"},
 			wantStatus: "failed", wantReason: "script_failure", wantLog: []string{"exit code 3"}},
+		// two deployments sharing lock production: one waits for the other
+		// (no host meanwhile)
+		{name: "deploy-eu", stage: "deploy", vars: map[string]string{"PAAS_LOCK": "production"},
+			script: []string{"echo deploying with $PAAS_LOCKS", "sleep 4"}, wantStatus: "success", wantLog: []string{"deploying with production"}},
+		{name: "deploy-us", stage: "deploy", vars: map[string]string{"PAAS_LOCK": "production"},
+			script: []string{"echo deploying with $PAAS_LOCKS", "sleep 4"}, wantStatus: "success", wantLog: []string{"deploying with production"}},
+		// two jobs taking a lock each of pool envs (configured with two)
+		{name: "review-1", stage: "deploy", vars: map[string]string{"PAAS_POOL": "envs"},
+			script: []string{"echo pool lock $PAAS_POOL_NAME: $PAAS_POOL_METADATA", "sleep 12"}, wantStatus: "success", wantLog: []string{"pool lock env-"}},
+		{name: "review-2", stage: "deploy", vars: map[string]string{"PAAS_POOL": "envs"},
+			script: []string{"echo pool lock $PAAS_POOL_NAME: $PAAS_POOL_METADATA", "sleep 12"}, wantStatus: "success", wantLog: []string{"pool lock env-"}},
 	}
+}
+
+var (
+	lockWaitRe = regexp.MustCompile(`locks acquired after ([0-9hms.]+)`)
+	poolLockRe = regexp.MustCompile(`pool lock (env-[a-z]+): region=`)
+)
+
+// lockWait is how long a job waited for its locks, from its log ("" when
+// it did not wait).
+func lockWait(trace string) string {
+	if !strings.Contains(trace, "paas-runner: waiting for ") {
+		return ""
+	}
+	if m := lockWaitRe.FindStringSubmatch(trace); m != nil {
+		return m[1]
+	}
+	return "?"
+}
+
+// guardProblems checks the guarded jobs together: exactly one of the two
+// deployments waited for lock production, and the two pool jobs held
+// different locks of pool envs.
+func guardProblems(jobs []sample, got []coordinatortest.Job) []string {
+	var p []string
+	waited := 0
+	pool := map[string]bool{}
+	for i, s := range jobs {
+		trace := readable(got[i].Trace)
+		switch {
+		case s.vars["PAAS_LOCK"] != "":
+			if w := lockWait(trace); w != "" {
+				waited++
+				if w == "?" {
+					p = append(p, fmt.Sprintf("job %s waited but its log does not say for how long", s.name))
+				}
+			}
+		case s.vars["PAAS_POOL"] != "":
+			m := poolLockRe.FindStringSubmatch(trace)
+			if m == nil {
+				p = append(p, fmt.Sprintf("job %s printed no pool lock", s.name))
+				continue
+			}
+			if pool[m[1]] {
+				p = append(p, fmt.Sprintf("pool lock %s given to two jobs at once", m[1]))
+			}
+			pool[m[1]] = true
+		}
+	}
+	if waited != 1 {
+		p = append(p, fmt.Sprintf("%d deployments waited for lock production, want 1", waited))
+	}
+	return p
 }
 
 func hasArtifact(name string) func(coordinatortest.Job) error {
@@ -210,9 +276,15 @@ func (d *demo) setup(ctx context.Context) error {
 	}
 	d.cfg = filepath.Join(d.dir, "config.toml")
 	conf := fmt.Sprintf(`# written by the demo
-concurrent = 4
+concurrent = 8
 check_interval = 0.5
 state_file = %q
+
+[[guards.pools]]
+  name = "envs"
+  [guards.pools.locks]
+    env-a = "region=eu-west-1"
+    env-b = "region=us-east-1"
 
 [[runners]]
 name = "demo"
@@ -255,8 +327,15 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 				{"key": "CI_SERVER_URL", "value": d.gl.URL, "public": true, "masked": false},
 				{"key": "CI_PROJECT_PATH", "value": "demo/sample", "public": true, "masked": false},
 				{"key": "CI_JOB_NAME", "value": s.name, "public": true, "masked": false},
+				{"key": "CI_PROJECT_ROOT_NAMESPACE", "value": "demo", "public": true, "masked": false},
+				{"key": "CI_PIPELINE_ID", "value": "1", "public": true, "masked": false},
 			},
 		}
+		vars := extra["variables"].([]map[string]any)
+		for _, k := range slices.Sorted(maps.Keys(s.vars)) {
+			vars = append(vars, map[string]any{"key": k, "value": s.vars[k], "public": true, "masked": false})
+		}
+		extra["variables"] = vars
 		for k, v := range s.extra {
 			extra[k] = v
 		}
@@ -384,9 +463,21 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 		if prov == "" {
 			prov = "-"
 		}
-		fmt.Fprintf(tw, "#%d\t%s\t%s\t%s\t%s\t%s\t%s\n", id, jobs[i].name, status, dur, prov, "-", verdict)
+		wait := lockWait(readable(j.Trace))
+		if wait == "" {
+			wait = "-"
+		}
+		fmt.Fprintf(tw, "#%d\t%s\t%s\t%s\t%s\t%s\t%s\n", id, jobs[i].name, status, dur, prov, wait, verdict)
 	}
 	tw.Flush()
+	var got []coordinatortest.Job
+	for _, id := range ids {
+		got = append(got, d.gl.Job(id))
+	}
+	for _, p := range guardProblems(jobs, got) {
+		ok = false
+		fmt.Fprintf(d.out, "NOT AS EXPECTED: %s\n", p)
+	}
 	for _, j := range d.gl.Jobs() {
 		if j.Acquisitions > 1 {
 			ok = false

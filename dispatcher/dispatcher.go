@@ -23,6 +23,13 @@ import (
 	"gitlab.com/paas-runner/paas-runner/state"
 )
 
+// TraceStatusWriter is a JobSource that also tells GitLab's Job-Status
+// answer to a log write (running, canceling). Optional: a job waiting for
+// a guard is then known canceling from its waiting line's answer.
+type TraceStatusWriter interface {
+	WriteTraceStatus(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (next int64, jobStatus string, err error)
+}
+
 // JobSource is the GitLab side of one [[runners]] entry.
 type JobSource interface {
 	// RequestJob returns a job, nil when there is none, or an error. An
@@ -118,6 +125,13 @@ type Config struct {
 	// all (default 100).
 	SafetyInterval  time.Duration
 	SafetyPerMinute float64
+	// WaitingInterval is how often, at most, a job waiting for a guard is
+	// checked in GitLab (default 1 min). The guard writes the job's log
+	// at least every minute, and GitLab's answer to that write tells a
+	// canceled job: each write counts as a check and postpones the next
+	// by 1.5 WaitingInterval, so a waiting job costs one request a minute
+	// in steady state (its log line).
+	WaitingInterval time.Duration
 	// KeepFinished: do not remove hosts of finished jobs.
 	KeepFinished bool
 	// DecommissionLaunchFailures: remove hosts of jobs that failed to launch.
@@ -173,6 +187,9 @@ func (c *Config) defaults() {
 	}
 	if !(c.SafetyPerMinute > 0) || math.IsInf(c.SafetyPerMinute, 0) {
 		c.SafetyPerMinute = 100
+	}
+	if c.WaitingInterval <= 0 {
+		c.WaitingInterval = time.Minute
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 60 * time.Second

@@ -54,6 +54,8 @@ func newHarness(t testing.TB, runners int) *harness {
 		Concurrent: 50, MaxProvisioning: 10, CheckInterval: 20 * time.Millisecond, TrackingRPS: 1000,
 		// the fake reports host ends, but most tests end jobs in GitLab only
 		SafetyInterval: 20 * time.Millisecond, SafetyPerMinute: 60000,
+		// waiting jobs' cancels seen quickly, not only from their log writes
+		WaitingInterval:            20 * time.Millisecond,
 		DecommissionLaunchFailures: true, ShutdownTimeout: wait, RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond,
 		Logger: zaptest.NewLogger(t),
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gitlab.com/paas-runner/paas-runner/internal/backoff"
@@ -41,6 +42,9 @@ type tracked struct {
 	slotFreed       bool
 	// weight is its part of the weighted quota (Dispatcher.mu).
 	weight float64
+	// waiting: the job waits for a guard (watched in the tracker's
+	// waiting lane, its log writes counting as checks).
+	waiting atomic.Bool
 }
 
 func (t *tracked) get() state.Job {
@@ -316,7 +320,15 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 	defer stop()
 	defer context.AfterFunc(d.stopWaiting, stop)()
 	parked := false
+	defer func() {
+		if t.waiting.Swap(false) {
+			d.tracker.move(t)
+		}
+	}()
 	park := func() {
+		if !t.waiting.Swap(true) {
+			d.tracker.move(t)
+		}
 		// A guard may wait long: the job is durable meanwhile (it waits
 		// again after a restart).
 		t.update(d.store, func(*state.Job) {})
@@ -526,9 +538,21 @@ func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isE
 	}
 	rec := t.get()
 	data := []byte(line + "\n")
-	off, err := t.r.Source.WriteTrace(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
+	var off int64
+	var status string
+	var err error
+	if sw, ok := t.r.Source.(TraceStatusWriter); ok {
+		off, status, err = sw.WriteTraceStatus(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
+	} else {
+		off, err = t.r.Source.WriteTrace(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
+	}
 	switch {
 	case err == nil:
+		if status == job.StatusCanceling && t.phase().Pending() {
+			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
+		} else {
+			d.tracker.touch(t) // GitLab answered: the job runs
+		}
 		t.update(d.store, func(j *state.Job) {
 			if j.TraceOffset == 0 && j.TraceCRC == nil {
 				zero := uint32(0)

@@ -27,18 +27,25 @@ import (
 //     runner directly. GitLab is only asked as a safety net: each job at
 //     most every SafetyInterval (first check spread at random over it),
 //     and SafetyPerMinute requests a minute in all.
+//   - waiting: jobs waiting for a guard (locks, pools). The guard writes
+//     their log at least every minute and GitLab's answer to that write
+//     tells an ended or canceling job (traceLine): each successful write
+//     postpones the job's check by 1.5 WaitingInterval (touch), so that
+//     GitLab is asked only when the log goes quiet: at most one request a
+//     minute per waiting job, first checks spread at random.
 type tracker struct {
 	d       *Dispatcher
 	mu      sync.Mutex
 	members map[*tracked]uint64 // membership generation: stale entries are skipped
 	gen     uint64
-	lanes   [2]*lane
+	lanes   [3]*lane
 	wake    chan struct{}
 }
 
 const (
 	pollLane = iota
 	safetyLane
+	waitLane
 )
 
 type lane struct {
@@ -71,14 +78,18 @@ func (h *entryHeap) Pop() any {
 
 func newTracker(d *Dispatcher) *tracker {
 	c := d.cfg
-	return &tracker{d: d, members: map[*tracked]uint64{}, wake: make(chan struct{}, 1), lanes: [2]*lane{
+	return &tracker{d: d, members: map[*tracked]uint64{}, wake: make(chan struct{}, 1), lanes: [3]*lane{
 		{interval: c.CheckInterval, spacing: time.Duration(float64(time.Second) / c.TrackingRPS)},
 		{interval: c.SafetyInterval, spacing: time.Duration(float64(time.Minute) / c.SafetyPerMinute), spread: true},
+		{interval: c.WaitingInterval, spacing: time.Duration(float64(time.Second) / c.TrackingRPS), spread: true},
 	}}
 }
 
 // laneOf tells how t is watched now.
 func (tr *tracker) laneOf(t *tracked) int {
+	if t.waiting.Load() {
+		return waitLane
+	}
 	if t.phase() == state.Launched && t.r.watching.Load() {
 		return safetyLane
 	}
@@ -103,6 +114,36 @@ func (tr *tracker) pushLocked(t *tracked, l int, first bool) {
 	}
 	heap.Push(&ln.q, entry{t: t, gen: tr.gen, due: time.Now().Add(wait)})
 	tr.signalLocked()
+}
+
+// move puts t in the lane that fits it now (it started or stopped
+// waiting for a guard), if it is watched.
+func (tr *tracker) move(t *tracked) {
+	l := tr.laneOf(t)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if _, ok := tr.members[t]; ok {
+		tr.pushLocked(t, l, true)
+	}
+}
+
+// touch tells that GitLab just answered about waiting job t (its log was
+// written): its next check is postponed by one and a half WaitingInterval,
+// so that a log written every interval (the guard's at-least-every-minute
+// line) always comes first and no status check is spent.
+func (tr *tracker) touch(t *tracked) {
+	if !t.waiting.Load() {
+		return
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if _, ok := tr.members[t]; ok {
+		tr.gen++
+		tr.members[t] = tr.gen
+		ln := tr.lanes[waitLane]
+		heap.Push(&ln.q, entry{t: t, gen: tr.gen, due: time.Now().Add(ln.interval + ln.interval/2)})
+		tr.signalLocked()
+	}
 }
 
 func (tr *tracker) remove(t *tracked) {

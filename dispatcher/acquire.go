@@ -39,6 +39,9 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			continue
 		}
 		a, err := r.Source.RequestJob(ctx)
+		if err == nil || ctx.Err() == nil {
+			d.obs().Polled(r.Runner, pollAnswer(a != nil, err))
+		}
 		if err != nil || a == nil {
 			d.release(r, true)
 			if err != nil && ctx.Err() == nil {
@@ -66,6 +69,7 @@ func (d *Dispatcher) requestFailed(r *runnerState, err error) {
 	r.forbidden++
 	if r.UnhealthyLimit > 0 && r.forbidden >= r.UnhealthyLimit {
 		r.disabledUntil = time.Now().Add(r.UnhealthyInterval)
+		d.obs().RunnerPaused(r.Runner, r.disabledUntil)
 		r.log.Error("GitLab refuses this runner's token: not polling for a while; check the token or re-register the runner",
 			zap.Int("consecutive_403", r.forbidden), zap.Duration("pause", r.UnhealthyInterval), zap.Error(err))
 		r.forbidden = 0

@@ -123,5 +123,6 @@ func (d *Dispatcher) decommission(ctx context.Context, t *tracked, dc *decommiss
 	d.untrack(t)
 	d.release(t.r, false)
 	d.stats.decommissioned.Add(1)
+	d.obs().HostRemoved(t.r.Runner, rec.Key())
 	log.Info("host removed")
 }

@@ -114,6 +114,8 @@ type Config struct {
 	StatsInterval time.Duration
 	Logger        *zap.Logger
 	Guards        []Guard
+	// Observer is told about lifecycle events (metrics, health).
+	Observer Observer
 }
 
 func (c *Config) defaults() {
@@ -263,6 +265,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		startBG(d.statsLoop)
 	}
 
+	d.obs().Started()
 	acqCtx, stopAcq := context.WithCancel(ctx)
 	var loops sync.WaitGroup
 	for _, r := range d.order {
@@ -271,6 +274,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	loops.Wait() // ctx cancelled, or every runner did its poll cycles
 	stopAcq()
+	d.obs().Draining()
 	d.log.Info("draining: no more jobs are acquired; waiting for in-flight provisioning and decommissioning",
 		zap.Int("provisioning", d.Stats().Provisioning), zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout))
 

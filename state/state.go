@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -135,6 +136,8 @@ type Store struct {
 	snapSeq      uint64   // seq the state file holds
 	snapWanted   uint64   // a Save asks for a snapshot holding this seq
 	lastSnap     time.Time
+
+	writeObs atomic.Pointer[WriteObserver]
 }
 
 // lazyDelay is how long changes nobody waits for are held, so that they
@@ -405,6 +408,7 @@ func (s *Store) writer() {
 			snap := s.snapWanted > s.snapSeq || s.journalBytes >= snapshotBytes ||
 				(s.journalBytes > 0 && time.Since(s.lastSnap) >= snapshotEvery) || s.opsLast < s.seq && len(s.ops) == 0
 			var err error
+			start := time.Now()
 			if snap {
 				s.mu.Unlock()
 				err = s.snapshot()
@@ -419,6 +423,7 @@ func (s *Store) writer() {
 					s.mu.Unlock()
 				}
 			}
+			s.observeWrite(snap, time.Since(start), err)
 			s.mu.Lock()
 			s.writes++
 			s.writeErr = err

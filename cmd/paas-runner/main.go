@@ -129,7 +129,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// Catch signals first: one that arrives while starting up must drain,
 	// not kill.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	if len(args) > 0 {
 		switch args[0] {
@@ -139,6 +139,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return execFetchedJob(args[1:], stderr)
 		case "guard":
 			return guardCmd(args[1:], stdout, stderr)
+		case "status":
+			return statusCmd(args[1:], stdout, stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)
@@ -194,19 +196,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	ctx := context.Background()
-	runners, err := buildRunners(ctx, cfg, reg, executorEnv{StatePath: store.Path(), SystemID: systemID}, log)
+	ob := newOps(cfg, systemID, log)
+	runners, err := buildRunners(ctx, cfg, reg, executorEnv{StatePath: store.Path(), SystemID: systemID, ops: ob}, log)
 	if err != nil {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
 	}
-	d, err := dispatcher.New(dispatcherConfig(cfg, o, log), store, runners)
+	dc := dispatcherConfig(cfg, o, log)
+	dc.Observer = ob
+	d, err := dispatcher.New(dc, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, ob, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -218,7 +223,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		zap.Int("runners", len(runners)), zap.Int("concurrent", cfg.Concurrent), zap.String("system_id", systemID))
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go handleSignals(runCtx, sigs, stop, d, o.debugSignal, log)
+	ob.attach(runCtx, d, store, statusInterval())
+	go handleSignals(runCtx, sigs, stop, d, ob, o.debugSignal, log)
 	if err := d.Run(runCtx); err != nil {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
@@ -239,7 +245,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // handleSignals: the first SIGTERM/SIGINT/SIGQUIT drains; a second one
 // stops waiting. SIGUSR1 logs the tracked jobs when asked for.
-func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d *dispatcher.Dispatcher, debug bool, log *zap.Logger) {
+func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d *dispatcher.Dispatcher, ob *ops, debug bool, log *zap.Logger) {
 	draining := false
 	for {
 		select {
@@ -248,6 +254,10 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 				return
 			}
 		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				ob.hangup()
+				continue
+			}
 			if s == syscall.SIGUSR1 {
 				if debug {
 					logSnapshot(d, log)
@@ -313,8 +323,9 @@ func buildRunners(ctx context.Context, cfg *config.Config, reg registry, env exe
 			URL: rc.URL, Token: rc.Token, TLSCAFile: rc.TLSCAFile, SystemID: systemID,
 			Info: coordinator.Info{Name: version.Name, Version: version.Version, Revision: version.Revision,
 				Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: features()},
-			UserAgent: version.UserAgent(),
-			Logger:    rlog.Named("coordinator"),
+			UserAgent:     version.UserAgent(),
+			Logger:        rlog.Named("coordinator"),
+			WrapTransport: env.ops.wrapTransport(rc.ID()),
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: runners[%d]: %w", cfg.Path, i, err))
@@ -388,7 +399,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, ob *ops, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -413,6 +424,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, log *zap.Logger) (*http
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	ob.register(reg, mux, d)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

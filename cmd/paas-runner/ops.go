@@ -65,6 +65,17 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
 		Help: "Time to make state changes durable: a journal append (fdatasync) or a snapshot (state file rewritten), by kind and result.",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}}, []string{"kind", "result"})
+	// Series exist from the start, so that dashboards and rate() see them.
+	for _, r := range cfg.Runners {
+		for _, a := range []string{"job", "no_job", "forbidden", "error"} {
+			o.acquisitions.WithLabelValues(r.ID(), a)
+		}
+		o.provisioning.WithLabelValues(r.Executor)
+		o.decomLag.WithLabelValues(r.Executor)
+	}
+	for _, k := range []string{"journal", "snapshot"} {
+		o.stateWrite.WithLabelValues(k, "ok")
+	}
 	return o
 }
 

@@ -44,6 +44,11 @@ type Config struct {
 	QuotaComputation map[string]any
 
 	Runners []Runner
+
+	// Warnings are accepted keys that have no effect (gitlab-runner
+	// [runners.docker] keys the inner runner does not honour), to log at
+	// start, in file order.
+	Warnings []Warning
 }
 
 // Runner is one [[runners]] entry.

@@ -17,6 +17,8 @@ type decoder struct {
 	file string
 	md   toml.MetaData
 	errs Errors
+	// warnings: accepted keys that are not honoured
+	warns []Warning
 	// prims of each [[runners]] entry, for executor-key checks
 	runners []map[string]toml.Primitive
 	// defined key paths, in our runners[i].x notation, with their line
@@ -41,6 +43,8 @@ func Parse(file string, data []byte, opts Options) (*Config, error) {
 	c := &Config{Path: file}
 	d.decodeTop(top, c)
 	c.validate(d, opts)
+	sort.SliceStable(d.warns, func(i, j int) bool { return d.warns[i].Line < d.warns[j].Line })
+	c.Warnings = d.warns
 	if !d.ok() {
 		sortErrors(d.errs)
 		return nil, d.errs
@@ -306,8 +310,11 @@ func (d *decoder) decodeRunner(i int, prims map[string]toml.Primitive) Runner {
 			var v any
 			if d.decodeValue(p+"."+k, prim, &v) {
 				r.Inner[k] = v
-				if k == "cache" {
+				switch k {
+				case "cache":
 					d.checkInnerCache(i, p+".cache", v)
+				case "docker":
+					d.checkInnerDocker(i, p+".docker", v)
 				}
 			}
 			return true
@@ -379,5 +386,25 @@ func (d *decoder) checkInnerCache(i int, p string, v any) {
 	}
 	if math.IsNaN(secs) || math.IsInf(secs, 0) || secs <= 0 || secs > 100*365*24*3600 {
 		fail("want a positive number of seconds (at most 100 years)")
+	}
+}
+
+// checkInnerDocker validates [runners.docker] with the parser the inner
+// runner uses: invalid values and unknown keys are errors, gitlab-runner
+// keys the inner runner does not honour are warnings.
+func (d *decoder) checkInnerDocker(i int, p string, v any) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		d.errKey(p, "want a table ([runners.docker])")
+		return
+	}
+	_, probs := ParseDocker(m)
+	for _, pr := range probs {
+		line := d.loc.line(i, []string{"docker", pr.Key})
+		if pr.Warning {
+			d.warns = append(d.warns, Warning{File: d.file, Line: line, Key: p + "." + pr.Key, Msg: pr.Msg})
+			continue
+		}
+		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: p + "." + pr.Key, Msg: pr.Msg})
 	}
 }

@@ -87,6 +87,17 @@ type Image struct {
 	Command    []string `json:"command,omitempty"`
 	Ports      []Port   `json:"ports,omitempty"`
 	PullPolicy []string `json:"pull_policy,omitempty"`
+	// ExecutorOpts: image: docker: platform and user (GitLab sends them
+	// to runners advertising image_executor_opts).
+	ExecutorOpts ExecutorOpts `json:"executor_opts"`
+}
+
+// ExecutorOpts are an image's executor options.
+type ExecutorOpts struct {
+	Docker struct {
+		Platform string `json:"platform,omitempty"`
+		User     string `json:"user,omitempty"`
+	} `json:"docker"`
 }
 
 type Service struct {

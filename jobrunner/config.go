@@ -10,23 +10,26 @@ import (
 	"math"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/internal/labels"
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
 // RunnerConfig is the part of runner.toml the inner runner uses.
 type RunnerConfig struct {
-	Name        string       `toml:"name"`
-	URL         string       `toml:"url"`
-	BuildsDir   string       `toml:"builds_dir"`
-	Environment []string     `toml:"environment"`
-	OutputLimit int64        `toml:"output_limit"` // KB
-	Docker      DockerConfig `toml:"docker"`
-	Cache       CacheConfig  `toml:"cache"`
+	Name        string         `toml:"name"`
+	URL         string         `toml:"url"`
+	BuildsDir   string         `toml:"builds_dir"`
+	Environment []string       `toml:"environment"`
+	OutputLimit int64          `toml:"output_limit"` // KB
+	Docker      DockerConfig   `toml:"-"`
+	DockerRaw   map[string]any `toml:"docker"`
+	Cache       CacheConfig    `toml:"cache"`
 }
 
 // CacheConfig is [runners.cache]. Only local cache volumes exist here.
@@ -62,15 +65,9 @@ func CacheMaxAge(v any) (time.Duration, error) {
 	return time.Duration(secs * float64(time.Second)), nil
 }
 
-// DockerConfig is [runners.docker].
-type DockerConfig struct {
-	Image         string   `toml:"image"`
-	PullPolicyRaw any      `toml:"pull_policy"` // a string or a list
-	PullPolicy    []string `toml:"-"`
-	NetworkMode   string   `toml:"network_mode"`
-	Privileged    bool     `toml:"privileged"`
-	Volumes       []string `toml:"volumes"`
-}
+// DockerConfig is [runners.docker], parsed by the same code as the
+// daemon's validation (gitlab-runner's keys, types and units).
+type DockerConfig = config.Docker
 
 // LoadConfig reads runner.toml (the first [[runners]] entry).
 func LoadConfig(path string) (*RunnerConfig, error) {
@@ -84,16 +81,17 @@ func LoadConfig(path string) (*RunnerConfig, error) {
 		return nil, fmt.Errorf("%s: want exactly one [[runners]] entry, found %d", path, len(doc.Runners))
 	}
 	rc := doc.Runners[0]
-	switch pp := rc.Docker.PullPolicyRaw.(type) {
-	case string:
-		rc.Docker.PullPolicy = []string{pp}
-	case []any:
-		for _, p := range pp {
-			if s, ok := p.(string); ok {
-				rc.Docker.PullPolicy = append(rc.Docker.PullPolicy, s)
-			}
+	d, probs := config.ParseDocker(rc.DockerRaw)
+	var errs []string
+	for _, p := range probs {
+		if !p.Warning {
+			errs = append(errs, "runners.docker."+p.Key+": "+p.Msg)
 		}
 	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%s: %s", path, strings.Join(errs, "; "))
+	}
+	rc.Docker = d
 	maxAge, err := CacheMaxAge(rc.Cache.MaxAgeRaw)
 	if err != nil {
 		return nil, fmt.Errorf("%s: runners.cache.max_age: %w", path, err)

@@ -16,7 +16,9 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -24,33 +26,57 @@ import (
 
 // The Docker side of a job: images, the script's containers, cleanup.
 
-// pullImage applies the pull policy (the job's, else the runner's, else
-// always): always pulls, if-not-present pulls a missing image, never
-// requires it locally.
-func (r *runner) pullImage(ctx context.Context, ref string, policies []string) error {
-	if len(policies) == 0 {
-		policies = r.o.Config.Docker.PullPolicy
+// imagePuller is the part of the Docker API pulling images uses.
+type imagePuller interface {
+	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
+	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
+}
+
+// pullImage gets an image per its pull policies (the job's, else the
+// runner's, else always; limited to allowed_pull_policies), with the
+// registry credentials chosen for it.
+func (r *runner) pullImage(ctx context.Context, ref string, policies []string, platform *ocispec.Platform) error {
+	return r.pullImageWith(ctx, r.docker, r.trace, ref, policies, platform)
+}
+
+// pullImageWith tries each policy in turn like gitlab-runner: always
+// pulls, if-not-present pulls a missing image, never requires it locally;
+// a failure falls through to the next policy. With a platform, only an
+// image of that platform is present (as GitLab Runner inspects), and the
+// pull asks for it.
+func (r *runner) pullImageWith(ctx context.Context, api imagePuller, out io.Writer, ref string, jobPolicies []string, platform *ocispec.Platform) error {
+	policies, err := effectivePullPolicies(ref, jobPolicies, r.o.Config.Docker)
+	if err != nil {
+		return err
 	}
-	if len(policies) == 0 {
-		policies = []string{"always"}
+	if len(r.o.Config.Docker.AllowedPullPolicies) > 0 {
+		fmt.Fprintf(out, "Using effective pull policy of [%s] for container %s\n", strings.Join(policies, " "), ref)
 	}
-	_, ierr := r.docker.ImageInspect(ctx, ref)
+	var inspectOpts []client.ImageInspectOption
+	if platform != nil {
+		inspectOpts = append(inspectOpts, client.ImageInspectWithPlatform(platform))
+	}
+	_, ierr := api.ImageInspect(ctx, ref, inspectOpts...)
+	if ierr != nil && platform != nil && !cerrdefs.IsNotFound(ierr) {
+		// an engine older than API 1.49 inspects for no platform (its
+		// create still checks the image's)
+		_, ierr = api.ImageInspect(ctx, ref)
+	}
 	present := ierr == nil
 	var lastErr error
 	for _, pol := range policies {
 		if pol == "never" || pol == "if-not-present" {
 			if present {
-				r.printf("Using locally found image %s\n", ref)
+				fmt.Fprintf(out, "Using locally found image %s\n", ref)
 				return nil
 			}
 			if pol == "never" {
 				continue
 			}
 		}
-		// always, or if-not-present with the image missing: pull; a
-		// failure falls through to the next policy of the list
-		r.printf("Pulling docker image %s ...\n", ref)
-		rc, err := r.docker.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: r.registryAuth(ref)})
+		auth := r.registryAuth(out, ref)
+		fmt.Fprintf(out, "Pulling docker image %s ...\n", ref)
+		rc, err := api.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth, Platform: platformString(platform)})
 		if err == nil {
 			_, err = io.Copy(io.Discard, rc)
 			rc.Close()
@@ -66,16 +92,20 @@ func (r *runner) pullImage(ctx context.Context, ref string, policies []string) e
 	return fmt.Errorf("image %s is not present locally and the pull policy (%s) does not allow pulling it", ref, strings.Join(policies, ", "))
 }
 
-// registryAuth picks the payload's credentials for the image's registry.
-func (r *runner) registryAuth(ref string) string {
-	domain, _ := job.SplitDockerDomain(ref)
-	for _, c := range r.p.Credentials {
-		if c.Type == "registry" && (c.URL == domain || strings.TrimSuffix(c.URL, ":443") == domain) {
-			a, _ := registry.EncodeAuthConfig(registry.AuthConfig{Username: c.Username, Password: c.Password, ServerAddress: c.URL})
-			return a
-		}
+// registryAuth encodes the credentials chosen for ref (see auth.go), or
+// "" when none match.
+func (r *runner) registryAuth(out io.Writer, ref string) string {
+	creds, warns := registryCreds(r.expanded.Get("DOCKER_AUTH_CONFIG"), r.p.Credentials)
+	for _, w := range warns {
+		fmt.Fprintf(out, "%sWARNING: %s%s\n", ansiBoldRed, w, ansiReset)
 	}
-	return ""
+	c := credsForImage(ref, creds)
+	if c == nil {
+		return ""
+	}
+	fmt.Fprintf(out, "Authenticating with credentials from %s\n", c.source)
+	a, _ := registry.EncodeAuthConfig(c.auth)
+	return a
 }
 
 // runScript runs commands in a new container of img with the builds volume
@@ -83,28 +113,34 @@ func (r *runner) registryAuth(ref string) string {
 // first. graceful, when closed, stops the container (SIGTERM, then KILL).
 func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img string, cmds []string, srcDir string, extra []job.Variable) (int, error) {
 	env, files := r.env(extra...)
+	script := r.shellScript(cmds)
+	// the image's ENTRYPOINT is kept unless the job sets one; the script
+	// goes on stdin (shell.go)
 	cfg := &container.Config{
 		Image: img, Env: env, WorkingDir: "/",
-		Cmd:    shellCommand(r.shellScript(cmds)),
+		Cmd: shellCommand(), Entrypoint: r.p.Image.Entrypoint,
+		AttachStdin: true, OpenStdin: true, StdinOnce: true,
+		User:   r.jobUser(),
 		Labels: r.labels(),
 	}
-	if ep := r.p.Image.Entrypoint; len(ep) > 0 {
-		cfg.Entrypoint = ep
-	} else {
-		cfg.Entrypoint = []string{}
+	if u := r.o.Config.Docker.User; u != "" {
+		cfg.User = u // [runners.docker] user wins over the job's, as in gitlab-runner
 	}
-	hc := &container.HostConfig{
-		NetworkMode: container.NetworkMode(r.o.Config.Docker.NetworkMode),
-		Privileged:  r.o.Config.Docker.Privileged,
-		Mounts:      []mount.Mount{{Type: mount.TypeVolume, Source: r.volume, Target: r.o.Config.BuildsDir}},
+	binds, err := r.volumeBinds(ctx)
+	if err != nil {
+		return 0, err
 	}
+	jhc := jobHostConfig(r.o.Config.Docker)
+	hc := &jhc
+	hc.Mounts = []mount.Mount{{Type: mount.TypeVolume, Source: r.volume, Target: r.o.Config.BuildsDir}}
+	hc.Binds = binds
 	if r.network != "" {
 		hc.NetworkMode = container.NetworkMode(r.network)
 	}
 	r.mu.Lock()
 	n := len(r.created)
 	r.mu.Unlock()
-	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, nil, fmt.Sprintf("%s-%d", r.name, n))
+	c, err := r.docker.ContainerCreate(ctx, cfg, hc, nil, r.jobPlatform(), fmt.Sprintf("%s-%d", r.name, n))
 	if err != nil {
 		return 0, fmt.Errorf("creating the job container: %w", err)
 	}
@@ -136,7 +172,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 			return 0, fmt.Errorf("writing file variables: %w", err)
 		}
 	}
-	att, err := r.docker.ContainerAttach(ctx, c.ID, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	att, err := r.docker.ContainerAttach(ctx, c.ID, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return 0, fmt.Errorf("attaching to the job container: %w", err)
 	}
@@ -150,6 +186,13 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	if err := r.docker.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 		return 0, fmt.Errorf("starting the job container: %w", err)
 	}
+	go func() {
+		// an entrypoint that never reads its input leaves this blocked
+		// until att.Close
+		if _, err := io.WriteString(att.Conn, script); err == nil {
+			_ = att.CloseWrite()
+		}
+	}()
 	stop := func(grace time.Duration) {
 		sctx, cancel := context.WithTimeout(context.Background(), grace+10*time.Second)
 		defer cancel()
@@ -199,6 +242,11 @@ func (r *runner) cleanup() {
 	for _, id := range ids {
 		if err := r.docker.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			r.log.Warn("removing a job container failed", zap.Error(err))
+		}
+	}
+	for _, v := range r.tmpVolumes {
+		if err := r.docker.VolumeRemove(ctx, v, true); err != nil && !cerrdefs.IsNotFound(err) {
+			r.log.Warn("removing a job volume failed", zap.String("volume", v), zap.Error(err))
 		}
 	}
 	if r.volume != "" {

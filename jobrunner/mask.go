@@ -14,7 +14,12 @@ var masked = []byte("[MASKED]")
 // then completes the secret, the released part is already out, but the
 // rest of the secret is replaced by [MASKED]: the whole secret never
 // appears in the log.
+//
+// Its output then goes through tokens, which masks tokens by their prefix
+// (tokenmask.go) and holds back, the same way, only a possible beginning
+// of a prefix.
 type masker struct {
+	tokens  *tokenMasker
 	masks   [][]byte
 	maxMask int
 	first   [256]bool // bytes a secret begins with
@@ -24,8 +29,10 @@ type masker struct {
 	tailSent int
 }
 
-func newMasker(secrets []string) *masker {
-	m := &masker{}
+// newMasker masks secrets (values) and the tokens that begin with one of
+// tokenPrefixes (see tokenPrefixes).
+func newMasker(secrets, tokenPrefixes []string) *masker {
+	m := &masker{tokens: newTokenMasker(tokenPrefixes)}
 	seen := map[string]bool{}
 	for _, s := range secrets {
 		if len(s) >= 4 && !seen[s] { // like GitLab, shorter values cannot be masked safely
@@ -39,7 +46,10 @@ func newMasker(secrets []string) *masker {
 }
 
 // write takes the next output and returns what can go to the log now.
-func (m *masker) write(p []byte) []byte {
+func (m *masker) write(p []byte) []byte { return m.tokens.write(m.writeValues(p)) }
+
+// writeValues masks the secret values.
+func (m *masker) writeValues(p []byte) []byte {
 	if len(m.masks) == 0 {
 		return p
 	}
@@ -132,8 +142,8 @@ func (m *masker) holdFrom(b []byte, pos int) int {
 func (m *masker) release() []byte {
 	out := append([]byte(nil), m.tail[m.tailSent:]...)
 	m.tailSent = len(m.tail)
-	return out
+	return append(m.tokens.write(out), m.tokens.release()...)
 }
 
 // holding tells whether some output is held back.
-func (m *masker) holding() bool { return len(m.tail) > m.tailSent }
+func (m *masker) holding() bool { return len(m.tail) > m.tailSent || m.tokens.holding() }

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/docker/docker/client"
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator"
@@ -24,6 +23,7 @@ func Features() map[string]bool {
 		"cache": true, "fallback_cache_keys": true,
 		"raw_variables": true, "masking": true, "refspecs": true, "cancelable": true,
 		"trace_checksum": true, "trace_size": true, "cancel_gracefully": true,
+		"image_executor_opts": true,
 	}
 }
 
@@ -31,7 +31,7 @@ func Features() map[string]bool {
 type Options struct {
 	Config *RunnerConfig
 	Job    *Job
-	Docker *client.Client
+	Docker Docker
 	// TraceInterval is the default log update interval (3 s).
 	TraceInterval time.Duration
 	Logger        *zap.Logger
@@ -50,7 +50,7 @@ type runner struct {
 	o      Options
 	p      *job.Payload
 	gl     *coordinator.Client
-	docker *client.Client
+	docker Docker
 	trace  *Trace
 	log    *zap.Logger
 	name   string        // prefix of everything created for this job
@@ -67,6 +67,14 @@ type runner struct {
 	volume    string
 	network   string // per-job network, when the job has services
 	script    string // the script container, for artifacts
+	// [runners.docker] volumes as binds, made once (volumeBinds), and the
+	// per-job volumes among them (disable_cache) to remove
+	binds      []string
+	bindsReady bool
+	tmpVolumes []string
+
+	debugOnce sync.Once
+	debug     bool // CI_DEBUG_TRACE
 }
 
 // Run runs the job and reports it. It returns nil once GitLab accepted the
@@ -97,7 +105,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	secrets = append(secrets, j.Token)
-	r.trace = NewTrace(gl, j.ID, j.Token, j.TraceOffset, j.TraceCRC, secrets, o.Config.OutputLimit*1024, o.TraceInterval, r.onStatus)
+	r.trace = NewTrace(gl, j.ID, j.Token, j.TraceOffset, j.TraceCRC, secrets, tokenPrefixes(j.Payload.Features.TokenMaskPrefixes), o.Config.OutputLimit*1024, o.TraceInterval, r.onStatus)
 	tctx, stopTrace := context.WithCancel(context.Background())
 	traceDone := make(chan struct{})
 	go func() { r.trace.Run(tctx); close(traceDone) }()

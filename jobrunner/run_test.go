@@ -82,6 +82,14 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	if cli == nil {
 		t.Skip("no Docker engine")
 	}
+	q := runJobWith(t, spec, cli, "/builds")
+	assertNothingLeft(t, q.ID)
+	return q
+}
+
+// runJobWith runs the job on d with builds_dir buildsDir.
+func runJobWith(t *testing.T, spec jobSpec, d Docker, buildsDir string) coordinatortest.Job {
+	t.Helper()
 	gl := coordinatortest.New(t)
 	gl.AddRunner("glrt-inner-0123456789")
 	q := gl.Enqueue("", nil)
@@ -127,7 +135,7 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := &RunnerConfig{URL: gl.URL, BuildsDir: "/builds", OutputLimit: 4096}
+	rc := &RunnerConfig{URL: gl.URL, BuildsDir: buildsDir, OutputLimit: 4096}
 	if spec.config != nil {
 		spec.config(rc)
 	}
@@ -136,10 +144,9 @@ func runJob(t *testing.T, spec jobSpec) coordinatortest.Job {
 	if spec.during != nil {
 		go spec.during(gl, q.ID)
 	}
-	if err := Run(ctx, Options{Config: rc, Job: j, Docker: cli, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}}); err != nil {
+	if err := Run(ctx, Options{Config: rc, Job: j, Docker: d, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}}); err != nil {
 		t.Fatalf("run: %v\n%s", err, gl.Job(q.ID).Trace)
 	}
-	assertNothingLeft(t, q.ID)
 	return gl.Job(q.ID)
 }
 

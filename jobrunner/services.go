@@ -64,7 +64,10 @@ func (r *runner) startServices(ctx context.Context) error {
 		if img == "" {
 			continue
 		}
-		if err := r.pullImage(ctx, img, s.PullPolicy); err != nil {
+		if err := r.checkAllowed(img, "services", r.o.Config.Docker.AllowedServices); err != nil {
+			return err
+		}
+		if err := r.pullImage(ctx, img, s.PullPolicy, nil); err != nil {
 			return err
 		}
 		aliases := serviceAliases(s, r.expanded)
@@ -79,7 +82,14 @@ func (r *runner) startServices(ctx context.Context) error {
 		if len(s.Command) > 0 {
 			cfg.Cmd = s.Command
 		}
-		c, err := r.docker.ContainerCreate(ctx, cfg, &container.HostConfig{NetworkMode: container.NetworkMode(nw.ID)},
+		binds, err := r.volumeBinds(ctx)
+		if err != nil {
+			return err
+		}
+		hc := serviceHostConfig(r.o.Config.Docker)
+		hc.NetworkMode = container.NetworkMode(nw.ID)
+		hc.Binds = binds
+		c, err := r.docker.ContainerCreate(ctx, cfg, &hc,
 			&network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{nw.ID: {Aliases: aliases}}}, nil,
 			fmt.Sprintf("%s-service-%d", r.name, i))
 		if err != nil {

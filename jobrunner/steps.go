@@ -2,6 +2,7 @@ package jobrunner
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"time"
 
@@ -40,15 +41,21 @@ func (r *runner) runJob(ctx context.Context) result {
 		r.printf("%sERROR: the job has no image and [runners.docker] sets none%s\n", ansiBoldRed, ansiReset)
 		return result{state: "failed", reason: job.ConfigurationError}
 	}
+	r.debugTrace() // its warning, if any, comes first like GitLab Runner's
+	platform, err := parsePlatform(r.jobPlatformSpec())
+	if err != nil {
+		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
+		return result{state: "failed", reason: job.ConfigurationError}
+	}
 	end := r.section("prepare_executor", "Preparing the docker executor")
-	err := r.pullImage(hard, img, r.p.Image.PullPolicy)
+	err = r.prepareJobImage(hard, img, platform)
 	if err == nil {
 		err = r.startServices(hard)
 	}
 	end()
 	if err != nil {
 		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
-		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
+		return r.failure(jctx, ctx, failureReason(err, job.RunnerSystemFailure), 1)
 	}
 	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: r.labels()})
 	if err != nil {
@@ -58,6 +65,15 @@ func (r *runner) runJob(ctx context.Context) result {
 	r.volume = vol.Name
 
 	end = r.section("get_sources", "Getting source from Git repository")
+	if code, herr := r.preGetSources(hard, img); herr != nil || code != 0 {
+		end()
+		if herr != nil {
+			r.printf("%sERROR: pre_get_sources_script: %v%s\n", ansiBoldRed, herr, ansiReset)
+			return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
+		}
+		r.printf("%sERROR: Job failed: pre_get_sources_script: exit code %d%s\n", ansiBoldRed, code, ansiReset)
+		return r.failure(jctx, ctx, job.ScriptFailure, code)
+	}
 	srcDir, err := os.MkdirTemp("", "paas-runner-src")
 	if err == nil {
 		defer os.RemoveAll(srcDir)
@@ -130,11 +146,15 @@ func (r *runner) runJob(ctx context.Context) result {
 		// after_script has its own timeout, and runs even after a timeout
 		actx, acancel := context.WithTimeout(ctx, 5*time.Minute)
 		end = r.section("after_script", "Running after_script")
-		_, aerr := r.runScript(actx, nil, img, after, "", []job.Variable{{Key: "CI_JOB_STATUS", Value: status, Public: true}})
+		acode, aerr := r.runScript(actx, nil, img, after, "", []job.Variable{{Key: "CI_JOB_STATUS", Value: status, Public: true}})
 		end()
 		acancel()
+		if aerr == nil && acode != 0 {
+			aerr = fmt.Errorf("exit code %d", acode)
+		}
 		if aerr != nil {
-			r.printf("%sWARNING: after_script failed: %v%s\n", ansiBoldRed, aerr, ansiReset)
+			// GitLab Runner's warning
+			r.printf("%sWARNING: after_script failed, but job will continue unaffected: %v%s\n", ansiYellow, aerr, ansiReset)
 		}
 	}
 	if !r.aborted() {
@@ -181,4 +201,22 @@ func (r *runner) failure(jctx, ctx context.Context, reason string, code int) res
 		return result{state: "failed", reason: job.UnknownFailure, exitCode: code}
 	}
 	return result{state: "failed", reason: reason, exitCode: code}
+}
+
+// preGetSources runs the hooks: pre_get_sources_script where GitLab Runner
+// runs it: before the sources are fetched (here by the inner runner itself,
+// so in a container of the job's image, with the job's variables, in the
+// project directory), not when GIT_STRATEGY is none or empty. Its exit
+// code is returned.
+func (r *runner) preGetSources(ctx context.Context, img string) (int, error) {
+	var cmds []string
+	for _, h := range r.p.Hooks {
+		if h.Name == "pre_get_sources_script" {
+			cmds = append(cmds, h.Script...)
+		}
+	}
+	if st := r.expanded.Get("GIT_STRATEGY"); len(cmds) == 0 || st == "none" || st == "empty" {
+		return 0, nil
+	}
+	return r.runScript(ctx, r.cancelCh, img, cmds, "", nil)
 }

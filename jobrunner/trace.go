@@ -54,10 +54,11 @@ const (
 )
 
 // NewTrace continues a job log at offset, whose CRC32 so far is crc.
-// secrets are replaced by [MASKED] wherever they appear.
-func NewTrace(client *coordinator.Client, id int64, token string, offset int64, crc *uint32, secrets []string, limit int64, interval time.Duration, status func(string)) *Trace {
+// secrets are replaced by [MASKED] wherever they appear, and so are the
+// characters of tokens that begin with one of tokenPrefixes.
+func NewTrace(client *coordinator.Client, id int64, token string, offset int64, crc *uint32, secrets, tokenPrefixes []string, limit int64, interval time.Duration, status func(string)) *Trace {
 	t := &Trace{client: client, id: id, token: token, offset: offset, total: offset, interval: interval, limit: limit, status: status,
-		masker: newMasker(secrets), kick: make(chan struct{}, 1)}
+		masker: newMasker(secrets, tokenPrefixes), kick: make(chan struct{}, 1)}
 	switch {
 	case crc != nil:
 		t.crc, t.crcKnown = *crc, true

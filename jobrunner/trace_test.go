@@ -24,7 +24,7 @@ func traceFor(t testing.TB, secrets []string, limit int64) (*Trace, *coordinator
 	}
 	gl.AppendTrace(q.ID, "daemon\n")
 	crc := crc32.ChecksumIEEE([]byte("daemon\n"))
-	return NewTrace(c, q.ID, q.Token, 7, &crc, secrets, limit, time.Hour, nil), gl, q.ID
+	return NewTrace(c, q.ID, q.Token, 7, &crc, secrets, nil, limit, time.Hour, nil), gl, q.ID
 }
 
 func TestMaskingAcrossWritesAndPatches(t *testing.T) {

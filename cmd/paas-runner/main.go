@@ -176,6 +176,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Warn("--job-progress-poll-interval is deprecated: set job_progress_poll_interval in the configuration")
 		cfg.JobProgressPollInterval = o.progressPoll
 	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w.Msg, zap.String("key", w.Key), zap.String("at", w.String()))
+	}
 	if cfg.QuotaComputation != nil {
 		log.Warn("quota_computation is accepted for Heptapod compatibility but weighted quotas are not implemented: concurrent and limit apply")
 	}

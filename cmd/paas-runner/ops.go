@@ -38,13 +38,13 @@ type ops struct {
 	ended    map[state.Key]time.Time
 	d        *dispatcher.Dispatcher
 
-	acquisitions  *prometheus.CounterVec
-	provisioning  *prometheus.HistogramVec
-	decomLag      *prometheus.HistogramVec
-	launchFails   *prometheus.CounterVec
-	apiStatuses   *prometheus.CounterVec
-	apiDuration   *prometheus.HistogramVec
-	stateWrite    *prometheus.HistogramVec
+	acquisitions *prometheus.CounterVec
+	provisioning *prometheus.HistogramVec
+	decomLag     *prometheus.HistogramVec
+	launchFails  *prometheus.CounterVec
+	apiStatuses  *prometheus.CounterVec
+	apiDuration  *prometheus.HistogramVec
+	stateWrite   *prometheus.HistogramVec
 }
 
 func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
@@ -63,7 +63,7 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 	o.apiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "gitlab_request_duration_seconds",
 		Help: "Latency of GitLab API requests, by endpoint and status (\"error\": no answer).", Buckets: prometheus.DefBuckets}, []string{"runner", "endpoint", "status"})
 	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
-		Help: "Time to make state changes durable: a journal append (fdatasync) or a snapshot (state file rewritten), by kind and result.",
+		Help:    "Time to make state changes durable: a journal append (fdatasync) or a snapshot (state file rewritten), by kind and result.",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}}, []string{"kind", "result"})
 	// Series exist from the start, so that dashboards and rate() see them.
 	for _, r := range cfg.Runners {

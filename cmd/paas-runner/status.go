@@ -122,4 +122,3 @@ func printJobs(w io.Writer, jobs []dispatcher.JobView, now time.Time) {
 	}
 	_ = tw.Flush()
 }
-

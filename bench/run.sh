@@ -9,6 +9,8 @@ echo
 echo "## go run ./bench/daemon -jobs 5000 -seconds 20"
 CGO_ENABLED=0 go build -tags paasrunner_testexec -o bench/out/paas-runner ./cmd/paas-runner
 go run ./bench/daemon -binary bench/out/paas-runner -jobs 5000 -seconds 20
+echo "## go run ./bench/daemon -jobs 5000 -seconds 60 -executor test-dir-watch"
+go run ./bench/daemon -binary bench/out/paas-runner -jobs 5000 -seconds 60 -executor test-dir-watch
 
 echo
 echo "## go test -run xxx -bench ProvisionLaunch -benchtime 20x ./executors/localdocker/"

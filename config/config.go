@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"sort"
@@ -174,24 +175,23 @@ func (c *Config) validate(d *decoder, opts Options) {
 	if c.Concurrent <= 0 && d.defined("concurrent") {
 		d.errKey("concurrent", "must be a positive number of jobs")
 	}
-	for _, k := range []struct {
-		key string
-		v   float64
-	}{
-		{"check_interval", c.CheckInterval},
-		{"job_progress_poll_interval", c.JobProgressPollInterval},
-		{"shutdown_timeout", c.ShutdownTimeout},
-		{"paas_min_seconds_between_launches", c.PaasMinSecondsBetweenLaunches},
-	} {
-		if k.v < 0 {
-			d.errKey(k.key, "must not be negative")
-		}
-	}
+	d.intRange("concurrent", c.Concurrent, maxJobs)
+	d.seconds("check_interval", c.CheckInterval, 0, 3600)
+	d.seconds("job_progress_poll_interval", c.JobProgressPollInterval, 0, 86400)
+	d.seconds("shutdown_timeout", c.ShutdownTimeout, 0, 7*86400)
+	d.seconds("paas_min_seconds_between_launches", c.PaasMinSecondsBetweenLaunches, 0, 3600)
 	if c.PaasMaxConcurrentProvisioning <= 0 && d.defined("paas_max_concurrent_provisioning") {
 		d.errKey("paas_max_concurrent_provisioning", "must be a positive number")
 	}
-	if c.PaasTrackingRequestsPerSecond <= 0 && d.defined("paas_tracking_requests_per_second") {
-		d.errKey("paas_tracking_requests_per_second", "must be positive")
+	d.intRange("paas_max_concurrent_provisioning", c.PaasMaxConcurrentProvisioning, maxJobs)
+	// NaN compares false with everything: check it first, or a NaN rate
+	// would pass "> 0" tests downstream as no cap at all.
+	if r := c.PaasTrackingRequestsPerSecond; d.finite("paas_tracking_requests_per_second", r) {
+		if r <= 0 && d.defined("paas_tracking_requests_per_second") {
+			d.errKey("paas_tracking_requests_per_second", "must be positive")
+		} else if r > 100000 {
+			d.errKey("paas_tracking_requests_per_second", fmt.Sprintf("%g is absurd (at most 100000)", r))
+		}
 	}
 	if c.StateFile == "" {
 		d.errKey("state_file", "required: path of the JSON state file (kept across restarts)")
@@ -237,12 +237,12 @@ func (c *Config) validate(d *decoder, opts Options) {
 		if r.Limit < 0 {
 			d.errKey(p+".limit", "must not be negative (0 means no per-runner limit)")
 		}
+		d.intRange(p+".limit", r.Limit, maxJobs)
 		if r.UnhealthyRequestsLimit < 0 {
 			d.errKey(p+".unhealthy_requests_limit", "must not be negative")
 		}
-		if r.UnhealthyInterval < 0 {
-			d.errKey(p+".unhealthy_interval", "must not be negative")
-		}
+		d.intRange(p+".unhealthy_requests_limit", r.UnhealthyRequestsLimit, 1000000)
+		d.seconds(p+".unhealthy_interval", r.UnhealthyInterval, 0, 30*86400)
 		if r.TLSCAFile != "" {
 			if _, err := os.Stat(r.TLSCAFile); err != nil {
 				d.errKey(p+".tls-ca-file", fmt.Sprintf("cannot read %s: %v", r.TLSCAFile, errors.Unwrap(err)))
@@ -260,6 +260,54 @@ func (c *Config) validate(d *decoder, opts Options) {
 		}
 		r.validateExecutorKeys(d, p)
 	}
+}
+
+// maxJobs bounds job counts: far beyond any real installation, well within
+// what the daemon can hold.
+const maxJobs = 100000
+
+// finite reports a NaN or infinite value of key (TOML accepts nan and inf
+// for floats) and returns whether v is finite.
+func (d *decoder) finite(key string, v float64) bool {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		if !d.reported(key) {
+			d.errKey(key, fmt.Sprintf("%v is not a number of seconds or a rate: give a finite number", v))
+		}
+		return false
+	}
+	return true
+}
+
+// seconds checks a duration in seconds: finite, not negative, at most max
+// (beyond it the value is a mistake, and converting it overflows).
+func (d *decoder) seconds(key string, v, lo, max float64) {
+	if !d.finite(key, v) {
+		return
+	}
+	switch {
+	case v < lo:
+		d.errKey(key, "must not be negative")
+	case v > max:
+		d.errKey(key, fmt.Sprintf("%g seconds is absurd (at most %g)", v, max))
+	}
+}
+
+// intRange refuses absurdly large counts (the "must be positive/not
+// negative" messages are given by the callers).
+func (d *decoder) intRange(key string, v, max int) {
+	if v > max {
+		d.errKey(key, fmt.Sprintf("%d is absurd (at most %d)", v, max))
+	}
+}
+
+// reported tells whether key already has an error (decodeValue's NaN check).
+func (d *decoder) reported(key string) bool {
+	for _, e := range d.errs {
+		if e.Key == key {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Runner) validateExecutorKeys(d *decoder, p string) {

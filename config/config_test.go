@@ -181,6 +181,59 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// nan, inf and absurd numbers are refused, each with its key.
+func TestAbsurdNumbers(t *testing.T) {
+	cases := map[string]struct{ body, want string }{
+		"nan rate":          {"paas_tracking_requests_per_second = nan\n" + minimal, ":1: paas_tracking_requests_per_second: NaN is not allowed"},
+		"inf rate":          {"paas_tracking_requests_per_second = inf\n" + minimal, ":1: paas_tracking_requests_per_second: +Inf is not allowed"},
+		"huge rate":         {"paas_tracking_requests_per_second = 1e12\n" + minimal, "paas_tracking_requests_per_second: 1e+12 is absurd"},
+		"negative rate":     {"paas_tracking_requests_per_second = -1.0\n" + minimal, "paas_tracking_requests_per_second: must be positive"},
+		"nan interval":      {"check_interval = nan\n" + minimal, ":1: check_interval: NaN is not allowed"},
+		"-inf shutdown":     {"shutdown_timeout = -inf\n" + minimal, ":1: shutdown_timeout: -Inf is not allowed"},
+		"huge shutdown":     {"shutdown_timeout = 1e300\n" + minimal, ":1: shutdown_timeout: 1e+300 seconds is absurd"},
+		"huge interval":     {"check_interval = 100000\n" + minimal, "check_interval: 100000 seconds is absurd"},
+		"negative interval": {"check_interval = -1\n" + minimal, "check_interval: must not be negative"},
+		"nan launches":      {"paas_min_seconds_between_launches = nan\n" + minimal, "paas_min_seconds_between_launches: NaN"},
+		"huge concurrent":   {"concurrent = 100000000000\n" + minimal, ":1: concurrent: 100000000000 is absurd"},
+		"huge provisioning": {"paas_max_concurrent_provisioning = 9999999\n" + minimal, "paas_max_concurrent_provisioning: 9999999 is absurd"},
+		"huge limit":        {minimal + "limit = 123456789\n", "runners[0].limit: 123456789 is absurd"},
+		"nan unhealthy":     {minimal + "unhealthy_interval = nan\n", "runners[0].unhealthy_interval: NaN is not allowed"},
+		"huge unhealthy":    {minimal + "unhealthy_interval = 1e20\n", "runners[0].unhealthy_interval: 1e+20 seconds is absurd"},
+		"nan cc timeout": {strings.Replace(minimal, `executor = "local-docker"`, `executor = "clever-docker"`+"\ncc_orga_id = \"o\"\ncc_token = \"t\"\ncc_deployment_repo_timeout = nan", 1),
+			"runners[0].cc_deployment_repo_timeout: NaN is not allowed"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(write(t, tc.body), execs)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want %q, got %v", tc.want, err)
+			}
+			if strings.Count(err.Error(), "\n") > 0 && name != "nan cc timeout" {
+				t.Errorf("one problem, several errors:\n%v", err)
+			}
+		})
+	}
+	// sane values still load
+	if _, err := Load(write(t, "check_interval = 0.5\nshutdown_timeout = 3600\npaas_tracking_requests_per_second = 0.5\nconcurrent = 5000\n"+minimal), execs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPermissionWarning(t *testing.T) {
+	p := write(t, minimal)
+	if w := PermissionWarning(p); w != "" {
+		t.Fatalf("0600 file: %q", w)
+	}
+	for mode, who := range map[os.FileMode]string{0o640: "group", 0o604: "others", 0o644: "group and others"} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if w := PermissionWarning(p); !strings.Contains(w, "readable by "+who+" ") || !strings.Contains(w, "chmod 600") {
+			t.Errorf("%04o: %q", mode, w)
+		}
+	}
+}
+
 // GitLab's runner authentication tokens share their first 8 characters
 // (glrt-t1_…): runners with such tokens are told apart by the whole token,
 // and the ID does not depend on the other runners. Legacy tokens keep

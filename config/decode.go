@@ -143,6 +143,12 @@ func (d *decoder) decodeValue(key string, p toml.Primitive, dst any) bool {
 		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: key, Msg: msg})
 		return false
 	}
+	// TOML has nan and inf: no setting of paas-runner means either, and a
+	// NaN slips through every comparison meant to bound it.
+	if f, ok := dst.(*float64); ok && (math.IsNaN(*f) || math.IsInf(*f, 0)) {
+		d.errKey(key, fmt.Sprintf("%v is not allowed: give a finite number", *f))
+		return false
+	}
 	return true
 }
 

@@ -137,8 +137,17 @@ func StatusOf(err error) int {
 // GET /job, 403 "not running" on PUT/PATCH). Nothing more can be done for it.
 var ErrJobNotRunning = job.ErrNotRunning
 
-// PayloadError is a 201 whose body is not a usable job.
-type PayloadError struct{ Err error }
+// PayloadError is a 201 whose body is not a usable job. JobID and Token are
+// set when they could be read anyway, so that the job can be failed in
+// GitLab instead of being left to its timeout.
+type PayloadError struct {
+	Err   error
+	JobID int64
+	Token string
+}
+
+// UnusableJob tells which job the payload was (id 0 when unknown).
+func (e *PayloadError) UnusableJob() (int64, string) { return e.JobID, e.Token }
 
 func (e *PayloadError) Error() string { return "invalid job payload: " + e.Err.Error() }
 func (e *PayloadError) Unwrap() error { return e.Err }

@@ -43,15 +43,57 @@ func (c *Client) RequestJob(ctx context.Context) (*job.Acquired, error) {
 		return nil, nil
 	case http.StatusCreated:
 		if !isJSON(resp.header) {
-			return nil, &PayloadError{Err: fmt.Errorf("content type %q is not application/json", resp.header.Get("Content-Type"))}
+			return nil, payloadError(resp.body, fmt.Errorf("content type %q is not application/json", resp.header.Get("Content-Type")))
 		}
 		a, err := job.Parse(resp.body)
 		if err != nil {
-			return nil, &PayloadError{Err: err}
+			return nil, payloadError(resp.body, err)
 		}
 		return a, nil
 	}
 	return nil, c.apiError(http.MethodPost, path, resp)
+}
+
+// payloadError reads what it can of an unusable job payload: its id and
+// token, whatever else is wrong with it.
+func payloadError(body []byte, err error) *PayloadError {
+	pe := &PayloadError{Err: err}
+	var ids struct {
+		ID    json.RawMessage `json:"id"`
+		Token json.RawMessage `json:"token"`
+	}
+	if json.Unmarshal(body, &ids) == nil {
+		var id int64
+		var tok string
+		if json.Unmarshal(ids.ID, &id) == nil && json.Unmarshal(ids.Token, &tok) == nil && id > 0 && tok != "" {
+			pe.JobID, pe.Token = id, tok
+		}
+	}
+	return pe
+}
+
+// ConfirmJob tells GitLab the daemon takes the job (PUT state=running):
+// with two-phase job commit the job stays pending until then, and GitLab
+// gives it to another runner if it never comes. On a job already running
+// it is a plain keep-alive, so it is safe to repeat after a restart. It
+// returns the job's status (running, or canceling); a job that is not
+// GitLab's to run any more (403) is ErrJobNotRunning.
+func (c *Client) ConfirmJob(ctx context.Context, id int64, jobToken string) (string, error) {
+	res, err := c.UpdateJob(ctx, id, jobToken, Update{State: job.StatusRunning})
+	if err != nil {
+		return "", err
+	}
+	if !res.Accepted {
+		return "", fmt.Errorf("PUT /api/v4/jobs/%d state=running: accepted but not applied (202)", id)
+	}
+	st := res.JobStatus
+	if st == "" {
+		st = job.StatusRunning // older servers send no Job-Status on PUT
+	}
+	if job.IsFinal(st) {
+		return st, ErrJobNotRunning
+	}
+	return st, nil
 }
 
 // JobStatus asks GitLab (GET /job with the job token) how a job is doing:

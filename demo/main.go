@@ -306,7 +306,11 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 		done = true
 		for i, id := range ids {
 			j := d.gl.Job(id)
-			if j.Status != seen[id] {
+			st := j.Status
+			if st == "pending" {
+				st = "" // queued, or handed out and not confirmed yet (two-phase commit)
+			}
+			if st != seen[id] {
 				from := seen[id]
 				if from == "" {
 					from = "queued"
@@ -316,7 +320,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 					extra = " (" + j.FailureReason + ")"
 				}
 				d.logf("job #%d %-18s %s → %s%s", id, jobs[i].name, from, j.Status, extra)
-				seen[id] = j.Status
+				seen[id] = st
 			}
 			if !ready[id] {
 				if p := provisioning(string(j.Trace)); p != "" {

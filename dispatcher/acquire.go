@@ -39,6 +39,15 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			continue
 		}
 		a, err := r.Source.RequestJob(ctx)
+		var unusable UnusableJob
+		if errors.As(err, &unusable) {
+			d.obs().Polled(r.Runner, "unusable_job")
+			d.release(r, true)
+			r.forbidden = 0
+			d.aux.Add(1)
+			go func() { defer d.aux.Done(); d.rejectJob(r, unusable) }()
+			continue
+		}
 		if err == nil || ctx.Err() == nil {
 			d.obs().Polled(r.Runner, pollAnswer(a != nil, err))
 		}
@@ -101,3 +110,25 @@ func (d *Dispatcher) accept(r *runnerState, a *job.Acquired) {
 }
 
 var errStopped = errors.New("job stopped")
+
+// rejectJob fails in GitLab a job it handed out that cannot be run, rather
+// than leaving it to GitLab's timeout: confirmed first (two-phase commit
+// accepts no final state before), told why in its log, failed.
+func (d *Dispatcher) rejectJob(r *runnerState, e UnusableJob) {
+	id, tok := e.UnusableJob()
+	log := r.log.With(zap.Int64("job_id", id))
+	if id <= 0 || tok == "" {
+		log.Error("GitLab handed out a job whose payload cannot even be read for its id and token; it cannot be failed from here (GitLab gives it up after its acknowledgement timeout)", zap.Error(e))
+		return
+	}
+	log.Error("GitLab handed out a job that cannot be run; failing it", zap.Error(e))
+	ctx, cancel := context.WithTimeout(d.work, time.Minute)
+	defer cancel()
+	if _, err := r.Source.ConfirmJob(ctx, id, tok); errors.Is(err, job.ErrNotRunning) {
+		return
+	}
+	_, _ = r.Source.WriteTrace(ctx, id, tok, 0, []byte(ansiRed+"paas-runner: ERROR: this job cannot be run: "+e.Error()+ansiReset+"\n"))
+	if err := r.Source.FailJob(ctx, id, tok, job.RunnerSystemFailure); err != nil {
+		log.Error("could not fail the unusable job in GitLab", zap.Error(err))
+	}
+}

@@ -3,16 +3,19 @@ package dispatcher
 import (
 	"context"
 	"sync"
-
-	"gitlab.com/paas-runner/paas-runner/internal/backoff"
+	"time"
 
 	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/executors"
 )
 
-// decommissioner removes hosts with a bounded number of workers, retrying
-// failures with backoff: a host left behind costs money.
+// decommissioner removes hosts with a bounded number of workers. A removal
+// that fails is tried again later with backoff (a host left behind costs
+// money), without holding a worker meanwhile; after removalSlotAttempts
+// failures the job's concurrency slot is given back, so that a PaaS that
+// cannot delete does not stop the runner from taking jobs, and every
+// further failure is logged as an error and counted.
 type decommissioner struct {
 	d        *Dispatcher
 	mu       sync.Mutex
@@ -23,7 +26,11 @@ type decommissioner struct {
 	workers  sync.WaitGroup
 }
 
-const decommissionWorkers = 16
+const (
+	decommissionWorkers = 16
+	// removalSlotAttempts failed removals free the job's slot.
+	removalSlotAttempts = 3
+)
 
 func newDecommissioner(d *Dispatcher) *decommissioner {
 	dc := &decommissioner{d: d}
@@ -38,7 +45,8 @@ func (dc *decommissioner) enqueue(t *tracked) {
 	dc.mu.Unlock()
 }
 
-// start starts the workers; they stop when ctx ends or after drain.
+// start starts the workers; they stop when ctx ends, or after drain once
+// the queue is empty.
 func (dc *decommissioner) start(ctx context.Context) {
 	for i := 0; i < decommissionWorkers; i++ {
 		dc.workers.Add(1)
@@ -52,7 +60,8 @@ func (dc *decommissioner) start(ctx context.Context) {
 	})
 }
 
-// drain makes workers finish what they are doing and take nothing new.
+// drain makes workers finish the queue and stop; removals that fail from
+// now on are not tried again before the next start.
 func (dc *decommissioner) drain() {
 	dc.mu.Lock()
 	dc.draining = true
@@ -68,7 +77,7 @@ func (dc *decommissioner) take() *tracked {
 	for len(dc.queue) == 0 && !dc.draining && !dc.stopped {
 		dc.cond.Wait()
 	}
-	if dc.draining || dc.stopped || len(dc.queue) == 0 {
+	if dc.stopped || len(dc.queue) == 0 {
 		return nil
 	}
 	t := dc.queue[0]
@@ -91,38 +100,69 @@ func (dc *decommissioner) worker(ctx context.Context) {
 func (dc *decommissioner) isDraining() bool {
 	dc.mu.Lock()
 	defer dc.mu.Unlock()
-	return dc.draining
+	return dc.draining || dc.stopped
 }
 
+// retryLater queues t again after wait, unless the daemon stops first.
+func (dc *decommissioner) retryLater(ctx context.Context, t *tracked, wait time.Duration) {
+	timer := time.AfterFunc(wait, func() {
+		if ctx.Err() == nil && !dc.isDraining() {
+			dc.enqueue(t)
+		}
+	})
+	context.AfterFunc(ctx, func() { timer.Stop() })
+}
+
+// decommission tries once to remove t's host.
 func (d *Dispatcher) decommission(ctx context.Context, t *tracked, dc *decommissioner) {
 	rec := t.get()
 	log := t.logger()
-	for attempt := 0; ; attempt++ {
-		err := t.r.Executor.Decommission(ctx, rec.Resource)
-		if err == nil {
-			break
-		}
+	err := t.r.Executor.Decommission(ctx, rec.Resource)
+	if err != nil {
 		if ctx.Err() != nil {
 			return // stays in the state file: removed at next start
 		}
 		d.stats.decommissionErrors.Add(1)
-		level := log.Warn
-		if executors.IsPermanent(err) {
-			level = log.Error
+		t.mu.Lock()
+		t.removalFailures++
+		attempt := t.removalFailures
+		freeSlot := attempt >= removalSlotAttempts && !t.slotFreed
+		if freeSlot {
+			t.slotFreed = true
 		}
-		level("removing the host failed; retrying", zap.Int("attempt", attempt+1), zap.ByteString("handle", rec.Resource), zap.Error(err))
-		if dc.isDraining() {
-			log.Info("shutting down: the host is removed at next start")
+		t.mu.Unlock()
+		wait := d.backoff(attempt - 1)
+		fields := []zap.Field{zap.Int("attempt", attempt), zap.ByteString("handle", rec.Resource), zap.Duration("retry_in", wait), zap.Error(err)}
+		switch {
+		case dc.isDraining():
+			log.Error("removing the host failed; shutting down: it is removed at next start (it may be billing meanwhile)", fields...)
 			return
+		case freeSlot:
+			log.Error("removing the host keeps failing: its job slot is freed, removal goes on in the background; check the PaaS (the host may be billing)", fields...)
+			d.release(t.r, false)
+		case attempt >= removalSlotAttempts || executors.IsPermanent(err):
+			log.Error("removing the host failed again; retrying", fields...)
+		default:
+			log.Warn("removing the host failed; retrying", fields...)
 		}
-		if backoff.Sleep(ctx, d.backoff(attempt)) != nil {
-			return
-		}
+		dc.retryLater(ctx, t, wait)
+		return
 	}
 	d.store.Delete(rec.Key())
 	d.untrack(t)
-	d.release(t.r, false)
+	t.mu.Lock()
+	freed := t.slotFreed
+	t.slotFreed = true
+	failures := t.removalFailures
+	t.mu.Unlock()
+	if !freed {
+		d.release(t.r, false)
+	}
 	d.stats.decommissioned.Add(1)
 	d.obs().HostRemoved(t.r.Runner, rec.Key())
+	if failures > 0 {
+		log.Info("host removed after failed attempts", zap.Int("failed_attempts", failures))
+		return
+	}
 	log.Info("host removed")
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +25,15 @@ import (
 
 // JobSource is the GitLab side of one [[runners]] entry.
 type JobSource interface {
-	// RequestJob returns a job, nil when there is none, or an error.
+	// RequestJob returns a job, nil when there is none, or an error. An
+	// error for a job handed out but unusable (a bad payload) implements
+	// UnusableJob, so that the job can be failed in GitLab.
 	RequestJob(ctx context.Context) (*job.Acquired, error)
+	// ConfirmJob takes a job GitLab handed out (PUT state=running: the
+	// second phase of two-phase job commit; a keep-alive on a job already
+	// running). It returns the job's status, running or canceling;
+	// job.ErrNotRunning when the job is not this runner's to run any more.
+	ConfirmJob(ctx context.Context, id int64, jobToken string) (string, error)
 	// JobStatus is running or canceling; job.ErrNotRunning once it ended.
 	JobStatus(ctx context.Context, jobToken string) (string, error)
 	// FailJob reports a job failed, retrying until accepted or ctx ends;
@@ -34,6 +42,14 @@ type JobSource interface {
 	// WriteTrace appends to the job log at offset and returns the next
 	// offset; job.ErrNotRunning when the job ended.
 	WriteTrace(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (int64, error)
+}
+
+// UnusableJob is implemented by RequestJob errors about a job GitLab
+// handed out that cannot be run (its payload is invalid): it tells the job
+// (id 0 when even that could not be read).
+type UnusableJob interface {
+	error
+	UnusableJob() (id int64, jobToken string)
 }
 
 // Store is where jobs are made durable (package state implements it).
@@ -90,6 +106,12 @@ type Config struct {
 	TrackingRPS float64
 	// TrackingWorkers is how many job checks may be in flight (default 8).
 	TrackingWorkers int
+	// SafetyInterval is how often, at most, a launched job whose host end
+	// the executor reports (EndWatcher) is checked in GitLab anyway
+	// (default 1 min), SafetyPerMinute how many such checks a minute in
+	// all (default 100).
+	SafetyInterval  time.Duration
+	SafetyPerMinute float64
 	// KeepFinished: do not remove hosts of finished jobs.
 	KeepFinished bool
 	// DecommissionLaunchFailures: remove hosts of jobs that failed to launch.
@@ -128,11 +150,17 @@ func (c *Config) defaults() {
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = 3 * time.Second
 	}
-	if c.TrackingRPS <= 0 {
+	if !(c.TrackingRPS > 0) || math.IsInf(c.TrackingRPS, 0) { // NaN too: it would remove the cap
 		c.TrackingRPS = 40
 	}
 	if c.TrackingWorkers <= 0 {
 		c.TrackingWorkers = 8
+	}
+	if c.SafetyInterval <= 0 {
+		c.SafetyInterval = time.Minute
+	}
+	if !(c.SafetyPerMinute > 0) || math.IsInf(c.SafetyPerMinute, 0) {
+		c.SafetyPerMinute = 100
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 60 * time.Second
@@ -178,12 +206,17 @@ type Dispatcher struct {
 	tracker   *tracker
 
 	stats stats
+	// draining is closed once no more jobs are acquired.
+	draining chan struct{}
 }
 
 type runnerState struct {
 	*Runner
 	log      *zap.Logger
 	inFlight int // guarded by Dispatcher.mu
+	// watching: the executor's end watch runs (its launched jobs are
+	// tracked in GitLab only as a safety net).
+	watching atomic.Bool
 	// acquisition loop only:
 	forbidden     int
 	disabledUntil time.Time
@@ -197,7 +230,7 @@ type stats struct {
 func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
 	cfg.defaults()
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger, store: store, runners: map[string]*runnerState{},
-		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}}
+		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}, draining: make(chan struct{})}
 	for _, r := range runners {
 		if r.ID == "" || r.Executor == nil || r.Source == nil {
 			return nil, fmt.Errorf("runner %q: unique name, executor and job source are required", r.Name)
@@ -274,23 +307,32 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	loops.Wait() // ctx cancelled, or every runner did its poll cycles
 	stopAcq()
+	close(d.draining)
 	d.obs().Draining()
 	d.log.Info("draining: no more jobs are acquired; waiting for in-flight provisioning and decommissioning",
 		zap.Int("provisioning", d.Stats().Provisioning), zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout))
 
-	d.decoms.drain()
-	drained := make(chan struct{})
-	go func() { d.launches.Wait(); d.decoms.wait(); close(drained) }()
+	// In-flight launches finish first; meanwhile jobs are still watched
+	// and the hosts of those that end are removed (they bill by the
+	// second). Then the removals already queued are done, and the rest
+	// waits for the next start.
 	timer := time.NewTimer(d.cfg.ShutdownTimeout)
-	select {
-	case <-drained:
-	case <-timer.C:
-		d.log.Warn("shutdown timeout: interrupting in-flight steps; they resume at next start")
-		d.forceStop()
-		<-drained
-	case <-d.work.Done():
-		<-drained
+	waitFor := func(wait func()) {
+		done := make(chan struct{})
+		go func() { wait(); close(done) }()
+		select {
+		case <-done:
+		case <-timer.C:
+			d.log.Warn("shutdown timeout: interrupting in-flight steps; they resume at next start")
+			d.forceStop()
+			<-done
+		case <-d.work.Done():
+			<-done
+		}
 	}
+	waitFor(d.launches.Wait)
+	d.decoms.drain()
+	waitFor(d.decoms.wait)
 	timer.Stop()
 	stopBG()
 	bg.Wait()
@@ -304,6 +346,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.log.Info("stopped", zap.Int("jobs_tracked", st.Jobs), zap.Int("launched", st.Launched), zap.Int("pending", st.Provisioning))
 	return nil
 }
+
+// Draining is closed once the dispatcher acquires no more jobs.
+func (d *Dispatcher) Draining() <-chan struct{} { return d.draining }
 
 // reserve takes a job slot for r if the limits allow it.
 func (d *Dispatcher) reserve(r *runnerState) bool {
@@ -352,7 +397,10 @@ func (d *Dispatcher) freedChan() <-chan struct{} {
 
 // Stats is a snapshot for metrics and logs.
 type Stats struct {
-	Jobs, Provisioning, Launched, Decommissioning, Concurrent, MaxProvisioning                                        int
+	Jobs, Provisioning, Launched, Decommissioning, Concurrent, MaxProvisioning int
+	// RemovalsFailing: hosts whose last removal attempt failed (retried).
+	RemovalsFailing int
+
 	Acquired, LaunchedTotal, LaunchFailures, Finished, Decommissioned, DecommissionErrors, TrackingRequests, HostEnds uint64
 }
 
@@ -367,6 +415,11 @@ func (d *Dispatcher) Stats() Stats {
 		case state.Decommissioning:
 			s.Decommissioning++
 		}
+		t.mu.Lock()
+		if t.removalFailures > 0 {
+			s.RemovalsFailing++
+		}
+		t.mu.Unlock()
 	}
 	d.mu.Unlock()
 	s.Acquired = d.stats.acquired.Load()

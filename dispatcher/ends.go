@@ -20,10 +20,14 @@ import (
 func (d *Dispatcher) watchEnds(ctx context.Context, r *runnerState, w executors.EndWatcher) {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		start := time.Now()
+		r.watching.Store(true)
+		d.tracker.relane(r)
 		err := w.WatchEnds(ctx, func(e executors.End) {
 			d.aux.Add(1)
 			go func() { defer d.aux.Done(); d.hostEnded(ctx, r, e) }()
 		})
+		r.watching.Store(false)
+		d.tracker.relane(r)
 		if ctx.Err() != nil {
 			return
 		}
@@ -57,26 +61,59 @@ func (d *Dispatcher) hostEnded(ctx context.Context, r *runnerState, e executors.
 		return
 	}
 	d.stats.hostEnds.Add(1)
+	detail := fmt.Sprintf("exit status %d", e.ExitCode)
+	if e.Detail != "" {
+		detail += ": " + e.Detail
+	}
+	d.hostDown(ctx, t, "stopped", detail)
+}
+
+// hostDown handles a launched job whose host stopped or vanished (what):
+// if GitLab still has the job running, it died before the job could report
+// (OOM, crash, removed behind the daemon's back) and the job is failed with
+// runner_system_failure, detail in its log.
+func (d *Dispatcher) hostDown(ctx context.Context, t *tracked, what, detail string) {
 	rec := t.get()
-	status, err := r.Source.JobStatus(ctx, rec.Token)
+	status, err := t.r.Source.JobStatus(ctx, rec.Token)
 	switch {
 	case errors.Is(err, job.ErrNotRunning) || (err == nil && job.IsFinal(status)):
-		d.finished(t, "the host stopped after the job ended")
+		d.finished(t, "the host "+what+" after the job ended")
 	case err != nil:
 		// GitLab unreachable: the tracker decides later.
-		t.logger().Warn("the host stopped but GitLab could not be asked about the job", zap.Error(err))
+		t.logger().Warn("the host "+what+" but GitLab could not be asked about the job", zap.Error(err))
 	default:
-		detail := fmt.Sprintf("exit status %d", e.ExitCode)
-		if e.Detail != "" {
-			detail += ": " + e.Detail
-		}
-		t.logger().Error("the host stopped before the job reported a result", zap.String("detail", detail))
-		d.traceLine(ctx, t, "paas-runner: ERROR: the job's host stopped before the job reported a result ("+detail+")", true)
-		if err := r.Source.FailJob(ctx, rec.JobID, rec.Token, job.RunnerSystemFailure); err != nil && ctx.Err() == nil {
+		t.logger().Error("the host "+what+" before the job reported a result", zap.String("detail", detail))
+		d.traceLine(ctx, t, "paas-runner: ERROR: the job's host "+what+" before the job reported a result ("+detail+")", true)
+		if err := t.r.Source.FailJob(ctx, rec.JobID, rec.Token, job.RunnerSystemFailure); err != nil && ctx.Err() == nil {
 			t.logger().Error("could not fail the job in GitLab", zap.Error(err))
 		}
 		d.finished(t, "the host died")
 	}
+}
+
+// inspectResumed checks, at a restart, the host of a job recorded as
+// launched: one that died or vanished while the daemon was down fails its
+// job now rather than at GitLab's timeout.
+func (d *Dispatcher) inspectResumed(ctx context.Context, t *tracked, in executors.Inspector) {
+	rec := t.get()
+	st, err := in.Inspect(ctx, rec.Resource)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			t.logger().Warn("could not check the job's host after the restart; GitLab tracking notices its end", zap.Error(err))
+		}
+		return
+	case st.Exists && st.Running:
+		return
+	case !st.Exists:
+		d.hostDown(ctx, t, "disappeared", "it no longer exists: removed or lost while paas-runner was stopped")
+		return
+	}
+	detail := fmt.Sprintf("exit status %d", st.ExitCode)
+	if st.Detail != "" {
+		detail += ": " + st.Detail
+	}
+	d.hostDown(ctx, t, "stopped", detail)
 }
 
 // reapAll removes untracked hosts of every runner whose executor can list

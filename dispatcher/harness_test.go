@@ -30,6 +30,11 @@ type harness struct {
 	tokens    []string
 	limits    []int
 
+	// wrap, when set, stands between the dispatcher and the store.
+	wrap func(dispatcher.Store) dispatcher.Store
+	// wrapRunner, when set, may change runner i before the start.
+	wrapRunner func(i int, r *dispatcher.Runner)
+
 	d      *dispatcher.Dispatcher
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Run returned; runErr is then set
@@ -47,6 +52,8 @@ func newHarness(t testing.TB, runners int) *harness {
 	}
 	h.cfg = dispatcher.Config{
 		Concurrent: 50, MaxProvisioning: 10, CheckInterval: 20 * time.Millisecond, TrackingRPS: 1000,
+		// the fake reports host ends, but most tests end jobs in GitLab only
+		SafetyInterval: 20 * time.Millisecond, SafetyPerMinute: 60000,
 		DecommissionLaunchFailures: true, ShutdownTimeout: wait, RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond,
 		Logger: zaptest.NewLogger(t),
 	}
@@ -68,7 +75,7 @@ func (h *harness) start() {
 	var rs []*dispatcher.Runner
 	for i, tok := range h.tokens {
 		c, err := coordinator.New(coordinator.Config{URL: h.gl.URL, Token: tok, SystemID: "r_000000000000",
-			Info:  coordinator.Info{Features: map[string]bool{"cancel_gracefully": true}},
+			Info:  coordinator.Info{Features: map[string]bool{"cancel_gracefully": true, "two_phase_job_commit": true}},
 			Retry: coordinator.RetryPolicy{Min: time.Millisecond, Max: 10 * time.Millisecond}})
 		if err != nil {
 			h.t.Fatal(err)
@@ -76,7 +83,16 @@ func (h *harness) start() {
 		rs = append(rs, &dispatcher.Runner{Name: fmt.Sprintf("runner-%d", i), ID: uniqueName(tok), LegacyIDs: []string{config.LegacyID(tok)}, ExecutorName: "fake",
 			Executor: h.fake, Source: c, Limit: h.limits[i], UnhealthyLimit: 3, UnhealthyInterval: time.Hour})
 	}
-	h.d, err = dispatcher.New(h.cfg, h.store, rs)
+	if h.wrapRunner != nil {
+		for i, r := range rs {
+			h.wrapRunner(i, r)
+		}
+	}
+	var store dispatcher.Store = h.store
+	if h.wrap != nil {
+		store = h.wrap(store)
+	}
+	h.d, err = dispatcher.New(h.cfg, store, rs)
 	if err != nil {
 		h.t.Fatal(err)
 	}

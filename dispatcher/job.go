@@ -31,6 +31,13 @@ type tracked struct {
 	// earlyEnd is a host end reported before the launch was recorded;
 	// it is handled once it is.
 	earlyEnd *executors.End
+	// confirmed: GitLab was told the job is taken (ConfirmJob) since this
+	// daemon started.
+	confirmed bool
+	// removalFailures counts failed removals of the host; slotFreed: the
+	// job's concurrency slot was given back before its host was removed.
+	removalFailures int
+	slotFreed       bool
 }
 
 func (t *tracked) get() state.Job {
@@ -93,22 +100,21 @@ func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
 		d.failPending(t, errors.New(rec.Failure), false)
 		return
 	}
+	var err error
 	if resumed {
-		status, err := t.r.Source.JobStatus(ctx, rec.Token)
-		switch {
-		case errors.Is(err, job.ErrNotRunning) || (err == nil && job.IsFinal(status)):
-			t.stopProvisioning("the job ended in GitLab while paas-runner was stopped", job.StatusCanceled)
-		case err == nil && status == job.StatusCanceling:
-			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
-		case err != nil && d.work.Err() == nil:
-			log.Warn("could not check the resumed job in GitLab; resuming it anyway", zap.Error(err))
-		}
-		if why, _ := t.stopped(); why == "" {
+		// Confirming is also how a resumed job is checked: GitLab says
+		// whether it is still this runner's to run (a job never
+		// confirmed before the restart may have been given up on).
+		if err = d.confirm(ctx, t); err == nil {
 			log.Info("resuming the launch of a job", zap.String("phase", string(rec.Phase)))
 		}
 	}
-	d.tracker.add(t)
-	err := d.provisionAndLaunch(ctx, t)
+	if err == nil && resumed && d.alreadyRunning(ctx, t) {
+		return
+	}
+	if err == nil {
+		err = d.provisionAndLaunch(ctx, t)
+	}
 	if err == nil {
 		return
 	}
@@ -138,6 +144,9 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			if err := d.store.Sync(ctx); err != nil {
 				return fmt.Errorf("saving state: %w", err)
 			}
+			if err := d.confirm(ctx, t); err != nil {
+				return err
+			}
 			if err := d.admit(ctx, t); err != nil {
 				return err
 			}
@@ -157,6 +166,12 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		<-traced
 		if err != nil {
 			return fmt.Errorf("saving state before provisioning: %w", err)
+		}
+		// The job is durable: only now is GitLab told it is taken. A crash
+		// before this leaves the job unconfirmed, and GitLab hands it out
+		// again after its acknowledgement timeout.
+		if err := d.confirm(ctx, t); err != nil {
+			return err
 		}
 	} else {
 		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
@@ -185,6 +200,14 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if err != nil {
 		return err
 	}
+	d.markLaunched(t, h)
+	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
+	d.afterLaunch(t)
+	return nil
+}
+
+// markLaunched records that the job runs on its host h.
+func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle) {
 	t.mu.Lock()
 	t.cancel = nil
 	t.mu.Unlock()
@@ -197,7 +220,10 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	})
 	d.leaveProvisioning()
 	d.stats.launched.Add(1)
-	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
+}
+
+// afterLaunch handles a host end reported before the launch was recorded.
+func (d *Dispatcher) afterLaunch(t *tracked) {
 	t.mu.Lock()
 	early := t.earlyEnd
 	t.earlyEnd = nil
@@ -205,7 +231,68 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if early != nil {
 		d.hostEnded(d.work, t.r, *early)
 	}
-	return nil
+}
+
+// alreadyRunning handles a job resumed in the launching phase whose host,
+// inspected, already runs it: the launch happened before the restart (the
+// crash came before it was recorded). It is recorded as launched without
+// being handed to its host again, whatever the executor's Launch would do.
+func (d *Dispatcher) alreadyRunning(ctx context.Context, t *tracked) bool {
+	rec := t.get()
+	in, ok := t.r.Executor.(executors.Inspector)
+	if !ok || rec.Phase != state.Launching || len(rec.Resource) == 0 {
+		return false
+	}
+	st, err := in.Inspect(ctx, rec.Resource)
+	if err != nil || !st.Exists || !st.Running {
+		return false
+	}
+	d.markLaunched(t, rec.Resource)
+	t.logger().Info("the job's host already runs it (launched before the restart): tracking it, not launching it again")
+	d.afterLaunch(t)
+	return true
+}
+
+// confirm tells GitLab the job is taken (two-phase job commit), once it is
+// durable, and starts watching it. It retries while GitLab cannot be
+// reached: an unconfirmed job must not run (GitLab refuses its final
+// state), and GitLab gives it to another runner if the confirmation never
+// comes. A job GitLab no longer wants run stops provisioning (errStopped).
+func (d *Dispatcher) confirm(ctx context.Context, t *tracked) error {
+	t.mu.Lock()
+	done := t.confirmed
+	t.mu.Unlock()
+	if done {
+		return nil
+	}
+	rec := t.get()
+	for attempt := 0; ; attempt++ {
+		status, err := t.r.Source.ConfirmJob(ctx, rec.JobID, rec.Token)
+		switch {
+		case err == nil && status == job.StatusCanceling:
+			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
+			return errStopped
+		case err == nil:
+			t.mu.Lock()
+			t.confirmed = true
+			t.mu.Unlock()
+			d.tracker.add(t)
+			return nil
+		case errors.Is(err, job.ErrNotRunning):
+			t.stopProvisioning("the job is not this runner's to run any more in GitLab (ended, canceled, or given up before it was confirmed)", job.StatusCanceled)
+			return errStopped
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		if st := httpStatus(err); st >= 400 && st < 500 && st != 408 && st != 409 && st != 429 {
+			return fmt.Errorf("confirming the job to GitLab: %w", err)
+		}
+		wait := d.backoff(attempt)
+		t.logger().Warn("confirming the job to GitLab failed; retrying", zap.Int("attempt", attempt+1), zap.Duration("wait", wait), zap.Error(err))
+		if backoff.Sleep(ctx, wait) != nil {
+			return ctx.Err()
+		}
+	}
 }
 
 func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
@@ -424,6 +511,8 @@ func (d *Dispatcher) finished(t *tracked, how string) {
 func (d *Dispatcher) resume() {
 	recs := d.store.Jobs()
 	var pending, launched, decom, foreign int
+	var inspect []func(context.Context)
+	defer func() { d.inspectAll(inspect) }()
 	for _, rec := range recs {
 		r, ok := d.runners[rec.RunnerID]
 		if !ok {
@@ -464,6 +553,9 @@ func (d *Dispatcher) resume() {
 		case rec.Phase == state.Launched:
 			launched++
 			d.tracker.add(t)
+			if in, ok := r.Executor.(executors.Inspector); ok {
+				inspect = append(inspect, func(ctx context.Context) { d.inspectResumed(ctx, t, in) })
+			}
 		default:
 			decom++
 			d.decoms.enqueue(t)
@@ -473,4 +565,24 @@ func (d *Dispatcher) resume() {
 		d.log.Info("resumed jobs from the state file", zap.Int("pending", pending), zap.Int("launched", launched),
 			zap.Int("to_decommission", decom), zap.Int("unknown_runner", foreign))
 	}
+}
+
+// inspectAll runs the resume-time host checks, a few at a time, in the
+// background.
+func (d *Dispatcher) inspectAll(checks []func(context.Context)) {
+	if len(checks) == 0 {
+		return
+	}
+	d.aux.Add(1)
+	go func() {
+		defer d.aux.Done()
+		sem := make(chan struct{}, 8)
+		var wg sync.WaitGroup
+		for _, check := range checks {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer func() { <-sem }(); check(d.work) }()
+		}
+		wg.Wait()
+	}()
 }

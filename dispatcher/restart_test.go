@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,11 +26,23 @@ func TestDrainFinishesProvisioning(t *testing.T) {
 	<-g.entered
 	stopped := make(chan error, 1)
 	go func() { stopped <- h.stop() }()
-	// no acquisition after the drain started
-	h.gl.WaitFor(wait, "drain started", func(*coordinatortest.Server) bool { return true })
+	select {
+	case <-h.d.Draining():
+	case <-time.After(wait):
+		t.Fatal("the drain did not start")
+	}
+	// no acquisition once the drain started, while provisioning goes on
+	requests := h.gl.Count("POST /api/v4/jobs/request")
+	late := h.gl.Enqueue("", nil)
 	g.open()
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
+	}
+	if got := h.gl.Job(late.ID); got.Acquisitions != 0 || got.Status != "pending" {
+		t.Fatalf("a job was acquired during the drain: %+v", got)
+	}
+	if n := h.gl.Count("POST /api/v4/jobs/request"); n != requests {
+		t.Fatalf("%d job requests during the drain", n-requests)
 	}
 	rec, ok := h.store.Get(state.Key{Runner: uniqueName(h.tokens[0]), ID: running.ID})
 	if !ok || rec.Phase != state.Launched {
@@ -238,4 +251,90 @@ func TestResumeHeptapodKeyedJob(t *testing.T) {
 	if _, old := h.store.Get(state.Key{Runner: legacy, ID: j.ID}); old {
 		t.Fatal("the job is still recorded under its Heptapod ID")
 	}
+}
+
+// At a restart every launched job's host is checked: a job whose host
+// stopped or vanished while the daemon was down fails at once, with the
+// host's last lines in its log; a healthy one goes on.
+func TestResumeNoticesDeadHosts(t *testing.T) {
+	h := newHarness(t, 1)
+	var jobs []*coordinatortest.Job
+	for i := 0; i < 3; i++ {
+		jobs = append(jobs, h.gl.Enqueue("", nil))
+	}
+	h.start()
+	for _, j := range jobs {
+		name := h.hostName(h.tokens[0], j.ID)
+		h.waitFake("launched", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
+	}
+	if err := h.force(); err != nil {
+		t.Fatal(err)
+	}
+	h.store.Close()
+	h.store = nil
+	id := uniqueName(h.tokens[0])
+	oom, gone, healthy := jobs[0], jobs[1], jobs[2]
+	h.fake.Stop(id, oom.ID, 137, "OOM killed; last lines:\nCompiling…\nKilled")
+	h.fake.Vanish(id, gone.ID)
+	h.cfg.CheckInterval = time.Hour // GitLab tracking would not notice before long
+	h.start()
+	h.waitStatus(oom.ID, "failed")
+	h.waitStatus(gone.ID, "failed")
+	for _, j := range []*coordinatortest.Job{oom, gone} {
+		if got := h.gl.Job(j.ID); got.FailureReason != job.RunnerSystemFailure {
+			t.Fatalf("job %d: %s", j.ID, got.FailureReason)
+		}
+	}
+	if tr := h.gl.Job(oom.ID).Trace; !contains(tr, "host stopped before the job reported a result (exit status 137: OOM killed; last lines:\nCompiling…\nKilled)") {
+		t.Fatalf("trace %q", tr)
+	}
+	if tr := h.gl.Job(gone.ID).Trace; !contains(tr, "host disappeared before the job reported a result (it no longer exists") {
+		t.Fatalf("trace %q", tr)
+	}
+	h.waitFake("dead host removed", func(f *executortest.Fake) bool { return f.GoneLocked(h.hostName(h.tokens[0], oom.ID)) })
+	if got := h.gl.Job(healthy.ID); got.Status != "running" {
+		t.Fatalf("healthy job %s", got.Status)
+	}
+	if _, ok := h.fake.Live()[h.hostName(h.tokens[0], healthy.ID)]; !ok {
+		t.Fatal("healthy host removed")
+	}
+}
+
+// A job resumed in the launching phase whose host already runs it (the
+// crash came after the launch, before it was recorded) is not handed to
+// its host again, whatever the executor's Launch would do.
+func TestResumeDoesNotRelaunchARunningHost(t *testing.T) {
+	h := newHarness(t, 1)
+	g := newGate()
+	h.fake.OnLaunch = func(ctx context.Context, j executors.Job) error { return g.wait(ctx, j.ID) }
+	h.start()
+	j := h.gl.Enqueue("", nil)
+	<-g.entered
+	if err := h.force(); err != nil {
+		t.Fatal(err)
+	}
+	key := state.Key{Runner: uniqueName(h.tokens[0]), ID: j.ID}
+	rec, _ := h.store.Get(key)
+	if rec.Phase != state.Launching {
+		t.Fatalf("recorded as %s", rec.Phase)
+	}
+	h.store.Close()
+	h.store = nil
+	// the launch went through before the crash
+	h.fake.OnLaunch = nil
+	if _, err := h.fake.Launch(context.Background(), rec.Resource, executors.Job{RunnerID: rec.RunnerID, ID: rec.JobID}); err != nil {
+		t.Fatal(err)
+	}
+	var launches atomic.Int32
+	h.fake.OnLaunch = func(ctx context.Context, j executors.Job) error { launches.Add(1); return nil }
+	h.start()
+	h.gl.WaitFor(wait, "recorded as launched", func(*coordinatortest.Server) bool {
+		r, _ := h.store.Get(key)
+		return r.Phase == state.Launched
+	})
+	if n := launches.Load(); n != 0 {
+		t.Fatalf("Launch called %d times for a host already running the job", n)
+	}
+	h.gl.Finish(j.ID, "success")
+	h.waitFake("removed", func(f *executortest.Fake) bool { return f.GoneLocked(h.hostName(h.tokens[0], j.ID)) })
 }

@@ -1,12 +1,12 @@
 package dispatcher
 
 import (
+	"container/heap"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"sync"
 	"time"
-
-	"gitlab.com/paas-runner/paas-runner/internal/backoff"
 
 	"go.uber.org/zap"
 
@@ -15,35 +15,93 @@ import (
 )
 
 // tracker watches jobs in GitLab (GET /job with the job token) to notice
-// ends and cancellations. Jobs are checked in turn, each at most every
-// CheckInterval, and never more than TrackingRPS requests per second in
-// all: 5,000 jobs cost the same request rate as 150.
+// ends and cancellations, in two lanes:
+//
+//   - poll: jobs whose end nothing else reports (executors that cannot
+//     watch their hosts, jobs still being provisioned). Each is checked at
+//     most every CheckInterval, and never more than TrackingRPS requests
+//     per second in all: 5,000 jobs cost the same request rate as 150.
+//   - safety: launched jobs of executors that report host ends themselves
+//     (EndWatcher, while the watch runs). Their end is seen from the host,
+//     and GitLab is asked at once then; cancellation reaches the inner
+//     runner directly. GitLab is only asked as a safety net: each job at
+//     most every SafetyInterval (first check spread at random over it),
+//     and SafetyPerMinute requests a minute in all.
 type tracker struct {
 	d       *Dispatcher
 	mu      sync.Mutex
-	queue   []entry // FIFO, ordered by due time
-	head    int
-	members map[*tracked]bool
+	members map[*tracked]uint64 // membership generation: stale entries are skipped
+	gen     uint64
+	lanes   [2]*lane
 	wake    chan struct{}
+}
+
+const (
+	pollLane = iota
+	safetyLane
+)
+
+type lane struct {
+	interval time.Duration
+	spacing  time.Duration // between two checks of this lane
+	spread   bool          // first due time at random within interval
+	q        entryHeap
+	last     time.Time
 }
 
 type entry struct {
 	t   *tracked
+	gen uint64
 	due time.Time
 }
 
-func newTracker(d *Dispatcher) *tracker {
-	return &tracker{d: d, members: map[*tracked]bool{}, wake: make(chan struct{}, 1)}
+type entryHeap []entry
+
+func (h entryHeap) Len() int           { return len(h) }
+func (h entryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h entryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *entryHeap) Push(x any)        { *h = append(*h, x.(entry)) }
+func (h *entryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = entry{}
+	*h = old[:len(old)-1]
+	return e
 }
 
+func newTracker(d *Dispatcher) *tracker {
+	c := d.cfg
+	return &tracker{d: d, members: map[*tracked]uint64{}, wake: make(chan struct{}, 1), lanes: [2]*lane{
+		{interval: c.CheckInterval, spacing: time.Duration(float64(time.Second) / c.TrackingRPS)},
+		{interval: c.SafetyInterval, spacing: time.Duration(float64(time.Minute) / c.SafetyPerMinute), spread: true},
+	}}
+}
+
+// laneOf tells how t is watched now.
+func (tr *tracker) laneOf(t *tracked) int {
+	if t.phase() == state.Launched && t.r.watching.Load() {
+		return safetyLane
+	}
+	return pollLane
+}
+
+// add starts watching t (again, in the lane that fits it now).
 func (tr *tracker) add(t *tracked) {
+	l := tr.laneOf(t)
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	if tr.members[t] {
-		return
+	tr.pushLocked(t, l, true)
+}
+
+func (tr *tracker) pushLocked(t *tracked, l int, first bool) {
+	tr.gen++
+	tr.members[t] = tr.gen
+	ln := tr.lanes[l]
+	wait := ln.interval
+	if first && ln.spread {
+		wait = rand.N(ln.interval) + 1
 	}
-	tr.members[t] = true
-	tr.queue = append(tr.queue, entry{t, time.Now().Add(tr.d.cfg.CheckInterval)})
+	heap.Push(&ln.q, entry{t: t, gen: tr.gen, due: time.Now().Add(wait)})
 	tr.signalLocked()
 }
 
@@ -53,31 +111,69 @@ func (tr *tracker) remove(t *tracked) {
 	tr.mu.Unlock()
 }
 
-// next pops the next member entry, or reports there is none.
-func (tr *tracker) next() (entry, bool) {
+// relane moves r's jobs to the lane that fits them now (r's end watch
+// started or stopped).
+func (tr *tracker) relane(r *runnerState) {
 	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	for tr.head < len(tr.queue) {
-		e := tr.queue[tr.head]
-		tr.queue[tr.head] = entry{}
-		tr.head++
-		if tr.head > 1024 && tr.head*2 > len(tr.queue) {
-			tr.queue = append([]entry(nil), tr.queue[tr.head:]...)
-			tr.head = 0
-		}
-		if tr.members[e.t] {
-			return e, true
+	var ts []*tracked
+	for t := range tr.members {
+		if t.r == r {
+			ts = append(ts, t)
 		}
 	}
-	return entry{}, false
+	tr.mu.Unlock()
+	for _, t := range ts {
+		l := tr.laneOf(t)
+		tr.mu.Lock()
+		if _, ok := tr.members[t]; ok {
+			tr.pushLocked(t, l, true)
+		}
+		tr.mu.Unlock()
+	}
 }
 
-func (tr *tracker) requeue(t *tracked) {
+// next returns the entry to check next and when, or ok=false when there
+// is none.
+func (tr *tracker) next() (e entry, at time.Time, l int, ok bool) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	if tr.members[t] {
-		tr.queue = append(tr.queue, entry{t, time.Now().Add(tr.d.cfg.CheckInterval)})
-		tr.signalLocked()
+	for i, ln := range tr.lanes {
+		for ln.q.Len() > 0 && tr.members[ln.q[0].t] != ln.q[0].gen {
+			heap.Pop(&ln.q) // stale: removed or moved
+		}
+		if ln.q.Len() == 0 {
+			continue
+		}
+		when := ln.q[0].due
+		if g := ln.last.Add(ln.spacing); g.After(when) {
+			when = g
+		}
+		if !ok || when.Before(at) {
+			e, at, l, ok = ln.q[0], when, i, true
+		}
+	}
+	return e, at, l, ok
+}
+
+// take pops e from lane l if it is still its head.
+func (tr *tracker) take(e entry, l int) bool {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	ln := tr.lanes[l]
+	if ln.q.Len() == 0 || ln.q[0].t != e.t || ln.q[0].gen != e.gen || tr.members[e.t] != e.gen {
+		return false
+	}
+	heap.Pop(&ln.q)
+	ln.last = time.Now()
+	return true
+}
+
+func (tr *tracker) requeue(t *tracked, gen uint64) {
+	l := tr.laneOf(t)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.members[t] == gen {
+		tr.pushLocked(t, l, false)
 	}
 }
 
@@ -90,13 +186,11 @@ func (tr *tracker) signalLocked() {
 
 func (tr *tracker) run(ctx context.Context) {
 	d := tr.d
-	spacing := time.Duration(float64(time.Second) / d.cfg.TrackingRPS)
 	sem := make(chan struct{}, d.cfg.TrackingWorkers)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var last time.Time
 	for {
-		e, ok := tr.next()
+		e, at, l, ok := tr.next()
 		if !ok {
 			select {
 			case <-ctx.Done():
@@ -105,23 +199,33 @@ func (tr *tracker) run(ctx context.Context) {
 				continue
 			}
 		}
-		wait := max(time.Until(e.due), time.Until(last.Add(spacing)))
-		if backoff.Sleep(ctx, wait) != nil {
-			return
+		if wait := time.Until(at); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-tr.wake: // something new may come first
+				t.Stop()
+				continue
+			case <-t.C:
+			}
+		}
+		if !tr.take(e, l) {
+			continue
 		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
-		last = time.Now()
 		wg.Add(1)
-		go func(t *tracked) {
+		go func(e entry) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			d.check(ctx, t)
-			tr.requeue(t)
-		}(e.t)
+			d.check(ctx, e.t)
+			tr.requeue(e.t, e.gen)
+		}(e)
 	}
 }
 

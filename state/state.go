@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -138,6 +139,9 @@ type Store struct {
 	lastSnap     time.Time
 
 	writeObs atomic.Pointer[WriteObserver]
+	// journalSuspect: a failed append may have left bytes that could not
+	// be cut off; only a snapshot (which empties the journal) is safe.
+	journalSuspect bool
 }
 
 // lazyDelay is how long changes nobody waits for are held, so that they
@@ -180,10 +184,20 @@ func Open(path string) (*Store, error) {
 		return nil, &FormatError{Path: journalPath(abs), Msg: err.Error() + "; refusing to start (the files are left untouched)"}
 	}
 	s.seq, s.durable = replayedTo, replayedTo
+	_, statErr := os.Lstat(journalPath(abs))
 	jf, err := os.OpenFile(journalPath(abs), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		_ = unlock(lock)
 		return nil, fmt.Errorf("opening the state journal: %w", err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		// A new journal's directory entry must be durable before anything
+		// is acknowledged as written to it.
+		if err := syncDir(filepath.Dir(abs)); err != nil {
+			jf.Close()
+			_ = unlock(lock)
+			return nil, fmt.Errorf("syncing the state directory: %w", err)
+		}
 	}
 	s.journal = jf
 	if fi, err := jf.Stat(); err == nil {
@@ -383,11 +397,41 @@ func (s *Store) Writes() uint64 {
 
 // writer is the single goroutine that writes: journal records as soon as
 // a Sync waits (else grouped for lazyDelay), and snapshots of the whole
-// state when the journal is large or old, or when Save asks.
+// state when the journal is large or old, or when Save asks. While the
+// journal holds records, a timer folds it into the state file at most
+// snapshotEvery after the last snapshot, even if nothing else happens: the
+// state file on its own is never more than that behind.
 func (s *Store) writer() {
 	defer close(s.done)
 	backoff := 50 * time.Millisecond
-	for range s.wake {
+	for {
+		var fold <-chan time.Time
+		var foldTimer *time.Timer
+		s.mu.Lock()
+		if s.journalBytes > 0 || len(s.ops) > 0 {
+			foldTimer = time.NewTimer(max(time.Until(s.lastSnap.Add(snapshotEvery)), lazyDelay))
+			fold = foldTimer.C
+		}
+		s.mu.Unlock()
+		var woken, open bool
+		select {
+		case _, open = <-s.wake:
+			woken = true
+		case <-fold:
+		}
+		if foldTimer != nil {
+			foldTimer.Stop()
+		}
+		if woken && !open {
+			return
+		}
+		if !woken {
+			s.mu.Lock()
+			if s.journalBytes > 0 || len(s.ops) > 0 {
+				s.snapWanted = max(s.snapWanted, s.seq)
+			}
+			s.mu.Unlock()
+		}
 		s.mu.Lock()
 		lazy := s.waiters == 0 && !s.closed && s.snapWanted <= s.snapSeq
 		s.mu.Unlock()
@@ -405,7 +449,7 @@ func (s *Store) writer() {
 				s.mu.Unlock()
 				break
 			}
-			snap := s.snapWanted > s.snapSeq || s.journalBytes >= snapshotBytes ||
+			snap := s.snapWanted > s.snapSeq || s.journalBytes >= snapshotBytes || s.journalSuspect ||
 				(s.journalBytes > 0 && time.Since(s.lastSnap) >= snapshotEvery) || s.opsLast < s.seq && len(s.ops) == 0
 			var err error
 			start := time.Now()
@@ -446,15 +490,44 @@ func (s *Store) writer() {
 	}
 }
 
+// Fault injection for tests: how the journal is written and synced, and
+// how a directory is synced.
+var (
+	writeJournal = func(f *os.File, b []byte) (int, error) { return f.Write(b) }
+	syncJournal  = fdatasync
+	syncDir      = atomicfile.SyncDir
+)
+
 // appendJournal writes records up to seq last and makes them durable.
 func (s *Store) appendJournal(ops [][]byte, last uint64) error {
 	if len(ops) > 0 {
-		n, err := s.journal.Write(bytes.Join(ops, nil))
-		if err != nil {
-			return fmt.Errorf("appending to the state journal: %w", err)
+		data := bytes.Join(ops, nil)
+		n, err := writeJournal(s.journal, data)
+		if err == nil && n < len(data) {
+			err = io.ErrShortWrite
 		}
-		if err := fdatasync(s.journal); err != nil {
-			return fmt.Errorf("syncing the state journal: %w", err)
+		if err == nil {
+			if err = syncJournal(s.journal); err != nil {
+				err = fmt.Errorf("syncing the state journal: %w", err)
+			}
+		} else {
+			err = fmt.Errorf("appending to the state journal: %w", err)
+		}
+		if err != nil {
+			// A partial write (disk full) must not stay: the retry appends
+			// the records again, and a torn line before them would make
+			// the journal unreadable at the next start. Cut the file back
+			// to its last good length; if even that fails, only a
+			// snapshot may be written next.
+			s.mu.Lock()
+			good := s.journalBytes
+			s.mu.Unlock()
+			if terr := s.journal.Truncate(good); terr != nil {
+				s.mu.Lock()
+				s.journalSuspect = true
+				s.mu.Unlock()
+			}
+			return err
 		}
 		s.mu.Lock()
 		s.journalBytes += int64(n)
@@ -496,11 +569,12 @@ func (s *Store) snapshot() error {
 		if err := j.Truncate(0); err != nil {
 			return fmt.Errorf("emptying the state journal: %w", err)
 		}
-		if err := fdatasync(j); err != nil {
+		if err := syncJournal(j); err != nil {
 			return fmt.Errorf("syncing the state journal: %w", err)
 		}
 		s.mu.Lock()
 		s.journalBytes = 0
+		s.journalSuspect = false
 		s.mu.Unlock()
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -418,6 +419,114 @@ func FuzzOpenJournal(f *testing.F) {
 		}
 		s.Close()
 	})
+}
+
+// A journal append cut short by a full disk, then retried, leaves a
+// journal the next start reads: the torn bytes are cut off before the
+// retry appends the records again.
+func TestPartialJournalWriteThenRetry(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Put(Job{RunnerID: "r", JobID: 1, Phase: Launched})
+	if err := s.Sync(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	failures := 1
+	old := writeJournal
+	writeJournal = func(f *os.File, b []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failures > 0 {
+			failures--
+			n, _ := f.Write(b[:len(b)/2])
+			return n, syscall.ENOSPC
+		}
+		return f.Write(b)
+	}
+	defer func() { writeJournal = old }()
+	s.Put(Job{RunnerID: "r", JobID: 2, Phase: Provisioning, Payload: json.RawMessage(`{"id":2}`)})
+	err = s.Sync(ctx(t))
+	if err != nil && !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("first sync: %v", err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); err != nil; err = s.Sync(ctx(t)) {
+		// the writer retries by itself; Sync reports the error until then
+		if !errors.Is(err, syscall.ENOSPC) || time.Now().After(deadline) {
+			t.Fatalf("retry: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.Put(Job{RunnerID: "r", JobID: 3, Phase: Launched})
+	if err := s.Sync(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if failures != 0 {
+		t.Fatal("the failure was not injected")
+	}
+	mu.Unlock()
+	c := crashCopy(t, p)
+	s2, err := Open(c)
+	if err != nil {
+		t.Fatalf("next start refuses the journal: %v", err)
+	}
+	defer s2.Close()
+	if jobs := s2.Jobs(); len(jobs) != 3 || string(jobs[1].Payload) != `{"id":2}` {
+		t.Fatalf("replayed %+v", jobs)
+	}
+}
+
+// Creating the journal syncs the directory that holds it.
+func TestJournalCreationSyncsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	var synced []string
+	old := syncDir
+	syncDir = func(d string) error { synced = append(synced, d); return old(d) }
+	defer func() { syncDir = old }()
+	s, err := Open(filepath.Join(dir, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	abs, _ := filepath.Abs(dir)
+	if len(synced) == 0 || synced[0] != abs {
+		t.Fatalf("directory syncs: %v", synced)
+	}
+}
+
+// While idle, the journal is folded into the state file on a timer: the
+// state file alone is truthful soon after the last change.
+func TestIdleJournalIsFolded(t *testing.T) {
+	old := snapshotEvery
+	snapshotEvery = 200 * time.Millisecond
+	defer func() { snapshotEvery = old }()
+	p := filepath.Join(t.TempDir(), "state.json")
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Put(Job{RunnerID: "r", JobID: 42, Phase: Launched, Token: "t"})
+	if err := s.Sync(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, _ := os.ReadFile(p)
+		jf, _ := os.Stat(journalPath(p))
+		if bytes.Contains(b, []byte(`"job_id":42`)) && jf != nil && jf.Size() == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state file not updated while idle: %s", b)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the file system for the timer's effect
+	}
 }
 
 func TestObserveWrites(t *testing.T) {

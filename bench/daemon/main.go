@@ -25,6 +25,7 @@ func main() {
 	binary := flag.String("binary", "bench/out/paas-runner", "paas-runner built with -tags paasrunner_testexec")
 	jobs := flag.Int("jobs", 5000, "launched jobs in the state file")
 	seconds := flag.Int("seconds", 20, "measurement window")
+	executor := flag.String("executor", "test-dir", "test-dir (GitLab is polled for job ends) or test-dir-watch (the executor reports host ends)")
 	flag.Parse()
 
 	t := &coordinatortest.Program{}
@@ -42,9 +43,16 @@ func main() {
 	var launched []string
 	for i := 0; i < *jobs; i++ {
 		j := gl.AddRunning(token)
+		host := fmt.Sprintf("host-%s-%d", config.RunnerID(token), j.ID)
+		// the hosts exist and run: the restart check finds them alive
+		for _, suffix := range []string{".host", ".launched"} {
+			if err := os.WriteFile(filepath.Join(hosts, host+suffix), nil, 0o600); err != nil {
+				t.Fatalf("%v", err)
+			}
+		}
 		rec := map[string]any{"runner_name": config.RunnerID(token), "job_id": j.ID, "token": j.Token, "trace_offset": 100,
-			"expected_weight": 1, "paas_resource": map[string]string{"name": fmt.Sprintf("host-%s-%d", config.RunnerID(token), j.ID)},
-			"phase": "launched", "executor": "test-dir", "acquired_at": time.Now().UTC(), "launched_at": time.Now().UTC()}
+			"expected_weight": 1, "paas_resource": map[string]string{"name": host},
+			"phase": "launched", "executor": *executor, "acquired_at": time.Now().UTC(), "launched_at": time.Now().UTC()}
 		b, _ := json.Marshal(rec)
 		launched = append(launched, string(b))
 	}
@@ -53,6 +61,8 @@ func main() {
 		t.Fatalf("%v", err)
 	}
 	cfg := filepath.Join(dir, "config.toml")
+	// concurrent = the number of launched jobs: the daemon is saturated,
+	// and must not ask GitLab for more jobs.
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`concurrent = %d
 check_interval = 3
 state_file = %q
@@ -61,8 +71,8 @@ paas_log_statistics = false
 name = "bench"
 url = %q
 token = %q
-executor = "test-dir"
-`, *jobs+100, statePath, gl.URL, token)), 0o600)
+executor = %q
+`, *jobs, statePath, gl.URL, token, *executor)), 0o600)
 
 	cmd := exec.Command(*binary, "--log-format", "json", cfg)
 	cmd.Env = append(os.Environ(), "PAAS_RUNNER_TEST_EXECUTOR_DIR="+hosts)
@@ -101,8 +111,9 @@ executor = "test-dir"
 
 	fmt.Printf("| tracked launched jobs | %d |\n", *jobs)
 	fmt.Printf("| restart: process start → all jobs tracked | %.0f ms |\n", restart.Seconds()*1000)
-	fmt.Printf("| GitLab requests/s tracking jobs (GET /job) | %.1f |\n", float64(j1-j0)/el)
-	fmt.Printf("| GitLab requests/s polling for jobs (POST /jobs/request) | %.1f |\n", float64(r1-r0)/el)
+	fmt.Printf("| executor | %s |\n", *executor)
+	fmt.Printf("| GitLab requests/s tracking jobs (GET /job) | %.2f (%.0f a minute) |\n", float64(j1-j0)/el, float64(j1-j0)/el*60)
+	fmt.Printf("| GitLab requests/s polling for jobs, saturated (POST /jobs/request) | %.2f |\n", float64(r1-r0)/el)
 	fmt.Printf("| daemon RSS (VmRSS / peak VmHWM) | %d MB / %d MB |\n", rss/1024, hwm/1024)
 	fmt.Printf("| graceful stop (SIGTERM → exit) | %.0f ms (exit: %v) |\n", stop.Seconds()*1000, errOrZero(err))
 }

@@ -119,20 +119,29 @@ func appendRunner(existing []byte, r runnerSection) []byte {
 }
 
 // writeConfig validates data as a configuration and replaces path
-// atomically, keeping an existing file's mode (new files are 0600).
-func writeConfig(path string, data []byte) error {
+// atomically, mode 0600 whatever the mode of the file it replaces: it holds
+// runner tokens. tightened is the old mode when it let others read the
+// file (0 otherwise), for the caller to say so.
+func writeConfig(path string, data []byte) (tightened os.FileMode, err error) {
 	if _, err := config.Parse(path, data, config.Options{}); err != nil {
 		var es config.Errors
 		// a file whose last runner was unregistered is fine
 		if !errors.As(err, &es) || len(es) != 1 || !strings.HasPrefix(es[0].Msg, "no [[runners]]") {
-			return fmt.Errorf("the resulting configuration would be invalid:\n%w", err)
+			return 0, fmt.Errorf("the resulting configuration would be invalid:\n%w", err)
 		}
 	}
-	mode := os.FileMode(0o600)
-	if fi, err := os.Stat(path); err == nil {
-		mode = fi.Mode().Perm()
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		tightened = fi.Mode().Perm()
 	}
-	return atomicfile.WriteFile(path, data, mode)
+	return tightened, atomicfile.WriteFile(path, data, 0o600)
+}
+
+// modeNote tells that writeConfig made path private.
+func modeNote(path string, old os.FileMode) string {
+	if old == 0 {
+		return ""
+	}
+	return fmt.Sprintf("Note: %s was mode %04o, readable by others than its owner; it is now 0600, as it holds runner tokens.\n", path, old)
 }
 
 var (

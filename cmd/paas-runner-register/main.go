@@ -320,9 +320,11 @@ func register(f *regFlags, path string, p *prompter, stdout io.Writer) (int, err
 	} else {
 		data = appendRunner(existing, sec)
 	}
-	if err := writeConfig(path, data); err != nil {
+	oldMode, err := writeConfig(path, data)
+	if err != nil {
 		return exitFatal, fmt.Errorf("writing %s: %w (GitLab registered runner id %d: remove it there if you give up)", path, err, creds.ID)
 	}
+	fmt.Fprint(stdout, modeNote(path, oldMode))
 	if sysErr != nil {
 		fmt.Fprintf(stdout, "Note: the system id could not be stored next to the state file (%v); paas-runner creates it at first start.\n", sysErr)
 	}

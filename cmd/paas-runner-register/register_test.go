@@ -133,7 +133,8 @@ func TestAppendLegacyKeepsBytes(t *testing.T) {
 	gl, dir := setup(t)
 	cfg := filepath.Join(dir, "config.toml")
 	before := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
-	os.WriteFile(cfg, []byte(before), 0o640)
+	os.WriteFile(cfg, []byte(before), 0o644)
+	os.Chmod(cfg, 0o644) // whatever the umask
 	r := runReg("", "--non-interactive", "--url", gl.URL, "--registration-token", "GR1348941legacy", "--name", "clever",
 		"--executor", "clever-docker", "--cc-orga-id", "orga_123", "--cc-token", "cc-secret", "--tag-list", "a, b", "--locked",
 		"--inner-image", "registry.example/paas-runner-host:1", cfg)
@@ -158,8 +159,11 @@ func TestAppendLegacyKeepsBytes(t *testing.T) {
 	if sent["description"] != "clever" || sent["tag_list"] != "a,b" || sent["locked"] != true || sent["run_untagged"] != false {
 		t.Errorf("registration sent %v", sent)
 	}
-	if fi, _ := os.Stat(cfg); fi.Mode().Perm() != 0o640 {
-		t.Errorf("mode changed to %v", fi.Mode())
+	if fi, _ := os.Stat(cfg); fi.Mode().Perm() != 0o600 {
+		t.Errorf("appending to a 0644 file left it %v", fi.Mode())
+	}
+	if !strings.Contains(r.stdout, "was mode 0644, readable by others than its owner; it is now 0600") {
+		t.Errorf("the mode change is not said: %q", r.stdout)
 	}
 }
 

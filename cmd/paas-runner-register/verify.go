@@ -116,13 +116,15 @@ func unregister(args []string, stdout, stderr io.Writer) int {
 		return exitFatal
 	}
 	out, err := removeRunner(data, idx)
+	var oldMode os.FileMode
 	if err == nil {
-		err = writeConfig(path, out)
+		oldMode, err = writeConfig(path, out)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner-register: updating %s: %v\n", path, err)
 		return exitFatal
 	}
+	fmt.Fprint(stdout, modeNote(path, oldMode))
 	fmt.Fprintf(stdout, "Runner %q unregistered and removed from %s\n", *name, path)
 	return exitOK
 }

@@ -168,6 +168,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
+	if w := config.PermissionWarning(cfg.Path); w != "" {
+		log.Warn("the configuration file is readable by others than its owner: "+w, zap.String("config", cfg.Path))
+	}
 	if o.setPollIntvl {
 		log.Warn("--poll-interval is deprecated: set check_interval in the configuration", zap.Float64("check_interval", o.pollInterval))
 		cfg.CheckInterval = o.pollInterval
@@ -248,14 +251,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // handleSignals: the first SIGTERM/SIGINT/SIGQUIT drains; a second one
 // stops waiting. SIGUSR1 logs the tracked jobs when asked for.
-func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d *dispatcher.Dispatcher, ob *ops, debug bool, log *zap.Logger) {
+func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d forcer, ob *ops, debug bool, log *zap.Logger) {
 	draining := false
+	done := ctx.Done()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-done:
 			if !draining {
 				return
 			}
+			// Draining cancelled ctx itself: from now on only a second
+			// signal matters (selecting on a closed channel would spin).
+			done = nil
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
 				ob.hangup()
@@ -271,6 +278,7 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 				draining = true
 				log.Info("signal received: draining (send it again to stop waiting for in-flight steps)", zap.String("signal", s.String()))
 				drain()
+				done = nil
 				continue
 			}
 			log.Warn("second signal: stopping now; in-flight steps resume at next start", zap.String("signal", s.String()))
@@ -280,7 +288,14 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 	}
 }
 
-func logSnapshot(d *dispatcher.Dispatcher, log *zap.Logger) {
+// forcer is what handleSignals needs of the dispatcher.
+type forcer interface {
+	Force()
+	Snapshot() []dispatcher.JobInfo
+	Stats() dispatcher.Stats
+}
+
+func logSnapshot(d forcer, log *zap.Logger) {
 	jobs := d.Snapshot()
 	st := d.Stats()
 	log.Info("tracked jobs", zap.Int("jobs", st.Jobs), zap.Int("provisioning", st.Provisioning), zap.Int("launched", st.Launched))
@@ -307,11 +322,7 @@ func dispatcherConfig(cfg *config.Config, o *options, log *zap.Logger) dispatche
 	if cfg.PaasLogStatistics {
 		dc.StatsInterval = max(sec(cfg.JobProgressPollInterval), 10*time.Second)
 	}
-	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" { // tests: fast retries
-		if d, err := time.ParseDuration(v); err == nil {
-			dc.RetryMin, dc.RetryMax = d, 10*d
-		}
-	}
+	testOverrides(&dc)
 	return dc
 }
 
@@ -325,7 +336,7 @@ func buildRunners(ctx context.Context, cfg *config.Config, reg registry, env exe
 		client, err := coordinator.New(coordinator.Config{
 			URL: rc.URL, Token: rc.Token, TLSCAFile: rc.TLSCAFile, SystemID: systemID,
 			Info: coordinator.Info{Name: version.Name, Version: version.Version, Revision: version.Revision,
-				Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: features()},
+				Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: daemonFeatures()},
 			UserAgent:     version.UserAgent(),
 			Logger:        rlog.Named("coordinator"),
 			WrapTransport: env.ops.wrapTransport(rc.ID()),
@@ -360,6 +371,15 @@ func legacyIDs(rc *config.Runner) []string {
 // features are what jobs run by this runner support, as advertised to
 // GitLab: the inner runner's (exec-fetched-job), kept truthful there.
 func features() map[string]bool { return jobrunner.Features() }
+
+// daemonFeatures are what the daemon advertises when it requests jobs: the
+// inner runner's, plus two-phase job commit, which the daemon itself does
+// (it confirms a job with PUT state=running once the job is durable).
+func daemonFeatures() map[string]bool {
+	f := features()
+	f["two_phase_job_commit"] = true
+	return f
+}
 
 // execFetchedJob is the inner runner: paas-runner exec-fetched-job
 // --config runner.toml job.json. Exit 0 once GitLab accepted the job's
@@ -416,6 +436,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, ob *ops, log *zap.Logge
 	gauge("jobs_provisioning", "Jobs acquired but not launched yet.", func(s dispatcher.Stats) float64 { return float64(s.Provisioning) })
 	gauge("jobs_launched", "Jobs running on their host.", func(s dispatcher.Stats) float64 { return float64(s.Launched) })
 	gauge("jobs_decommissioning", "Hosts waiting for removal.", func(s dispatcher.Stats) float64 { return float64(s.Decommissioning) })
+	gauge("hosts_removal_failing", "Hosts whose removal failed and is being retried with backoff (they may be billing).", func(s dispatcher.Stats) float64 { return float64(s.RemovalsFailing) })
 	gauge("concurrent_limit", "The concurrent setting.", func(s dispatcher.Stats) float64 { return float64(s.Concurrent) })
 	counter("jobs_acquired_total", "Jobs acquired from GitLab.", func(s dispatcher.Stats) uint64 { return s.Acquired })
 	counter("jobs_launched_total", "Jobs launched on a host.", func(s dispatcher.Stats) uint64 { return s.LaunchedTotal })

@@ -173,6 +173,9 @@ func statusInterval() time.Duration {
 // yet, so the daemon says so and keeps running (Go's default would kill it).
 // A reload would be wrapped in RELOADING=1 … READY=1 (see reloading).
 func (o *ops) hangup() {
+	if o == nil {
+		return
+	}
 	_ = o.reloading(func() error {
 		err := errors.New("reloading the configuration is not supported yet; restart the daemon to apply changes")
 		o.log.Warn("SIGHUP received: keeping the current configuration", zap.Error(err))

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"time"
 
@@ -86,11 +85,7 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, SystemID: env.SystemID,
 		UserAgent: version.UserAgent(), Logger: log,
 	}
-	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" { // tests: fast retries
-		if d, err := time.ParseDuration(v); err == nil {
-			opts.RetryMin, opts.RetryMax, opts.RetryFor = d, 10*d, 100*d
-		}
-	}
+	testCleverOverrides(&opts) // test builds only: fast retries
 	var err error
 	if opts.Cache, err = s3Presigner(r); err != nil {
 		return nil, err

@@ -2,5 +2,16 @@
 
 package main
 
+import (
+	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker"
+)
+
 // addTestExecutors adds nothing to production builds.
 func addTestExecutors(registry) {}
+
+// testOverrides: production builds read no test knob from the environment.
+func testOverrides(*dispatcher.Config) {}
+
+// testCleverOverrides: production builds read no test knob.
+func testCleverOverrides(*cleverdocker.Options) {}

@@ -40,6 +40,18 @@ type Job struct {
 	AcquiredAt time.Time
 	// FinishedAt is when the job reached a final state.
 	FinishedAt time.Time
+	// WaitingAck: handed out to a runner that advertised
+	// two_phase_job_commit, still pending until it confirms with
+	// PUT state=running (see twophase.go).
+	WaitingAck bool
+	// AckDeadline is when an unconfirmed job is given up on (pushed back
+	// by each PUT state=pending keep-alive).
+	AckDeadline time.Time
+	// StatusChecks counts the GET /api/v4/job answered for this job.
+	StatusChecks int
+	// RetryOf is the job this one is an automatic retry of (0: none), and
+	// RetriedAs the retry created when this one was dropped.
+	RetryOf, RetriedAs int64
 	// FinalWaits are when final updates were answered 202 (see
 	// Server.FinalUpdatePending).
 	FinalWaits []time.Time
@@ -51,6 +63,7 @@ type Runner struct {
 	ID               int64
 	Paused           bool
 	CancelGracefully bool
+	TwoPhase         bool // advertised two_phase_job_commit
 	SystemIDs        map[string]bool
 	Requests         int
 }
@@ -108,6 +121,11 @@ type Server struct {
 	// HoldRequests makes POST /jobs/request wait until the job queue
 	// changes or this long passes when last_update is current (long poll).
 	LongPoll time.Duration
+	// AckTimeout is how long a job handed out with two-phase commit waits
+	// for the runner's PUT state=pending or running before GitLab drops it
+	// (runner_provisioning_timeout) and queues a retry: Rails'
+	// RUNNER_ACK_QUEUE_EXPIRY_TIME, 2 minutes (default).
+	AckTimeout time.Duration
 	// storage is the object storage of artifacts, when UseObjectStorage
 	// made one (artifacts.go).
 	storage *ObjectStorage
@@ -118,7 +136,7 @@ type Server struct {
 // New starts a fake GitLab for the duration of the test.
 func New(t TB) *Server {
 	s := &Server{t: t, runners: map[string]*Runner{}, jobs: map[int64]*Job{}, byToken: map[string]*Job{},
-		counts: map[string]int{}, changed: make(chan struct{}), nextID: idBase(), TraceUpdate: 3}
+		counts: map[string]int{}, changed: make(chan struct{}), nextID: idBase(), TraceUpdate: 3, AckTimeout: 2 * time.Minute}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
@@ -154,6 +172,10 @@ func (s *Server) RemoveRunner(token string) {
 func (s *Server) Enqueue(runnerToken string, extra map[string]any) *Job {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.enqueueLocked(runnerToken, extra)
+}
+
+func (s *Server) enqueueLocked(runnerToken string, extra map[string]any) *Job {
 	s.nextID++
 	id := s.nextID
 	tok := fmt.Sprintf("glcbt-job%d-%s", id, strconv.FormatInt(time.Now().UnixNano()%1e9, 36))
@@ -257,6 +279,7 @@ func (s *Server) Cancel(id int64) {
 	switch j.Status {
 	case "pending":
 		j.Status = "canceled"
+		j.WaitingAck = false
 		s.dequeue(id)
 	case "running":
 		j.Status = "canceled"
@@ -278,6 +301,7 @@ func (s *Server) ForceCancel(id int64) {
 	}
 	if !isFinal(j.Status) {
 		j.Status = "canceled"
+		j.WaitingAck = false
 	}
 	s.notify()
 	s.mu.Unlock()
@@ -560,6 +584,7 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 	}
 	rn.Requests++
 	rn.CancelGracefully = req.Info.Features["cancel_gracefully"]
+	rn.TwoPhase = req.Info.Features["two_phase_job_commit"]
 	if req.SystemID != "" {
 		rn.SystemIDs[req.SystemID] = true
 	}
@@ -587,7 +612,11 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		s.queue = append(s.queue[:i], s.queue[i+1:]...)
-		j.Status = "running"
+		if req.Info.Features["two_phase_job_commit"] {
+			s.awaitAckLocked(j)
+		} else {
+			j.Status = "running"
+		}
 		j.Acquisitions++
 		j.AcquiredAt = time.Now()
 		if j.RunnerToken == "" {
@@ -623,6 +652,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, `{"message":"401 Unauthorized"}`)
 		return
 	}
+	j.StatusChecks++
 	body, _ := json.Marshal(map[string]any{"id": j.ID, "status": j.Status, "name": "test", "stage": "test", "ref": "main",
 		"pipeline": map[string]any{"id": 1, "status": "running"}, "web_url": s.URL + "/g/p/-/jobs/" + strconv.FormatInt(j.ID, 10)})
 	s.mu.Unlock()
@@ -637,7 +667,7 @@ func (s *Server) authJob(w http.ResponseWriter, id int64, tok string) (*Job, boo
 		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
 		return nil, false
 	}
-	if j.Status != "running" && j.Status != "canceling" {
+	if j.Status != "running" && j.Status != "canceling" && !j.WaitingAck {
 		w.Header().Set("Job-Status", j.Status)
 		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden - Job is not processing on runner"}`)
 		return nil, false
@@ -660,11 +690,18 @@ func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 	}
 	j.Updates = append(j.Updates, req)
 	state, _ := req["state"].(string)
+	if j.WaitingAck {
+		if status, done := s.ackWorkflowLocked(j, state); done {
+			w.Header().Set("Job-Status", j.Status)
+			writeJSON(w, status, strconv.Itoa(status))
+			return
+		}
+	}
 	if s.holdFinalUpdate(w, j, state, req) {
 		return
 	}
 	switch state {
-	case "running", "pending":
+	case "running":
 	case "success":
 		j.Status = "success"
 		j.FinishedAt = time.Now()

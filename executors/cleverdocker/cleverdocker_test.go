@@ -74,7 +74,7 @@ func testJob(id int64, vars ...string) executors.Job {
 
 type inspector struct{ s *cleverdockertest.Server }
 
-func (in inspector) Inspect(_ context.Context, h executors.Handle) (bool, int, error) {
+func (in inspector) Observe(_ context.Context, h executors.Handle) (bool, int, error) {
 	hd, err := decodeHandle(h)
 	if err != nil {
 		return false, 0, err
@@ -92,7 +92,7 @@ func (in inspector) Inspect(_ context.Context, h executors.Handle) (bool, int, e
 func TestConformance(t *testing.T) {
 	executortest.Run(t, func(t *testing.T) executortest.Subject {
 		f := newFixture(t, nil)
-		return executortest.Subject{Executor: f.e, Inspector: inspector{f.s}, RunnerID: runnerID, Timeout: time.Minute,
+		return executortest.Subject{Executor: f.e, Observer: inspector{f.s}, RunnerID: runnerID, Timeout: time.Minute,
 			Payload: func(id int64) json.RawMessage { return testJob(id).Payload }}
 	})
 }

@@ -11,17 +11,18 @@ import (
 	"gitlab.com/paas-runner/paas-runner/executors"
 )
 
-// Inspector lets the conformance suite look at hosts from outside.
-type Inspector interface {
-	// Inspect says whether h's host exists and how many times a job was
+// Observer lets the conformance suite look at hosts from outside (it is
+// not executors.Inspector, which the dispatcher uses at resume).
+type Observer interface {
+	// Observe says whether h's host exists and how many times a job was
 	// really launched on it.
-	Inspect(ctx context.Context, h executors.Handle) (exists bool, launches int, err error)
+	Observe(ctx context.Context, h executors.Handle) (exists bool, launches int, err error)
 }
 
 // Subject is what the suite tests: an executor and a way to inspect it.
 type Subject struct {
-	Executor  executors.Executor
-	Inspector Inspector
+	Executor executors.Executor
+	Observer Observer
 	// RunnerID to use in jobs; unique per test run is best.
 	RunnerID string
 	// Timeout for each step (real PaaS back ends are slow). Default 2 min.
@@ -59,7 +60,7 @@ func (s Subject) ctx(t *testing.T) context.Context {
 
 func (s Subject) inspect(t *testing.T, h executors.Handle) (bool, int) {
 	t.Helper()
-	ok, n, err := s.Inspector.Inspect(s.ctx(t), h)
+	ok, n, err := s.Observer.Observe(s.ctx(t), h)
 	if err != nil {
 		t.Fatalf("inspect: %v", err)
 	}

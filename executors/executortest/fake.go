@@ -20,9 +20,13 @@ type Host struct {
 	Provisions     int // Provision calls that found no host and created it
 	Launches       int // Launch calls that actually started the job
 	Decommissioned bool
-	TraceOffset    int64
-	Payload        json.RawMessage
-	Created        time.Time
+	// Stopped: the host stopped by itself (Stop), with ExitCode and Detail.
+	Stopped     bool
+	ExitCode    int
+	Detail      string
+	TraceOffset int64
+	Payload     json.RawMessage
+	Created     time.Time
 }
 
 // Fake is an in-memory executor. Hooks run inside the calls and may block
@@ -34,6 +38,8 @@ type Fake struct {
 	OnProvision    func(ctx context.Context, j executors.Job) error
 	OnLaunch       func(ctx context.Context, j executors.Job) error
 	OnDecommission func(ctx context.Context, name string) error
+	// OnInspect, when set, runs inside Inspect and may fail it.
+	OnInspect func(ctx context.Context, name string) error
 
 	mu    sync.Mutex
 	hosts map[string]*Host
@@ -48,6 +54,7 @@ var (
 	_ executors.Executor   = (*Fake)(nil)
 	_ executors.EndWatcher = (*Fake)(nil)
 	_ executors.Reaper     = (*Fake)(nil)
+	_ executors.Inspector  = (*Fake)(nil)
 )
 
 // NewFake returns an empty fake executor.
@@ -268,8 +275,8 @@ func (f *Fake) MaxConcurrentProvisions() int {
 	return f.maxInProvision
 }
 
-// Inspect implements Inspector for the conformance suite.
-func (f *Fake) Inspect(_ context.Context, h executors.Handle) (exists bool, launches int, err error) {
+// Observe implements Observer for the conformance suite.
+func (f *Fake) Observe(_ context.Context, h executors.Handle) (exists bool, launches int, err error) {
 	name, err := decode(h)
 	if err != nil {
 		return false, 0, err
@@ -281,4 +288,46 @@ func (f *Fake) Inspect(_ context.Context, h executors.Handle) (exists bool, laun
 		return false, 0, nil
 	}
 	return true, host.Launches, nil
+}
+
+// Inspect implements executors.Inspector: a host runs once launched until
+// Stop says it stopped.
+func (f *Fake) Inspect(ctx context.Context, h executors.Handle) (executors.HostStatus, error) {
+	name, err := decode(h)
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	if f.OnInspect != nil {
+		if err := f.OnInspect(ctx, name); err != nil {
+			return executors.HostStatus{}, err
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	host, ok := f.hosts[name]
+	if !ok {
+		return executors.HostStatus{}, nil
+	}
+	return executors.HostStatus{Exists: true, Running: host.Launches > 0 && !host.Stopped, ExitCode: host.ExitCode, Detail: host.Detail}, nil
+}
+
+// Stop marks the host of job id (of runner) as stopped by itself with
+// exitCode and detail, without announcing it (as if the daemon was down);
+// End announces it.
+func (f *Fake) Stop(runner string, id int64, exitCode int, detail string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if host, ok := f.hosts[f.name(executors.Job{RunnerID: runner, ID: id})]; ok {
+		host.Stopped, host.ExitCode, host.Detail = true, exitCode, detail
+		f.notifyLocked()
+	}
+}
+
+// Vanish removes the host of job id (of runner) behind the daemon's back
+// (docker rm -f, a PaaS that lost it).
+func (f *Fake) Vanish(runner string, id int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.hosts, f.name(executors.Job{RunnerID: runner, ID: id}))
+	f.notifyLocked()
 }

@@ -112,7 +112,7 @@ func TestConformanceDefaultImage(t *testing.T) {
 	needDocker(t)
 	executortest.Run(t, func(t *testing.T) executortest.Subject {
 		e := newExec(t, nil)
-		return executortest.Subject{Executor: e, Inspector: e, RunnerID: e.opts.RunnerID}
+		return executortest.Subject{Executor: e, Observer: e, RunnerID: e.opts.RunnerID}
 	})
 }
 
@@ -120,7 +120,7 @@ func TestConformanceHeptapodImage(t *testing.T) {
 	needDocker(t)
 	executortest.Run(t, func(t *testing.T) executortest.Subject {
 		e := newExec(t, func(o *Options) { o.InnerImage = innerImage; o.NetworkMode = "host" })
-		return executortest.Subject{Executor: e, Inspector: e, RunnerID: e.opts.RunnerID,
+		return executortest.Subject{Executor: e, Observer: e, RunnerID: e.opts.RunnerID,
 			Payload: func(id int64) json.RawMessage { return payload(id, "sleep") }}
 	})
 }
@@ -190,13 +190,13 @@ func TestReapSparesOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _, _ := e.Inspect(ctx, orphan); ok {
+	if ok, _, _ := e.Observe(ctx, orphan); ok {
 		t.Fatalf("orphan left (removed %v)", removed)
 	}
-	if ok, _, _ := e.Inspect(ctx, kept); !ok {
+	if ok, _, _ := e.Observe(ctx, kept); !ok {
 		t.Fatal("kept host removed")
 	}
-	if ok, _, _ := other.Inspect(ctx, foreign); !ok {
+	if ok, _, _ := other.Observe(ctx, foreign); !ok {
 		t.Fatal("another daemon's host removed")
 	}
 	if _, err := e.cli.ContainerInspect(ctx, unl.ID); err != nil {

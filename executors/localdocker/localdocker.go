@@ -616,9 +616,9 @@ func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time
 	return removed, nil
 }
 
-// Inspect implements executortest.Inspector: the host exists while its
+// Observe implements executortest.Observer: the host exists while its
 // container does; it was launched once the container started.
-func (e *Executor) Inspect(ctx context.Context, h executors.Handle) (bool, int, error) {
+func (e *Executor) Observe(ctx context.Context, h executors.Handle) (bool, int, error) {
 	hd, err := decodeHandle(h)
 	if err != nil {
 		return false, 0, err

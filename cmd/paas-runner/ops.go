@@ -72,6 +72,7 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 		}
 		o.provisioning.WithLabelValues(r.Executor)
 		o.decomLag.WithLabelValues(r.Executor)
+		o.launchFails.WithLabelValues(r.Executor, "runner_system_failure")
 	}
 	for _, k := range []string{"journal", "snapshot"} {
 		o.stateWrite.WithLabelValues(k, "ok")

@@ -23,9 +23,16 @@ echo
 echo "## go test -run xxx -bench JobStartToFirstLine -benchtime 10x ./cmd/paas-runner/"
 go test -run xxx -bench JobStartToFirstLine -benchtime 10x ./cmd/paas-runner/ | grep Benchmark
 echo
+echo "## go run ./bench/pickup -binary bench/out/paas-runner-static -jobs N (N = 1, 20)"
+CGO_ENABLED=0 go build -o bench/out/paas-runner-static ./cmd/paas-runner
+for n in 1 20; do go run ./bench/pickup -binary bench/out/paas-runner-static -jobs "$n" -sleep 30; done
+echo
 echo "## go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/"
 go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/ | grep Benchmark
 echo
 echo "## go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/"
 go test -run xxx -bench 'Waiters100/shared' -benchtime 5x ./pipeguard/ | grep Benchmark
 go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep Benchmark
+echo
+echo "## go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/"
+go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/ 2>/dev/null | grep Benchmark

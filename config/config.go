@@ -46,6 +46,9 @@ type Config struct {
 
 	Runners []Runner
 
+	// Guards is [guards] (defaults when absent).
+	Guards Guards
+
 	// Warnings are accepted keys that have no effect (gitlab-runner
 	// [runners.docker] keys the inner runner does not honour), to log at
 	// start, in file order.

@@ -105,6 +105,10 @@ func (d *decoder) lineOfKey(key string) int { return d.keys[key] }
 
 // note records that key is defined, and where.
 func (d *decoder) note(key string, p toml.Primitive) {
+	if n := d.guardsLine(key); n > 0 {
+		d.keys[key] = n
+		return
+	}
 	if m := runnerKeyRe.FindStringSubmatch(key); m != nil {
 		i, _ := strconv.Atoi(m[1])
 		d.keys[key] = d.loc.line(i, strings.Split(m[2], "."))
@@ -194,6 +198,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 	c.PaasLogStatistics = true
 	c.PaasTrackingRequestsPerSecond = DefaultTrackingRPS
 	var runners []map[string]toml.Primitive
+	var guards map[string]toml.Primitive
 	var ignoredTables map[string]any
 	fields := fieldSet{
 		"concurrent":                        &c.Concurrent,
@@ -212,6 +217,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"paas_tracking_requests_per_second": &c.PaasTrackingRequestsPerSecond,
 		"quota_computation":                 &c.QuotaComputation,
 		"runners":                           &runners,
+		"guards":                            &guards,
 		// gitlab-runner keys with no meaning here, accepted so that a
 		// gitlab-runner style file loads.
 		"session_server":     &ignoredTables,
@@ -219,6 +225,7 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"sentry_dsn":         new(any),
 	}
 	d.decodeFields("", top, fields, nil)
+	c.Guards = d.decodeGuards(guards)
 	if c.CheckInterval == 0 {
 		c.CheckInterval = DefaultCheckInterval
 	}

@@ -65,10 +65,16 @@ type Store interface {
 // go on (deployment locks, environment pools, pipeline conflicts). It may
 // block until the job may proceed.
 type Guard interface {
-	// Admit returns nil to let the job be provisioned, or an error
-	// carrying the reason the job is failed with (see executors.Error for
-	// failure reasons). It must return when ctx ends.
-	Admit(ctx context.Context, r *Runner, j *job.Acquired) error
+	// Admit returns nil to let the job be provisioned, with variables to
+	// add to its payload, or an error carrying the reason the job is
+	// failed with (a FailureReason() string method, or executors.Error).
+	// jobLog writes a line to the job's log. A guard about to block calls
+	// blocking first: the job then gives its concurrency slots back while
+	// it waits. Admit must return when ctx ends (cancel, shutdown).
+	Admit(ctx context.Context, runnerID string, j *job.Acquired, jobLog func(line string), blocking func()) ([]job.Variable, error)
+	// Release frees what the job holds; called once it left the
+	// dispatcher's care (its host removed, or none made).
+	Release(runnerID string, jobID int64)
 }
 
 // Runner is one [[runners]] entry as the dispatcher sees it.
@@ -136,6 +142,9 @@ type Config struct {
 	StatsInterval time.Duration
 	Logger        *zap.Logger
 	Guards        []Guard
+	// MaxWaiting jobs waiting for guards give their slots back (default
+	// 200); more wait holding theirs, so that acquisition stops.
+	MaxWaiting int
 	// Observer is told about lifecycle events (metrics, health).
 	Observer Observer
 }
@@ -180,6 +189,9 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if c.MaxWaiting <= 0 {
+		c.MaxWaiting = 200
+	}
 }
 
 // Dispatcher runs the runners.
@@ -204,6 +216,11 @@ type Dispatcher struct {
 	aux       sync.WaitGroup // short-lived helpers (host ends)
 	decoms    *decommissioner
 	tracker   *tracker
+
+	// stopWaiting ends guard waits when draining: they resume at next start.
+	stopWaiting context.Context
+	endWaits    context.CancelFunc
+	parked      int // guarded by mu: waiting jobs that gave their slots back
 
 	stats stats
 	// draining is closed once no more jobs are acquired.
@@ -258,6 +275,7 @@ func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
 		}
 	}
 	d.work, d.forceStop = context.WithCancel(context.Background())
+	d.stopWaiting, d.endWaits = context.WithCancel(d.work)
 	d.decoms = newDecommissioner(d)
 	d.tracker = newTracker(d)
 	return d, nil
@@ -308,6 +326,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	loops.Wait() // ctx cancelled, or every runner did its poll cycles
 	stopAcq()
 	close(d.draining)
+	d.endWaits()
 	d.obs().Draining()
 	d.log.Info("draining: no more jobs are acquired; waiting for in-flight provisioning and decommissioning",
 		zap.Int("provisioning", d.Stats().Provisioning), zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout))

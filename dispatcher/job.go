@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -122,7 +123,7 @@ func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
 		d.abandon(t, why, status)
 		return
 	}
-	if d.work.Err() != nil {
+	if d.work.Err() != nil || errors.Is(err, errDraining) {
 		log.Info("launch interrupted by shutdown; it resumes at next start", zap.String("phase", string(t.phase())))
 		return
 	}
@@ -150,6 +151,7 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			if err := d.admit(ctx, t); err != nil {
 				return err
 			}
+			ej.Payload = t.get().Payload // with the guards' variables
 		}
 		h, err := ex.Plan(ctx, ej)
 		if err != nil {
@@ -303,12 +305,153 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 		}
 		t.acquired = a
 	}
-	for _, g := range d.cfg.Guards {
-		if err := g.Admit(ctx, t.r.Runner, t.acquired); err != nil {
-			return &stepError{op: "pass the deployment guard", err: err}
+	// A guard may wait long: the job gives its slots back meanwhile
+	// (parked) and takes them again before provisioning. Draining ends
+	// the wait; the job resumes waiting at next start.
+	gctx, stop := context.WithCancel(ctx)
+	defer stop()
+	defer context.AfterFunc(d.stopWaiting, stop)()
+	parked := false
+	park := func() {
+		// A guard may wait long: the job is durable meanwhile (it waits
+		// again after a restart).
+		t.update(d.store, func(*state.Job) {})
+		if err := d.store.Sync(ctx); err != nil && ctx.Err() == nil {
+			t.logger().Warn("could not save the waiting job; it is lost if paas-runner stops now", zap.Error(err))
 		}
+		d.mu.Lock()
+		if !parked && d.parked < d.cfg.MaxWaiting {
+			parked = true
+			d.parked++
+			d.total--
+			d.provisioning--
+			t.r.inFlight--
+			d.signalLocked()
+		}
+		d.mu.Unlock()
+	}
+	var added []job.Variable
+	var err error
+	for _, g := range d.cfg.Guards {
+		var vs []job.Variable
+		vs, err = g.Admit(gctx, t.r.ID, t.acquired, func(line string) { d.traceLine(ctx, t, line, false) }, park)
+		if err != nil {
+			break
+		}
+		added = append(added, vs...)
+	}
+	if parked {
+		d.mu.Lock()
+		d.parked--
+		d.mu.Unlock()
+		d.unpark(ctx, t.r, err == nil)
+	}
+	switch {
+	case err != nil && d.stopWaiting.Err() != nil && ctx.Err() == nil:
+		return errDraining
+	case err != nil && ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil:
+		return guardError(err)
+	}
+	if len(added) > 0 {
+		raw, perr := withVariables(t.get().Payload, added)
+		if perr != nil {
+			return &stepError{op: "read the job payload", err: executors.Permanent("payload", perr)}
+		}
+		a, perr := job.Parse(raw)
+		if perr != nil {
+			return &stepError{op: "read the job payload", err: executors.Permanent("payload", perr)}
+		}
+		t.acquired = a
+		t.update(d.store, func(j *state.Job) { j.Payload = raw })
 	}
 	return nil
+}
+
+var errDraining = errors.New("draining: guard wait interrupted")
+
+// unpark takes a parked job's slots again: waiting for them when it goes
+// on, at once (over the limits, for the failure path to give them back)
+// when it does not or ctx ends.
+func (d *Dispatcher) unpark(ctx context.Context, r *runnerState, goOn bool) {
+	for {
+		if goOn && ctx.Err() == nil && !d.reserve(r) {
+			freed := d.freedChan()
+			tm := time.NewTimer(d.cfg.CheckInterval)
+			select {
+			case <-ctx.Done():
+			case <-freed:
+			case <-tm.C:
+			}
+			tm.Stop()
+			continue
+		}
+		if !goOn || ctx.Err() != nil {
+			d.mu.Lock()
+			d.total++
+			d.provisioning++
+			r.inFlight++
+			d.mu.Unlock()
+		}
+		return
+	}
+}
+
+// guardError makes a guard's refusal a permanent job failure with the
+// guard's failure reason.
+func guardError(err error) error {
+	var ee *executors.Error
+	if errors.As(err, &ee) {
+		return err
+	}
+	reason := job.ScriptFailure
+	var fr interface{ FailureReason() string }
+	if errors.As(err, &fr) {
+		reason = fr.FailureReason()
+	}
+	return &executors.Error{Op: "guard", Permanent: true, FailureReason: reason, Err: err}
+}
+
+// withVariables appends variables to a payload's list (replacing earlier
+// entries of the same keys), keeping every other field as it is.
+func withVariables(raw json.RawMessage, vs []job.Variable) (json.RawMessage, error) {
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	var list []json.RawMessage
+	if v, ok := doc["variables"]; ok && string(v) != "null" {
+		if err := json.Unmarshal(v, &list); err != nil {
+			return nil, fmt.Errorf("job variables: %w", err)
+		}
+	}
+	keys := map[string]bool{}
+	for _, v := range vs {
+		keys[v.Key] = true
+	}
+	kept := list[:0]
+	for _, item := range list {
+		var k struct {
+			Key string `json:"key"`
+		}
+		if json.Unmarshal(item, &k) == nil && keys[k.Key] {
+			continue
+		}
+		kept = append(kept, item)
+	}
+	for _, v := range vs {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		kept = append(kept, b)
+	}
+	var err error
+	if doc["variables"], err = json.Marshal(kept); err != nil {
+		return nil, err
+	}
+	return json.Marshal(doc)
 }
 
 // spaceLaunches applies paas_min_seconds_between_launches.
@@ -475,9 +618,13 @@ func (d *Dispatcher) forget(t *tracked, provisioning bool) {
 }
 
 func (d *Dispatcher) untrack(t *tracked) {
+	k := t.get().Key()
 	d.mu.Lock()
-	delete(d.jobs, t.get().Key())
+	delete(d.jobs, k)
 	d.mu.Unlock()
+	for _, g := range d.cfg.Guards {
+		g.Release(t.r.ID, k.ID)
+	}
 }
 
 // finished handles a launched job that ended.

@@ -180,12 +180,14 @@ func TestReapAtStart(t *testing.T) {
 
 type refuseGuard struct{}
 
-func (refuseGuard) Admit(ctx context.Context, r *dispatcher.Runner, j *job.Acquired) error {
+func (refuseGuard) Admit(ctx context.Context, runnerID string, j *job.Acquired, jobLog func(string), blocking func()) ([]job.Variable, error) {
 	if j.Payload.JobInfo.Name == "deploy" {
-		return executors.Permanent("guard", errors.New("environment production is locked by job 1"))
+		return nil, executors.Permanent("guard", errors.New("environment production is locked by job 1"))
 	}
-	return nil
+	return nil, nil
 }
+
+func (refuseGuard) Release(string, int64) {}
 
 func TestGuardRunsBeforeProvisioning(t *testing.T) {
 	h := newHarness(t, 1)

@@ -33,9 +33,11 @@ var (
 	innerCli  *client.Client
 )
 
-const (
-	innerTag   = "paas-runner-testinner:cmd"
-	busyboxTag = "paas-runner-test-busybox:cmd"
+// Test images are tagged per process: other worktrees' test runs (which
+// remove their images at the end) share the engine.
+var (
+	innerTag   = fmt.Sprintf("paas-runner-testinner:cmd%d", os.Getpid())
+	busyboxTag = fmt.Sprintf("paas-runner-test-busybox:cmd%d", os.Getpid())
 )
 
 // dockerInner returns a client, with the test inner image built, or skips.
@@ -161,7 +163,7 @@ func TestLocalDockerEndToEnd(t *testing.T) {
 		t.Errorf("crashed job: %s\n%s", cj.FailureReason, cj.Trace)
 	}
 	bj := gl.Job(broken.ID)
-	if bj.FailureReason != "runner_system_failure" || !strings.Contains(string(bj.Trace), "building the job's host image") || !strings.Contains(string(bj.Trace), "127.0.0.1:1") {
+	if bj.FailureReason != "runner_system_failure" || !strings.Contains(string(bj.Trace), "inner image 127.0.0.1:1/missing/image:1 is not on the engine and pulling it failed") || !strings.Contains(string(bj.Trace), "127.0.0.1:1") {
 		t.Errorf("broken image job: %s\n%s", bj.FailureReason, bj.Trace)
 	}
 	// every host removed, promptly: the engine's events say when a host stops
@@ -237,7 +239,7 @@ func BenchmarkDecommissionLag(b *testing.B) {
 // sources and runs the script in a busybox job image.
 func TestLocalDockerDefaultImageRunsJob(t *testing.T) {
 	cli := dockerInner(t)
-	const jobImage = busyboxTag
+	jobImage := busyboxTag
 	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
 		t.Fatal(err)
 	}

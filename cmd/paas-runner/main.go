@@ -27,6 +27,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/coordinator"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
+	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 	"gitlab.com/paas-runner/paas-runner/internal/systemid"
@@ -50,6 +51,9 @@ Flags:
 )
 
 func main() {
+	if code, ok := asHeptapodRunner(os.Args, os.Stderr); ok {
+		os.Exit(code)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -141,6 +145,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return guardCmd(args[1:], stdout, stderr)
 		case "status":
 			return statusCmd(args[1:], stdout, stderr)
+		case "locks":
+			return locksCmd(args[1:], stdout, stderr)
+		case "pool":
+			return poolCmd(args[1:], stderr)
 		}
 	}
 	o, err := parseArgs(args, stderr)
@@ -208,16 +216,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
 	}
-	dc := dispatcherConfig(cfg, o, log)
-	dc.Observer = ob
-	d, err := dispatcher.New(dc, store, runners)
+	guards, err := buildGuards(ctx, cfg, store, systemID, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
+		return exitUsage
+	}
+	dcfg := dispatcherConfig(cfg, o, log)
+	dcfg.Observer = ob
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, ob, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, ob, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -231,6 +245,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	ob.attach(runCtx, d, store, statusInterval())
 	go handleSignals(runCtx, sigs, stop, d, ob, o.debugSignal, log)
+	guardsCtx, stopGuards := context.WithCancel(ctx)
+	defer stopGuards()
+	go guards.Run(guardsCtx)
 	if err := d.Run(runCtx); err != nil {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
@@ -422,7 +439,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, ob *ops, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, ob *ops, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -448,6 +465,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, ob *ops, log *zap.Logge
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	serveGuards(guards, reg, mux)
 	ob.register(reg, mux, d)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

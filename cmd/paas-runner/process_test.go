@@ -19,6 +19,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 	"gitlab.com/paas-runner/paas-runner/internal/version"
 )
@@ -44,7 +45,8 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	// the host base image built from this test binary
 	if cli, err := localdockertest.Client(); err == nil {
-		localdockertest.RemoveImagesLabelled(cli, "org.opencontainers.image.version="+version.Version)
+		// (by its exact tag: other worktrees' runs have the same version)
+		localdockertest.RemoveImage(cli, localdocker.BaseImageTag(version.Version, binary))
 		// the test images of this package only: other packages run at once
 		localdockertest.RemoveImage(cli, innerTag)
 		localdockertest.RemoveImage(cli, busyboxTag)

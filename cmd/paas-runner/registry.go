@@ -57,8 +57,8 @@ func newLocalDocker(ctx context.Context, r *config.Runner, env executorEnv, log 
 	}
 	ex, err := localdocker.New(localdocker.Options{Cache: cache,
 		Host: r.LocalDocker.Host, NetworkMode: r.LocalDocker.NetworkMode, InnerImage: r.InnerImage,
-		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
-		StatePath: env.StatePath, InstanceID: env.SystemID, Version: version.Version, Logger: log,
+		RunnerID: r.ID(), LegacyRunnerIDs: legacyIDs(r), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner,
+		SystemID: env.SystemID, Version: version.Version, Logger: log,
 	})
 	if err != nil {
 		return nil, err

@@ -10,15 +10,16 @@ import (
 )
 
 // BenchmarkProvisionLaunch: Plan → Provision → Launch until the host
-// container runs (job image built from its context, container created and
-// started), with the base image warm. Hosts are removed outside the timing.
+// container runs (container created from the host image, job.json and
+// runner.toml copied in, started), with the base image warm. Hosts are
+// removed outside the timing.
 func BenchmarkProvisionLaunch(b *testing.B) {
 	if !dockerOK {
 		b.Skip("no Docker engine")
 	}
 	for _, mode := range []string{"default-base-image", "heptapod-inner-image"} {
 		b.Run(mode, func(b *testing.B) {
-			o := Options{RunnerID: "glrt-bnc", RunnerLabel: "bench", RunnerURL: "http://127.0.0.1:1", StatePath: b.TempDir() + "/s.json",
+			o := Options{RunnerID: "glrt-bnc", RunnerLabel: "bench", RunnerURL: "http://127.0.0.1:1", SystemID: "r_bench0000000",
 				Binary: staticBin, Version: testVersion, NetworkMode: "host"}
 			if mode == "heptapod-inner-image" {
 				o.InnerImage = innerImage
@@ -28,7 +29,7 @@ func BenchmarkProvisionLaunch(b *testing.B) {
 				b.Fatal(err)
 			}
 			ctx := context.Background()
-			if err := e.ensureBaseImage(ctx); err != nil { // warm
+			if _, err := e.hostImage(ctx); err != nil { // warm
 				b.Fatal(err)
 			}
 			var lat []time.Duration

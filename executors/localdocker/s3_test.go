@@ -23,13 +23,13 @@ func TestS3CacheContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(Options{RunnerID: "t7654321", RunnerURL: "http://127.0.0.1:1", Inner: inner, Cache: p, Binary: "/bin/true", StatePath: t.TempDir() + "/s.json"})
+	e, err := New(Options{RunnerID: "t7654321", RunnerURL: "http://127.0.0.1:1", Inner: inner, Cache: p, Binary: "/bin/true", SystemID: "r_s3test000000"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
 	payload := `{"id": 5, "token": "t", "job_info": {"project_id": 3}, "cache": [{"key": "k", "policy": "pull-push", "paths": ["v/"]}]}`
-	bc, err := e.Context(executors.Job{RunnerID: "t7654321", ID: 5, Payload: json.RawMessage(payload)})
+	bc, err := e.Files(executors.Job{RunnerID: "t7654321", ID: 5, Payload: json.RawMessage(payload)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package systemid
 import (
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -17,8 +18,84 @@ func TestSystemID(t *testing.T) {
 	if a != b {
 		t.Fatal("system id not stable")
 	}
+	// the directory's first state file: in .runner_system_id, as before
+	if st, err := os.Stat(filepath.Join(dir, FileName)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("%v %v", st, err)
+	}
 	os.WriteFile(filepath.Join(dir, FileName), []byte("garbage"), 0o600)
 	if _, err := ForStateFile(sp); err == nil {
 		t.Fatal("garbage accepted")
+	}
+}
+
+// Two state files in one directory: two daemons, two system_ids.
+func TestDistinctPerStateFile(t *testing.T) {
+	dir := t.TempDir()
+	a, err := ForStateFile(filepath.Join(dir, "a.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ForStateFile(filepath.Join(dir, "b.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a == b {
+		t.Fatalf("both state files got %s", a)
+	}
+	if a2, _ := ForStateFile(filepath.Join(dir, "a.json")); a2 != a {
+		t.Fatal("not stable")
+	}
+	if b2, _ := ForStateFile(filepath.Join(dir, "b.json")); b2 != b {
+		t.Fatal("not stable")
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "."+"b.json"+FileName)); string(got) != b+"\n" {
+		t.Fatalf("second state file's system_id file: %q", got)
+	}
+}
+
+// An installation of an earlier version keeps its system_id: the first
+// state file takes the directory's .runner_system_id over, the others get
+// their own, also when they start at once.
+func TestExistingDirectoryFileKept(t *testing.T) {
+	dir := t.TempDir()
+	const old = "r_AbCdEf012345"
+	os.WriteFile(filepath.Join(dir, FileName), []byte(old+"\n"), 0o600)
+	got, err := ForStateFile(filepath.Join(dir, "state.json"))
+	if err != nil || got != old {
+		t.Fatalf("%q %v, want the existing %s", got, err, old)
+	}
+	if got, _ := ForStateFile(filepath.Join(dir, "state.json")); got != old {
+		t.Fatalf("then %q", got)
+	}
+	if other, _ := ForStateFile(filepath.Join(dir, "other.json")); other == old {
+		t.Fatal("a second state file took the same system_id")
+	}
+
+	dir = t.TempDir()
+	os.WriteFile(filepath.Join(dir, FileName), []byte(old+"\n"), 0o600)
+	var wg sync.WaitGroup
+	ids := make([]string, 6)
+	for i := range ids {
+		wg.Go(func() {
+			id, err := ForStateFile(filepath.Join(dir, string(rune('a'+i))+".json"))
+			if err != nil {
+				t.Error(err)
+			}
+			ids[i] = id
+		})
+	}
+	wg.Wait()
+	seen, tookOld := map[string]bool{}, 0
+	for _, id := range ids {
+		if seen[id] {
+			t.Fatalf("system_id %s given twice: %v", id, ids)
+		}
+		seen[id] = true
+		if id == old {
+			tookOld++
+		}
+	}
+	if tookOld != 1 {
+		t.Fatalf("%d state files took the existing system_id over: %v", tookOld, ids)
 	}
 }

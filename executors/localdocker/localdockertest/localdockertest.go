@@ -198,3 +198,9 @@ func gitServer(t testing.TB, token string, withSub bool) (repoURL, sha string) {
 	t.Cleanup(srv.Close)
 	return strings.Replace(srv.URL, "http://", "http://gitlab-ci-token:"+token+"@", 1) + "/g/p.git", sha
 }
+
+// BuildImage builds an image from the files of a build context (one of
+// them the Dockerfile).
+func BuildImage(ctx context.Context, cli *client.Client, tag string, files map[string][]byte) error {
+	return buildImage(ctx, cli, tag, files)
+}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -14,16 +15,9 @@ import (
 	"gitlab.com/paas-runner/paas-runner/job"
 )
 
-// Paths inside a host built on the default base image.
-const (
-	confDir         = "/etc/paas-runner"
-	heptapodConfDir = "/etc/heptapod-runner"
-	binaryInImage   = "/usr/bin/paas-runner"
-)
-
-// BuildContext is what a job's host image is built from.
-type BuildContext struct {
-	Dockerfile []byte
+// HostFiles are what the inner runner reads, copied into the host
+// container before it starts.
+type HostFiles struct {
 	JobJSON    []byte
 	RunnerTOML []byte
 }
@@ -64,7 +58,8 @@ func JobJSON(payload json.RawMessage, traceOffset int64, traceCRC *uint32) ([]by
 }
 
 // JobJSONWith is JobJSON with more keys in its paas_runner object (such as
-// system_id, runner_id, cache); nil values are left out.
+// system_id and runner_id, which the inner runner labels what it makes
+// with, or cache); nil values are left out.
 func JobJSONWith(payload json.RawMessage, traceOffset int64, traceCRC *uint32, extra map[string]any) ([]byte, error) {
 	p, err := job.UseDependencyProxy(payload)
 	if err != nil {
@@ -104,65 +99,54 @@ func JobJSONWith(payload json.RawMessage, traceOffset int64, traceCRC *uint32, e
 	return b.Bytes(), nil
 }
 
-// Dockerfile for a job host. With innerImage empty the host is the default
-// base image (paas-runner's own binary); otherwise innerImage is a Heptapod
-// Runner image and the Dockerfile takes Heptapod's shape.
-func Dockerfile(baseImage, innerImage string) []byte {
-	if innerImage != "" {
-		return []byte(fmt.Sprintf(`FROM %s
-COPY runner.toml %s/runner.toml
-COPY job.json %s/job.json
-ENV DEBUG="true"
-ENTRYPOINT ["/usr/bin/gitlab-runner", "exec-fetched-job", "--config", "%s/runner.toml", "%s/job.json"]
-`, innerImage, heptapodConfDir, heptapodConfDir, heptapodConfDir, heptapodConfDir))
-	}
-	return []byte(fmt.Sprintf(`FROM %s
-COPY runner.toml %s/runner.toml
-COPY job.json %s/job.json
-ENTRYPOINT ["%s", "exec-fetched-job", "--config", "%s/runner.toml", "%s/job.json"]
-`, baseImage, confDir, confDir, binaryInImage, confDir, confDir))
-}
-
-// baseDockerfile builds the default base image from a static paas-runner
-// binary and a CA bundle: no registry needed.
-func baseDockerfile() []byte {
-	return []byte(fmt.Sprintf(`FROM scratch
-COPY paas-runner %s
-COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY tmp /tmp
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt TMPDIR=/tmp
-ENTRYPOINT ["%s"]
-`, binaryInImage, binaryInImage))
-}
-
 type tarFile struct {
 	name string
 	mode int64
 	data []byte
+	link string // a symbolic link to link
+	// from, when set, is read for the content (size bytes) instead of data
+	from io.Reader
+	size int64
 }
 
 func makeTar(files ...tarFile) (*bytes.Buffer, error) {
 	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range files {
-		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
-		if strings.HasSuffix(f.name, "/") {
-			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			return nil, err
-		}
-	}
-	return &buf, tw.Close()
+	return &buf, writeTar(&buf, files...)
 }
 
-func (c BuildContext) tar() (*bytes.Buffer, error) {
+func writeTar(w io.Writer, files ...tarFile) error {
+	tw := tar.NewWriter(w)
+	for _, f := range files {
+		size := int64(len(f.data))
+		if f.from != nil {
+			size = f.size
+		}
+		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: size, ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
+		switch {
+		case strings.HasSuffix(f.name, "/"):
+			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
+		case f.link != "":
+			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, f.link, 0o777
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if f.from != nil {
+			if _, err := io.Copy(tw, f.from); err != nil {
+				return err
+			}
+		} else if _, err := tw.Write(f.data); err != nil {
+			return err
+		}
+	}
+	return tw.Close()
+}
+
+// tar puts the files where the host's entry point reads them, readable by
+// root only (they hold the job token).
+func (f HostFiles) tar(runnerTOML, jobJSON string) (*bytes.Buffer, error) {
 	return makeTar(
-		tarFile{"Dockerfile", 0o644, c.Dockerfile},
-		tarFile{"job.json", 0o600, c.JobJSON},
-		tarFile{"runner.toml", 0o600, c.RunnerTOML},
+		tarFile{name: strings.TrimPrefix(jobJSON, "/"), mode: 0o600, data: f.JobJSON},
+		tarFile{name: strings.TrimPrefix(runnerTOML, "/"), mode: 0o600, data: f.RunnerTOML},
 	)
 }

@@ -1,0 +1,136 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
+	"gitlab.com/paas-runner/paas-runner/job"
+)
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, out.String(), errb.String()
+}
+
+func TestLocksAndPoolCommandsGit(t *testing.T) {
+	root := t.TempDir()
+	if _, err := gitserve.MakeRepo(root, "ops/locks.git", map[string]string{
+		"aws/claimed/.gitkeep": "", "aws/claimed/env-2": "b", "aws/unclaimed/.gitkeep": "", "aws/unclaimed/env-1": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := gitserve.New(root, func(u, p string) bool { return u == "locks-bot" && p == "s3cret" })
+	if err != nil {
+		t.Skip(err)
+	}
+	defer srv.Close()
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "token")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_file = %q
+[[runners]]
+url = "https://gitlab.example"
+token = "glrt-abcdefgh"
+executor = "local-docker"
+[guards]
+backend = "git"
+  [guards.git]
+  url = %q
+  username = "locks-bot"
+  password_file = %q
+  retry_delay = "10ms"
+`, filepath.Join(dir, "state.json"), srv.URL+"/ops/locks.git", pw)), 0o600)
+	show := func(args ...string) string {
+		out, err := exec.Command("git", append([]string{"--git-dir", filepath.Join(root, "ops/locks.git")}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+		return string(out)
+	}
+	md := filepath.Join(dir, "md")
+	os.WriteFile(md, []byte("region=eu-north-1"), 0o600)
+	if code, _, errs := runCLI(t, "pool", "add", cfg, "aws", "env-3", "--metadata-file", md); code != 0 {
+		t.Fatalf("pool add: %d %s", code, errs)
+	}
+	if got := show("show", "main:aws/unclaimed/env-3"); got != "region=eu-north-1" {
+		t.Fatalf("added lock %q", got)
+	}
+	if code, _, errs := runCLI(t, "pool", "add-claimed", cfg, "aws", "env-4"); code != 0 {
+		t.Fatalf("pool add-claimed: %d %s", code, errs)
+	}
+	os.WriteFile(md, []byte("region=eu-south-1"), 0o600)
+	if code, _, errs := runCLI(t, "pool", "update", cfg, "aws", "env-3", "--metadata-file", md); code != 0 {
+		t.Fatalf("pool update: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, "pool", "remove", cfg, "aws", "env-1"); code != 0 {
+		t.Fatalf("pool remove: %d %s", code, errs)
+	}
+	tree := show("ls-tree", "-r", "--name-only", "main")
+	if !strings.Contains(tree, "aws/claimed/env-4\n") || strings.Contains(tree, "env-1") || show("show", "main:aws/unclaimed/env-3") != "region=eu-south-1" {
+		t.Fatalf("tree:\n%s", tree)
+	}
+	code, out, errs := runCLI(t, "locks", cfg)
+	if code != 0 || !strings.Contains(out, "pool:aws/env-2") || !strings.Contains(out, "someone outside paas-runner") || !strings.Contains(out, "aws   3") {
+		t.Fatalf("locks: %d\n%s\n%s", code, out, errs)
+	}
+	if code, _, errs := runCLI(t, "locks", "release", cfg, "pool:aws/env-2"); code != 2 || !strings.Contains(errs, "--yes") {
+		t.Fatalf("release without --yes: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, "locks", "release", cfg, "pool:aws/env-2", "--yes"); code != 0 || !strings.Contains(errs, "released pool:aws/env-2, held by someone outside paas-runner") {
+		t.Fatalf("release: %d %s", code, errs)
+	}
+	if !strings.Contains(show("ls-tree", "-r", "--name-only", "main"), "aws/unclaimed/env-2\n") {
+		t.Fatal("not released")
+	}
+	if code, _, errs := runCLI(t, "pool", "fly", cfg, "aws", "x"); code != 2 || !strings.Contains(errs, "unknown pool operation") {
+		t.Fatalf("bad op: %d %s", code, errs)
+	}
+}
+
+func TestLocksCommandLocal(t *testing.T) {
+	e := newEnv(t, "")
+	be, err := guard.OpenLocal(e.state+".guards", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := guard.NewManager(context.Background(), be, guard.Options{Daemon: "r_cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := job.Parse([]byte(`{"id":7,"token":"tok","job_info":{"pipeline_id":70},"variables":[{"key":"CI_PROJECT_PATH","value":"acme/web"},{"key":"PAAS_LOCK","value":"production"}]}`))
+	if _, err := m.Admit(context.Background(), "t1234567", a, func(string) {}, nil); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCLI(t, "locks", e.config)
+	if code != 0 || !strings.Contains(out, "lock:acme/web:production") || !strings.Contains(out, "job 7 (pipeline 70, project acme/web, runner t1234567, daemon r_cli)") {
+		t.Fatalf("locks: %d\n%s\n%s", code, out, errs)
+	}
+	if code, _, errs := runCLI(t, "pool", "add", e.config, "aws", "x"); code != 2 || !strings.Contains(errs, "[[guards.pools]]") {
+		t.Fatalf("local pool add: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, "locks", "release", e.config, "lock:acme/web:production", "--yes"); code != 0 {
+		t.Fatalf("release: %d %s", code, errs)
+	}
+	st, err := guard.ReadLocal(e.state + ".guards")
+	if err != nil || len(st.HeldBy(guard.JobRef{Daemon: "r_cli", Runner: "t1234567", JobID: 7}.Key())) != 0 {
+		t.Fatalf("still held: %v %+v", err, st)
+	}
+}

@@ -1,0 +1,343 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
+)
+
+type gitEnv struct {
+	t    *testing.T
+	srv  *gitserve.Server
+	root string
+	url  string
+}
+
+// newGitEnv serves a bare repository made from files over smart HTTP
+// (git http-backend, basic auth, push enabled).
+func newGitEnv(t *testing.T, files map[string]string) *gitEnv {
+	t.Helper()
+	root := t.TempDir()
+	if _, err := gitserve.MakeRepo(root, "ops/locks.git", files); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := gitserve.New(root, func(u, p string) bool { return u == "locks-bot" && p == "s3cret" })
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(srv.Close)
+	return &gitEnv{t: t, srv: srv, root: root, url: srv.URL + "/ops/locks.git"}
+}
+
+// newGitEnvB is newGitEnv for benchmarks: it returns the repository URL.
+func newGitEnvB(b *testing.B, files map[string]string) string {
+	root := b.TempDir()
+	if _, err := gitserve.MakeRepo(root, "ops/locks.git", files); err != nil {
+		b.Fatal(err)
+	}
+	srv, err := gitserve.New(root, func(u, p string) bool { return u == "locks-bot" && p == "s3cret" })
+	if err != nil {
+		b.Skip(err)
+	}
+	b.Cleanup(srv.Close)
+	return srv.URL + "/ops/locks.git"
+}
+
+type gitDaemon struct {
+	m      *Manager
+	be     *Git
+	offset atomic.Int64
+}
+
+func (g *gitEnv) daemon(id string, ctx context.Context) *gitDaemon {
+	g.t.Helper()
+	d := &gitDaemon{}
+	be, err := OpenGit(ctx, GitOptions{URL: g.url, Branch: "main", Username: "locks-bot", Password: "s3cret", RetryDelay: 5 * time.Millisecond, Daemon: id})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	m, err := NewManager(ctx, be, Options{Daemon: id, Policy: &Policy{DefaultMode: OldestFirst}, LeaseMargin: time.Millisecond,
+		Refresh: 10 * time.Millisecond, Logger: zaptest.NewLogger(g.t),
+		Now: func() time.Time { return time.Now().Add(time.Duration(d.offset.Load())) }})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	d.m, d.be = m, be
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { m.Run(rctx); close(done) }()
+	g.t.Cleanup(func() { cancel(); <-done })
+	return d
+}
+
+// git runs the git CLI on a clone, to look at the repository as Concourse would.
+func (g *gitEnv) show(args ...string) string {
+	g.t.Helper()
+	cmd := exec.Command("git", append([]string{"--git-dir", filepath.Join(g.root, "ops/locks.git")}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		g.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func (d *gitDaemon) admit(t *testing.T, ctx context.Context, j *tjob) <-chan result {
+	ch := make(chan result, 1)
+	a := j.acquired(t)
+	go func() {
+		vs, err := d.m.Admit(ctx, "runner1", a, j.logf, nil)
+		ch <- result{vs, err}
+	}()
+	return ch
+}
+
+var concourseRepo = map[string]string{
+	"README.md":                              "locks\n",
+	"aws/claimed/.gitkeep":                   "",
+	"aws/claimed/env-2":                      "region=eu-central-1\n", // claimed by a Concourse pipeline
+	"aws/unclaimed/.gitkeep":                 "",
+	"aws/unclaimed/env-1":                    "region=eu-west-1\n",
+	"ping-pong-tables/claimed/.gitkeep":      "",
+	"ping-pong-tables/unclaimed/.gitkeep":    "",
+	"ping-pong-tables/unclaimed/north-table": "",
+}
+
+// A repository laid out by hand as pool-resource documents it is used as
+// it is; claims and releases move files and keep their content.
+func TestGitConcourseRepository(t *testing.T) {
+	g := newGitEnv(t, concourseRepo)
+	ctx := context.Background()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	j1 := &tjob{id: 4711, pipeline: 230, timeout: 3600, vars: map[string]string{VarPool: "aws"}}
+	r := get(t, d.admit(t, ctx, j1))
+	if r.err != nil || r.vars.Get("PAAS_POOL_AWS_NAME") != "env-1" || r.vars.Get("PAAS_POOL_METADATA") != "region=eu-west-1\n" {
+		t.Fatalf("%+v", r)
+	}
+	if got := g.show("show", "main:aws/claimed/env-1"); got != "region=eu-west-1\n" {
+		t.Fatalf("claimed file content %q", got)
+	}
+	log := g.show("log", "-1", "--format=%B", "main")
+	if !strings.Contains(log, "claiming: aws/env-1 for job 4711 (pipeline 230, project acme/web, runner runner1, daemon r_aaaaaaaaaaaa, lease until ") {
+		t.Fatalf("commit message %q", log)
+	}
+	j2 := &tjob{id: 4712, pipeline: 231, timeout: 3600, vars: map[string]string{VarPool: "aws"}}
+	ch := d.admit(t, ctx, j2)
+	waitLine(t, j2, "waiting for pool aws (2 of 2 locks claimed; 0 jobs ahead; oldest_first)")
+	d.m.Release("runner1", 4711)
+	if r := get(t, ch); r.err != nil || r.vars.Get("PAAS_POOL_AWS_NAME") != "env-1" {
+		t.Fatalf("%+v", r)
+	}
+	d.m.Release("runner1", 4712)
+	tree := g.show("ls-tree", "-r", "--name-only", "main")
+	for _, want := range []string{"aws/unclaimed/env-1", "aws/claimed/env-2", "aws/claimed/.gitkeep", "ping-pong-tables/unclaimed/north-table", "README.md"} {
+		if !strings.Contains(tree, want+"\n") {
+			t.Errorf("tree lacks %s:\n%s", want, tree)
+		}
+	}
+	if strings.Contains(tree, ".paas-runner/") {
+		t.Errorf("metadata left after every job ended:\n%s", tree)
+	}
+	if got := g.show("show", "main:aws/claimed/env-2"); got != "region=eu-central-1\n" {
+		t.Fatalf("Concourse's claim touched: %q", got)
+	}
+	// a mutex lock: a one-lock pool under the reserved naming
+	r = get(t, d.admit(t, ctx, &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarLock: "production"}}))
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	tree = g.show("ls-tree", "-r", "--name-only", "main")
+	if want := MutexDir(projectPool("acme/web", "production")) + "/claimed/lock"; !strings.Contains(tree, want) {
+		t.Fatalf("tree lacks %s:\n%s", want, tree)
+	}
+}
+
+// Two daemons share one repository: a mutex is never held by two jobs at
+// once, every job gets it, and rejected pushes are retried.
+func TestGitTwoDaemonsContend(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"README.md": "locks\n"})
+	ctx := context.Background()
+	ds := []*gitDaemon{g.daemon("r_aaaaaaaaaaaa", ctx), g.daemon("r_bbbbbbbbbbbb", ctx)}
+	perDaemon := 12
+	if n := os.Getenv("PAAS_RUNNER_GUARD_CONTENTION"); n != "" {
+		fmt.Sscan(n, &perDaemon) // the 200 acquisitions: 100
+	}
+	type interval struct {
+		job        int64
+		start, end time.Time
+	}
+	var mu sync.Mutex
+	var intervals []interval
+	var holding atomic.Int32
+	var wg sync.WaitGroup
+	for di, d := range ds {
+		for i := 0; i < perDaemon; i++ {
+			id := int64(di*1000 + i + 1)
+			j := &tjob{id: id, pipeline: id, timeout: 3600, vars: map[string]string{VarLock: "deploy"}}
+			d := d
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var r result
+				select { // the last of the queue waits for all the others
+				case r = <-d.admit(t, ctx, j):
+				case <-time.After(10 * time.Minute):
+					t.Errorf("job %d never got the lock", id)
+					return
+				}
+				if r.err != nil {
+					t.Errorf("job %d: %v", id, r.err)
+					return
+				}
+				if n := holding.Add(1); n != 1 {
+					t.Errorf("%d holders at once", n)
+				}
+				iv := interval{job: id, start: time.Now()}
+				time.Sleep(time.Millisecond) // the job's work
+				iv.end = time.Now()
+				holding.Add(-1)
+				mu.Lock()
+				intervals = append(intervals, iv)
+				mu.Unlock()
+				d.m.Release("runner1", id)
+			}()
+		}
+	}
+	wg.Wait()
+	if len(intervals) != 2*perDaemon {
+		t.Fatalf("%d of %d jobs held the lock", len(intervals), 2*perDaemon)
+	}
+	for i, a := range intervals {
+		for _, b := range intervals[i+1:] {
+			if a.start.Before(b.end) && b.start.Before(a.end) {
+				t.Fatalf("jobs %d and %d held the lock at once", a.job, b.job)
+			}
+		}
+	}
+	c1, x1 := ds[0].be.Stats()
+	c2, x2 := ds[1].be.Stats()
+	t.Logf("commits %d+%d, rejected pushes %d+%d", c1, c2, x1, x2)
+	if tree := g.show("ls-tree", "-r", "--name-only", "main"); strings.Contains(tree, "claimed/lock") && !strings.Contains(tree, "unclaimed/lock") {
+		if strings.Contains(tree, "/claimed/lock") {
+			t.Fatalf("lock still claimed:\n%s", tree)
+		}
+	}
+}
+
+// Modes hold across daemons: waiters are in the repository, so a newer
+// pipeline waiting on another daemon does not overtake an older one.
+func TestGitOrderAcrossDaemons(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"README.md": "locks\n"})
+	ctx := context.Background()
+	a, b := g.daemon("r_aaaaaaaaaaaa", ctx), g.daemon("r_bbbbbbbbbbbb", ctx)
+	get(t, a.admit(t, ctx, &tjob{id: 1, pipeline: 10, timeout: 3600, vars: map[string]string{VarLock: "x"}}))
+	older := &tjob{id: 2, pipeline: 11, timeout: 3600, vars: map[string]string{VarLock: "x"}}
+	och := a.admit(t, ctx, older)
+	waitLine(t, older, "waiting for lock x (held by job 1, pipeline 10 on main")
+	newer := &tjob{id: 3, pipeline: 12, timeout: 3600, vars: map[string]string{VarLock: "x"}}
+	nch := b.admit(t, ctx, newer)
+	waitLine(t, newer, "1 job ahead")
+	a.m.Release("runner1", 1)
+	if r := get(t, och); r.err != nil {
+		t.Fatal(r.err)
+	}
+	select {
+	case r := <-nch:
+		t.Fatalf("the newer pipeline overtook: %+v", r)
+	default:
+	}
+	a.m.Release("runner1", 2)
+	if r := get(t, nch); r.err != nil {
+		t.Fatal(r.err)
+	}
+}
+
+// A daemon that never comes back: its lease expires and the other daemon
+// proceeds; a live lease is never broken.
+func TestGitLeaseBrokenByAnotherDaemon(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"README.md": "locks\n"})
+	ctx := context.Background()
+	dead, live := g.daemon("r_aaaaaaaaaaaa", ctx), g.daemon("r_bbbbbbbbbbbb", ctx)
+	get(t, dead.admit(t, ctx, &tjob{id: 1, pipeline: 1, timeout: 1, vars: map[string]string{VarLock: "x"}}))
+	j := &tjob{id: 2, pipeline: 2, timeout: 3600, vars: map[string]string{VarLock: "x"}}
+	ch := live.admit(t, ctx, j)
+	waitLine(t, j, "held by job 1")
+	select {
+	case r := <-ch:
+		t.Fatalf("a live lease was broken: %+v", r)
+	default:
+	}
+	live.offset.Store(int64(5 * time.Second)) // job 1's lease (1 s + margin) is over
+	if r := get(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if log := g.show("log", "--format=%B", "main"); !strings.Contains(log, "; the expired lease of job 1 (pipeline 1") {
+		t.Fatalf("no lease break commit:\n%s", log)
+	}
+}
+
+// An unreachable repository: guarded jobs say so and keep waiting; jobs
+// without guards go on.
+func TestGitUnreachable(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"README.md": "locks\n"})
+	url := g.url
+	g.srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	be, err := OpenGit(ctx, GitOptions{URL: url, Username: "locks-bot", Password: "s3cret", RetryDelay: time.Millisecond, Daemon: "r_x"})
+	if err == nil {
+		t.Fatal("no error from an unreachable repository")
+	}
+	m, err := NewManager(ctx, be, Options{Daemon: "r_x", Logger: zaptest.NewLogger(t), Refresh: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &gitDaemon{m: m, be: be}
+	if r := get(t, d.admit(t, ctx, &tjob{id: 1, pipeline: 1})); r.err != nil || r.vars != nil {
+		t.Fatalf("unguarded job: %+v", r)
+	}
+	j := &tjob{id: 2, pipeline: 2, vars: map[string]string{VarLock: "x", VarPool: "aws"}}
+	ch := d.admit(t, ctx, j)
+	waitLine(t, j, "the lock store is unreachable (cloning the lock repository http://127.0.0.1:")
+	for _, l := range j.lines() {
+		if strings.Contains(l, "s3cret") {
+			t.Fatal("the password in the job log")
+		}
+	}
+	cancel()
+	if r := get(t, ch); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestGitNotPoolLayout(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"src/main.go": "package main\n", "docs/x/y": "z"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	be, err := OpenGit(ctx, GitOptions{URL: g.url, Username: "locks-bot", Password: "s3cret", Daemon: "r_x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = be.Update(ctx, func(*State) bool { return false })
+	if !errors.Is(err, ErrNotPoolLayout) {
+		t.Fatalf("%v", err)
+	}
+	m, _ := NewManager(ctx, be, Options{Daemon: "r_x", Logger: zaptest.NewLogger(t)})
+	j := &tjob{id: 2, pipeline: 2, vars: map[string]string{VarLock: "x"}}
+	ch := (&gitDaemon{m: m, be: be}).admit(t, ctx, j)
+	waitLine(t, j, "none with claimed/ or unclaimed/ files: not in pool-resource layout")
+	cancel()
+	get(t, ch)
+	_ = fmt.Sprint(os.Getpid())
+}

@@ -1,0 +1,535 @@
+// Package guard holds acquired jobs between "acquired" and "provisioning"
+// until their deployment locks and environment pools are free, so that a
+// waiting deployment costs no PaaS money.
+//
+// A job declares what it needs in CI variables (PAAS_LOCK, PAAS_POOL, …,
+// see ParseRequest). The Manager keeps holds and waiters in a Backend (this
+// daemon's journal file, or a git repository in Concourse pool-resource
+// layout shared with other daemons), decides who gets what with Decide (one
+// deterministic pass every daemon computes alike), and waits with the
+// shared waiting machinery of wait.go.
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/job"
+)
+
+// Backend keeps the state durable. It is declared here, by its consumer.
+type Backend interface {
+	// Update applies fn to the latest state and makes the change durable
+	// before it returns the state as written (or as read, when fn reports
+	// no change). fn may run more than once (someone else changed the
+	// state meanwhile) and must decide from the state it is given.
+	Update(ctx context.Context, fn func(*State) bool) (*State, error)
+	// Branch labels pool metrics ("local" for the local backend).
+	Branch() string
+}
+
+// Options configure a Manager.
+type Options struct {
+	// Daemon is this daemon's system_id: it owns the waiters it records.
+	Daemon      string
+	Policy      *Policy
+	LeaseMargin time.Duration // default 10 min
+	// Refresh is how often the state is re-read and leases checked
+	// (default 5 s; the git backend's retry_delay).
+	Refresh time.Duration
+	// AsyncRelease: releases go out in the background (git: a push may
+	// take long; the hold is safe meanwhile).
+	AsyncRelease bool
+	Logger       *zap.Logger
+	Core         *Core
+	// Now is the clock of leases (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Manager is the lock and pool guard.
+type Manager struct {
+	opt  Options
+	be   Backend
+	log  *zap.Logger
+	core *Core
+
+	// upd makes store updates and their publication one step: a state
+	// read later is never published before one read earlier (a waiter
+	// would miss its grant).
+	upd      sync.Mutex
+	mu       sync.Mutex
+	policy   *Policy
+	st       *State
+	dec      *Decision
+	changed  chan struct{}
+	unsynced error // last backend error, shown to waiters
+	synced   bool  // the store answered once: pools are known
+
+	bg sync.WaitGroup
+}
+
+// NewManager wraps a backend. Call Run to keep leases and the state fresh.
+func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) {
+	if opt.LeaseMargin <= 0 {
+		opt.LeaseMargin = 10 * time.Minute
+	}
+	if opt.Refresh <= 0 {
+		opt.Refresh = 5 * time.Second
+	}
+	if opt.Logger == nil {
+		opt.Logger = zap.NewNop()
+	}
+	if opt.Core == nil {
+		opt.Core = NewCore()
+	}
+	if opt.Policy == nil {
+		opt.Policy = &Policy{}
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	m := &Manager{opt: opt, be: be, log: opt.Logger, core: opt.Core, policy: opt.Policy, changed: make(chan struct{}), st: NewState()}
+	m.dec = Decide(m.st, m.policy, opt.Now())
+	m.core.AddSource(m.counts)
+	if _, err := m.update(ctx, func(*State) bool { return false }); err != nil {
+		// a shared store may be unreachable now: jobs without guards go
+		// on; guarded jobs wait, saying so, until it answers
+		m.log.Warn("guards: the lock store is unreachable; guarded jobs wait until it answers", zap.Error(err))
+	}
+	return m, nil
+}
+
+// SetPolicy replaces pools' rules and process modes (configuration reload).
+func (m *Manager) SetPolicy(p *Policy) {
+	m.mu.Lock()
+	m.policy = p
+	m.mu.Unlock()
+	m.Nudge()
+}
+
+func (m *Manager) pol() *Policy {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.policy
+}
+
+// Snapshot is the latest state seen and its decision.
+func (m *Manager) Snapshot() (*State, *Decision) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st, m.dec
+}
+
+// Changed returns a channel closed at the next state change.
+func (m *Manager) Changed() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+// update runs fn then settles (leases, supersede, grants to this daemon's
+// waiters) in one durable change, and publishes the result.
+func (m *Manager) update(ctx context.Context, fn func(*State) bool) (*State, error) {
+	m.upd.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			m.upd.Unlock()
+		}
+	}()
+	pol := m.pol()
+	var events []func()
+	st, err := m.be.Update(ctx, func(s *State) bool {
+		events = events[:0]
+		changed := fn(s)
+		ev, settled := m.settle(s, pol, m.opt.Now())
+		events = append(events, ev...)
+		return changed || settled
+	})
+	m.mu.Lock()
+	if err != nil {
+		m.unsynced = err
+		m.mu.Unlock()
+		return nil, err
+	}
+	m.unsynced, m.synced = nil, true
+	m.st = st
+	m.dec = Decide(st, pol, m.opt.Now())
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+	m.upd.Unlock()
+	locked = false
+	for _, e := range events {
+		e()
+	}
+	return st, nil
+}
+
+// settle applies a decision pass to s: expired leases are broken, long
+// dead waiters dropped, superseded waiters marked, and this daemon's
+// granted waiters made holders. The returned events log what happened
+// once it is durable.
+func (m *Manager) settle(s *State, pol *Policy, now time.Time) ([]func(), bool) {
+	d := Decide(s, pol, now)
+	var events []func()
+	changed := false
+	for c, h := range d.Broken {
+		if l := s.Pools[c.Pool].Locks[c.Lock]; l.Holder != nil && l.Holder.Key() == h.Key() {
+			l.Holder = nil
+			changed = true
+			events = append(events, func() {
+				m.log.Warn("lease expired: lock freed", zap.String("lock", DisplayName(c.Pool)+"/"+c.Lock),
+					zap.Int64("job_id", h.JobID), zap.String("holder_daemon", h.Daemon), zap.Time("expired", h.Expires))
+			})
+		}
+	}
+	for _, k := range d.Expired {
+		delete(s.Waiters, k)
+		changed = true
+	}
+	for k, by := range d.Superseded {
+		if w := s.Waiters[k]; w != nil && w.SupersededBy != by {
+			w.SupersededBy = by
+			changed = true
+		}
+	}
+	for k, claims := range d.Grants {
+		w := s.Waiters[k]
+		if w == nil || w.Daemon != m.opt.Daemon {
+			continue // another daemon's job: it claims for itself
+		}
+		lease := w.JobTimeout
+		if lease <= 0 {
+			lease = time.Hour
+		}
+		for _, c := range claims {
+			s.Pools[c.Pool].Locks[c.Lock].Holder = &Holder{JobRef: w.JobRef, Since: now, Expires: now.Add(lease + m.opt.LeaseMargin)}
+		}
+		delete(s.Waiters, k)
+		changed = true
+	}
+	changed = pruneMutexes(s) || changed
+	return events, changed
+}
+
+// pruneMutexes drops free project/group locks nobody waits for.
+func pruneMutexes(s *State) bool {
+	wanted := map[string]bool{}
+	for _, w := range s.Waiters {
+		for _, d := range w.Demands {
+			wanted[d.Pool] = true
+		}
+	}
+	changed := false
+	for name, p := range s.Pools {
+		if !IsMutex(name) || wanted[name] {
+			continue
+		}
+		if l := p.Locks[MutexLock]; l != nil && l.Holder == nil && len(p.Locks) == 1 {
+			delete(s.Pools, name)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// Nudge re-reads and settles the state in the background.
+func (m *Manager) Nudge() {
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = m.update(ctx, func(*State) bool { return false })
+	}()
+}
+
+// Run re-reads the state and checks leases every Refresh until ctx ends.
+func (m *Manager) Run(ctx context.Context) {
+	t := time.NewTicker(m.opt.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.bg.Wait()
+			return
+		case <-t.C:
+			if !m.hasWaiters() {
+				continue // nothing to claim for: no request to a shared store
+			}
+			if _, err := m.update(ctx, func(*State) bool { return false }); err != nil && ctx.Err() == nil {
+				m.log.Warn("guards: reading the lock state failed", zap.Error(err))
+				m.mu.Lock()
+				close(m.changed) // waiters try again (one try per Refresh)
+				m.changed = make(chan struct{})
+				m.mu.Unlock()
+			}
+		}
+	}
+}
+
+func (m *Manager) hasWaiters() bool {
+	st, _ := m.Snapshot()
+	for _, w := range st.Waiters {
+		if w.Daemon == m.opt.Daemon {
+			return true
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.unsynced != nil // retry: waiting jobs wait for the store to answer
+}
+
+// Wait returns once background work (releases) is done.
+func (m *Manager) Wait() { m.bg.Wait() }
+
+// Admit holds the job until it has every lock and pool lock it declares,
+// and returns the variables to hand it. It implements dispatcher.Guard.
+func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, jobLog func(string), blocking func()) ([]job.Variable, error) {
+	ref := JobRef{Daemon: m.opt.Daemon, Runner: runnerID, JobID: a.ID}
+	st, _ := m.Snapshot()
+	pol := m.pol()
+	m.mu.Lock()
+	synced := m.synced
+	m.mu.Unlock()
+	req, err := ParseRequest(a.Payload, pol, ref, func(pool string) bool {
+		_, ok := st.Pools[pool]
+		return ok || !synced // pools unknown until the store answers
+	})
+	if err != nil {
+		return nil, &WaitError{Reason: "declaration", Msg: err.Error()}
+	}
+	if req == nil {
+		return nil, nil
+	}
+	key := req.Job.Key()
+	since := time.Now()
+	if w := st.Waiters[key]; w != nil {
+		since = w.Since // resumed after a restart: same place, same deadline
+	}
+	registered := false
+	register := func(ctx context.Context) (*State, error) {
+		return m.update(ctx, func(s *State) bool {
+			if _, ok := matchClaims(req.Demands, s.HeldBy(key)); ok {
+				return false
+			}
+			if w := s.Waiters[key]; w != nil {
+				since = w.Since
+				return false
+			}
+			for _, d := range req.Demands {
+				if IsMutex(d.Pool) && (s.Pools[d.Pool] == nil || s.Pools[d.Pool].Locks[MutexLock] == nil) {
+					s.Pools[d.Pool] = &Pool{Locks: map[string]*Lock{MutexLock: {}}}
+				}
+			}
+			s.Seq++
+			s.Waiters[key] = &Waiter{JobRef: req.Job, Demands: req.Demands, Mode: req.Mode, Supersede: req.Supersede,
+				Seq: s.Seq, Since: since, Deadline: since.Add(req.Timeout), JobTimeout: req.JobTimeout}
+			return true
+		})
+	}
+	var claims []Claim
+	err = m.core.Wait(ctx, Wait{
+		Guard: "locks", Since: since, Deadline: since.Add(req.Timeout), NoWait: req.NoWait,
+		Log: jobLog, Changed: m.Changed, Blocking: blocking,
+		Check: func(ctx context.Context) (bool, string, string, error) {
+			var st *State
+			var dec *Decision
+			if !registered {
+				if _, err := register(ctx); err != nil {
+					if ctx.Err() != nil {
+						return false, "", "", ctx.Err()
+					}
+					return false, "its locks: the lock store is unreachable (" + shortErr(err) + "); retrying", "unreachable", nil
+				}
+				registered = true
+			}
+			st, dec = m.Snapshot()
+			if c, ok := matchClaims(req.Demands, st.HeldBy(key)); ok {
+				claims = c
+				return true, "", "", nil
+			}
+			w := st.Waiters[key]
+			if w == nil {
+				registered = false // released by an operator or expired: ask again
+				return false, "its locks (asking again)", "again", nil
+			}
+			if w.SupersededBy != 0 {
+				return false, "", "", &WaitError{Reason: "superseded", Msg: fmt.Sprintf("superseded by pipeline %d", w.SupersededBy)}
+			}
+			line, k := dec.Status[key].Line(time.Now())
+			m.mu.Lock()
+			bad := m.unsynced
+			m.mu.Unlock()
+			if bad != nil {
+				line += " (the lock store is unreachable: " + shortErr(bad) + "; retrying)"
+				k += "unreachable"
+			}
+			return false, line, k, nil
+		},
+	})
+	if err != nil {
+		var we *WaitError
+		if errors.As(err, &we) {
+			m.release(key) // timed out, no-wait, superseded: leave the queue now
+		}
+		return nil, err
+	}
+	st, _ = m.Snapshot()
+	md := func(c Claim) string {
+		if p := st.Pools[c.Pool]; p != nil && p.Locks[c.Lock] != nil {
+			return p.Locks[c.Lock].Metadata
+		}
+		return ""
+	}
+	m.log.Info("guards passed", zap.Int64("job_id", a.ID), zap.String("runner", runnerID), zap.String("locks", describeClaims(claims)),
+		zap.Duration("waited", time.Since(since)))
+	return req.Variables(claims, md), nil
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+func describeClaims(cs []Claim) string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, GuardLabel(c.Pool)+"/"+c.Lock)
+	}
+	return strings.Join(out, ",")
+}
+
+// matchClaims maps held locks onto demands; ok when every demand is held.
+func matchClaims(demands []Demand, held []Claim) ([]Claim, bool) {
+	if len(held) < len(demands) || len(demands) == 0 {
+		return nil, false
+	}
+	used := make([]bool, len(held))
+	out := make([]Claim, len(demands))
+	for pass := 0; pass < 2; pass++ { // named locks first
+		for i, d := range demands {
+			if (pass == 0) != (d.Lock != "") {
+				continue
+			}
+			found := false
+			for j, h := range held {
+				if !used[j] && h.Pool == d.Pool && (d.Lock == "" || d.Lock == h.Lock) {
+					used[j], out[i], found = true, h, true
+					break
+				}
+			}
+			if !found {
+				return nil, false
+			}
+		}
+	}
+	return out, true
+}
+
+// Release frees what a job holds and drops its place in the queues; it
+// implements dispatcher.Guard (called once the job's host is gone).
+func (m *Manager) Release(runnerID string, jobID int64) {
+	m.release(JobRef{Daemon: m.opt.Daemon, Runner: runnerID, JobID: jobID}.Key())
+}
+
+func (m *Manager) release(key string) {
+	st, _ := m.Snapshot()
+	if _, waiting := st.Waiters[key]; !waiting && len(st.HeldBy(key)) == 0 && !m.opt.AsyncRelease {
+		return // nothing held (most jobs): no write
+	}
+	do := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err := m.update(ctx, func(s *State) bool { return s.Release(key) })
+		return err
+	}
+	if !m.opt.AsyncRelease {
+		if err := do(); err != nil {
+			m.log.Error("guards: releasing a job's locks failed; its lease frees them", zap.String("job", key), zap.Error(err))
+		}
+		return
+	}
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		for attempt := 0; attempt < 20; attempt++ {
+			if err := do(); err == nil {
+				return
+			} else if attempt == 0 {
+				m.log.Warn("guards: releasing a job's locks failed; retrying", zap.String("job", key), zap.Error(err))
+			}
+			time.Sleep(m.opt.Refresh)
+		}
+		m.log.Error("guards: could not release a job's locks; its lease frees them", zap.String("job", key))
+	}()
+}
+
+// ForgetUnknown releases holds and waiters of this daemon whose job is not
+// known any more (not in the state file after a restart).
+func (m *Manager) ForgetUnknown(ctx context.Context, known func(runnerID string, jobID int64) bool) error {
+	_, err := m.update(ctx, func(s *State) bool {
+		changed := false
+		keys := map[string]JobRef{}
+		for _, w := range s.Waiters {
+			keys[w.Key()] = w.JobRef
+		}
+		for _, p := range s.Pools {
+			for _, l := range p.Locks {
+				if l.Holder != nil && l.Holder.JobID != 0 {
+					keys[l.Holder.Key()] = l.Holder.JobRef
+				}
+			}
+		}
+		for k, ref := range keys {
+			if ref.Daemon == m.opt.Daemon && !known(ref.Runner, ref.JobID) {
+				changed = s.Release(k) || changed
+			}
+		}
+		return changed
+	})
+	return err
+}
+
+// HolderInfo and WaiterInfo describe the state for operators.
+type HolderInfo struct {
+	Guard   string    `json:"guard"`
+	Lock    string    `json:"lock"`
+	Job     JobRef    `json:"job"`
+	Since   time.Time `json:"since"`
+	Expires time.Time `json:"lease_expires"`
+}
+
+// Holders lists current holders, sorted.
+func (m *Manager) Holders() []HolderInfo {
+	st, _ := m.Snapshot()
+	return holders(st)
+}
+
+func holders(st *State) []HolderInfo {
+	var out []HolderInfo
+	for _, pn := range sortedKeys(st.Pools) {
+		for _, ln := range sortedKeys(st.Pools[pn].Locks) {
+			if h := st.Pools[pn].Locks[ln].Holder; h != nil {
+				out = append(out, HolderInfo{Guard: GuardLabel(pn), Lock: ln, Job: h.JobRef, Since: h.Since, Expires: h.Expires})
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Guard < out[j].Guard })
+	return out
+}
+
+// Core is the waiting machinery this manager uses (shared with other kinds
+// of guards).
+func (m *Manager) Core() *Core { return m.core }

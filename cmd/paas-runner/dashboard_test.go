@@ -119,6 +119,15 @@ func TestDashboardMetricsExist(t *testing.T) {
 		_, scrape = get(t, "http://"+addr+"/metrics")
 		return metricHas(scrape, `paas_runner_guard_waiting_jobs\{guard="[^"]+"\} 1$`), scrape
 	})
+	// /debug/jobs names the lock the waiting job waits for
+	doc, body := debugJobs(t, addr)
+	found := false
+	for _, j := range doc.Jobs {
+		found = found || j.JobID == w.ID && j.State == "acquired" && strings.Contains(j.WaitingFor, "lock:acme/web:production")
+	}
+	if !found {
+		t.Fatalf("/debug/jobs does not say what job %d waits for: %s", w.ID, body)
+	}
 	e.gl.Finish(a.ID, "success")
 	e.waitFile(filepath.Join(e.hosts, e.hostName(w.ID)+".launched"))
 	e.gl.Finish(w.ID, "success")

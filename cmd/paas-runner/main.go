@@ -223,6 +223,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	dcfg := dispatcherConfig(cfg, o, log)
 	dcfg.Observer = ob
+	ob.guardWaits = guardWaiting(guards, systemID)
 	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
 	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
 
@@ -37,6 +38,8 @@ type ops struct {
 	paused   map[string]time.Time // runner ID → no polling before
 	ended    map[state.Key]time.Time
 	d        *dispatcher.Dispatcher
+	// guardWaits, when set, names what waiting jobs wait for (guards).
+	guardWaits func() map[state.Key]string
 
 	acquisitions *prometheus.CounterVec
 	provisioning *prometheus.HistogramVec
@@ -287,11 +290,52 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("/debug/jobs", func(w http.ResponseWriter, _ *http.Request) {
-		jobs := d.Jobs()
-		sortViews(jobs)
+		jobs := o.jobs(d)
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(debugJobs{SystemID: o.systemID, Jobs: jobs})
 	})
+}
+
+// jobs are d's tracked jobs, sorted, with the guards they wait for.
+func (o *ops) jobs(d *dispatcher.Dispatcher) []dispatcher.JobView {
+	jobs := d.Jobs()
+	if o.guardWaits != nil {
+		waits := o.guardWaits()
+		for i := range jobs {
+			if w, ok := waits[state.Key{Runner: jobs[i].Runner, ID: jobs[i].JobID}]; ok && jobs[i].Phase == state.Acquired {
+				jobs[i].WaitingFor = w
+			}
+		}
+	}
+	sortViews(jobs)
+	return jobs
+}
+
+// guardWaiting lists, for each job of this daemon waiting for guards, the
+// guards it waits for ("lock:acme/web:production, pool:aws").
+func guardWaiting(m *guard.Manager, systemID string) func() map[state.Key]string {
+	return func() map[state.Key]string {
+		out := map[state.Key]string{}
+		st, _ := m.Snapshot()
+		if st == nil {
+			return out
+		}
+		for _, w := range st.Waiters {
+			if w.Daemon != systemID || w.SupersededBy != 0 {
+				continue
+			}
+			var names []string
+			for _, dm := range w.Demands {
+				n := guard.GuardLabel(dm.Pool)
+				if dm.Lock != "" {
+					n += "/" + dm.Lock
+				}
+				names = append(names, n)
+			}
+			out[state.Key{Runner: w.Runner, ID: w.JobID}] = strings.Join(names, ", ")
+		}
+		return out
+	}
 }
 
 // debugJobs is the /debug/jobs document.

@@ -29,7 +29,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 		if !d.reserve(r) {
 			// Saturated: wait for a slot, re-checking each interval.
 			freed := d.freedChan()
-			t := time.NewTimer(d.cfg.CheckInterval)
+			t := time.NewTimer(d.checkInterval())
 			select {
 			case <-ctx.Done():
 			case <-freed:
@@ -58,7 +58,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			} else if err == nil {
 				r.forbidden = 0
 			}
-			_ = backoff.Sleep(ctx, d.cfg.CheckInterval)
+			_ = backoff.Sleep(ctx, d.checkInterval())
 			continue
 		}
 		r.forbidden = 0

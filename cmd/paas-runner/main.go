@@ -170,7 +170,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	level, format := firstOf(o.logLevel, cfg.LogLevel, "info"), firstOf(o.logFormat, cfg.LogFormat, "text")
-	log, err := logging.New(level, format)
+	log, logLevel, err := logging.NewAtomic(level, format)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
@@ -230,6 +230,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
+	ob.reloader = newReloader(ob, o, config.Options{Executors: reg.names()}, d, logLevel, log)
 
 	if cfg.ListenAddress != "" {
 		srv, err := serveMetrics(cfg.ListenAddress, d, guards, ob, log)
@@ -245,6 +246,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	ob.attach(runCtx, d, store, statusInterval())
+	go ob.reloader.run(runCtx)
 	go handleSignals(runCtx, sigs, stop, d, ob, o.debugSignal, log)
 	guardsCtx, stopGuards := context.WithCancel(ctx)
 	defer stopGuards()

@@ -40,6 +40,7 @@ type ops struct {
 	d        *dispatcher.Dispatcher
 	// guardWaits, when set, names what waiting jobs wait for (guards).
 	guardWaits func() map[state.Key]string
+	reloader   *reloader
 
 	acquisitions *prometheus.CounterVec
 	provisioning *prometheus.HistogramVec
@@ -180,8 +181,12 @@ func (o *ops) hangup() {
 	if o == nil {
 		return
 	}
+	if o.reloader != nil {
+		o.reloader.sighup()
+		return
+	}
 	_ = o.reloading(func() error {
-		err := errors.New("reloading the configuration is not supported yet; restart the daemon to apply changes")
+		err := errors.New("reloading the configuration is not supported here; restart the daemon to apply changes")
 		o.log.Warn("SIGHUP received: keeping the current configuration", zap.Error(err))
 		return err
 	})
@@ -208,6 +213,12 @@ func monotonicUsec() int64 {
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+
+func (o *ops) config() *config.Config {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.cfg
+}
 
 // --- readiness
 
@@ -275,6 +286,9 @@ func (o *ops) notify(msg string) {
 // --- HTTP
 
 func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatcher.Dispatcher) {
+	if o.reloader != nil {
+		reg.MustRegister(o.reloader.reloads)
+	}
 	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -391,12 +405,13 @@ func gitlabState(p state.Phase) string {
 }
 
 func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
+	cfg := c.o.config()
 	type key struct{ runner, executor, state string }
 	byState := map[key]int{}
 	gl := map[[3]string]int{}
 	alive := map[string]int{}
 	execOf := map[string]string{}
-	for _, r := range c.o.cfg.Runners {
+	for _, r := range cfg.Runners {
 		execOf[r.ID()] = r.Executor
 		for _, p := range []state.Phase{state.Acquired, state.Provisioning, state.Launching, state.Launched, state.Decommissioning} {
 			byState[key{r.ID(), r.Executor, string(p)}] += 0
@@ -432,7 +447,7 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 		paused[id] = now.Before(until)
 	}
 	c.o.mu.Unlock()
-	for _, r := range c.o.cfg.Runners {
+	for _, r := range cfg.Runners {
 		ch <- prometheus.MustNewConstMetric(glLimitDesc, prometheus.GaugeValue, float64(r.Limit), r.ID(), c.o.systemID)
 		v := 0.0
 		if paused[r.ID()] {

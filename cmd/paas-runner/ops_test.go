@@ -230,13 +230,21 @@ func TestSystemdNotify(t *testing.T) {
 	e.waitFile(filepath.Join(e.hosts, e.hostName(j.ID)+".launched"))
 	next("STATUS with the launched job", func(m string) bool { return strings.HasPrefix(m, "STATUS=1 jobs: 1 launched") })
 
-	// SIGHUP does not kill the daemon: a reload is announced and refused
+	// SIGHUP reloads (the daemon lives on), announced to systemd; an
+	// invalid file is refused and said so
 	p.signal(syscall.SIGHUP)
 	next("RELOADING=1", func(m string) bool { return strings.HasPrefix(m, "RELOADING=1\nMONOTONIC_USEC=") })
 	after := next("READY=1 after the reload", func(m string) bool { return strings.Contains(m, "READY=1") })
-	if !strings.Contains(after, "STATUS=reload failed") {
+	if !strings.Contains(after, "STATUS=1 jobs: 1 launched") {
 		t.Fatalf("reload outcome: %q", after)
 	}
+	good, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, append(append([]byte{}, good...), "bogus_key = 1\n"...), 0o600)
+	after = next("READY=1 after a refused reload", func(m string) bool { return strings.Contains(m, "READY=1") })
+	if !strings.Contains(after, "STATUS=reload failed") || !strings.Contains(after, "bogus_key") {
+		t.Fatalf("refused reload: %q", after)
+	}
+	os.WriteFile(e.config, good, 0o600)
 	e.gl.Finish(j.ID, "success")
 	next("STATUS back to 0 jobs", func(m string) bool { return strings.HasPrefix(m, "STATUS=0 jobs") })
 	select {
@@ -244,8 +252,8 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatalf("the daemon exited after SIGHUP:\n%s", p.log())
 	default:
 	}
-	if !strings.Contains(p.log(), "reloading the configuration is not supported yet") {
-		t.Fatalf("SIGHUP not logged:\n%s", p.log())
+	if !strings.Contains(p.log(), "configuration reloaded") {
+		t.Fatalf("SIGHUP reload not logged:\n%s", p.log())
 	}
 	p.signal(syscall.SIGTERM)
 	next("STOPPING=1", func(m string) bool { return strings.HasPrefix(m, "STOPPING=1") })

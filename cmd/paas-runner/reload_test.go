@@ -75,3 +75,61 @@ func TestReloadLive(t *testing.T) {
 		t.Fatal("the state file moved by a reload")
 	}
 }
+
+// Reloads while many jobs are in flight drop none of them: lowering
+// concurrent below the jobs running keeps them all; raising it again lets
+// the queued jobs in; every job is launched once and every host removed.
+func TestReloadUnderLoad(t *testing.T) {
+	e := newEnv(t, "listen_address = \"127.0.0.1:0\"\nshutdown_timeout = 20")
+	p := e.start("", "--log-format", "json")
+	addr := p.metricsAddr(t)
+	orig, _ := os.ReadFile(e.config)
+	setConcurrent := func(n string) {
+		t.Helper()
+		os.WriteFile(e.config, []byte(strings.Replace(string(orig), "concurrent = 10\n", "concurrent = "+n+"\n", 1)), 0o600)
+		p.signal(syscall.SIGHUP) // on top of the file event: two reloads at most, same result
+		eventually(t, "concurrent "+n, func() (bool, string) {
+			_, m := get(t, "http://"+addr+"/metrics")
+			return metricHas(m, `gitlab_runner_concurrent `+n+`$`), m
+		})
+	}
+	var ids []int64
+	for i := 0; i < 8; i++ {
+		ids = append(ids, e.gl.Enqueue("", nil).ID)
+	}
+	for _, id := range ids {
+		e.waitFile(filepath.Join(e.hosts, e.hostName(id)+".launched"))
+	}
+	setConcurrent("2")
+	if doc, body := debugJobs(t, addr); len(doc.Jobs) != 8 {
+		t.Fatalf("jobs dropped by the reload: %s", body)
+	}
+	late := []int64{e.gl.Enqueue("", nil).ID, e.gl.Enqueue("", nil).ID}
+	for _, id := range ids[:4] {
+		e.gl.Finish(id, "success")
+	}
+	setConcurrent("10")
+	for _, id := range late {
+		e.waitFile(filepath.Join(e.hosts, e.hostName(id)+".launched"))
+	}
+	for _, id := range append(ids[4:], late...) {
+		e.gl.Finish(id, "success")
+	}
+	eventually(t, "every host removed", func() (bool, string) {
+		m, _ := filepath.Glob(filepath.Join(e.hosts, "*.host"))
+		return len(m) == 0, strings.Join(m, " ")
+	})
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for k, n := range e.launches() {
+		if n != 1 {
+			t.Fatalf("%s launched %d times", k, n)
+		}
+	}
+	if n := len(e.launches()); n != 10 {
+		t.Fatalf("%d jobs launched, want 10", n)
+	}
+	e.noLeak()
+}

@@ -224,7 +224,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	dcfg := dispatcherConfig(cfg, o, log)
 	dcfg.Observer = ob
 	ob.guardWaits = guardWaiting(guards, systemID)
-	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	pipes := buildPipelineGuard(cfg, store, systemID, guards.Core(), log)
+	// pipeline guards first: a job waiting for other pipelines holds no lock
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, pipes, guards), cfg.Guards.MaxWaitingJobs
 	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
@@ -233,7 +235,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ob.reloader = newReloader(ob, o, config.Options{Executors: reg.names()}, d, logLevel, log)
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, guards, ob, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, pipes, ob, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -442,7 +444,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, ob *ops, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, pipes *guard.Pipelines, ob *ops, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -468,7 +470,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	serveGuards(guards, reg, mux)
+	serveGuards(guards, pipes, reg, mux)
 	ob.register(reg, mux, d)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

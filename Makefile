@@ -6,8 +6,15 @@ REVISION    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/internal/version.Revision=$(REVISION)
 STATICCHECK_VERSION ?= 2026.2.2
 GOBIN       ?= $(shell $(GO) env GOPATH)/bin
+# make install: PREFIX and DESTDIR as usual; systemd finds units, sysusers
+# and tmpfiles snippets under $(PREFIX)/lib for PREFIX /usr and /usr/local.
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+DOCDIR      ?= $(PREFIX)/share/doc/paas-runner
 
-.PHONY: all build test lint fmt staticcheck bench clean docker-up image demo
+.PHONY: all build test lint fmt staticcheck bench clean docker-up image demo install
 
 all: build
 
@@ -43,6 +50,19 @@ staticcheck:
 
 bench:
 	./bench/run.sh
+
+# Binaries, the systemd unit (paths rewritten to BINDIR/DOCDIR), the
+# sysusers.d and tmpfiles.d snippets, the README and the Grafana dashboard.
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/systemd/system $(DESTDIR)$(LIBDIR)/sysusers.d $(DESTDIR)$(LIBDIR)/tmpfiles.d $(DESTDIR)$(DOCDIR)
+	install -m 0755 bin/paas-runner bin/paas-runner-register $(DESTDIR)$(BINDIR)/
+	sed -e 's|/usr/local/bin/paas-runner|$(BINDIR)/paas-runner|' -e 's|/usr/local/share/doc/paas-runner|$(DOCDIR)|' \
+		packaging/systemd/paas-runner.service > $(DESTDIR)$(LIBDIR)/systemd/system/paas-runner.service
+	chmod 0644 $(DESTDIR)$(LIBDIR)/systemd/system/paas-runner.service
+	install -m 0644 packaging/sysusers.d/paas-runner.conf $(DESTDIR)$(LIBDIR)/sysusers.d/paas-runner.conf
+	install -m 0644 packaging/tmpfiles.d/paas-runner.conf $(DESTDIR)$(LIBDIR)/tmpfiles.d/paas-runner.conf
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	if [ -f packaging/grafana/paas-runner.json ]; then install -m 0644 packaging/grafana/paas-runner.json $(DESTDIR)$(DOCDIR)/grafana-paas-runner.json; fi
 
 clean:
 	rm -rf bin

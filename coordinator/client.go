@@ -56,6 +56,8 @@ type Config struct {
 	Logger    *zap.Logger
 	// HTTPClient overrides the transport (tests).
 	HTTPClient *http.Client
+	// WrapTransport, when set, wraps the transport (request metrics).
+	WrapTransport func(http.RoundTripper) http.RoundTripper
 	// Retry bounds the retries of 408/429/5xx answers.
 	Retry RetryPolicy
 	// ArtifactRetryMin and ArtifactRetryMax space the attempts of
@@ -176,6 +178,11 @@ func New(cfg Config) (*Client, error) {
 			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		}
 		hc = &http.Client{Transport: tr, Timeout: 60 * time.Minute}
+	}
+	if cfg.WrapTransport != nil {
+		c := *hc
+		c.Transport = cfg.WrapTransport(hc.Transport)
+		hc = &c
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -29,7 +29,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 		if !d.reserve(r) {
 			// Saturated: wait for a slot, re-checking each interval.
 			freed := d.freedChan()
-			t := time.NewTimer(d.cfg.CheckInterval)
+			t := time.NewTimer(d.checkInterval())
 			select {
 			case <-ctx.Done():
 			case <-freed:
@@ -41,11 +41,15 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 		a, err := r.Source.RequestJob(ctx)
 		var unusable UnusableJob
 		if errors.As(err, &unusable) {
+			d.obs().Polled(r.Runner, "unusable_job")
 			d.unreserve(r)
 			r.forbidden = 0
 			d.aux.Add(1)
 			go func() { defer d.aux.Done(); d.rejectJob(r, unusable) }()
 			continue
+		}
+		if err == nil || ctx.Err() == nil {
+			d.obs().Polled(r.Runner, pollAnswer(a != nil, err))
 		}
 		if err != nil || a == nil {
 			d.unreserve(r)
@@ -54,7 +58,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			} else if err == nil {
 				r.forbidden = 0
 			}
-			_ = backoff.Sleep(ctx, d.cfg.CheckInterval)
+			_ = backoff.Sleep(ctx, d.checkInterval())
 			continue
 		}
 		r.forbidden = 0
@@ -74,6 +78,7 @@ func (d *Dispatcher) requestFailed(r *runnerState, err error) {
 	r.forbidden++
 	if r.UnhealthyLimit > 0 && r.forbidden >= r.UnhealthyLimit {
 		r.disabledUntil = time.Now().Add(r.UnhealthyInterval)
+		d.obs().RunnerPaused(r.Runner, r.disabledUntil)
 		r.log.Error("GitLab refuses this runner's token: not polling for a while; check the token or re-register the runner",
 			zap.Int("consecutive_403", r.forbidden), zap.Duration("pause", r.UnhealthyInterval), zap.Error(err))
 		r.forbidden = 0

@@ -159,6 +159,7 @@ func (d *Dispatcher) decommission(ctx context.Context, t *tracked, dc *decommiss
 		d.releaseJob(t, false)
 	}
 	d.stats.decommissioned.Add(1)
+	d.obs().HostRemoved(t.r.Runner, rec.Key())
 	if failures > 0 {
 		log.Info("host removed after failed attempts", zap.Int("failed_attempts", failures))
 		return

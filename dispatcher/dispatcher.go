@@ -164,6 +164,8 @@ type Config struct {
 	// MaxWaiting jobs waiting for guards give their slots back (default
 	// 200); more wait holding theirs, so that acquisition stops.
 	MaxWaiting int
+	// Observer is told about lifecycle events (metrics, health).
+	Observer Observer
 }
 
 func (c *Config) defaults() {
@@ -345,6 +347,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		startBG(d.statsLoop)
 	}
 
+	d.obs().Started()
 	acqCtx, stopAcq := context.WithCancel(ctx)
 	var loops sync.WaitGroup
 	for _, r := range d.order {
@@ -355,6 +358,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	stopAcq()
 	close(d.draining)
 	d.endWaits()
+	d.obs().Draining()
 	d.log.Info("draining: no more jobs are acquired; waiting for in-flight provisioning and decommissioning",
 		zap.Int("provisioning", d.Stats().Provisioning), zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout))
 

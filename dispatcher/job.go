@@ -193,6 +193,7 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if err != nil {
 		return err
 	}
+	d.obs().Provisioned(r.Runner, time.Since(start))
 	changed := !bytes.Equal(h, rec.Resource)
 	rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Launching })
 	if changed {
@@ -396,7 +397,7 @@ func (d *Dispatcher) unpark(ctx context.Context, t *tracked, goOn bool) {
 	for {
 		if goOn && ctx.Err() == nil && !d.reserveInto(r, &t.weight) {
 			freed := d.freedChan()
-			tm := time.NewTimer(d.cfg.CheckInterval)
+			tm := time.NewTimer(d.checkInterval())
 			select {
 			case <-ctx.Done():
 			case <-freed:
@@ -583,6 +584,7 @@ func (d *Dispatcher) failPending(t *tracked, cause error, fresh bool) {
 	msg := cause.Error()
 	if fresh {
 		d.stats.launchFailures.Add(1)
+		d.obs().LaunchFailed(t.r.Runner, executors.FailureReason(cause))
 		log.Error("job launch failed", zap.Error(cause))
 		ctx, cancel := context.WithTimeout(d.work, 30*time.Second)
 		d.traceLine(ctx, t, "paas-runner: ERROR: "+msg, true)
@@ -672,6 +674,7 @@ func (d *Dispatcher) finished(t *tracked, how string) {
 	d.store.Put(rec)
 	d.tracker.remove(t)
 	d.stats.finished.Add(1)
+	d.obs().JobEnded(t.r.Runner, rec.Key())
 	t.logger().Info("job finished", zap.String("how", how))
 	if d.cfg.KeepFinished {
 		t.logger().Info("keeping the host (paas_finished_jobs_keep_resources = true)", zap.ByteString("handle", rec.Resource))

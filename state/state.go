@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -136,6 +137,8 @@ type Store struct {
 	snapSeq      uint64   // seq the state file holds
 	snapWanted   uint64   // a Save asks for a snapshot holding this seq
 	lastSnap     time.Time
+
+	writeObs atomic.Pointer[WriteObserver]
 	// journalSuspect: a failed append may have left bytes that could not
 	// be cut off; only a snapshot (which empties the journal) is safe.
 	journalSuspect bool
@@ -449,6 +452,7 @@ func (s *Store) writer() {
 			snap := s.snapWanted > s.snapSeq || s.journalBytes >= snapshotBytes || s.journalSuspect ||
 				(s.journalBytes > 0 && time.Since(s.lastSnap) >= snapshotEvery) || s.opsLast < s.seq && len(s.ops) == 0
 			var err error
+			start := time.Now()
 			if snap {
 				s.mu.Unlock()
 				err = s.snapshot()
@@ -463,6 +467,7 @@ func (s *Store) writer() {
 					s.mu.Unlock()
 				}
 			}
+			s.observeWrite(snap, time.Since(start), err)
 			s.mu.Lock()
 			s.writes++
 			s.writeErr = err

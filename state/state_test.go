@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -525,5 +526,77 @@ func TestIdleJournalIsFolded(t *testing.T) {
 			t.Fatalf("state file not updated while idle: %s", b)
 		}
 		time.Sleep(20 * time.Millisecond) // polling the file system for the timer's effect
+	}
+}
+
+func TestObserveWrites(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	kinds := map[string]int{}
+	s.ObserveWrites(func(kind string, took time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil && took >= 0 {
+			kinds[kind]++
+		}
+	})
+	s.Put(Job{RunnerID: "r", JobID: 1, Token: "t"})
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if kinds["journal"]+kinds["snapshot"] < 2 || kinds["snapshot"] < 1 {
+		t.Fatalf("writes observed: %v", kinds)
+	}
+}
+
+// Read sees what the running store wrote (journal included) without the
+// lock and without changing the files.
+func TestReadWhileOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Put(Job{RunnerID: "r", JobID: 2, Token: "t2", Phase: Launched})
+	s.Put(Job{RunnerID: "r", JobID: 1, Token: "t1", Phase: Provisioning})
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	stat := func() string {
+		var b strings.Builder
+		for _, p := range []string{path, path + ".journal", path + ".lock"} {
+			if fi, err := os.Stat(p); err == nil {
+				fmt.Fprintf(&b, "%s %d %v;", p, fi.Size(), fi.ModTime())
+			}
+		}
+		return b.String()
+	}
+	before := stat()
+	jobs, err := Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 2 || jobs[0].JobID != 1 || jobs[0].Phase != Provisioning || jobs[1].Phase != Launched {
+		t.Fatalf("read %+v", jobs)
+	}
+	if after := stat(); after != before {
+		t.Fatalf("Read changed the files:\n%s\n%s", before, after)
+	}
+	// the daemon still holds its lock: a second Open fails
+	if _, err := Open(path); err == nil {
+		t.Fatal("the lock was lost")
+	}
+	if jobs, err := Read(filepath.Join(t.TempDir(), "none.json")); err != nil || len(jobs) != 0 {
+		t.Fatalf("missing file: %v %v", jobs, err)
 	}
 }

@@ -134,7 +134,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// Catch signals first: one that arrives while starting up must drain,
 	// not kill.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	if len(args) > 0 {
 		switch args[0] {
@@ -144,6 +144,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return execFetchedJob(args[1:], stderr)
 		case "guard":
 			return guardCmd(args[1:], stdout, stderr)
+		case "status":
+			return statusCmd(args[1:], stdout, stderr)
 		case "locks":
 			return locksCmd(args[1:], stdout, stderr)
 		case "pool":
@@ -169,7 +171,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	level, format := firstOf(o.logLevel, cfg.LogLevel, "info"), firstOf(o.logFormat, cfg.LogFormat, "text")
-	log, err := logging.New(level, format)
+	log, logLevel, err := logging.NewAtomic(level, format)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
@@ -206,7 +208,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	ctx := context.Background()
-	runners, err := buildRunners(ctx, cfg, reg, executorEnv{StatePath: store.Path(), SystemID: systemID}, log)
+	ob := newOps(cfg, systemID, log)
+	runners, err := buildRunners(ctx, cfg, reg, executorEnv{StatePath: store.Path(), SystemID: systemID, ops: ob}, log)
 	if err != nil {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
@@ -229,6 +232,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Info("weighted quota", zap.String("reference_runner", q.ReferenceRunner), zap.String("reference_flavor", q.ReferenceFlavor),
 			zap.Float64("reference_weight", unit), zap.Int("reference_jobs_count", q.ReferenceJobsCount), zap.Float64("weight_quota", dcfg.Quota))
 	}
+	dcfg.Observer = ob
+	ob.guardWaits = guardWaiting(guards, systemID)
 	pipes := buildPipelineGuard(cfg, store, systemID, guards.Core(), log)
 	// pipeline guards first: a job waiting for other pipelines holds no lock
 	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, pipes, guards), cfg.Guards.MaxWaitingJobs
@@ -237,9 +242,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
+	ob.reloader = newReloader(ob, o, config.Options{Executors: reg.names()}, d, logLevel, log)
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, guards, pipes, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, pipes, ob, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -251,7 +257,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		zap.Int("runners", len(runners)), zap.Int("concurrent", cfg.Concurrent), zap.String("system_id", systemID))
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go handleSignals(runCtx, sigs, stop, d, o.debugSignal, log)
+	ob.attach(runCtx, d, store, statusInterval())
+	go ob.reloader.run(runCtx)
+	go handleSignals(runCtx, sigs, stop, d, ob, o.debugSignal, log)
 	guardsCtx, stopGuards := context.WithCancel(ctx)
 	defer stopGuards()
 	go guards.Run(guardsCtx)
@@ -275,7 +283,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // handleSignals: the first SIGTERM/SIGINT/SIGQUIT drains; a second one
 // stops waiting. SIGUSR1 logs the tracked jobs when asked for.
-func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d forcer, debug bool, log *zap.Logger) {
+func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d forcer, ob *ops, debug bool, log *zap.Logger) {
 	draining := false
 	done := ctx.Done()
 	for {
@@ -288,6 +296,10 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 			// signal matters (selecting on a closed channel would spin).
 			done = nil
 		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				ob.hangup()
+				continue
+			}
 			if s == syscall.SIGUSR1 {
 				if debug {
 					logSnapshot(d, log)
@@ -357,8 +369,9 @@ func buildRunners(ctx context.Context, cfg *config.Config, reg registry, env exe
 			URL: rc.URL, Token: rc.Token, TLSCAFile: rc.TLSCAFile, SystemID: systemID,
 			Info: coordinator.Info{Name: version.Name, Version: version.Version, Revision: version.Revision,
 				Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker", Shell: "sh", Features: daemonFeatures()},
-			UserAgent: version.UserAgent(),
-			Logger:    rlog.Named("coordinator"),
+			UserAgent:     version.UserAgent(),
+			Logger:        rlog.Named("coordinator"),
+			WrapTransport: env.ops.wrapTransport(rc.ID()),
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: runners[%d]: %w", cfg.Path, i, err))
@@ -441,7 +454,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, pipes *guard.Pipelines, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, pipes *guard.Pipelines, ob *ops, log *zap.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
@@ -474,6 +487,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	serveGuards(guards, pipes, reg, mux)
+	ob.register(reg, mux, d)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

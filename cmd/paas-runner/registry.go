@@ -23,6 +23,8 @@ type factory func(ctx context.Context, r *config.Runner, env executorEnv, log *z
 type executorEnv struct {
 	StatePath string
 	SystemID  string
+	// ops observes GitLab requests (metrics); nil in tools.
+	ops *ops
 }
 
 // registry maps executor names, as written in the configuration, to their

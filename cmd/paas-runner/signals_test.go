@@ -45,7 +45,7 @@ func TestSignalLoopWaitsWhileDraining(t *testing.T) {
 	sigs := make(chan os.Signal, 1)
 	f := &fakeForcer{}
 	done := make(chan struct{})
-	go func() { handleSignals(ctx, sigs, cancel, f, false, zap.NewNop()); close(done) }()
+	go func() { handleSignals(ctx, sigs, cancel, f, nil, false, zap.NewNop()); close(done) }()
 	sigs <- syscall.SIGTERM
 	<-ctx.Done() // the drain started
 	deadline := time.Now().Add(10 * time.Second)

@@ -1,0 +1,518 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"gitlab.com/paas-runner/paas-runner/config"
+	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/state"
+)
+
+// ops observes the dispatcher for /metrics, /healthz, /readyz,
+// /debug/jobs and systemd's notify protocol.
+type ops struct {
+	log      *zap.Logger
+	systemID string
+	cfg      *config.Config
+
+	mu       sync.Mutex
+	started  bool
+	draining bool
+	paused   map[string]time.Time // runner ID → no polling before
+	ended    map[state.Key]time.Time
+	d        *dispatcher.Dispatcher
+	// guardWaits, when set, names what waiting jobs wait for (guards).
+	guardWaits func() map[state.Key]string
+	reloader   *reloader
+
+	acquisitions *prometheus.CounterVec
+	provisioning *prometheus.HistogramVec
+	decomLag     *prometheus.HistogramVec
+	launchFails  *prometheus.CounterVec
+	apiStatuses  *prometheus.CounterVec
+	apiDuration  *prometheus.HistogramVec
+	stateWrite   *prometheus.HistogramVec
+}
+
+func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
+	o := &ops{log: log, systemID: systemID, cfg: cfg, paused: map[string]time.Time{}, ended: map[state.Key]time.Time{}}
+	o.acquisitions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "acquisitions_total",
+		Help: "Job requests to GitLab, by answer: job, no_job, forbidden (403), error."}, []string{"runner", "answer"})
+	buckets := []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600}
+	o.provisioning = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "provisioning_duration_seconds",
+		Help: "Time to create a job's host, per executor.", Buckets: buckets}, []string{"executor"})
+	o.decomLag = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "decommission_lag_seconds",
+		Help: "Time from a job's end to its host's removal, per executor (billed idle time).", Buckets: buckets}, []string{"executor"})
+	o.launchFails = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "launch_failures_by_reason_total",
+		Help: "Jobs failed before launch, by executor and GitLab failure_reason."}, []string{"executor", "reason"})
+	o.apiStatuses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gitlab_runner_api_request_statuses_total",
+		Help: "The total number of api requests, partitioned by runner, endpoint and status."}, []string{"runner", "system_id", "endpoint", "status"})
+	o.apiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "gitlab_request_duration_seconds",
+		Help: "Latency of GitLab API requests, by endpoint and status (\"error\": no answer).", Buckets: prometheus.DefBuckets}, []string{"runner", "endpoint", "status"})
+	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
+		Help:    "Time to make state changes durable: a journal append (fdatasync) or a snapshot (state file rewritten), by kind and result.",
+		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}}, []string{"kind", "result"})
+	// Series exist from the start, so that dashboards and rate() see them.
+	for _, r := range cfg.Runners {
+		for _, a := range []string{"job", "no_job", "forbidden", "error"} {
+			o.acquisitions.WithLabelValues(r.ID(), a)
+		}
+		o.provisioning.WithLabelValues(r.Executor)
+		o.decomLag.WithLabelValues(r.Executor)
+		o.launchFails.WithLabelValues(r.Executor, "runner_system_failure")
+	}
+	for _, k := range []string{"journal", "snapshot"} {
+		o.stateWrite.WithLabelValues(k, "ok")
+	}
+	return o
+}
+
+// --- dispatcher.Observer
+
+func (o *ops) Started() {
+	o.mu.Lock()
+	o.started = true
+	o.mu.Unlock()
+	o.notify(daemon.SdNotifyReady + "\n" + o.statusLine())
+}
+
+func (o *ops) Draining() {
+	o.mu.Lock()
+	o.draining = true
+	o.mu.Unlock()
+	o.notify(daemon.SdNotifyStopping + "\nSTATUS=draining: " + o.summary())
+}
+
+func (o *ops) Polled(r *dispatcher.Runner, answer string) {
+	o.acquisitions.WithLabelValues(r.ID, answer).Inc()
+	if answer != "forbidden" && answer != "error" {
+		o.mu.Lock()
+		delete(o.paused, r.ID)
+		o.mu.Unlock()
+	}
+}
+
+func (o *ops) RunnerPaused(r *dispatcher.Runner, until time.Time) {
+	o.mu.Lock()
+	o.paused[r.ID] = until
+	o.mu.Unlock()
+}
+
+func (o *ops) Provisioned(r *dispatcher.Runner, took time.Duration) {
+	o.provisioning.WithLabelValues(r.ExecutorName).Observe(took.Seconds())
+}
+
+func (o *ops) LaunchFailed(r *dispatcher.Runner, reason string) {
+	o.launchFails.WithLabelValues(r.ExecutorName, reason).Inc()
+}
+
+func (o *ops) JobEnded(_ *dispatcher.Runner, k state.Key) {
+	o.mu.Lock()
+	o.ended[k] = time.Now()
+	o.mu.Unlock()
+}
+
+func (o *ops) HostRemoved(r *dispatcher.Runner, k state.Key) {
+	o.mu.Lock()
+	at, ok := o.ended[k]
+	delete(o.ended, k)
+	o.mu.Unlock()
+	if ok { // a job that ended before a restart has no known end time
+		o.decomLag.WithLabelValues(r.ExecutorName).Observe(time.Since(at).Seconds())
+	}
+}
+
+// attach starts observing d and store; the systemd STATUS= line is
+// refreshed every interval until ctx ends.
+func (o *ops) attach(ctx context.Context, d *dispatcher.Dispatcher, store *state.Store, interval time.Duration) {
+	o.mu.Lock()
+	o.d = d
+	o.mu.Unlock()
+	store.ObserveWrites(func(kind string, took time.Duration, err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		o.stateWrite.WithLabelValues(kind, result).Observe(took.Seconds())
+	})
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				o.notify(o.statusLine())
+			}
+		}
+	}()
+}
+
+// statusInterval is how often systemd's STATUS= is refreshed.
+func statusInterval() time.Duration {
+	if v, err := time.ParseDuration(os.Getenv("PAAS_RUNNER_STATUS_INTERVAL")); err == nil && v > 0 { // tests
+		return v
+	}
+	return 10 * time.Second
+}
+
+// hangup handles SIGHUP: reloading the configuration is not implemented
+// yet, so the daemon says so and keeps running (Go's default would kill it).
+// A reload would be wrapped in RELOADING=1 … READY=1 (see reloading).
+func (o *ops) hangup() {
+	if o == nil {
+		return
+	}
+	if o.reloader != nil {
+		o.reloader.sighup()
+		return
+	}
+	_ = o.reloading(func() error {
+		err := errors.New("reloading the configuration is not supported here; restart the daemon to apply changes")
+		o.log.Warn("SIGHUP received: keeping the current configuration", zap.Error(err))
+		return err
+	})
+}
+
+// reloading tells systemd a reload runs while fn does.
+func (o *ops) reloading(fn func() error) error {
+	o.notify(fmt.Sprintf("%s\nMONOTONIC_USEC=%d", daemon.SdNotifyReloading, monotonicUsec()))
+	err := fn()
+	status := o.statusLine()
+	if err != nil {
+		status = "STATUS=reload failed, running on the previous configuration: " + oneLine(err.Error())
+	}
+	o.notify(daemon.SdNotifyReady + "\n" + status)
+	return err
+}
+
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+
+func (o *ops) config() *config.Config {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.cfg
+}
+
+// --- readiness
+
+// readiness is nil when the daemon can take jobs, else why not.
+func (o *ops) readiness() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case !o.started:
+		return fmt.Errorf("starting: the state file's jobs are not resumed yet")
+	case o.draining:
+		return fmt.Errorf("draining: no more jobs are acquired")
+	}
+	var paused []string
+	now := time.Now()
+	for _, r := range o.cfg.Runners {
+		if until, ok := o.paused[r.ID()]; ok && now.Before(until) {
+			paused = append(paused, fmt.Sprintf("%s until %s", r.DisplayName(), until.UTC().Format(time.RFC3339)))
+			continue
+		}
+		return nil
+	}
+	if len(o.cfg.Runners) == 0 {
+		return fmt.Errorf("no runner configured")
+	}
+	return fmt.Errorf("no runner may poll: GitLab refused their tokens (403): %s", strings.Join(paused, ", "))
+}
+
+// summary is jobs by state on one line: "3 jobs: 1 provisioning, 2 launched".
+func (o *ops) summary() string {
+	o.mu.Lock()
+	d := o.d
+	o.mu.Unlock()
+	if d == nil {
+		return "starting"
+	}
+	counts := map[string]int{}
+	jobs := d.Jobs()
+	for _, j := range jobs {
+		counts[string(j.Phase)]++
+	}
+	var parts []string
+	for _, p := range []state.Phase{state.Acquired, state.Provisioning, state.Launching, state.Launched, state.Decommissioning} {
+		if n := counts[string(p)]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, p))
+		}
+	}
+	s := fmt.Sprintf("%d jobs", len(jobs))
+	if len(parts) > 0 {
+		s += ": " + strings.Join(parts, ", ")
+	}
+	return s
+}
+
+func (o *ops) statusLine() string {
+	return "STATUS=" + o.summary()
+}
+
+func (o *ops) notify(msg string) {
+	if _, err := daemon.SdNotify(false, msg); err != nil {
+		o.log.Warn("notifying systemd failed", zap.Error(err))
+	}
+}
+
+// --- HTTP
+
+func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatcher.Dispatcher) {
+	if o.reloader != nil {
+		reg.MustRegister(o.reloader.reloads)
+	}
+	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.stateWrite, &jobsCollector{o: o, d: d})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := o.readiness(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, err)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/debug/jobs", func(w http.ResponseWriter, _ *http.Request) {
+		jobs := o.jobs(d)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(debugJobs{SystemID: o.systemID, Jobs: jobs})
+	})
+}
+
+// jobs are d's tracked jobs, sorted, with the guards they wait for.
+func (o *ops) jobs(d *dispatcher.Dispatcher) []dispatcher.JobView {
+	jobs := d.Jobs()
+	if o.guardWaits != nil {
+		waits := o.guardWaits()
+		for i := range jobs {
+			if w, ok := waits[state.Key{Runner: jobs[i].Runner, ID: jobs[i].JobID}]; ok && jobs[i].Phase == state.Acquired {
+				jobs[i].WaitingFor = w
+			}
+		}
+	}
+	sortViews(jobs)
+	return jobs
+}
+
+// guardWaiting lists, for each job of this daemon waiting for guards, the
+// guards it waits for ("lock:acme/web:production, pool:aws").
+func guardWaiting(m *guard.Manager, systemID string) func() map[state.Key]string {
+	return func() map[state.Key]string {
+		out := map[state.Key]string{}
+		st, _ := m.Snapshot()
+		if st == nil {
+			return out
+		}
+		for _, w := range st.Waiters {
+			if w.Daemon != systemID || w.SupersededBy != 0 {
+				continue
+			}
+			var names []string
+			for _, dm := range w.Demands {
+				n := guard.GuardLabel(dm.Pool)
+				if dm.Lock != "" {
+					n += "/" + dm.Lock
+				}
+				names = append(names, n)
+			}
+			out[state.Key{Runner: w.Runner, ID: w.JobID}] = strings.Join(names, ", ")
+		}
+		return out
+	}
+}
+
+// debugJobs is the /debug/jobs document.
+type debugJobs struct {
+	SystemID string               `json:"system_id"`
+	Jobs     []dispatcher.JobView `json:"jobs"`
+}
+
+func sortViews(v []dispatcher.JobView) {
+	sort.Slice(v, func(i, k int) bool {
+		if v[i].Runner != v[k].Runner {
+			return v[i].Runner < v[k].Runner
+		}
+		return v[i].JobID < v[k].JobID
+	})
+}
+
+// jobsCollector exports the gauges computed from the tracked jobs at
+// scrape time.
+type jobsCollector struct {
+	o *ops
+	d *dispatcher.Dispatcher
+}
+
+var (
+	glJobsDesc = prometheus.NewDesc("gitlab_runner_jobs",
+		"The current number of running builds.", []string{"runner", "system_id", "state", "executor_stage"}, nil)
+	glConcurrentDesc = prometheus.NewDesc("gitlab_runner_concurrent", "The current value of concurrent setting", nil, nil)
+	glLimitDesc      = prometheus.NewDesc("gitlab_runner_limit", "The current value of limit setting", []string{"runner", "system_id"}, nil)
+	jobsByStateDesc  = prometheus.NewDesc("paas_runner_jobs_by_state",
+		"Jobs in the daemon's care, by runner, executor and lifecycle state.", []string{"runner", "executor", "state"}, nil)
+	hostsAliveDesc = prometheus.NewDesc("paas_runner_hosts_alive",
+		"Hosts that exist or may exist (being created, running a job, being removed), by executor.", []string{"executor"}, nil)
+	runnerPausedDesc = prometheus.NewDesc("paas_runner_runner_paused",
+		"1 while a runner does not poll because GitLab refused its token.", []string{"runner"}, nil)
+)
+
+func (c *jobsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{glJobsDesc, glConcurrentDesc, glLimitDesc, jobsByStateDesc, hostsAliveDesc, runnerPausedDesc} {
+		ch <- d
+	}
+}
+
+// gitlabState maps a lifecycle state to gitlab-runner's job state label.
+func gitlabState(p state.Phase) string {
+	switch p {
+	case state.Launched:
+		return "running"
+	case state.Decommissioning:
+		return "finished"
+	}
+	return "pending"
+}
+
+func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
+	cfg := c.o.config()
+	type key struct{ runner, executor, state string }
+	byState := map[key]int{}
+	gl := map[[3]string]int{}
+	alive := map[string]int{}
+	execOf := map[string]string{}
+	for _, r := range cfg.Runners {
+		execOf[r.ID()] = r.Executor
+		for _, p := range []state.Phase{state.Acquired, state.Provisioning, state.Launching, state.Launched, state.Decommissioning} {
+			byState[key{r.ID(), r.Executor, string(p)}] += 0
+			gl[[3]string{r.ID(), gitlabState(p), string(p)}] += 0
+		}
+		alive[r.Executor] += 0
+	}
+	for _, j := range c.d.Jobs() {
+		ex := j.Executor
+		if ex == "" {
+			ex = execOf[j.Runner]
+		}
+		byState[key{j.Runner, ex, string(j.Phase)}]++
+		gl[[3]string{j.Runner, gitlabState(j.Phase), string(j.Phase)}]++
+		if j.Phase != state.Acquired {
+			alive[ex]++
+		}
+	}
+	for k, n := range byState {
+		ch <- prometheus.MustNewConstMetric(jobsByStateDesc, prometheus.GaugeValue, float64(n), k.runner, k.executor, k.state)
+	}
+	for k, n := range gl {
+		ch <- prometheus.MustNewConstMetric(glJobsDesc, prometheus.GaugeValue, float64(n), k[0], c.o.systemID, k[1], k[2])
+	}
+	for ex, n := range alive {
+		ch <- prometheus.MustNewConstMetric(hostsAliveDesc, prometheus.GaugeValue, float64(n), ex)
+	}
+	ch <- prometheus.MustNewConstMetric(glConcurrentDesc, prometheus.GaugeValue, float64(c.d.Stats().Concurrent))
+	c.o.mu.Lock()
+	paused := map[string]bool{}
+	now := time.Now()
+	for id, until := range c.o.paused {
+		paused[id] = now.Before(until)
+	}
+	c.o.mu.Unlock()
+	for _, r := range cfg.Runners {
+		ch <- prometheus.MustNewConstMetric(glLimitDesc, prometheus.GaugeValue, float64(r.Limit), r.ID(), c.o.systemID)
+		v := 0.0
+		if paused[r.ID()] {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(runnerPausedDesc, prometheus.GaugeValue, v, r.ID())
+	}
+}
+
+// --- GitLab request metrics
+
+// wrapTransport counts runner's GitLab requests by endpoint and status,
+// under gitlab-runner's metric and endpoint names.
+func (o *ops) wrapTransport(runner string) func(http.RoundTripper) http.RoundTripper {
+	if o == nil {
+		return nil
+	}
+	return func(next http.RoundTripper) http.RoundTripper {
+		if next == nil {
+			next = http.DefaultTransport
+		}
+		return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			start := time.Now()
+			resp, err := next.RoundTrip(req)
+			ep := endpointOf(req.Method, req.URL.Path)
+			status := "error"
+			if err == nil {
+				status = strconv.Itoa(resp.StatusCode)
+				o.apiStatuses.WithLabelValues(runner, o.systemID, ep, status).Inc()
+			}
+			o.apiDuration.WithLabelValues(runner, ep, status).Observe(time.Since(start).Seconds())
+			return resp, err
+		})
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+var jobPath = regexp.MustCompile(`/api/v4/jobs/\d+(/[a-z_]+)?$`)
+
+// endpointOf names a runner API call as gitlab-runner does.
+func endpointOf(method, path string) string {
+	switch {
+	case strings.HasSuffix(path, "/api/v4/jobs/request"):
+		return "request_job"
+	case strings.HasSuffix(path, "/api/v4/runners/verify"):
+		return "verify_runner"
+	case strings.HasSuffix(path, "/api/v4/runners") && method == http.MethodPost:
+		return "register_runner"
+	case strings.HasSuffix(path, "/api/v4/runners") && method == http.MethodDelete:
+		return "unregister_runner"
+	}
+	if m := jobPath.FindStringSubmatch(path); m != nil {
+		switch {
+		case m[1] == "" && method == http.MethodPut:
+			return "update_job"
+		case m[1] == "/trace":
+			return "patch_trace"
+		case m[1] == "/artifacts" && method == http.MethodPost:
+			return "upload_artifacts"
+		case m[1] == "/artifacts":
+			return "download_artifacts"
+		}
+	}
+	return "other"
+}

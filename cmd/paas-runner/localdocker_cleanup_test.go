@@ -55,6 +55,10 @@ func TestLocalDockerCanceledJobLeavesNothing(t *testing.T) {
 	rid := config.RunnerID(tok)
 	cleanRunner(t, cli, rid)
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
+	// The test's inner runner never notices the cancel (a real one does,
+	// through its keep-alive, and its host ends): only the daemon's safety
+	// net sees it, once a minute by default.
+	e.extraEnv = []string{"PAAS_RUNNER_SAFETY_INTERVAL=500ms"}
 	p := e.start("")
 	q := gl.Enqueue(tok, map[string]any{"variables": []map[string]any{
 		{"key": "TEST_INNER", "value": "spawn", "public": true, "masked": false},

@@ -40,11 +40,18 @@ func addTestExecutors(reg registry) {
 }
 
 // testOverrides applies the process tests' knobs, only in test builds:
-// PAAS_RUNNER_RETRY_MIN makes retries fast.
+// PAAS_RUNNER_RETRY_MIN makes retries fast; PAAS_RUNNER_SAFETY_INTERVAL
+// shortens the safety-net check of jobs whose host end the executor
+// reports (for test inner runners that never notice a cancel themselves).
 func testOverrides(dc *dispatcher.Config) {
 	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
 			dc.RetryMin, dc.RetryMax = d, 10*d
+		}
+	}
+	if v := os.Getenv("PAAS_RUNNER_SAFETY_INTERVAL"); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			dc.SafetyInterval, dc.SafetyPerMinute = d, 6000
 		}
 	}
 }

@@ -377,7 +377,7 @@ func (d *Dispatcher) unpark(ctx context.Context, r *runnerState, goOn bool) {
 	for {
 		if goOn && ctx.Err() == nil && !d.reserve(r) {
 			freed := d.freedChan()
-			tm := time.NewTimer(d.cfg.CheckInterval)
+			tm := time.NewTimer(d.checkInterval())
 			select {
 			case <-ctx.Done():
 			case <-freed:

@@ -199,7 +199,7 @@ type Dispatcher struct {
 	store   Store
 	runners map[string]*runnerState // by ID
 	aliases map[string]*runnerState // by legacy (Heptapod) ID
-	order   []*runnerState // guarded by reconf and mu (either to read)
+	order   []*runnerState          // guarded by reconf and mu (either to read)
 	retired map[string]*runnerState
 
 	// reconf serialises Reconfigure with Run's start (resume, loops).

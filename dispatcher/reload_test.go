@@ -161,7 +161,10 @@ func TestReloadRaisesConcurrent(t *testing.T) {
 	for _, id := range runningIDs(h.gl) {
 		h.gl.Finish(id, "success")
 	}
-	h.waitFake("8 hosts removed", func(f *executortest.Fake) bool { live, gone := f.CountLocked(); return live == 0 && gone == 8 || (live == 3 && gone == 5) })
+	h.waitFake("8 hosts removed", func(f *executortest.Fake) bool {
+		live, gone := f.CountLocked()
+		return live == 0 && gone == 8 || (live == 3 && gone == 5)
+	})
 	if err := h.stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -133,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// Catch signals first: one that arrives while starting up must drain,
 	// not kill.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	if len(args) > 0 {
 		switch args[0] {
@@ -168,7 +168,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	level, format := firstOf(o.logLevel, cfg.LogLevel, "info"), firstOf(o.logFormat, cfg.LogFormat, "text")
-	log, err := logging.New(level, format)
+	log, atomicLevel, err := logging.NewAtomic(level, format)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
@@ -208,7 +208,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	ctx := context.Background()
-	runners, err := buildRunners(ctx, cfg, reg, executorEnv{StatePath: store.Path(), SystemID: systemID}, log)
+	env := executorEnv{StatePath: store.Path(), SystemID: systemID}
+	runners, err := buildRunners(ctx, cfg, reg, env, log)
 	if err != nil {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
@@ -225,9 +226,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
+	rl := newReloader(cfg, o, reg, env, log, atomicLevel, d, guards, runners)
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log, rl.collectors()...)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -239,7 +241,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		zap.Int("runners", len(runners)), zap.Int("concurrent", cfg.Concurrent), zap.String("system_id", systemID))
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go handleSignals(runCtx, sigs, stop, d, o.debugSignal, log)
+	startReloads(runCtx, rl)
+	go handleSignals(runCtx, sigs, stop, reloadingDispatcher{d, rl}, o.debugSignal, log)
 	guardsCtx, stopGuards := context.WithCancel(ctx)
 	defer stopGuards()
 	go guards.Run(guardsCtx)
@@ -262,7 +265,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // handleSignals: the first SIGTERM/SIGINT/SIGQUIT drains; a second one
-// stops waiting. SIGUSR1 logs the tracked jobs when asked for.
+// stops waiting. SIGUSR1 logs the tracked jobs when asked for. SIGHUP
+// reloads the configuration (when d can: reloadRequester).
 func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d forcer, debug bool, log *zap.Logger) {
 	draining := false
 	done := ctx.Done()
@@ -276,6 +280,16 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 			// signal matters (selecting on a closed channel would spin).
 			done = nil
 		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				r, ok := d.(reloadRequester)
+				switch {
+				case draining:
+					log.Info("SIGHUP ignored: no reload while draining")
+				case ok:
+					r.requestReload("SIGHUP")
+				}
+				continue
+			}
 			if s == syscall.SIGUSR1 {
 				if debug {
 					logSnapshot(d, log)
@@ -429,8 +443,9 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger, extra ...prometheus.Collector) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(extra...)
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "paas_runner", Name: name, Help: help},
 			func() float64 { return f(d.Stats()) }))

@@ -13,10 +13,18 @@ import (
 // New returns a logger writing to stderr. level is debug, info, warn(ing),
 // error (case-insensitive); format is text or json.
 func New(level, format string) (*zap.Logger, error) {
-	lvl, err := ParseLevel(level)
+	log, _, err := NewAtomic(level, format)
+	return log, err
+}
+
+// NewAtomic is New with the level returned for changing it while the
+// logger is used (a configuration reload).
+func NewAtomic(level, format string) (*zap.Logger, zap.AtomicLevel, error) {
+	l, err := ParseLevel(level)
 	if err != nil {
-		return nil, err
+		return nil, zap.AtomicLevel{}, err
 	}
+	lvl := zap.NewAtomicLevelAt(l)
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.TimeKey = "time"
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -29,10 +37,10 @@ func New(level, format string) (*zap.Logger, error) {
 	case "json":
 		enc = zapcore.NewJSONEncoder(encCfg)
 	default:
-		return nil, fmt.Errorf("unknown log format %q (want text or json)", format)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("unknown log format %q (want text or json)", format)
 	}
 	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl)
-	return zap.New(core), nil
+	return zap.New(core), lvl, nil
 }
 
 // ParseLevel accepts the level names of gitlab-runner and Python's logging.

@@ -204,3 +204,48 @@ func TestReloadOnFileChange(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", code, p.log())
 	}
 }
+
+func envJob(e *env, pipeline int) *coordinatortest.Job {
+	return e.gl.Enqueue("", map[string]any{
+		"job_info": map[string]any{"name": "deploy", "project_id": 1, "pipeline_id": pipeline, "project_full_path": "acme/web"},
+		"variables": []map[string]any{
+			{"key": "CI_PROJECT_PATH", "value": "acme/web", "public": true},
+			{"key": "CI_PROJECT_ROOT_NAMESPACE", "value": "acme", "public": true},
+			{"key": "CI_ENVIRONMENT_NAME", "value": "production", "public": true},
+		}})
+}
+
+// The guards' policy changes live: lock_environments turned on by a
+// reload makes the next job of an environment take its lock; the job
+// running before is not disturbed.
+func TestReloadGuardsPolicy(t *testing.T) {
+	e, _ := reloadEnv(t)
+	p := e.start("", "--log-format", "json")
+	p.waitLog(t, "the start", `"msg":"starting"`)
+	a := envJob(e, 300)
+	e.waitFile(filepath.Join(e.hosts, e.hostName(a.ID)+".launched"))
+	held := `^paas_runner_guard_held\{guard="lock:acme/web:environment:production"\} 1$`
+	addr := regexp.MustCompile(`"listen_address":"([^"]+)"`).FindStringSubmatch(p.log())
+	if m := httpGet(t, "http://"+addr[1]+"/metrics"); regexp.MustCompile("(?m)" + held).MatchString(m) {
+		t.Fatal("an environment lock taken with lock_environments = false")
+	}
+	b, _ := os.ReadFile(e.config)
+	if err := os.WriteFile(e.config, append(b, "\n[guards]\nlock_environments = true\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(syscall.SIGHUP)
+	p.waitLog(t, "the reload applied", "configuration reloaded")
+	c := envJob(e, 301)
+	e.waitFile(filepath.Join(e.hosts, e.hostName(c.ID)+".launched"))
+	p.waitMetricMatch(t, held)
+	if s := e.gl.StatusOf(a.ID); s != "running" {
+		t.Fatalf("the job running before the reload: %s", s)
+	}
+	e.gl.Finish(a.ID, "success")
+	e.gl.Finish(c.ID, "success")
+	p.waitMetric(t, "paas_runner_hosts_removed_total 2")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, p.log())
+	}
+}

@@ -62,7 +62,7 @@ func (d *Dispatcher) acquireLoop(ctx, retired context.Context, r *runnerState) {
 			} else if err == nil {
 				r.forbidden = 0
 			}
-			_ = backoff.Sleep(ctx, d.checkInterval())
+			d.idle(ctx)
 			continue
 		}
 		r.forbidden = 0

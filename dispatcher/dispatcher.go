@@ -215,6 +215,7 @@ type Dispatcher struct {
 	total        int
 	provisioning int
 	slotFreed    chan struct{}
+	reloaded     chan struct{} // closed and replaced by Reconfigure
 	jobs         map[state.Key]*tracked
 	nextLaunch   time.Time
 
@@ -263,7 +264,7 @@ type stats struct {
 func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
 	cfg.defaults()
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger, store: store, runners: map[string]*runnerState{}, retired: map[string]*runnerState{},
-		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}, draining: make(chan struct{}), loopsDone: make(chan struct{})}
+		slotFreed: make(chan struct{}), reloaded: make(chan struct{}), jobs: map[state.Key]*tracked{}, draining: make(chan struct{}), loopsDone: make(chan struct{})}
 	for _, r := range runners {
 		if r.ID == "" || r.Executor == nil || r.Source == nil {
 			return nil, fmt.Errorf("runner %q: unique name, executor and job source are required", r.Name)

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"container/heap"
 	"context"
 	"fmt"
 	"time"
@@ -88,7 +89,29 @@ func (d *Dispatcher) Reconfigure(cfg Config, runners []*Runner) error {
 	}
 	d.order = order
 	d.signalLocked()
+	close(d.reloaded)
+	d.reloaded = make(chan struct{})
 	return nil
+}
+
+// reloadedChan is closed at the next Reconfigure: an idle wait of the old
+// check interval is cut short.
+func (d *Dispatcher) reloadedChan() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reloaded
+}
+
+// idle waits for the check interval, or less when a reload changes it.
+func (d *Dispatcher) idle(ctx context.Context) {
+	reloaded := d.reloadedChan()
+	t := time.NewTimer(d.checkInterval())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-reloaded:
+	}
 }
 
 // newRunnerState wraps r for the dispatcher.
@@ -158,6 +181,14 @@ func (d *Dispatcher) checkInterval() time.Duration {
 	return d.cfg.CheckInterval
 }
 
+// Polling is how many runners' acquisition loops run (a removed runner's
+// ends once the job request it had in flight returned).
+func (d *Dispatcher) Polling() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.liveLoops
+}
+
 // RunnerIDs lists the IDs of the runners that acquire jobs, in order.
 func (d *Dispatcher) RunnerIDs() []string {
 	var ids []string
@@ -167,11 +198,19 @@ func (d *Dispatcher) RunnerIDs() []string {
 	return ids
 }
 
-// setPoll changes the poll lane's interval and request spacing.
+// setPoll changes the poll lane's interval and request spacing; checks
+// due later than a shortened interval are brought forward.
 func (tr *tracker) setPoll(interval time.Duration, rps float64) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	ln := tr.lanes[pollLane]
 	ln.interval, ln.spacing = interval, time.Duration(float64(time.Second)/rps)
+	latest := time.Now().Add(interval)
+	for i := range ln.q {
+		if ln.q[i].due.After(latest) {
+			ln.q[i].due = latest
+		}
+	}
+	heap.Init(&ln.q)
 	tr.signalLocked()
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
@@ -204,14 +205,16 @@ func TestReloadRemovesRunnerWithJobsInFlight(t *testing.T) {
 	if ids := h.d.RunnerIDs(); len(ids) != 1 || ids[0] != uniqueName(h.tokens[0]) {
 		t.Fatalf("runners after the reload: %v", ids)
 	}
+	// Its loop ends once the request it may have had in flight returned.
+	h.gl.WaitFor(wait, "the removed runner's loop ended", func(*coordinatortest.Server) bool { return h.d.Polling() == 1 })
 	after := sources[1].requests.Load()
 	late := h.gl.Enqueue(h.tokens[1], nil)
 	// The kept runner goes on polling (with its own source); the removed
-	// one at most finishes the request it had in flight.
+	// one does not.
 	base := sources[0].requests.Load()
 	h.gl.WaitFor(wait, "the kept runner polls", func(*coordinatortest.Server) bool { return sources[0].requests.Load() > base+20 })
-	if n := sources[1].requests.Load(); n > after+1 {
-		t.Fatalf("the removed runner made %d job requests after the reload", n-after)
+	if n := sources[1].requests.Load(); n != after {
+		t.Fatalf("the removed runner made %d job requests after its loop ended", n-after)
 	}
 	if s := h.gl.StatusOf(late.ID); s != "pending" {
 		t.Fatalf("a job of the removed runner was taken after the reload: %s", s)
@@ -268,5 +271,32 @@ func TestReloadAddsRunner(t *testing.T) {
 	// After draining, a reload is refused.
 	if err := h.d.Reconfigure(h.cfg, nil); err == nil {
 		t.Fatal("Reconfigure after Run returned nil")
+	}
+}
+
+// A shortened check_interval is used at once: an idle runner that would
+// sleep the old interval polls again.
+func TestReloadShortensCheckInterval(t *testing.T) {
+	h := newHarness(t, 1)
+	h.cfg.CheckInterval = time.Hour
+	var src *countingSource
+	h.wrapRunner = func(i int, r *dispatcher.Runner) {
+		src = &countingSource{JobSource: r.Source}
+		r.Source = src
+	}
+	h.start()
+	h.gl.WaitFor(wait, "the first poll", func(*coordinatortest.Server) bool { return src.requests.Load() >= 1 })
+	j := h.gl.Enqueue("", nil)
+	cfg := h.cfg
+	cfg.CheckInterval = 20 * time.Millisecond
+	if err := h.d.Reconfigure(cfg, []*dispatcher.Runner{h.runner(0, h.tokens[0], 0)}); err != nil {
+		t.Fatal(err)
+	}
+	name := h.hostName(h.tokens[0], j.ID)
+	h.waitFake("launch of "+name, func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
+	h.gl.Finish(j.ID, "success")
+	h.waitFake("removal of "+name, func(f *executortest.Fake) bool { return f.GoneLocked(name) })
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
 	}
 }

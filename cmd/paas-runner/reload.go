@@ -210,7 +210,6 @@ func (rl *reloader) apply(ctx context.Context) error {
 	if o.setProgressInt {
 		cfg.JobProgressPollInterval = o.progressPoll
 	}
-	var level zap.AtomicLevel
 	newLevel := rl.level.Level()
 	if o.logLevel == "" { // --log-level wins over the file, as at start
 		l, err := logging.ParseLevel(cfg.LogLevel)
@@ -219,7 +218,6 @@ func (rl *reloader) apply(ctx context.Context) error {
 		}
 		newLevel = l
 	}
-	level = rl.level
 
 	// Runners: those already built are kept as they are (executor, job
 	// source); only their limit changes. New ones are built now.
@@ -270,7 +268,7 @@ func (rl *reloader) apply(ctx context.Context) error {
 		return err
 	}
 	// Applied: nothing below fails.
-	level.SetLevel(newLevel)
+	rl.level.SetLevel(newLevel)
 	if rl.guards != nil && guardsLive {
 		rl.guards.SetPolicy(guardPolicy(cfg.Guards))
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,6 +63,21 @@ func (p *proc) waitMetricMatch(t *testing.T, expr string) {
 		}
 		time.Sleep(10 * time.Millisecond) // another process
 	}
+}
+
+// metricValue reads one metric from /metrics.
+func (p *proc) metricValue(t *testing.T, name string) float64 {
+	t.Helper()
+	addr := regexp.MustCompile(`"listen_address":"([^"]+)"`).FindStringSubmatch(p.waitLog(t, "the metrics address", `"listen_address"`))
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindStringSubmatch(httpGet(t, "http://"+addr[1]+"/metrics"))
+	if m == nil {
+		t.Fatalf("no metric %s", name)
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // reloadEnv is a daemon with a metrics endpoint and rewritable settings.
@@ -166,10 +182,18 @@ func TestReloadInvalidFileKeepsRunning(t *testing.T) {
 	if strings.Contains(p.log(), "configuration reloaded") {
 		t.Fatal("an invalid file was applied")
 	}
+	const last = "paas_runner_config_last_reload_success_timestamp_seconds"
+	started := p.metricValue(t, last)
+	if started <= 0 {
+		t.Fatalf("%s %v", last, started)
+	}
 	write("concurrent = 3")
 	p.signal(syscall.SIGHUP)
 	p.waitMetric(t, "paas_runner_concurrent_limit 3")
 	p.waitMetricMatch(t, "^paas_runner_config_reloads_total [12]$")
+	if v := p.metricValue(t, last); v <= started {
+		t.Fatalf("%s did not move on a successful reload: %v, then %v", last, started, v)
+	}
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, p.log())

@@ -6,7 +6,7 @@ mkdir -p bench/out
 echo "## go test -run xxx -bench AcquireToProvision -benchtime 2000x ./dispatcher/"
 go test -run xxx -bench AcquireToProvision -benchtime 2000x ./dispatcher/ | grep Benchmark
 echo
-echo "## go run ./bench/daemon -jobs 5000 -seconds 20"
+echo "## go run ./bench/daemon -jobs 5000 -seconds 20 (saturated: concurrent = 5000)"
 CGO_ENABLED=0 go build -tags paasrunner_testexec -o bench/out/paas-runner ./cmd/paas-runner
 go run ./bench/daemon -binary bench/out/paas-runner -jobs 5000 -seconds 20
 echo "## go run ./bench/daemon -jobs 5000 -seconds 60 -executor test-dir-watch"
@@ -23,10 +23,6 @@ echo
 echo "## go test -run xxx -bench JobStartToFirstLine -benchtime 10x ./cmd/paas-runner/"
 go test -run xxx -bench JobStartToFirstLine -benchtime 10x ./cmd/paas-runner/ | grep Benchmark
 echo
-echo "## go run ./bench/pickup -binary bench/out/paas-runner-static -jobs N (N = 1, 20)"
-CGO_ENABLED=0 go build -o bench/out/paas-runner-static ./cmd/paas-runner
-for n in 1 20; do go run ./bench/pickup -binary bench/out/paas-runner-static -jobs "$n" -sleep 30; done
-echo
 echo "## go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/"
 go test -run xxx -bench Trace50MB -benchtime 3x ./jobrunner/ | grep Benchmark
 echo
@@ -36,3 +32,12 @@ go test -run xxx -bench 'Waiters100/per-job' -benchtime 1x ./pipeguard/ | grep B
 echo
 echo "## go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/"
 go test -run xxx -bench GrantAfterRelease -benchtime 200x ./guard/ 2>/dev/null | grep Benchmark
+echo
+# Under load, end to end: the real daemon (static bin/paas-runner) with
+# local-docker, N jobs queued at once, concurrent = N. LOAD_JOBS="1 20 50"
+# to choose N (50 is heavy on a 2-core machine).
+make build >/dev/null
+for n in ${LOAD_JOBS:-1 20}; do
+  echo "## go run ./bench/load -binary bin/paas-runner -jobs $n"
+  go run ./bench/load -binary bin/paas-runner -jobs "$n"
+done

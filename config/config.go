@@ -65,6 +65,11 @@ type Runner struct {
 	Limit    int
 	// TLSCAFile is a PEM bundle trusted for GitLab, in addition to the system's.
 	TLSCAFile string
+	// GuardAPIToken is the projects API token of pipeline guards for jobs
+	// that bring none (guard_api_token, or the content of
+	// guard_api_token_file, or the variable named by guard_api_token_env).
+	GuardAPIToken                       string
+	GuardAPITokenFile, GuardAPITokenEnv string
 
 	UnhealthyRequestsLimit int
 	UnhealthyInterval      float64 // seconds
@@ -232,6 +237,7 @@ func (c *Config) validate(d *decoder, opts Options) {
 			}
 			names[r.Name] = i
 		}
+		d.resolveSecret(p, "guard_api_token", &r.GuardAPIToken, r.GuardAPITokenFile, r.GuardAPITokenEnv)
 		if r.URL == "" {
 			d.errKey(p+".url", "required: the GitLab URL, such as https://gitlab.example.com")
 		} else if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

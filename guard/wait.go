@@ -28,6 +28,9 @@ type Check func(ctx context.Context) (done bool, line, key string, err error)
 type Wait struct {
 	// Guard names the kind of guard in messages ("lock", "pipelines").
 	Guard string
+	// Passed is the log line's start when the job goes on ("" = "<Guard>
+	// acquired").
+	Passed string
 	// Since is when the wait started (kept across restarts), Deadline when
 	// it fails; zero: no deadline.
 	Since, Deadline time.Time
@@ -147,7 +150,11 @@ func (c *Core) Wait(ctx context.Context, w Wait) error {
 		now := time.Now()
 		if done {
 			if blocked || now.Sub(w.Since) > time.Second {
-				w.Log(fmt.Sprintf("paas-runner: %s acquired after %s", w.Guard, now.Sub(w.Since).Truncate(time.Second)))
+				passed := w.Passed
+				if passed == "" {
+					passed = w.Guard + " acquired"
+				}
+				w.Log(fmt.Sprintf("paas-runner: %s after %s", passed, now.Sub(w.Since).Truncate(time.Second)))
 			}
 			return nil
 		}

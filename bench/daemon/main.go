@@ -25,6 +25,7 @@ func main() {
 	binary := flag.String("binary", "bench/out/paas-runner", "paas-runner built with -tags paasrunner_testexec")
 	jobs := flag.Int("jobs", 5000, "launched jobs in the state file")
 	seconds := flag.Int("seconds", 20, "measurement window")
+	free := flag.Int("free", 0, "free slots: concurrent = jobs + free (0: saturated, the daemon must not poll for jobs)")
 	executor := flag.String("executor", "test-dir", "test-dir (GitLab is polled for job ends) or test-dir-watch (the executor reports host ends)")
 	flag.Parse()
 
@@ -39,7 +40,9 @@ func main() {
 	os.Mkdir(hosts, 0o700)
 	statePath := filepath.Join(dir, "state.json")
 
-	// A state file as a previous run would leave it: N launched jobs.
+	// A state file as a previous run would leave it: N launched jobs, each
+	// with its host still up (the test-dir executor's files), so that a
+	// daemon that checks its hosts at start keeps them all.
 	var launched []string
 	for i := 0; i < *jobs; i++ {
 		j := gl.AddRunning(token)
@@ -72,7 +75,7 @@ name = "bench"
 url = %q
 token = %q
 executor = %q
-`, *jobs, statePath, gl.URL, token, *executor)), 0o600)
+`, *jobs+*free, statePath, gl.URL, token, *executor)), 0o600)
 
 	cmd := exec.Command(*binary, "--log-format", "json", cfg)
 	cmd.Env = append(os.Environ(), "PAAS_RUNNER_TEST_EXECUTOR_DIR="+hosts)
@@ -103,17 +106,27 @@ executor = %q
 	time.Sleep(time.Duration(*seconds) * time.Second) // the measurement window
 	j1, r1, el := gl.Count("GET /api/v4/job"), gl.Count("POST /api/v4/jobs/request"), time.Since(t0).Seconds()
 	rss, hwm := procMem(cmd.Process.Pid)
+	running := 0
+	for _, j := range gl.Jobs() {
+		if j.Status == "running" {
+			running++
+		}
+	}
 
 	stopAt := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)
 	err := cmd.Wait()
 	stop := time.Since(stopAt)
 
-	fmt.Printf("| tracked launched jobs | %d |\n", *jobs)
+	fmt.Printf("| tracked launched jobs (concurrent) | %d (%d); still running at the end: %d |\n", *jobs, *jobs+*free, running)
 	fmt.Printf("| restart: process start → all jobs tracked | %.0f ms |\n", restart.Seconds()*1000)
 	fmt.Printf("| executor | %s |\n", *executor)
 	fmt.Printf("| GitLab requests/s tracking jobs (GET /job) | %.2f (%.0f a minute) |\n", float64(j1-j0)/el, float64(j1-j0)/el*60)
-	fmt.Printf("| GitLab requests/s polling for jobs, saturated (POST /jobs/request) | %.2f |\n", float64(r1-r0)/el)
+	what := "saturated"
+	if *free > 0 {
+		what = fmt.Sprintf("%d slots free", *free)
+	}
+	fmt.Printf("| GitLab requests/s polling for jobs, %s (POST /jobs/request) | %.2f |\n", what, float64(r1-r0)/el)
 	fmt.Printf("| daemon RSS (VmRSS / peak VmHWM) | %d MB / %d MB |\n", rss/1024, hwm/1024)
 	fmt.Printf("| graceful stop (SIGTERM → exit) | %.0f ms (exit: %v) |\n", stop.Seconds()*1000, errOrZero(err))
 }

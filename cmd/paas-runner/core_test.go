@@ -25,7 +25,7 @@ func TestProductionBuildHasNoTestKnobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, knob := range []string{"PAAS_RUNNER_RETRY_MIN", "PAAS_RUNNER_TEST_EXECUTOR_DIR"} {
+	for _, knob := range []string{"PAAS_RUNNER_RETRY_MIN", "PAAS_RUNNER_TEST_EXECUTOR_DIR", "PAAS_RUNNER_PIPEGUARD_INTERVAL"} {
 		if bytes.Contains(data, []byte(knob)) {
 			t.Errorf("the production binary reads %s", knob)
 		}

@@ -220,16 +220,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	dcfg := dispatcherConfig(cfg, o, log)
-	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, guards), cfg.Guards.MaxWaitingJobs
+	pipes, pipeTokens := buildPipelineGuardTokens(cfg, store, systemID, guards.Core(), log)
+	// pipeline guards first: a job waiting for other pipelines holds no lock
+	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, pipes, guards), cfg.Guards.MaxWaitingJobs
 	d, err := dispatcher.New(dcfg, store, runners)
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
 	rl := newReloader(cfg, o, reg, env, log, atomicLevel, d, guards, runners)
+	rl.pipeTokens = pipeTokens
 
 	if cfg.ListenAddress != "" {
-		srv, err := serveMetrics(cfg.ListenAddress, d, guards, log, rl.collectors()...)
+		srv, err := serveMetrics(cfg.ListenAddress, d, guards, pipes, log, rl.collectors()...)
 		if err != nil {
 			fmt.Fprintf(stderr, "paas-runner: listen_address %s: %v\n", cfg.ListenAddress, err)
 			return exitFatal
@@ -443,7 +446,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	return exitOK
 }
 
-func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, log *zap.Logger, extra ...prometheus.Collector) (*http.Server, error) {
+func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, pipes *guard.Pipelines, log *zap.Logger, extra ...prometheus.Collector) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(extra...)
 	gauge := func(name, help string, f func(dispatcher.Stats) float64) {
@@ -470,7 +473,7 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	serveGuards(guards, reg, mux)
+	serveGuards(guards, pipes, reg, mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

@@ -39,6 +39,9 @@ type reloader struct {
 	d     *dispatcher.Dispatcher
 	// guards' policy is replaced (SetPolicy); nil when there are none.
 	guards *guard.Manager
+	// pipeTokens are the pipeline guard's guard_api_token by runner: a
+	// reload replaces them (added runners, changed tokens).
+	pipeTokens *runnerTokens
 
 	// around wraps every reload: it is where systemd is told RELOADING=1
 	// before and READY=1 after (with the error in STATUS= when it failed).
@@ -271,6 +274,9 @@ func (rl *reloader) apply(ctx context.Context) error {
 	rl.level.SetLevel(newLevel)
 	if rl.guards != nil && guardsLive {
 		rl.guards.SetPolicy(guardPolicy(cfg.Guards))
+	}
+	if rl.pipeTokens != nil {
+		rl.pipeTokens.set(cfg)
 	}
 	added, removed := 0, 0
 	seen := map[string]bool{}

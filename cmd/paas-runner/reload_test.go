@@ -5,7 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"gitlab.com/paas-runner/paas-runner/config"
+	"gitlab.com/paas-runner/paas-runner/guard"
 )
 
 // The keys a reload cannot apply are named; the live ones are not.
@@ -45,5 +48,20 @@ func TestReloadRestartKeys(t *testing.T) {
 	r2.Inner = map[string]any{"docker": map[string]any{"privileged": true}}
 	if k := runnerRestartKeys(r, r2); !reflect.DeepEqual(k, []string{`runners["r"].url`, `runners["r"].executor`, `runners["r"].docker, cache and job keys`}) {
 		t.Fatalf("runner restart keys %v", k)
+	}
+}
+
+// The pipeline guard's tokens follow a reload: an added runner's
+// guard_api_token is used, a removed runner's is forgotten.
+func TestReloadPipelineGuardTokens(t *testing.T) {
+	a := config.Runner{Token: "glrt-a-0123456789", GuardAPIToken: "tok-a"}
+	b := config.Runner{Token: "glrt-b-0123456789", GuardAPIToken: "tok-b"}
+	p, tokens := buildPipelineGuardTokens(&config.Config{Runners: []config.Runner{a}}, nil, "r_000000000000", guard.NewCore(), zap.NewNop())
+	if p.Token(a.ID()) != "tok-a" || p.Token(b.ID()) != "" {
+		t.Fatal("tokens at start")
+	}
+	tokens.set(&config.Config{Runners: []config.Runner{b}})
+	if p.Token(a.ID()) != "" || p.Token(b.ID()) != "tok-b" {
+		t.Fatal("tokens after the reload")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/executors"
 	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/executortest"
+	"gitlab.com/paas-runner/paas-runner/pipeguard"
 )
 
 // addTestExecutors adds "test-dir", whose hosts are files, to builds made
@@ -54,6 +55,17 @@ func testCleverOverrides(o *cleverdocker.Options) {
 	if v := os.Getenv("PAAS_RUNNER_RETRY_MIN"); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
 			o.RetryMin, o.RetryMax, o.RetryFor = d, 10*d, 100*d
+		}
+	}
+}
+
+// testPipelineOverrides makes pipeline guards poll every
+// PAAS_RUNNER_PIPEGUARD_INTERVAL in test builds.
+func testPipelineOverrides(w *pipeguard.Watcher) {
+	if v := os.Getenv("PAAS_RUNNER_PIPEGUARD_INTERVAL"); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			w.Interval = func() time.Duration { return d }
+			w.MinGap = d
 		}
 	}
 }

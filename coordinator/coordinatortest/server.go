@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -131,6 +132,7 @@ type Server struct {
 	storage *ObjectStorage
 	// pipelines: the projects pipelines API (pipelines.go).
 	pipelines *pipelineState
+	observer  atomic.Pointer[Observer] // see Observe
 }
 
 // New starts a fake GitLab for the duration of the test.
@@ -403,6 +405,7 @@ var (
 )
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	s.observeRequest(r)
 	route := r.Method + " " + r.URL.Path
 	s.mu.Lock()
 	s.counts[route]++
@@ -775,6 +778,7 @@ func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
 	} else {
 		j.Trace = append(j.Trace, body...)
 	}
+	s.observeTrace(id, cur, body)
 	s.notify()
 	if s.loseTrace > 0 {
 		s.loseTrace--

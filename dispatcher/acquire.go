@@ -16,8 +16,16 @@ import (
 // acquireLoop polls GitLab for r until ctx ends or its poll cycles are
 // done. A slot is reserved before each request, so that the limits hold
 // however many loops run at once.
-func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
-	for cycle := 1; ctx.Err() == nil; cycle++ {
+//
+// A reload that removes r (retired) ends the loop; a job request in
+// flight then is let finish (ctx is the request's), so that a job GitLab
+// hands out is not lost.
+func (d *Dispatcher) acquireLoop(ctx, retired context.Context, r *runnerState) {
+	reqCtx := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(retired, cancel)()
+	for cycle := 1; ctx.Err() == nil && retired.Err() == nil; cycle++ {
 		if d.cfg.PollCycles > 0 && cycle > d.cfg.PollCycles {
 			r.log.Info("poll cycles done", zap.Int("poll_cycles", d.cfg.PollCycles))
 			return
@@ -38,7 +46,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			t.Stop()
 			continue
 		}
-		a, err := r.Source.RequestJob(ctx)
+		a, err := r.Source.RequestJob(reqCtx)
 		var unusable UnusableJob
 		if errors.As(err, &unusable) {
 			d.obs().Polled(r.Runner, "unusable_job")
@@ -58,7 +66,7 @@ func (d *Dispatcher) acquireLoop(ctx context.Context, r *runnerState) {
 			} else if err == nil {
 				r.forbidden = 0
 			}
-			_ = backoff.Sleep(ctx, d.checkInterval())
+			d.idle(ctx)
 			continue
 		}
 		r.forbidden = 0

@@ -229,12 +229,23 @@ type Dispatcher struct {
 	store   Store
 	runners map[string]*runnerState // by ID
 	aliases map[string]*runnerState // by legacy (Heptapod) ID
-	order   []*runnerState
+	order   []*runnerState          // guarded by reconf and mu (either to read)
+	retired map[string]*runnerState
+
+	// reconf serialises Reconfigure with Run's start (resume, loops).
+	reconf        sync.Mutex
+	acqCtx        context.Context // set (under mu) once the loops start
+	loops         sync.WaitGroup
+	liveLoops     int // guarded by mu
+	loopsDone     chan struct{}
+	loopsDoneOnce sync.Once
+	startBG       func(func(context.Context))
 
 	mu           sync.Mutex
 	total        int
 	provisioning int
 	slotFreed    chan struct{}
+	reloaded     chan struct{} // closed and replaced by Reconfigure
 	jobs         map[state.Key]*tracked
 	nextLaunch   time.Time
 	quota        quotaState
@@ -262,6 +273,14 @@ type runnerState struct {
 	inFlight int // guarded by Dispatcher.mu
 	// reserved: quota weight reserved for the pending request (Dispatcher.mu)
 	reserved float64
+	limit    int // guarded by Dispatcher.mu: Limit, changed by reloads
+	// retired is cancelled when a reload removes the runner: its loop
+	// stops acquiring.
+	retired      context.Context
+	retire       context.CancelFunc
+	watchStarted bool // guarded by Dispatcher.mu
+	looping      bool // guarded by Dispatcher.mu: its acquisition loop runs
+	revived      bool // guarded by Dispatcher.mu: removed and added back while looping
 	// watching: the executor's end watch runs (its launched jobs are
 	// tracked in GitLab only as a safety net).
 	watching atomic.Bool
@@ -277,8 +296,8 @@ type stats struct {
 // New validates the runners and returns a dispatcher. Nothing starts before Run.
 func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
 	cfg.defaults()
-	d := &Dispatcher{cfg: cfg, log: cfg.Logger, store: store, runners: map[string]*runnerState{},
-		slotFreed: make(chan struct{}), jobs: map[state.Key]*tracked{}, draining: make(chan struct{})}
+	d := &Dispatcher{cfg: cfg, log: cfg.Logger, store: store, runners: map[string]*runnerState{}, retired: map[string]*runnerState{},
+		slotFreed: make(chan struct{}), reloaded: make(chan struct{}), jobs: map[state.Key]*tracked{}, draining: make(chan struct{}), loopsDone: make(chan struct{})}
 	for _, r := range runners {
 		if r.ID == "" || r.Executor == nil || r.Source == nil {
 			return nil, fmt.Errorf("runner %q: unique name, executor and job source are required", r.Name)
@@ -286,7 +305,7 @@ func New(cfg Config, store Store, runners []*Runner) (*Dispatcher, error) {
 		if _, dup := d.runners[r.ID]; dup {
 			return nil, fmt.Errorf("runners %q and %q share the unique name %q (first 8 characters of the token)", d.runners[r.ID].Name, r.Name, r.ID)
 		}
-		rs := &runnerState{Runner: r, log: d.log.With(zap.String("runner", r.Name), zap.String("executor", r.ExecutorName))}
+		rs := d.newRunnerState(r)
 		d.runners[r.ID] = rs
 		d.order = append(d.order, rs)
 	}
@@ -323,6 +342,13 @@ func (d *Dispatcher) Force() { d.forceStop() }
 // nil after a graceful stop.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	defer d.forceStop()
+	d.reconf.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			d.reconf.Unlock()
+		}
+	}()
 	d.resume()
 	d.reapAll(0)
 
@@ -334,12 +360,6 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	startBG(d.tracker.run)
 	d.decoms.start(bgCtx)
-	for _, r := range d.order {
-		if w, ok := r.Executor.(executors.EndWatcher); ok {
-			r := r
-			startBG(func(ctx context.Context) { d.watchEnds(ctx, r, w) })
-		}
-	}
 	if d.cfg.ReapInterval > 0 {
 		startBG(d.reapLoop)
 	}
@@ -349,14 +369,29 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 	d.obs().Started()
 	acqCtx, stopAcq := context.WithCancel(ctx)
-	var loops sync.WaitGroup
+	d.mu.Lock()
+	d.acqCtx, d.startBG = acqCtx, startBG
 	for _, r := range d.order {
-		loops.Add(1)
-		go func(r *runnerState) { defer loops.Done(); d.acquireLoop(acqCtx, r) }(r)
+		d.startRunnerLocked(r)
 	}
-	loops.Wait() // ctx cancelled, or every runner did its poll cycles
-	stopAcq()
+	if len(d.order) == 0 && d.cfg.PollCycles > 0 {
+		d.loopsDoneOnce.Do(func() { close(d.loopsDone) })
+	}
+	d.mu.Unlock()
+	d.reconf.Unlock()
+	locked = false
+	select { // ctx cancelled, or every runner did its poll cycles
+	case <-acqCtx.Done():
+	case <-d.loopsDone:
+	}
+	// No loop starts any more: a reload now sees draining closed.
+	d.reconf.Lock()
+	d.mu.Lock()
 	close(d.draining)
+	d.mu.Unlock()
+	d.reconf.Unlock()
+	stopAcq()
+	d.loops.Wait()
 	d.endWaits()
 	d.obs().Draining()
 	d.log.Info("draining: no more jobs are acquired; waiting for in-flight provisioning and decommissioning",
@@ -407,7 +442,7 @@ func (d *Dispatcher) reserve(r *runnerState) bool { return d.reserveInto(r, &r.r
 func (d *Dispatcher) reserveInto(r *runnerState, weight *float64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.total >= d.cfg.Concurrent || d.provisioning >= d.cfg.MaxProvisioning || (r.Limit > 0 && r.inFlight >= r.Limit) || !d.quotaRoomLocked() {
+	if d.total >= d.cfg.Concurrent || d.provisioning >= d.cfg.MaxProvisioning || (r.limit > 0 && r.inFlight >= r.limit) || !d.quotaRoomLocked() {
 		return false
 	}
 	d.reserveWeightLocked(weight)

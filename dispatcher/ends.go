@@ -120,7 +120,7 @@ func (d *Dispatcher) inspectResumed(ctx context.Context, t *tracked, in executor
 // its own.
 func (d *Dispatcher) reapAll(grace time.Duration) {
 	all := d.store.Jobs()
-	for _, r := range d.order {
+	for _, r := range d.runnerList() {
 		rp, ok := r.Executor.(executors.Reaper)
 		if !ok {
 			continue

@@ -76,14 +76,7 @@ func (h *harness) start() {
 	}
 	var rs []*dispatcher.Runner
 	for i, tok := range h.tokens {
-		c, err := coordinator.New(coordinator.Config{URL: h.gl.URL, Token: tok, SystemID: "r_000000000000",
-			Info:  coordinator.Info{Features: map[string]bool{"cancel_gracefully": true, "two_phase_job_commit": true}},
-			Retry: coordinator.RetryPolicy{Min: time.Millisecond, Max: 10 * time.Millisecond}})
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		rs = append(rs, &dispatcher.Runner{Name: fmt.Sprintf("runner-%d", i), ID: uniqueName(tok), LegacyIDs: []string{config.LegacyID(tok)}, ExecutorName: "fake",
-			Executor: h.fake, Source: c, Limit: h.limits[i], UnhealthyLimit: 3, UnhealthyInterval: time.Hour})
+		rs = append(rs, h.runner(i, tok, h.limits[i]))
 	}
 	if h.wrapRunner != nil {
 		for i, r := range rs {
@@ -113,6 +106,19 @@ func (h *harness) start() {
 			h.store = nil
 		}
 	})
+}
+
+// runner is runner i of the harness, polling with tok.
+func (h *harness) runner(i int, tok string, limit int) *dispatcher.Runner {
+	h.t.Helper()
+	c, err := coordinator.New(coordinator.Config{URL: h.gl.URL, Token: tok, SystemID: "r_000000000000",
+		Info:  coordinator.Info{Features: map[string]bool{"cancel_gracefully": true, "two_phase_job_commit": true}},
+		Retry: coordinator.RetryPolicy{Min: time.Millisecond, Max: 10 * time.Millisecond}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return &dispatcher.Runner{Name: fmt.Sprintf("runner-%d", i), ID: uniqueName(tok), LegacyIDs: []string{config.LegacyID(tok)}, ExecutorName: "fake",
+		Executor: h.fake, Source: c, Limit: limit, UnhealthyLimit: 3, UnhealthyInterval: time.Hour}
 }
 
 // force stops at once (a second signal) and waits for Run.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,19 +76,46 @@ func buildGuards(ctx context.Context, cfg *config.Config, store *state.Store, sy
 // guard's waiting machinery. A job resumed after a restart keeps the start
 // of its wait: its acquisition time in the state file.
 func buildPipelineGuard(cfg *config.Config, store *state.Store, systemID string, core *guard.Core, log *zap.Logger) *guard.Pipelines {
+	p, _ := buildPipelineGuardTokens(cfg, store, systemID, core, log)
+	return p
+}
+
+// buildPipelineGuardTokens is buildPipelineGuard, also returning the
+// runners' guard_api_token table that a reload updates.
+func buildPipelineGuardTokens(cfg *config.Config, store *state.Store, systemID string, core *guard.Core, log *zap.Logger) (*guard.Pipelines, *runnerTokens) {
 	w := &pipeguard.Watcher{UserAgent: version.UserAgent(), HTTP: pipelinesHTTPClient(cfg, log)}
 	testPipelineOverrides(w)
 	p := guard.NewPipelines(core, w, systemID, log.Named("pipeline_guard"))
-	tokens := map[string]string{}
-	for i := range cfg.Runners {
-		tokens[cfg.Runners[i].ID()] = cfg.Runners[i].GuardAPIToken
-	}
-	p.Token = func(runnerID string) string { return tokens[runnerID] }
+	tokens := &runnerTokens{}
+	tokens.set(cfg)
+	p.Token = tokens.get
 	p.Since = func(runnerID string, jobID int64) time.Time {
 		rec, _ := store.Get(state.Key{Runner: runnerID, ID: jobID})
 		return rec.AcquiredAt
 	}
-	return p
+	return p, tokens
+}
+
+// runnerTokens are the runners' guard_api_token by runner ID.
+type runnerTokens struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (t *runnerTokens) set(cfg *config.Config) {
+	m := map[string]string{}
+	for i := range cfg.Runners {
+		m[cfg.Runners[i].ID()] = cfg.Runners[i].GuardAPIToken
+	}
+	t.mu.Lock()
+	t.m = m
+	t.mu.Unlock()
+}
+
+func (t *runnerTokens) get(runnerID string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m[runnerID]
 }
 
 // serveGuards adds the guard metrics and GET /debug/locks (locks, pools

@@ -209,7 +209,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx := context.Background()
 	ob := newOps(cfg, systemID, log)
-	runners, err := buildRunners(ctx, cfg, reg, executorEnv{StatePath: store.Path(), SystemID: systemID, ops: ob}, log)
+	env := executorEnv{StatePath: store.Path(), SystemID: systemID, ops: ob}
+	runners, err := buildRunners(ctx, cfg, reg, env, log)
 	if err != nil {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
@@ -234,7 +235,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	dcfg.Observer = ob
 	ob.guardWaits = guardWaiting(guards, systemID)
-	pipes := buildPipelineGuard(cfg, store, systemID, guards.Core(), log)
+	pipes, pipeTokens := buildPipelineGuardTokens(cfg, store, systemID, guards.Core(), log)
 	// pipeline guards first: a job waiting for other pipelines holds no lock
 	dcfg.Guards, dcfg.MaxWaiting = append(dcfg.Guards, pipes, guards), cfg.Guards.MaxWaitingJobs
 	d, err := dispatcher.New(dcfg, store, runners)
@@ -242,7 +243,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
-	ob.reloader = newReloader(ob, o, config.Options{Executors: reg.names()}, d, logLevel, log)
+	rl := newReloader(cfg, o, reg, env, log, logLevel, d, guards, runners)
+	rl.pipeTokens, rl.around, rl.ob = pipeTokens, ob.reloading, ob
+	ob.reloader = rl
 
 	if cfg.ListenAddress != "" {
 		srv, err := serveMetrics(cfg.ListenAddress, d, guards, pipes, ob, log)
@@ -258,7 +261,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	ob.attach(runCtx, d, store, statusInterval())
-	go ob.reloader.run(runCtx)
+	startReloads(runCtx, rl)
 	go handleSignals(runCtx, sigs, stop, d, ob, o.debugSignal, log)
 	guardsCtx, stopGuards := context.WithCancel(ctx)
 	defer stopGuards()
@@ -282,7 +285,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // handleSignals: the first SIGTERM/SIGINT/SIGQUIT drains; a second one
-// stops waiting. SIGUSR1 logs the tracked jobs when asked for.
+// stops waiting. SIGUSR1 logs the tracked jobs when asked for. SIGHUP
+// reloads the configuration (ob's reloader), except while draining.
 func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.CancelFunc, d forcer, ob *ops, debug bool, log *zap.Logger) {
 	draining := false
 	done := ctx.Done()
@@ -297,7 +301,11 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, drain context.Can
 			done = nil
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
-				ob.hangup()
+				if draining {
+					log.Info("SIGHUP ignored: no reload while draining")
+				} else {
+					ob.hangup()
+				}
 				continue
 			}
 			if s == syscall.SIGUSR1 {

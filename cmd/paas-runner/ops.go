@@ -69,7 +69,16 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
 		Help:    "Time to make state changes durable: a journal append (fdatasync) or a snapshot (state file rewritten), by kind and result.",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}}, []string{"kind", "result"})
-	// Series exist from the start, so that dashboards and rate() see them.
+	o.runnerSeries(cfg)
+	for _, k := range []string{"journal", "snapshot"} {
+		o.stateWrite.WithLabelValues(k, "ok")
+	}
+	return o
+}
+
+// runnerSeries makes cfg's runners' series exist from the start, so that
+// dashboards and rate() see them.
+func (o *ops) runnerSeries(cfg *config.Config) {
 	for _, r := range cfg.Runners {
 		for _, a := range []string{"job", "no_job", "forbidden", "error"} {
 			o.acquisitions.WithLabelValues(r.ID(), a)
@@ -78,10 +87,15 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 		o.decomLag.WithLabelValues(r.Executor)
 		o.launchFails.WithLabelValues(r.Executor, "runner_system_failure")
 	}
-	for _, k := range []string{"journal", "snapshot"} {
-		o.stateWrite.WithLabelValues(k, "ok")
-	}
-	return o
+}
+
+// configured is told the configuration in force after a reload: readiness
+// and the per-runner metrics follow its runners (added, removed, limits).
+func (o *ops) configured(cfg *config.Config) {
+	o.runnerSeries(cfg)
+	o.mu.Lock()
+	o.cfg = cfg
+	o.mu.Unlock()
 }
 
 // --- dispatcher.Observer
@@ -174,15 +188,15 @@ func statusInterval() time.Duration {
 	return 10 * time.Second
 }
 
-// hangup handles SIGHUP: reloading the configuration is not implemented
-// yet, so the daemon says so and keeps running (Go's default would kill it).
-// A reload would be wrapped in RELOADING=1 … READY=1 (see reloading).
+// hangup handles SIGHUP: the reloader re-reads the configuration (wrapped
+// in RELOADING=1 … READY=1, see reloading). Without a reloader (tools) the
+// daemon says so and keeps running (Go's default would kill it).
 func (o *ops) hangup() {
 	if o == nil {
 		return
 	}
 	if o.reloader != nil {
-		o.reloader.sighup()
+		o.reloader.requestReload("SIGHUP")
 		return
 	}
 	_ = o.reloading(func() error {
@@ -287,7 +301,7 @@ func (o *ops) notify(msg string) {
 
 func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatcher.Dispatcher) {
 	if o.reloader != nil {
-		reg.MustRegister(o.reloader.reloads)
+		reg.MustRegister(o.reloader.collectors()...)
 	}
 	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -14,176 +17,410 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
+	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/internal/logging"
 )
 
-// reloadCoalesce is how long a burst of file events is gathered into one
-// reload (editors write, rename and chmod in a row).
-const reloadCoalesce = 250 * time.Millisecond
-
 // reloader re-reads the configuration on SIGHUP and when the file changes,
-// and applies what can change live: concurrent, limit, check_interval, the
-// tracking rate, log_level. Other changes are reported as needing a
-// restart. An invalid file changes nothing.
+// with the strict loader of the start, and applies what can change live:
+// concurrent, check_interval, log_level, paas_tracking_requests_per_second,
+// paas_max_concurrent_provisioning, the guards' policy and
+// max_waiting_jobs, runners added or removed, runners' limit. The rest is
+// reported as needing a restart (see restartKeys). An invalid file changes
+// nothing: the daemon keeps the configuration in force.
 type reloader struct {
-	o     *ops
+	path  string
 	opts  *options
-	load  config.Options
-	d     *dispatcher.Dispatcher
-	level zap.AtomicLevel
+	reg   registry
+	env   executorEnv
 	log   *zap.Logger
+	base  *zap.Logger // the daemon's logger, for new runners
+	level zap.AtomicLevel
+	d     *dispatcher.Dispatcher
+	// guards' policy is replaced (SetPolicy); nil when there are none.
+	guards *guard.Manager
+	// pipeTokens are the pipeline guard's guard_api_token by runner: a
+	// reload replaces them (added runners, changed tokens).
+	pipeTokens *runnerTokens
 
-	reloads *prometheus.CounterVec
-	hup     chan struct{}
-	done    chan struct{} // tests: one value per finished reload
+	// around wraps every reload: the daemon sets it to ops.reloading, which
+	// tells systemd RELOADING=1 before and READY=1 after (with the error in
+	// STATUS= when it failed). By default it only runs fn.
+	around func(fn func() error) error
+	// ob, when set, is told the configuration in force after a reload
+	// (readiness, per-runner metrics).
+	ob *ops
+
+	requests chan string
+
+	mu sync.Mutex // serialises reloads
+	// started is the configuration the daemon started with: keys that need
+	// a restart are compared with it.
+	started *config.Config
+	// runners are the dispatcher runners built so far, by ID, with the
+	// configuration entry they were built from.
+	runners map[string]builtRunner
+	// removed are runners a reload removed: added back, they are the same
+	// (the dispatcher keeps their state while their jobs end).
+	removed map[string]builtRunner
+
+	// reloads counts reloads by result: ok (applied) or error (refused, the
+	// previous configuration stays in force).
+	reloads     *prometheus.CounterVec
+	lastSuccess prometheus.Gauge
 }
 
-func newReloader(o *ops, opts *options, load config.Options, d *dispatcher.Dispatcher, level zap.AtomicLevel, log *zap.Logger) *reloader {
-	rl := &reloader{o: o, opts: opts, load: load, d: d, level: level, log: log, hup: make(chan struct{}, 1)}
-	rl.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "config_reloads_total",
-		Help: "Configuration reloads, by result: ok, or error (the file was refused and the running configuration kept)."}, []string{"result"})
+type builtRunner struct {
+	r  *dispatcher.Runner
+	rc config.Runner
+}
+
+func newReloader(cfg *config.Config, o *options, reg registry, env executorEnv, log *zap.Logger, level zap.AtomicLevel,
+	d *dispatcher.Dispatcher, guards *guard.Manager, runners []*dispatcher.Runner) *reloader {
+	rl := &reloader{path: cfg.Path, opts: o, reg: reg, env: env, log: log.Named("reload"), base: log, level: level, d: d, guards: guards,
+		around: func(fn func() error) error { return fn() }, requests: make(chan string, 1), started: cfg,
+		runners: map[string]builtRunner{}, removed: map[string]builtRunner{},
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "config_reloads_total",
+			Help: "Configuration reloads (SIGHUP, file change), by result: ok (applied), or error (invalid file, runner that could not be built; the previous configuration stays in force)."},
+			[]string{"result"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "paas_runner", Name: "config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration in force was loaded (start or last applied reload), Unix seconds."}),
+	}
 	rl.reloads.WithLabelValues("ok")
 	rl.reloads.WithLabelValues("error")
+	rl.lastSuccess.SetToCurrentTime()
+	byID := map[string]*dispatcher.Runner{}
+	for _, r := range runners {
+		byID[r.ID] = r
+	}
+	for _, rc := range cfg.Runners {
+		if r, ok := byID[rc.ID()]; ok {
+			rl.runners[rc.ID()] = builtRunner{r: r, rc: rc}
+		}
+	}
 	return rl
 }
 
-// sighup asks for a reload now.
-func (rl *reloader) sighup() {
+// collectors are the reload metrics.
+func (rl *reloader) collectors() []prometheus.Collector {
+	return []prometheus.Collector{rl.reloads, rl.lastSuccess}
+}
+
+// requestReload asks for a reload; requests made while one is pending are
+// one.
+func (rl *reloader) requestReload(why string) {
 	select {
-	case rl.hup <- struct{}{}:
+	case rl.requests <- why:
 	default:
 	}
 }
 
-// run watches the configuration file's directory (an editor may replace
-// the file) until ctx ends.
+// run performs the requested reloads until ctx ends.
 func (rl *reloader) run(ctx context.Context) {
-	path := rl.o.config().Path
-	w, err := fsnotify.NewWatcher()
-	var events chan fsnotify.Event
-	if err == nil {
-		if err = w.Add(filepath.Dir(path)); err == nil {
-			events = w.Events
-		}
-		defer w.Close()
-	}
-	if err != nil {
-		rl.log.Warn("not watching the configuration file; reload with SIGHUP", zap.String("config", path), zap.Error(err))
-	}
-	var timer <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-rl.hup:
-			rl.reload("SIGHUP")
-		case ev, ok := <-events:
+		case why := <-rl.requests:
+			_ = rl.around(func() error { return rl.reload(ctx, why) })
+		}
+	}
+}
+
+// reloadDebounce is how long the watcher waits for a burst of file events
+// (an editor's write, rename and chmod) to end before reloading once.
+const reloadDebounce = 300 * time.Millisecond
+
+// watch requests a reload when the configuration file changes. It watches
+// the directory, not the file: editors and configuration managers replace
+// the file by renaming a new one over it, which ends a watch on the file
+// itself. A burst of events makes one reload.
+func (rl *reloader) watch(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	abs, err := filepath.Abs(rl.path)
+	if err != nil {
+		return err
+	}
+	if err := w.Add(filepath.Dir(abs)); err != nil {
+		return err
+	}
+	rl.log.Debug("watching the configuration file", zap.String("config", abs))
+	var timer *time.Timer
+	var fire <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return nil
+		case ev, ok := <-w.Events:
 			if !ok {
-				events = nil
+				return nil
+			}
+			if filepath.Clean(ev.Name) != abs || ev.Op == fsnotify.Chmod {
 				continue
 			}
-			if filepath.Clean(ev.Name) == filepath.Clean(path) && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
-				timer = time.After(reloadCoalesce)
+			if timer == nil {
+				timer = time.NewTimer(reloadDebounce)
+			} else {
+				timer.Reset(reloadDebounce)
 			}
-		case <-timer:
-			timer = nil
-			rl.reload("file changed")
+			fire = timer.C
+		case <-fire:
+			fire = nil
+			rl.requestReload("the configuration file changed")
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			rl.log.Warn("watching the configuration file", zap.Error(err))
 		}
 	}
 }
 
-func (rl *reloader) reload(why string) {
-	_ = rl.o.reloading(func() error {
-		err := rl.apply(why)
-		result := "ok"
-		if err != nil {
-			result = "error"
-		}
-		rl.reloads.WithLabelValues(result).Inc()
-		return err
-	})
-	if rl.done != nil {
-		rl.done <- struct{}{}
-	}
-}
-
-func (rl *reloader) apply(why string) error {
-	cur := rl.o.config()
-	cfg, err := config.Load(cur.Path, rl.load)
+// reload re-reads the file and applies it, or keeps the configuration in
+// force and says why.
+func (rl *reloader) reload(ctx context.Context, why string) error {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	rl.log.Info("reloading the configuration", zap.String("config", rl.path), zap.String("reason", why))
+	err := rl.apply(ctx)
 	if err != nil {
+		rl.reloads.WithLabelValues("error").Inc()
 		for _, line := range strings.Split(err.Error(), "\n") {
-			rl.log.Error("configuration reload refused: keeping the running configuration", zap.String("trigger", why), zap.String("error", line))
+			rl.log.Error("configuration reload: "+line, zap.String("config", rl.path))
 		}
+		rl.log.Error("configuration reload failed: the previous configuration stays in force", zap.String("config", rl.path))
 		return err
 	}
-	if msg := validateReload(cfg); msg != "" {
-		rl.log.Error("configuration reload refused: keeping the running configuration", zap.String("trigger", why), zap.String("error", msg))
-		return errors.New(msg)
-	}
-	for _, k := range restartKeys(cur, cfg) {
-		rl.log.Warn("this change needs a restart; the running value is kept", zap.String("key", k))
-	}
-	if rl.opts.setPollIntvl { // the deprecated flag still wins
-		cfg.CheckInterval = rl.opts.pollInterval
-	}
-	dc := dispatcherConfig(cfg, rl.opts, rl.log)
-	t := dispatcher.Tuning{Concurrent: dc.Concurrent, CheckInterval: dc.CheckInterval, TrackingRPS: dc.TrackingRPS, Limits: map[string]int{}}
-	kept := *cfg
-	kept.Runners = append([]config.Runner(nil), cur.Runners...) // runners change only with a restart
-	newByID := map[string]config.Runner{}
-	for _, r := range cfg.Runners {
-		newByID[r.ID()] = r
-	}
-	for i := range kept.Runners {
-		if n, ok := newByID[kept.Runners[i].ID()]; ok {
-			kept.Runners[i].Limit = n.Limit
-		}
-		t.Limits[kept.Runners[i].ID()] = kept.Runners[i].Limit
-	}
-	kept.StateFile, kept.ListenAddress = cur.StateFile, cur.ListenAddress
-	if err := rl.d.Retune(t); err != nil {
-		rl.log.Error("configuration reload refused: keeping the running configuration", zap.Error(err))
-		return err
-	}
-	if rl.opts.logLevel == "" {
-		if lvl, err := logging.ParseLevel(cfg.LogLevel); err == nil {
-			rl.level.SetLevel(lvl)
-		}
-	}
-	rl.o.mu.Lock()
-	rl.o.cfg = &kept
-	rl.o.mu.Unlock()
-	rl.log.Info("configuration reloaded", zap.String("trigger", why), zap.Int("concurrent", t.Concurrent),
-		zap.Duration("check_interval", t.CheckInterval), zap.Float64("tracking_requests_per_second", t.TrackingRPS),
-		zap.String("log_level", rl.level.Level().String()))
+	rl.reloads.WithLabelValues("ok").Inc()
+	rl.lastSuccess.SetToCurrentTime()
 	return nil
 }
 
-func validateReload(cfg *config.Config) string {
-	if cfg.Concurrent <= 0 || cfg.CheckInterval <= 0 || cfg.PaasTrackingRequestsPerSecond <= 0 {
-		return fmt.Sprintf("%s: concurrent, check_interval and paas_tracking_requests_per_second must be positive", cfg.Path)
+func (rl *reloader) apply(ctx context.Context) error {
+	cfg, err := config.Load(rl.path, config.Options{Executors: rl.reg.names()})
+	if err != nil {
+		return err
 	}
-	return ""
+	o := rl.opts
+	if o.setPollIntvl {
+		cfg.CheckInterval = o.pollInterval
+	}
+	if o.setProgressInt {
+		cfg.JobProgressPollInterval = o.progressPoll
+	}
+	newLevel := rl.level.Level()
+	if o.logLevel == "" { // --log-level wins over the file, as at start
+		l, err := logging.ParseLevel(cfg.LogLevel)
+		if err != nil {
+			return fmt.Errorf("%s: log_level: %w", cfg.Path, err)
+		}
+		newLevel = l
+	}
+
+	// Runners: those already built are kept as they are (executor, job
+	// source); only their limit changes. New ones are built now.
+	var fresh config.Config = *cfg
+	fresh.Runners = nil
+	var restart []string
+	known := func(id string) (builtRunner, bool) {
+		if b, ok := rl.runners[id]; ok {
+			return b, true
+		}
+		b, ok := rl.removed[id]
+		return b, ok
+	}
+	for _, rc := range cfg.Runners {
+		if b, ok := known(rc.ID()); ok {
+			restart = append(restart, runnerRestartKeys(b.rc, rc)...)
+			continue
+		}
+		fresh.Runners = append(fresh.Runners, rc)
+	}
+	built, err := buildRunners(ctx, &fresh, rl.reg, rl.env, rl.base)
+	if err != nil {
+		return err
+	}
+	byID := map[string]*dispatcher.Runner{}
+	for _, r := range built {
+		byID[r.ID] = r
+	}
+	var runners []*dispatcher.Runner
+	for _, rc := range cfg.Runners {
+		if b, ok := known(rc.ID()); ok {
+			r := *b.r
+			r.Limit = rc.Limit
+			runners = append(runners, &r)
+			continue
+		}
+		runners = append(runners, byID[rc.ID()])
+	}
+
+	guardsLive := true
+	if keys := guardRestartKeys(rl.started.Guards, cfg.Guards); len(keys) > 0 {
+		restart = append(restart, keys...)
+		guardsLive = false
+	}
+	dcfg := dispatcherConfig(cfg, o, rl.log)
+	dcfg.MaxWaiting = cfg.Guards.MaxWaitingJobs
+	if err := rl.d.Reconfigure(dcfg, runners); err != nil {
+		return err
+	}
+	// Applied: nothing below fails.
+	rl.level.SetLevel(newLevel)
+	if rl.guards != nil && guardsLive {
+		rl.guards.SetPolicy(guardPolicy(cfg.Guards))
+	}
+	if rl.pipeTokens != nil {
+		rl.pipeTokens.set(cfg)
+	}
+	added, removed := 0, 0
+	seen := map[string]bool{}
+	for _, rc := range cfg.Runners {
+		seen[rc.ID()] = true
+		b, ok := known(rc.ID())
+		if !ok {
+			b = builtRunner{r: byID[rc.ID()], rc: rc}
+		}
+		if _, running := rl.runners[rc.ID()]; !running {
+			added++
+		}
+		delete(rl.removed, rc.ID())
+		b.rc.Limit = rc.Limit
+		rl.runners[rc.ID()] = b
+	}
+	for id, b := range rl.runners {
+		if !seen[id] {
+			delete(rl.runners, id)
+			rl.removed[id] = b
+			removed++
+		}
+	}
+	if rl.ob != nil {
+		rl.ob.configured(rl.inForce(cfg))
+	}
+	restart = append(restart, topRestartKeys(rl.started, cfg)...)
+	for _, w := range cfg.Warnings {
+		rl.log.Warn(w.Msg, zap.String("key", w.Key), zap.String("at", w.String()))
+	}
+	if len(restart) > 0 {
+		sort.Strings(restart)
+		rl.log.Warn("configuration changes that need a restart to take effect (the values in force are kept)", zap.Strings("keys", restart))
+	}
+	rl.log.Debug("configuration in force", zap.Int("concurrent", dcfg.Concurrent), zap.Int("paas_max_concurrent_provisioning", dcfg.MaxProvisioning),
+		zap.Duration("check_interval", dcfg.CheckInterval), zap.Float64("paas_tracking_requests_per_second", dcfg.TrackingRPS),
+		zap.Int("max_waiting_jobs", dcfg.MaxWaiting), zap.Strings("runners", rl.d.RunnerIDs()), zap.Bool("guards_policy_applied", guardsLive))
+	rl.log.Info("configuration reloaded", zap.String("config", cfg.Path), zap.Int("concurrent", cfg.Concurrent),
+		zap.String("log_level", newLevel.String()), zap.Int("runners", len(cfg.Runners)), zap.Int("runners_added", added),
+		zap.Int("runners_removed", removed))
+	return nil
 }
 
-// restartKeys names the changes a reload does not apply.
-func restartKeys(cur, next *config.Config) []string {
-	var out []string
-	if cur.StateFile != next.StateFile {
-		out = append(out, "state_file")
+// inForce is cfg as the daemon runs it after a reload: the kept runners
+// as they were built (with their new limit), the added ones as written.
+func (rl *reloader) inForce(cfg *config.Config) *config.Config {
+	c := *cfg
+	c.Runners = nil
+	for _, rc := range cfg.Runners {
+		c.Runners = append(c.Runners, rl.runners[rc.ID()].rc)
 	}
-	if cur.ListenAddress != next.ListenAddress {
-		out = append(out, "listen_address")
-	}
-	ids := func(c *config.Config) string {
-		var s []string
-		for _, r := range c.Runners {
-			s = append(s, r.ID()+"/"+r.Executor+"/"+r.URL)
+	c.StateFile, c.ListenAddress = rl.started.StateFile, rl.started.ListenAddress
+	return &c
+}
+
+// topRestartKeys are the top-level keys that differ between the
+// configuration the daemon started with and cfg, and that only a restart
+// applies.
+func topRestartKeys(old, cfg *config.Config) []string {
+	var keys []string
+	diff := func(key string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			keys = append(keys, key)
 		}
-		return strings.Join(s, ",")
 	}
-	if ids(cur) != ids(next) {
-		out = append(out, "runners (added, removed, or a token, url or executor changed)")
+	diff("state_file", old.StateFile, cfg.StateFile)
+	diff("listen_address", old.ListenAddress, cfg.ListenAddress)
+	diff("log_format", old.LogFormat, cfg.LogFormat)
+	diff("shutdown_timeout", old.ShutdownTimeout, cfg.ShutdownTimeout)
+	diff("job_progress_poll_interval", old.JobProgressPollInterval, cfg.JobProgressPollInterval)
+	diff("paas_finished_jobs_keep_resources", old.PaasFinishedJobsKeepResources, cfg.PaasFinishedJobsKeepResources)
+	diff("paas_decommission_launch_failures", old.PaasDecommissionLaunchFailures, cfg.PaasDecommissionLaunchFailures)
+	diff("paas_min_seconds_between_launches", old.PaasMinSecondsBetweenLaunches, cfg.PaasMinSecondsBetweenLaunches)
+	diff("paas_log_statistics", old.PaasLogStatistics, cfg.PaasLogStatistics)
+	quota := func(q *config.QuotaComputation) any {
+		if q == nil {
+			return nil
+		}
+		return [3]any{q.ReferenceRunner, q.ReferenceFlavor, q.ReferenceJobsCount}
 	}
-	return out
+	diff("quota_computation", quota(old.QuotaComputation), quota(cfg.QuotaComputation))
+	return keys
+}
+
+// guardRestartKeys are the [guards] keys that only a restart applies: the
+// backend and its repository, lease margins, and which pools exist with
+// which locks. Modes, lock_environments, pools' namespaces and supersede,
+// and max_waiting_jobs change live.
+func guardRestartKeys(old, cfg config.Guards) []string {
+	var keys []string
+	if old.Backend != cfg.Backend {
+		keys = append(keys, "guards.backend")
+	}
+	if old.LeaseMargin != cfg.LeaseMargin {
+		keys = append(keys, "guards.lease_margin")
+	}
+	if !reflect.DeepEqual(old.Git, cfg.Git) {
+		keys = append(keys, "guards.git")
+	}
+	locks := func(g config.Guards) map[string]map[string]string {
+		m := map[string]map[string]string{}
+		for _, p := range g.Pools {
+			m[p.Name] = p.Locks
+		}
+		return m
+	}
+	if !reflect.DeepEqual(locks(old), locks(cfg)) {
+		keys = append(keys, "guards.pools (names and locks)")
+	}
+	return keys
+}
+
+// runnerRestartKeys are the keys of a runner kept across the reload (same
+// token, so same ID) whose change only a restart applies: its executor and
+// job source are kept as they were built. Only limit changes live.
+func runnerRestartKeys(old, rc config.Runner) []string {
+	var keys []string
+	name := fmt.Sprintf("runners[%q].", rc.DisplayName())
+	diff := func(key string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			keys = append(keys, name+key)
+		}
+	}
+	diff("name", old.Name, rc.Name)
+	diff("url", old.URL, rc.URL)
+	diff("tls_ca_file", old.TLSCAFile, rc.TLSCAFile)
+	diff("executor", old.Executor, rc.Executor)
+	diff("unhealthy_requests_limit", old.UnhealthyRequestsLimit, rc.UnhealthyRequestsLimit)
+	diff("unhealthy_interval", old.UnhealthyInterval, rc.UnhealthyInterval)
+	diff("inner_image", old.InnerImage, rc.InnerImage)
+	diff("local_docker", old.LocalDocker, rc.LocalDocker)
+	diff("cc_*", old.Clever, rc.Clever)
+	diff("docker, cache and job keys", old.Inner, rc.Inner)
+	return keys
+}
+
+// startReloads runs the reloader and the file watcher until ctx ends.
+func startReloads(ctx context.Context, rl *reloader) {
+	go rl.run(ctx)
+	go func() {
+		if err := rl.watch(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			rl.log.Warn("cannot watch the configuration file; reload with SIGHUP", zap.Error(err), zap.String("config", rl.path))
+		}
+	}()
 }

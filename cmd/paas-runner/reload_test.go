@@ -1,135 +1,78 @@
-package main_test
+package main
 
 import (
-	"os"
-	"path/filepath"
-	"regexp"
-	"strings"
-	"syscall"
+	"reflect"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/config"
+	"gitlab.com/paas-runner/paas-runner/guard"
 )
 
-// A change of the configuration file is applied live (concurrent, limit,
-// log level), coalesced into one reload; an invalid file keeps the
-// running configuration, logs every error and counts it; keys that need a
-// restart are reported; no job is dropped.
-func TestReloadLive(t *testing.T) {
-	e := newEnv(t, "listen_address = \"127.0.0.1:0\"\nshutdown_timeout = 20")
-	p := e.start("", "--log-format", "json")
-	addr := p.metricsAddr(t)
-	scrape := func() string { _, b := get(t, "http://"+addr+"/metrics"); return b }
-	eventually(t, "ready", func() (bool, string) { c, b := get(t, "http://"+addr+"/readyz"); return c == 200, b })
-	j := e.gl.Enqueue("", nil)
-	e.waitFile(filepath.Join(e.hosts, e.hostName(j.ID)+".launched"))
-
-	orig, _ := os.ReadFile(e.config)
-	next := strings.Replace(string(orig), "concurrent = 10\n", "concurrent = 3\nlog_level = \"debug\"\n", 1) + "limit = 2\n"
-	if err := os.WriteFile(e.config, []byte(next), 0o600); err != nil {
-		t.Fatal(err)
+// The keys a reload cannot apply are named; the live ones are not.
+func TestReloadRestartKeys(t *testing.T) {
+	old := &config.Config{StateFile: "/a", ListenAddress: ":1", Concurrent: 1, CheckInterval: 3, LogLevel: "info"}
+	cfg := *old
+	cfg.Concurrent, cfg.CheckInterval, cfg.LogLevel, cfg.PaasTrackingRequestsPerSecond = 5, 1, "debug", 7
+	if k := topRestartKeys(old, &cfg); len(k) != 0 {
+		t.Fatalf("live keys reported as needing a restart: %v", k)
 	}
-	eventually(t, "the new values in /metrics", func() (bool, string) {
-		m := scrape()
-		return metricHas(m, `gitlab_runner_concurrent 3$`) && metricHas(m, `gitlab_runner_limit\{runner="[^"]+",system_id="r_[^"]+"\} 2$`) &&
-			metricHas(m, `paas_runner_config_reloads_total\{result="ok"\} 1$`), m
-	})
-	if !regexp.MustCompile(`"msg":"configuration reloaded".*"log_level":"debug"`).MatchString(p.log()) {
-		t.Fatalf("log level not reloaded:\n%s", p.log())
+	cfg.StateFile, cfg.ListenAddress = "/b", ":2"
+	if k := topRestartKeys(old, &cfg); !reflect.DeepEqual(k, []string{"state_file", "listen_address"}) {
+		t.Fatalf("restart keys %v", k)
+	}
+	cfg.StateFile, cfg.ListenAddress = old.StateFile, old.ListenAddress
+	cfg.QuotaComputation = &config.QuotaComputation{ReferenceRunner: "r", ReferenceFlavor: "M", ReferenceJobsCount: 2}
+	if k := topRestartKeys(old, &cfg); !reflect.DeepEqual(k, []string{"quota_computation"}) {
+		t.Fatalf("restart keys with a quota added: %v", k)
+	}
+	moved := *cfg.QuotaComputation
+	moved.RunnerIndex = 3 // runners reordered: the same quota
+	old.QuotaComputation = &moved
+	if k := topRestartKeys(old, &cfg); len(k) != 0 {
+		t.Fatalf("the same quota reported: %v", k)
 	}
 
-	// invalid: two errors, both logged; nothing changes
-	bad := strings.Replace(next, "concurrent = 3\n", "concurrent = \"many\"\nbogus_key = 1\n", 1)
-	os.WriteFile(e.config, []byte(bad), 0o600)
-	eventually(t, "the refused reload counted", func() (bool, string) {
-		m := scrape()
-		return metricHas(m, `paas_runner_config_reloads_total\{result="error"\} 1$`), m
-	})
-	log := p.log()
-	if !strings.Contains(log, "configuration reload refused") || !strings.Contains(log, "bogus_key") || !strings.Contains(log, "concurrent") {
-		t.Fatalf("refused reload errors not all logged:\n%s", log)
+	g := config.Guards{Backend: "local", DefaultProcessMode: "oldest_first", MaxWaitingJobs: 10,
+		Pools: []config.GuardPool{{Name: "p", Locks: map[string]string{"a": ""}, Namespaces: []string{"x"}}}}
+	g2 := g
+	g2.DefaultProcessMode, g2.MaxWaitingJobs, g2.LockEnvironments = "newest_first", 3, true
+	g2.Pools = []config.GuardPool{{Name: "p", Locks: map[string]string{"a": ""}, Namespaces: []string{"y"}, Supersede: true}}
+	if k := guardRestartKeys(g, g2); len(k) != 0 {
+		t.Fatalf("live guard keys reported: %v", k)
 	}
-	if m := scrape(); !metricHas(m, `gitlab_runner_concurrent 3$`) || !metricHas(m, `paas_runner_jobs 1$`) {
-		t.Fatalf("the refused file changed something:\n%s", m)
-	}
-
-	// a key that needs a restart is reported, the rest applied (SIGHUP)
-	moved := strings.Replace(next, "concurrent = 3\n", "concurrent = 4\n", 1)
-	moved = strings.Replace(moved, `state_file = "`, `state_file = "`+e.dir+`/elsewhere`, 1)
-	os.WriteFile(e.config, []byte(moved), 0o600)
-	p.signal(syscall.SIGHUP)
-	eventually(t, "concurrent 4", func() (bool, string) { m := scrape(); return metricHas(m, `gitlab_runner_concurrent 4$`), m })
-	if !regexp.MustCompile(`"msg":"this change needs a restart; the running value is kept","key":"state_file"`).MatchString(p.log()) {
-		t.Fatalf("state_file change not reported:\n%s", p.log())
+	g2.Pools = []config.GuardPool{{Name: "p", Locks: map[string]string{"a": "", "b": ""}}}
+	g2.LeaseMargin = time.Minute
+	if k := guardRestartKeys(g, g2); !reflect.DeepEqual(k, []string{"guards.lease_margin", "guards.pools (names and locks)"}) {
+		t.Fatalf("guard restart keys %v", k)
 	}
 
-	// the job survived every reload and ends normally
-	e.gl.Finish(j.ID, "success")
-	eventually(t, "the host removed", func() (bool, string) {
-		m, _ := filepath.Glob(filepath.Join(e.hosts, "*.host"))
-		return len(m) == 0, strings.Join(m, " ")
-	})
-	p.signal(syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d", code)
+	r := config.Runner{Name: "r", URL: "https://a", Token: "glrt-x", Executor: "local-docker", Limit: 1}
+	r2 := r
+	r2.Limit = 4
+	if k := runnerRestartKeys(r, r2); len(k) != 0 {
+		t.Fatalf("limit reported as needing a restart: %v", k)
 	}
-	if _, err := os.Stat(e.state); err != nil {
-		t.Fatal("the state file moved by a reload")
+	r2.URL, r2.Executor = "https://b", "clever-docker"
+	r2.Inner = map[string]any{"docker": map[string]any{"privileged": true}}
+	if k := runnerRestartKeys(r, r2); !reflect.DeepEqual(k, []string{`runners["r"].url`, `runners["r"].executor`, `runners["r"].docker, cache and job keys`}) {
+		t.Fatalf("runner restart keys %v", k)
 	}
 }
 
-// Reloads while many jobs are in flight drop none of them: lowering
-// concurrent below the jobs running keeps them all; raising it again lets
-// the queued jobs in; every job is launched once and every host removed.
-func TestReloadUnderLoad(t *testing.T) {
-	e := newEnv(t, "listen_address = \"127.0.0.1:0\"\nshutdown_timeout = 20")
-	p := e.start("", "--log-format", "json")
-	addr := p.metricsAddr(t)
-	orig, _ := os.ReadFile(e.config)
-	setConcurrent := func(n string) {
-		t.Helper()
-		os.WriteFile(e.config, []byte(strings.Replace(string(orig), "concurrent = 10\n", "concurrent = "+n+"\n", 1)), 0o600)
-		p.signal(syscall.SIGHUP) // on top of the file event: two reloads at most, same result
-		eventually(t, "concurrent "+n, func() (bool, string) {
-			_, m := get(t, "http://"+addr+"/metrics")
-			return metricHas(m, `gitlab_runner_concurrent `+n+`$`), m
-		})
+// The pipeline guard's tokens follow a reload: an added runner's
+// guard_api_token is used, a removed runner's is forgotten.
+func TestReloadPipelineGuardTokens(t *testing.T) {
+	a := config.Runner{Token: "glrt-a-0123456789", GuardAPIToken: "tok-a"}
+	b := config.Runner{Token: "glrt-b-0123456789", GuardAPIToken: "tok-b"}
+	p, tokens := buildPipelineGuardTokens(&config.Config{Runners: []config.Runner{a}}, nil, "r_000000000000", guard.NewCore(), zap.NewNop())
+	if p.Token(a.ID()) != "tok-a" || p.Token(b.ID()) != "" {
+		t.Fatal("tokens at start")
 	}
-	var ids []int64
-	for i := 0; i < 8; i++ {
-		ids = append(ids, e.gl.Enqueue("", nil).ID)
+	tokens.set(&config.Config{Runners: []config.Runner{b}})
+	if p.Token(a.ID()) != "" || p.Token(b.ID()) != "tok-b" {
+		t.Fatal("tokens after the reload")
 	}
-	for _, id := range ids {
-		e.waitFile(filepath.Join(e.hosts, e.hostName(id)+".launched"))
-	}
-	setConcurrent("2")
-	if doc, body := debugJobs(t, addr); len(doc.Jobs) != 8 {
-		t.Fatalf("jobs dropped by the reload: %s", body)
-	}
-	late := []int64{e.gl.Enqueue("", nil).ID, e.gl.Enqueue("", nil).ID}
-	for _, id := range ids[:4] {
-		e.gl.Finish(id, "success")
-	}
-	setConcurrent("10")
-	for _, id := range late {
-		e.waitFile(filepath.Join(e.hosts, e.hostName(id)+".launched"))
-	}
-	for _, id := range append(ids[4:], late...) {
-		e.gl.Finish(id, "success")
-	}
-	eventually(t, "every host removed", func() (bool, string) {
-		m, _ := filepath.Glob(filepath.Join(e.hosts, "*.host"))
-		return len(m) == 0, strings.Join(m, " ")
-	})
-	p.signal(syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	for k, n := range e.launches() {
-		if n != 1 {
-			t.Fatalf("%s launched %d times", k, n)
-		}
-	}
-	if n := len(e.launches()); n != 10 {
-		t.Fatalf("%d jobs launched, want 10", n)
-	}
-	e.noLeak()
 }

@@ -123,6 +123,14 @@ func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
 		err = d.provisionAndLaunch(ctx, t)
 	}
 	if err == nil {
+		if resumed {
+			// A resumed launch may have adopted a host that had already
+			// started the job and stopped while paas-runner was down:
+			// no event will tell, so look at it now.
+			if in, ok := t.r.Executor.(executors.Inspector); ok {
+				d.inspectResumed(d.work, t, in)
+			}
+		}
 		return
 	}
 	if why, status := t.stopped(); why != "" {

@@ -44,7 +44,7 @@ import (
 )
 
 const (
-	runnerToken = "glrt-demo-runner-0123456789abcdef"
+	runnerToken = "glrt-demo-fake-runner" // the embedded fake GitLab's, not a real token
 	jobImage    = "paas-runner-demo-busybox:latest"
 	demoLabel   = "paas-runner.demo"
 )

@@ -9,10 +9,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"gitlab.com/paas-runner/paas-runner/bench/internal/procstat"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -105,7 +105,7 @@ executor = %q
 	j0, r0, t0 := gl.Count("GET /api/v4/job"), gl.Count("POST /api/v4/jobs/request"), time.Now()
 	time.Sleep(time.Duration(*seconds) * time.Second) // the measurement window
 	j1, r1, el := gl.Count("GET /api/v4/job"), gl.Count("POST /api/v4/jobs/request"), time.Since(t0).Seconds()
-	rss, hwm := procMem(cmd.Process.Pid)
+	rss, hwm := procstat.Mem(cmd.Process.Pid)
 	running := 0
 	for _, j := range gl.Jobs() {
 		if j.Status == "running" {
@@ -136,28 +136,4 @@ func errOrZero(err error) string {
 		return "0"
 	}
 	return err.Error()
-}
-
-// procMem reads VmRSS and VmHWM (kB) of pid.
-func procMem(pid int) (rss, hwm int) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 {
-			continue
-		}
-		n, _ := strconv.Atoi(fields[1])
-		switch fields[0] {
-		case "VmRSS:":
-			rss = n
-		case "VmHWM:":
-			hwm = n
-		}
-	}
-	return rss, hwm
 }

@@ -7,9 +7,9 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
+	"gitlab.com/paas-runner/paas-runner/bench/internal/procstat"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,7 +81,7 @@ executor = "test-dir"
 		_, err := os.Stat(filepath.Join(hosts, fmt.Sprintf("host-%s-%d.launched", config.RunnerID(token), holder.ID)))
 		return err == nil
 	})
-	rss0, _ := procMem(pid)
+	rss0, _ := procstat.Mem(pid)
 	var waiting []*coordinatortest.Job
 	for i := 0; i < *jobs; i++ {
 		waiting = append(waiting, enqueue(2+i))
@@ -107,11 +107,11 @@ executor = "test-dir"
 		return
 	}
 	g0, p0, u0 := count()
-	c0, t0 := procCPU(pid), time.Now()
+	c0, t0 := procstat.CPU(pid), time.Now()
 	time.Sleep(time.Duration(*seconds) * time.Second) // the measurement window
 	g1, p1, u1 := count()
-	c1, el := procCPU(pid), time.Since(t0)
-	rss1, hwm := procMem(pid)
+	c1, el := procstat.CPU(pid), time.Since(t0)
+	rss1, hwm := procstat.Mem(pid)
 	for _, j := range waiting {
 		if st := gl.StatusOf(j.ID); st != "running" {
 			t.Fatalf("waiting job %d is %s", j.ID, st)
@@ -138,41 +138,4 @@ func errOrZero(err error) string {
 		return "0"
 	}
 	return err.Error()
-}
-
-// procCPU is the user+system CPU time of pid.
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseInt(fields[11], 10, 64)
-	st, _ := strconv.ParseInt(fields[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
-}
-
-// procMem reads VmRSS and VmHWM (kB) of pid.
-func procMem(pid int) (rss, hwm int) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 {
-			continue
-		}
-		n, _ := strconv.Atoi(fields[1])
-		switch fields[0] {
-		case "VmRSS:":
-			rss = n
-		case "VmHWM:":
-			hwm = n
-		}
-	}
-	return rss, hwm
 }

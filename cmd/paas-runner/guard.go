@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"gitlab.com/paas-runner/paas-runner/internal/version"
+	"gitlab.com/paas-runner/paas-runner/jobrunner"
 	"gitlab.com/paas-runner/paas-runner/pipeguard"
 )
 
@@ -76,6 +78,17 @@ type guardOptions struct {
 	interval func() time.Duration
 	now      func() time.Time
 	pid      int
+}
+
+// asJobGuard answers under gitlab-job-guard's name (the inner runner puts
+// this executable into job containers as /usr/local/bin/gitlab-job-guard):
+// exactly `paas-runner guard` with the same arguments. handled is false
+// under any other name.
+func asJobGuard(argv []string, stdout, stderr io.Writer) (code int, handled bool) {
+	if len(argv) == 0 || filepath.Base(argv[0]) != jobrunner.GuardName {
+		return 0, false
+	}
+	return guardCmd(argv[1:], stdout, stderr), true
 }
 
 func guardCmd(args []string, stdout, stderr io.Writer) int {

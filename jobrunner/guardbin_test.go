@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -18,9 +19,11 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+	"go.uber.org/zap"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+	"gitlab.com/paas-runner/paas-runner/job"
 )
 
 // The guard (the inner runner's own static executable) in job containers:
@@ -299,4 +302,43 @@ func TestGuardInRealContainers(t *testing.T) {
 			t.Errorf("%s; log lacks %q:\n%s", j.Status, want, tr)
 		}
 	}
+}
+
+// BenchmarkGuardShip: what shipping the guard adds to each job container's
+// start on the real engine: the two path checks and the copy of a static
+// paas-runner (built here, unstripped) into a created busybox container.
+func BenchmarkGuardShip(b *testing.B) {
+	if cli == nil {
+		b.Skip("no Docker engine")
+	}
+	bin := filepath.Join(b.TempDir(), "paas-runner")
+	if err := localdockertest.BuildStatic("./cmd/paas-runner", bin); err != nil {
+		b.Fatal(err)
+	}
+	st, _ := os.Stat(bin)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		c, err := cli.ContainerCreate(ctx, &container.Config{Image: jobImage, Cmd: []string{"true"}, Labels: map[string]string{"paas-runner.test": "guard-bench"}}, nil, nil, nil,
+			fmt.Sprintf("paas-guard-bench-%d-%d", os.Getpid(), i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		// no trace: a job log line (the guard not shipped) would panic
+		r := &runner{o: Options{GuardBinary: bin}, p: &job.Payload{}, docker: cli, log: zap.NewNop()}
+		b.StartTimer()
+		r.shipGuard(ctx, c.ID, jobImage)
+		b.StopTimer()
+		rc, _, serr := cli.CopyFromContainer(ctx, c.ID, GuardDir+"/"+GuardName)
+		if serr == nil {
+			rc.Close()
+		}
+		cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+		if serr != nil {
+			b.Fatalf("not shipped: %v", serr)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(st.Size())/1e6, "MB")
 }

@@ -2,8 +2,11 @@ package main_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -87,5 +90,39 @@ func TestShippedGuardInJobScript(t *testing.T) {
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
+	}
+}
+
+// Called as gitlab-job-guard (the name the inner runner ships it under),
+// the binary is `paas-runner guard`: same arguments, exit codes and lines.
+func TestGuardUnderItsName(t *testing.T) {
+	srv := coordinatortest.New(t)
+	srv.AddAPIToken("glpat-named", "read_api")
+	old := srv.AddPipeline(7, "11-old", "running")
+	own := srv.AddPipeline(7, "12-mine", "running")
+	link := filepath.Join(t.TempDir(), "gitlab-job-guard")
+	if err := os.Symlink(binary, link); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (int, string) {
+		cmd := exec.Command(link, args...)
+		cmd.Env = append(os.Environ(), "CI_API_V4_URL="+srv.URL+"/api/v4", "CI_PROJECT_ID=7",
+			fmt.Sprintf("CI_PIPELINE_ID=%d", own), "PRIVATE_TOKEN=glpat-named")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	if code, out := run("-x"); code != 7 || !strings.Contains(out, fmt.Sprintf("Pipeline #%d running", old)) ||
+		!strings.Contains(out, "1 other pipelines in (running) state.. Exiting on request.") {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	if code, out := run("-x", "-c", "^main$"); code != 0 || !strings.Contains(out, "No other conflicting pipelines detected, proceeding ...") {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	if code, out := run("--help"); code != 0 || !strings.Contains(out, "usage: paas-runner guard") {
+		t.Fatalf("exit %d\n%s", code, out)
 	}
 }

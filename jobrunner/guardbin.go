@@ -75,24 +75,32 @@ func (r *runner) shipGuard(ctx context.Context, id, img string) {
 			r.guardNote(fmt.Sprintf("the job image has its own %s: it is kept", p))
 		case cerrdefs.IsNotFound(err):
 			missing = append(missing, name)
+		case ctx.Err() != nil:
+			return // the job is over: nothing to say
 		default:
 			r.log.Warn("looking for the guard's place in the job container failed", zap.String("path", p), zap.Error(err))
-			r.guardNote(fmt.Sprintf("%s %s in the job container cannot be checked (%v): not provided", GuardName, p, err))
+			r.guardNoteOnce("check", fmt.Sprintf("%s not provided: checking %s in the job container: %v", GuardName, p, err))
 			return
 		}
 	}
 	if len(missing) == 0 {
 		return
 	}
-	if err := r.docker.CopyToContainer(ctx, id, "/", guardTar(g.bin, missing), container.CopyToContainerOptions{}); err != nil {
+	t := guardTar(g.bin, missing)
+	err := r.docker.CopyToContainer(ctx, id, "/", t, container.CopyToContainerOptions{})
+	t.Close() // ends the writer if the engine did not read it all
+	if err != nil && ctx.Err() == nil {
 		r.log.Warn("copying the guard into the job container failed", zap.Error(err))
-		r.guardNote(fmt.Sprintf("%s could not be put in the job container: %v", GuardName, err))
+		r.guardNoteOnce("copy", fmt.Sprintf("%s not provided: copying it into the job container: %v", GuardName, err))
 	}
 }
 
 // guardNote says in the job log, once per job and message, why the guard
 // is not (all) there.
-func (r *runner) guardNote(msg string) {
+func (r *runner) guardNote(msg string) { r.guardNoteOnce(msg, msg) }
+
+// guardNoteOnce says msg unless a note of that key was said in this job.
+func (r *runner) guardNoteOnce(key, msg string) {
 	if msg == "" {
 		return
 	}
@@ -101,8 +109,8 @@ func (r *runner) guardNote(msg string) {
 	if g.said == nil {
 		g.said = map[string]bool{}
 	}
-	done := g.said[msg]
-	g.said[msg] = true
+	done := g.said[key]
+	g.said[key] = true
 	g.mu.Unlock()
 	if !done {
 		r.printf("%spaas-runner: %s%s\n", ansiYellow, msg, ansiReset)
@@ -129,6 +137,8 @@ func (r *runner) guardPlatform(ctx context.Context, img string) string {
 		info, err = r.docker.ImageInspect(ctx, img) // an engine older than API 1.49
 	}
 	switch {
+	case err != nil && ctx.Err() != nil:
+		return "" // the job is over: the container is gone next
 	case err != nil:
 		why = fmt.Sprintf("%s not provided: inspecting the job image: %v", GuardName, err)
 	case (info.Os != "" && info.Os != runtime.GOOS) || (info.Architecture != "" && info.Architecture != runtime.GOARCH):
@@ -185,7 +195,7 @@ func checkStaticELF(bin string) error {
 // binary is never held in memory. No directory entry: the engine makes a
 // missing GuardDir (0755, as it makes missing parents), and an existing one
 // keeps its mode and owner.
-func guardTar(bin string, names []string) io.Reader {
+func guardTar(bin string, names []string) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {
 		pw.CloseWithError(writeGuardTar(pw, bin, names))

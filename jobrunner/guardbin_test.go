@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -37,6 +38,7 @@ type guardFake struct {
 	*fakeDocker
 	os, arch string
 	has      map[string]bool // absolute paths in the image
+	copyErr  error           // what copying the guard answers
 
 	gmu    sync.Mutex
 	copies []guardCopy
@@ -85,6 +87,9 @@ func (g *guardFake) CopyToContainer(ctx context.Context, id, dst string, content
 	first, err := tar.NewReader(bytes.NewReader(all)).Next()
 	if dst != "/" || err != nil || !strings.HasPrefix(first.Name, strings.TrimPrefix(GuardDir, "/")+"/") {
 		return g.fakeDocker.CopyToContainer(ctx, id, dst, bytes.NewReader(all), o)
+	}
+	if g.copyErr != nil {
+		return g.copyErr
 	}
 	c, err := g.get(id)
 	if err != nil {
@@ -238,6 +243,19 @@ func TestGuardSkipped(t *testing.T) {
 	tr, copies = runGuardFake(t, g, NoGuardBinary)
 	if len(copies) != 0 || strings.Contains(tr, GuardName) {
 		t.Errorf("disabled: %d copies\n%s", len(copies), tr)
+	}
+}
+
+// The engine refusing the copy (e.g. a read-only file system) does not
+// fail the job: one line in its log, whatever the number of containers.
+func TestGuardCopyRefusedIsNotFatal(t *testing.T) {
+	bin, _, _ := staticBinary(t)
+	g := newGuardFake(t)
+	g.copyErr = errors.New("container c1 rootfs is marked read-only")
+	tr, _ := runGuardFake(t, g, bin)
+	line := "paas-runner: gitlab-job-guard not provided: copying it into the job container: container c1 rootfs is marked read-only"
+	if strings.Count(tr, "gitlab-job-guard not provided") != 1 || !strings.Contains(tr, line) {
+		t.Errorf("want %q once:\n%s", line, tr)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -277,6 +278,16 @@ func (e *Executor) AppName(jobID int64) string { return fmt.Sprintf("%s%d", e.Pr
 
 func (e *Executor) systemTag() string { return "paas-runner-system-" + e.opts.SystemID }
 
+// description is the description of a job's application. It carries the
+// daemon's system tag: Clever's application listing (ApplicationView) has
+// no tags, but has the description.
+func (e *Executor) description(jobID int64) string {
+	return fmt.Sprintf("paas-runner job %d of runner %s (%s)", jobID, e.opts.RunnerID, e.systemTag())
+}
+
+// systemRe finds a system tag in a description.
+var systemRe = regexp.MustCompile(`paas-runner-system-[A-Za-z0-9_]+`)
+
 // Plan names the application after the runner and job, and records the
 // job's flavor and (multi-tenant) top-level namespace. No network call.
 func (e *Executor) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {
@@ -344,13 +355,17 @@ func (e *Executor) appPath(org, id string) string {
 	return e.appsPath(org) + "/" + url.PathEscape(id)
 }
 
-// app is what the executor reads of an application.
+// app is what the executor reads of an application (Clever's
+// ApplicationView; everything else is ignored).
 type app struct {
-	ID           string   `json:"id"`
-	Name         string   `json:"name"`
-	CreationDate int64    `json:"creationDate"` // ms
-	Tags         []string `json:"tags"`
-	Deployment   struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	Description  string `json:"description"`
+	CreationDate int64  `json:"creationDate"` // ms
+	// Tags are not part of Clever's ApplicationView: nil unless a server
+	// sends them anyway.
+	Tags       []string `json:"tags"`
+	Deployment struct {
 		RepoState string `json:"repoState"`
 		HTTPURL   string `json:"httpUrl"`
 	} `json:"deployment"`
@@ -394,7 +409,7 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 		}
 		body := map[string]any{
 			"name":             hd.Name,
-			"description":      fmt.Sprintf("paas-runner job %d of runner %s", hd.JobID, e.opts.RunnerID),
+			"description":      e.description(hd.JobID),
 			"zone":             e.opts.Zone,
 			"deploy":           "git",
 			"instanceType":     p.instanceType,
@@ -603,7 +618,15 @@ func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time
 			continue
 		}
 		for _, a := range apps {
-			if !strings.HasPrefix(a.Name, e.Prefix()) || kept[a.Name] || kept[a.ID] || a.CreationDate > cutoff || !e.mayReap(a.Tags) {
+			if !strings.HasPrefix(a.Name, e.Prefix()) || kept[a.Name] || kept[a.ID] || a.CreationDate > cutoff {
+				continue
+			}
+			ok, err := e.reapable(ctx, &ten, ns, a)
+			if err != nil {
+				errs = append(errs, classify("reap", err))
+				continue
+			}
+			if !ok {
 				continue
 			}
 			if err := e.deleteApp(ctx, &ten, ns, a.ID); err != nil {
@@ -614,6 +637,33 @@ func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// reapable tells whether this daemon may remove a, one of its runner's
+// applications: one of this daemon's, or one of no daemon (Heptapod's).
+// The daemon is read from the listing's tags if it has any, else from the
+// description written at create, else, for an application of an older
+// paas-runner (description without the tag), from GET …/tags.
+func (e *Executor) reapable(ctx context.Context, ten *tenant, ns string, a app) (bool, error) {
+	tags := a.Tags
+	if tags == nil {
+		if m := systemRe.FindString(a.Description); m != "" {
+			return m == e.systemTag(), nil
+		}
+		if !strings.HasPrefix(a.Description, "paas-runner ") {
+			return true, nil // Heptapod's: neither description nor tags
+		}
+		err := e.withTenant(ctx, ten, ns, func(tok string) error {
+			return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, a.ID)+"/tags", tok, nil, &tags)
+		})
+		if isStatus(err, http.StatusNotFound) {
+			return false, nil // gone meanwhile
+		}
+		if err != nil {
+			return false, fmt.Errorf("reading the tags of %s (%s): %w", a.Name, a.ID, err)
+		}
+	}
+	return e.mayReap(tags), nil
 }
 
 // mayReap: applications of this daemon, or untagged ones (Heptapod's).

@@ -424,26 +424,60 @@ func TestPushRefusedCredentialsArePermanent(t *testing.T) {
 func TestReapSparesOthers(t *testing.T) {
 	f := newFixture(t, nil)
 	old := time.Now().Add(-time.Hour)
+	mineDesc := "paas-runner job 4 of runner t1a2b3c4 (paas-runner-system-r_0123456789ab)"
 	heptapod := f.s.AddApp(orga, "hpd-job-t1a2b3c4-1", nil, old)
-	other := f.s.AddApp(orga, "hpd-job-t1a2b3c4-2", []string{"paas-runner", "paas-runner-system-r_otherdaemon0"}, old)
+	// Clever's listing has no tags: another daemon's application is known
+	// by the system tag in its description…
+	other := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-2", "paas-runner job 2 of runner t1a2b3c4 (paas-runner-system-r_otherdaemon0)", nil, old)
+	// …or, made by an older paas-runner, by its tags (GET …/tags)
+	otherOld := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-3", "paas-runner job 3 of runner t1a2b3c4", []string{"paas-runner", "paas-runner-system-r_otherdaemon0"}, old)
+	mineOld := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-6", "paas-runner job 6 of runner t1a2b3c4", []string{"paas-runner", "paas-runner-system-r_0123456789ab"}, old)
 	otherRunner := f.s.AddApp(orga, "hpd-job-x9y8z7w6-3", nil, old)
 	unrelated := f.s.AddApp(orga, "my-website", nil, old)
-	mine := f.s.AddApp(orga, "hpd-job-t1a2b3c4-4", []string{"paas-runner", "paas-runner-system-r_0123456789ab"}, old)
-	kept := f.s.AddApp(orga, "hpd-job-t1a2b3c4-5", []string{"paas-runner", "paas-runner-system-r_0123456789ab"}, old)
+	mine := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-4", mineDesc, nil, old)
+	kept := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-5", mineDesc, nil, old)
 	keep := handle{Name: kept.Name, ID: kept.ID, OrgaID: orga}
 	removed, err := f.e.Reap(ctx(t), []executors.Handle{keep.encode()}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(removed) != 2 || !strings.Contains(strings.Join(removed, " "), heptapod.ID) || !strings.Contains(strings.Join(removed, " "), mine.ID) {
+	all := strings.Join(removed, " ")
+	if len(removed) != 3 || !strings.Contains(all, heptapod.ID) || !strings.Contains(all, mine.ID) || !strings.Contains(all, mineOld.ID) {
 		t.Fatalf("removed %v", removed)
 	}
 	var left []string
 	for _, a := range f.s.Apps(orga) {
 		left = append(left, a.ID)
 	}
-	if strings.Join(left, " ") != strings.Join([]string{other.ID, otherRunner.ID, unrelated.ID, kept.ID}, " ") {
+	if strings.Join(left, " ") != strings.Join([]string{other.ID, otherOld.ID, otherRunner.ID, unrelated.ID, kept.ID}, " ") {
 		t.Fatalf("left %v", left)
+	}
+	if n := f.s.Count("GET /organisations/:id/applications/:app/tags"); n != 2 {
+		t.Fatalf("%d tag reads, want 2 (the older paas-runner's applications only)", n)
+	}
+}
+
+// TestReapSparesAnotherDaemonsApplication: an application another daemon
+// of the same runner created is never reaped, through what Clever's
+// listing really shows of it.
+func TestReapSparesAnotherDaemonsApplication(t *testing.T) {
+	f := newFixture(t, nil)
+	g, err := New(func() Options { o := f.e.opts; o.SystemID = "r_otherdaemon0"; o.OnAPICall = nil; return o }())
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := testJob(31)
+	h, _ := g.Plan(ctx(t), j)
+	if _, err := g.Provision(ctx(t), h, j); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := f.e.Reap(ctx(t), nil, 0)
+	if err != nil || len(removed) != 0 {
+		t.Fatalf("reaped %v (%v): another daemon's application", removed, err)
+	}
+	removed, err = g.Reap(ctx(t), nil, 0)
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("its own daemon reaped %v (%v)", removed, err)
 	}
 }
 

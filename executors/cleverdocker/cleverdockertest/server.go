@@ -323,9 +323,14 @@ func (s *Server) AppNamed(name string) []App {
 // AddApp creates an application directly (a leftover, another tool's app),
 // created at the given time, with its repository CREATED.
 func (s *Server) AddApp(org, name string, tags []string, created time.Time) App {
+	return s.AddAppDescribed(org, name, "", tags, created)
+}
+
+// AddAppDescribed is AddApp with a description.
+func (s *Server) AddAppDescribed(org, name, description string, tags []string, created time.Time) App {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a := &App{ID: newAppID(), OwnerID: org, Name: name, Tags: tags, Zone: "par", InstanceType: "docker", Version: s.DockerVersion,
+	a := &App{ID: newAppID(), OwnerID: org, Name: name, Description: description, Tags: tags, Zone: "par", InstanceType: "docker", Version: s.DockerVersion,
 		Lifetime: "TASK", MinFlavor: "heptapod-runner-M", MaxFlavor: "heptapod-runner-M", MinInstances: 1, MaxInstances: 1,
 		Env: map[string]string{}, Created: created, RepoState: "CREATING"}
 	s.apps[a.ID] = a
@@ -425,9 +430,10 @@ func copyEnv(m map[string]string) map[string]string {
 // ---- API ----
 
 var (
-	reApps   = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications$`)
-	reApp    = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)$`)
-	reAppEnv = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)/env$`)
+	reApps    = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications$`)
+	reApp     = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)$`)
+	reAppEnv  = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)/env$`)
+	reAppTags = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)/tags$`)
 )
 
 func route(method, path string) string {
@@ -440,6 +446,8 @@ func route(method, path string) string {
 		return method + " /organisations/:id/applications/:app"
 	case reAppEnv.MatchString(path):
 		return method + " /organisations/:id/applications/:app/env"
+	case reAppTags.MatchString(path):
+		return method + " /organisations/:id/applications/:app/tags"
 	}
 	return method + " " + path
 }
@@ -601,6 +609,29 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, body []byte) {
 		default:
 			message(w, http.StatusMethodNotAllowed, 405, "Method not allowed")
 		}
+	case reAppTags.MatchString(p):
+		// listOrganisationApplicationTags: the tags are not in the
+		// application's view, only here
+		m := reAppTags.FindStringSubmatch(p)
+		if !s.authorize(w, r, m[1]) {
+			return
+		}
+		if r.Method != http.MethodGet {
+			message(w, http.StatusMethodNotAllowed, 405, "Method not allowed")
+			return
+		}
+		s.mu.Lock()
+		a, ok := s.apps[m[2]]
+		tags := []string{}
+		if ok && a.OwnerID == m[1] {
+			tags = append(tags, a.Tags...)
+		}
+		s.mu.Unlock()
+		if !ok || a.OwnerID != m[1] {
+			message(w, 404, 4004, "Application not found")
+			return
+		}
+		writeObj(w, 200, tags)
 	default:
 		message(w, 404, 404, "Not Found") // assumed
 	}
@@ -748,10 +779,6 @@ func (s *Server) appJSON(a *App) map[string]any {
 		f, _ := s.flavorByName(name)
 		return map[string]any{"name": name, "mem": f.Mem, "cpus": f.CPUs, "gpus": 0, "price": f.Price, "available": f.Available}
 	}
-	tags := a.Tags
-	if tags == nil {
-		tags = []string{}
-	}
 	host := strings.TrimPrefix(s.Git.URL, "http://")
 	return map[string]any{
 		"id": a.ID, "name": a.Name, "description": a.Description, "zone": a.Zone, "zoneId": a.Zone, "ownerId": a.OwnerID,
@@ -771,7 +798,8 @@ func (s *Server) appJSON(a *App) map[string]any {
 		"stickySessions": false, "homogeneous": false, "favourite": false, "cancelOnPush": false,
 		"webhookUrl": nil, "webhookSecret": nil, "separateBuild": false, "buildFlavor": nil,
 		"state": "SHOULD_BE_DOWN", "commitId": nil, "appliance": nil, "branch": "master", "forceHttps": "DISABLED",
-		"env": envList(a.Env), "tags": tags,
+		// no "tags": Clever's ApplicationView has none (GET …/tags has them)
+		"env":       envList(a.Env),
 		"deployUrl": s.Git.URL + "/" + a.ID + ".git",
 	}
 }

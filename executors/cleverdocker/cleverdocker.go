@@ -40,6 +40,13 @@ const (
 	NamespaceVariable = "CI_PROJECT_ROOT_NAMESPACE"
 )
 
+// MainAPI is Clever Cloud's API (OAuth and Heptapod's "token" scheme);
+// BridgeAPI is the API bridge, the one that takes API tokens (Bearer).
+const (
+	MainAPI   = "https://api.clever-cloud.com/v2"
+	BridgeAPI = "https://api-bridge.clever-cloud.com/v2"
+)
+
 // Options configure one runner's clever-docker executor (the cc_* keys).
 type Options struct {
 	APIURL     string // cc_api_url, e.g. https://api.clever-cloud.com/v2
@@ -194,6 +201,12 @@ func New(opts Options) (*Executor, error) {
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if opts.AuthScheme == "bearer" && strings.TrimRight(opts.APIURL, "/") == MainAPI {
+		// API tokens are only accepted through the bridge, which proxies
+		// /v2 (the main API refuses them)
+		log.Info("cc_auth_scheme bearer: using the Clever Cloud API bridge", zap.String("cc_api_url", BridgeAPI))
+		opts.APIURL = BridgeAPI
 	}
 	hc := opts.HTTPClient
 	if hc == nil {

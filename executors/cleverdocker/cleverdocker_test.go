@@ -537,6 +537,25 @@ func TestBearerAuthScheme(t *testing.T) {
 	}
 }
 
+// TestBearerGoesThroughTheBridge: Clever takes API tokens (Bearer) only
+// on the API bridge; the main API's default URL is switched to it.
+func TestBearerGoesThroughTheBridge(t *testing.T) {
+	for _, c := range []struct{ url, scheme, want string }{
+		{MainAPI, "bearer", BridgeAPI},
+		{MainAPI + "/", "bearer", BridgeAPI},
+		{MainAPI, "token", MainAPI},
+		{"https://clever.internal.example/v2", "bearer", "https://clever.internal.example/v2"},
+	} {
+		e, err := New(Options{APIURL: c.url, AuthScheme: c.scheme, OrgaID: "o", Token: "t", InnerImage: "i", RunnerID: "r", RunnerURL: "https://g"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.api.base != c.want {
+			t.Fatalf("%s with %s: %s, want %s", c.url, c.scheme, e.api.base, c.want)
+		}
+	}
+}
+
 func TestCheckTriesOnce(t *testing.T) {
 	f := newFixture(t, nil)
 	f.s.Fail("^GET /products/instances$", 503, -1)

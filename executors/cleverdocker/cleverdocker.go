@@ -344,7 +344,7 @@ func (e *Executor) Provision(ctx context.Context, h executors.Handle, j executor
 	if err != nil {
 		return nil, err
 	}
-	hd.ID, hd.DeployURL = a.ID, a.Deployment.HTTPURL
+	hd.ID, hd.DeployURL = a.ID, a.pushURL()
 	env := map[string]string{}
 	for k, v := range e.opts.ExtraEnv {
 		env[k] = v
@@ -381,7 +381,23 @@ type app struct {
 	Deployment struct {
 		RepoState string `json:"repoState"`
 		HTTPURL   string `json:"httpUrl"`
+		URL       string `json:"url"` // git+ssh://git@push-…/app_….git
 	} `json:"deployment"`
+	DeployURL string `json:"deployUrl"`
+}
+
+// pushURL is where the job is pushed: deployment.httpUrl, else the
+// view's deployUrl, else the HTTPS form of deployment.url (as Clever's
+// tools derive one from the other).
+func (a app) pushURL() string {
+	if u := firstNonEmpty(a.Deployment.HTTPURL, a.DeployURL); u != "" {
+		return u
+	}
+	if rest, ok := strings.CutPrefix(a.Deployment.URL, "git+ssh://"); ok {
+		rest = rest[strings.Index(rest, "@")+1:]
+		return "https://" + rest
+	}
+	return ""
 }
 
 func (e *Executor) listApps(ctx context.Context, ten *tenant, ns string) ([]app, error) {
@@ -503,7 +519,10 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 	if err != nil {
 		return nil, err
 	}
-	hd.DeployURL = firstNonEmpty(a.Deployment.HTTPURL, hd.DeployURL)
+	hd.DeployURL = firstNonEmpty(a.pushURL(), hd.DeployURL)
+	if hd.DeployURL == "" {
+		return nil, executors.Permanent("launch", fmt.Errorf("the application %s (%s) has no git deploy URL (deployment.httpUrl)", hd.Name, hd.ID))
+	}
 	bc, err := e.Context(ctx, j)
 	if err != nil {
 		return nil, executors.Permanent("launch", err)

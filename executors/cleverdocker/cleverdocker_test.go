@@ -410,6 +410,29 @@ func TestLaunchWaitsForTheRepository(t *testing.T) {
 	}
 }
 
+// TestDeployURLWithoutHTTPURL: without deployment.httpUrl the job is
+// pushed to the view's deployUrl, or to the HTTPS form of the git+ssh URL.
+func TestDeployURLWithoutHTTPURL(t *testing.T) {
+	f := newFixture(t, nil)
+	f.s.OmitHTTPURL = true
+	j := testJob(12)
+	hd, h := provision(t, f, j)
+	if want := f.s.Git.URL + "/" + hd.ID + ".git"; hd.DeployURL != want {
+		t.Fatalf("deploy URL %q, want %q", hd.DeployURL, want)
+	}
+	if _, err := f.e.Launch(ctx(t), h, j); err != nil {
+		t.Fatal(err)
+	}
+	if a := f.s.AppNamed(hd.Name); len(a) != 1 || a[0].Pushes != 1 {
+		t.Fatalf("not pushed: %+v", a)
+	}
+	var a app
+	a.Deployment.URL = "git+ssh://git@push-n3-par-clevercloud-customers.services.clever-cloud.com/app_1.git"
+	if u := a.pushURL(); u != "https://push-n3-par-clevercloud-customers.services.clever-cloud.com/app_1.git" {
+		t.Fatalf("from the ssh URL: %q", u)
+	}
+}
+
 func TestPushRefusedCredentialsArePermanent(t *testing.T) {
 	f := newFixture(t, nil)
 	j := testJob(3)

@@ -158,6 +158,9 @@ type Server struct {
 	// DockerVersion is the Docker runtime's current version: creating
 	// with another instanceVersion fails with 400 id 9017.
 	DockerVersion string
+	// OmitHTTPURL leaves deployment.httpUrl out of the application's
+	// view (deployUrl and deployment.url remain): a client must cope.
+	OmitHTTPURL bool
 	// OnPush is called (in its own goroutine) after a push changed an
 	// application's master, with the pushed tree.
 	OnPush func(app App, files map[string][]byte)
@@ -780,7 +783,7 @@ func (s *Server) appJSON(a *App) map[string]any {
 		return map[string]any{"name": name, "mem": f.Mem, "cpus": f.CPUs, "gpus": 0, "price": f.Price, "available": f.Available}
 	}
 	host := strings.TrimPrefix(s.Git.URL, "http://")
-	return map[string]any{
+	view := map[string]any{
 		"id": a.ID, "name": a.Name, "description": a.Description, "zone": a.Zone, "zoneId": a.Zone, "ownerId": a.OwnerID,
 		"instance": map[string]any{
 			"type": a.InstanceType, "version": a.Version,
@@ -802,6 +805,10 @@ func (s *Server) appJSON(a *App) map[string]any {
 		"env":       envList(a.Env),
 		"deployUrl": s.Git.URL + "/" + a.ID + ".git",
 	}
+	if s.OmitHTTPURL {
+		delete(view["deployment"].(map[string]any), "httpUrl")
+	}
+	return view
 }
 
 func envList(m map[string]string) []map[string]string {

@@ -96,6 +96,10 @@ type Options struct {
 	// hosts get the URLs, never the S3 credentials.
 	Cache *s3cache.Presigner
 
+	// PushTimeout bounds one git push of a job (default 5 min): a push
+	// host that stops answering fails the attempt (transient) instead
+	// of holding the job.
+	PushTimeout time.Duration
 	// ProductsTTL and TenantTTL bound the caches (default 1 h, 5 min).
 	ProductsTTL time.Duration
 	TenantTTL   time.Duration
@@ -172,6 +176,7 @@ func New(opts Options) (*Executor, error) {
 	}
 	def(&opts.RepoTimeout, 20*time.Second)
 	def(&opts.RepoWaitStep, 2*time.Second)
+	def(&opts.PushTimeout, 5*time.Minute)
 	def(&opts.ProductsTTL, time.Hour)
 	def(&opts.TenantTTL, 5*time.Minute)
 	def(&opts.RetryMin, 500*time.Millisecond)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -430,6 +431,29 @@ func TestDeployURLWithoutHTTPURL(t *testing.T) {
 	a.Deployment.URL = "git+ssh://git@push-n3-par-clevercloud-customers.services.clever-cloud.com/app_1.git"
 	if u := a.pushURL(); u != "https://push-n3-par-clevercloud-customers.services.clever-cloud.com/app_1.git" {
 		t.Fatalf("from the ssh URL: %q", u)
+	}
+}
+
+// TestPushTimeout: a git host that never answers fails the push attempt
+// (transient) after PushTimeout.
+func TestPushTimeout(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.PushTimeout = 200 * time.Millisecond })
+	stuck := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-stuck:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(stuck) })
+	bc, err := f.e.Context(ctx(t), testJob(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.e.push(ctx(t), hang.URL+"/app_x.git", ccToken, bc, testJob(5))
+	if err == nil || executors.IsPermanent(err) || !strings.Contains(err.Error(), "did not finish in 200ms") || strings.Contains(err.Error(), ccToken) {
+		t.Fatalf("stuck push: %v", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -114,8 +115,13 @@ func (e *Executor) push(ctx context.Context, deployURL, token string, bc BuildCo
 	if _, err := repo.CreateRemote(&config.RemoteConfig{Name: "clever", URLs: []string{deployURL}}); err != nil {
 		return false, err
 	}
-	err = repo.PushContext(ctx, &git.PushOptions{RemoteName: "clever", Auth: auth,
+	pctx, cancel := context.WithTimeout(ctx, e.opts.PushTimeout)
+	defer cancel()
+	err = repo.PushContext(pctx, &git.PushOptions{RemoteName: "clever", Auth: auth,
 		RefSpecs: []config.RefSpec{config.RefSpec(head.Name().String() + ":" + pushBranch.String())}})
+	if err != nil && ctx.Err() == nil && pctx.Err() != nil {
+		return false, executors.Transient("push", fmt.Errorf("git: the push to %s did not finish in %v", redactURL(deployURL), e.opts.PushTimeout))
+	}
 	switch {
 	case err == nil:
 		return false, nil
@@ -125,6 +131,16 @@ func (e *Executor) push(ctx context.Context, deployURL, token string, bc BuildCo
 		return true, nil
 	}
 	return false, pushError("push the job", err)
+}
+
+// redactURL drops any user info from a URL for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "the deploy URL"
+	}
+	u.User = nil
+	return u.String()
 }
 
 func pushError(what string, err error) error {

@@ -376,10 +376,10 @@ func (e *Executor) appPath(org, id string) string {
 // app is what the executor reads of an application (Clever's
 // ApplicationView; everything else is ignored).
 type app struct {
-	ID           string `json:"id"`
-	Name         string `json:"name"`
-	Description  string `json:"description"`
-	CreationDate int64  `json:"creationDate"` // ms
+	ID           string     `json:"id"`
+	Name         string     `json:"name"`
+	Description  flexString `json:"description"`
+	CreationDate flexMillis `json:"creationDate"` // ms
 	// Tags are not part of Clever's ApplicationView: nil unless a server
 	// sends them anyway.
 	Tags       []string `json:"tags"`
@@ -655,7 +655,7 @@ func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time
 			continue
 		}
 		for _, a := range apps {
-			if !strings.HasPrefix(a.Name, e.Prefix()) || kept[a.Name] || kept[a.ID] || a.CreationDate > cutoff {
+			if !strings.HasPrefix(a.Name, e.Prefix()) || kept[a.Name] || kept[a.ID] || int64(a.CreationDate) > cutoff {
 				continue
 			}
 			ok, err := e.reapable(ctx, &ten, ns, a)
@@ -684,10 +684,10 @@ func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time
 func (e *Executor) reapable(ctx context.Context, ten *tenant, ns string, a app) (bool, error) {
 	tags := a.Tags
 	if tags == nil {
-		if m := systemRe.FindString(a.Description); m != "" {
+		if m := systemRe.FindString(string(a.Description)); m != "" {
 			return m == e.systemTag(), nil
 		}
-		if !strings.HasPrefix(a.Description, "paas-runner ") {
+		if !strings.HasPrefix(string(a.Description), "paas-runner ") {
 			return true, nil // Heptapod's: neither description nor tags
 		}
 		err := e.withTenant(ctx, ten, ns, func(tok string) error {
@@ -796,10 +796,10 @@ func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*produc
 		get = e.api.do
 	}
 	var runtimes []struct {
-		Type    string `json:"type"`
-		Version string `json:"version"`
-		Name    string `json:"name"`
-		Enabled *bool  `json:"enabled"`
+		Type    flexString `json:"type"`
+		Version flexString `json:"version"`
+		Name    flexString `json:"name"`
+		Enabled *bool      `json:"enabled"`
 	}
 	if err := get(ctx, http.MethodGet, "/products/instances", "", nil, &runtimes); err != nil {
 		return e.stale(classify("products", err))
@@ -810,28 +810,28 @@ func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*produc
 			continue
 		}
 		// several Docker runtimes: the newest version
-		if p.instanceVersion == "" || r.Version > p.instanceVersion {
-			p.instanceType, p.instanceVersion = r.Type, r.Version
+		if p.instanceVersion == "" || string(r.Version) > p.instanceVersion {
+			p.instanceType, p.instanceVersion = string(r.Type), string(r.Version)
 		}
 	}
 	if p.instanceType == "" || p.instanceVersion == "" {
 		return e.stale(executors.Transient("products", errors.New("the Clever Cloud products list no Docker runtime")))
 	}
 	var fls []struct {
-		Name      string `json:"name"`
-		Mem       int    `json:"mem"`
-		CPUs      int    `json:"cpus"`
-		Available bool   `json:"available"`
+		Name      string     `json:"name"`
+		Mem       flexNumber `json:"mem"`
+		CPUs      flexNumber `json:"cpus"`
+		Available *bool      `json:"available"`
 	}
 	if err := get(ctx, http.MethodGet, "/products/flavors?context="+url.QueryEscape(e.opts.FlavorContext), "", nil, &fls); err != nil {
 		return e.stale(classify("products", err))
 	}
 	for _, f := range fls {
 		short, ok := strings.CutPrefix(f.Name, e.opts.FlavorNamePrefix)
-		if !ok || !f.Available || short == "" {
+		if !ok || f.Available == nil || !*f.Available || short == "" || f.Mem <= 0 {
 			continue
 		}
-		p.flavors[short] = flavor{Name: f.Name, Short: short, Mem: f.Mem, CPUs: f.CPUs}
+		p.flavors[short] = flavor{Name: f.Name, Short: short, Mem: int(f.Mem), CPUs: int(math.Ceil(float64(f.CPUs)))}
 	}
 	if len(p.flavors) == 0 {
 		return e.stale(executors.Transient("products", fmt.Errorf("no available flavor named %s… in context %s", e.opts.FlavorNamePrefix, e.opts.FlavorContext)))

@@ -246,7 +246,33 @@ func (e *Executor) Check(ctx context.Context) error {
 			return fmt.Errorf("%s %q is not an available flavor (available: %s)", f.key, f.name, strings.Join(p.names(""), ", "))
 		}
 	}
-	return nil
+	return e.checkZone(ctx)
+}
+
+// checkZone checks cc_zone against GET /products/zones. A server without
+// that list (or failing) is not an error: the create would say.
+func (e *Executor) checkZone(ctx context.Context) error {
+	var zones []struct {
+		Name flexString `json:"name"`
+	}
+	if err := e.api.do(ctx, http.MethodGet, "/products/zones", "", nil, &zones); err != nil {
+		e.log.Debug("could not list the Clever Cloud zones", zap.Error(err))
+		return nil
+	}
+	var names []string
+	for _, z := range zones {
+		if string(z.Name) == e.opts.Zone {
+			return nil
+		}
+		if z.Name != "" {
+			names = append(names, string(z.Name))
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	return fmt.Errorf("cc_zone %q is not a Clever Cloud zone (zones: %s)", e.opts.Zone, strings.Join(names, ", "))
 }
 
 // handle is what the state file records of a host. Its keys extend
@@ -791,9 +817,19 @@ func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*produc
 	}
 	// With products cached, a refresh is tried once: on failure the cached
 	// ones serve at once rather than after minutes of retries.
-	get := e.api.call
+	call := e.api.call
 	if e.prod != nil || once {
-		get = e.api.do
+		call = e.api.do
+	}
+	// Products are public on the main API (Heptapod sends no credentials);
+	// a server that wants them (401, 403: the API bridge) gets the
+	// organisation's token.
+	get := func(ctx context.Context, method, path, _ string, body, out any) error {
+		err := call(ctx, method, path, "", body, out)
+		if tok := e.anyToken(); tok != "" && (isStatus(err, http.StatusUnauthorized) || isStatus(err, http.StatusForbidden)) {
+			err = call(ctx, method, path, tok, body, out)
+		}
+		return err
 	}
 	var runtimes []struct {
 		Type    flexString `json:"type"`
@@ -839,6 +875,25 @@ func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*produc
 	p.fetched = time.Now()
 	e.prod = p
 	return p, nil
+}
+
+// anyToken is a Clever token for public calls a server wants
+// authenticated: the fixed organisation's, or a tenant's seen lately.
+func (e *Executor) anyToken() string {
+	if !e.opts.MultiTenant {
+		return e.opts.Token
+	}
+	e.tenMu.Lock()
+	defer e.tenMu.Unlock()
+	keys := make([]string, 0, len(e.tenants))
+	for ns := range e.tenants {
+		keys = append(keys, ns)
+	}
+	sort.Strings(keys)
+	if len(keys) == 0 {
+		return ""
+	}
+	return e.tenants[keys[0]].token
 }
 
 // stale falls back to the cached products when a refresh fails.

@@ -603,6 +603,44 @@ func TestBearerGoesThroughTheBridge(t *testing.T) {
 	}
 }
 
+// TestProductsAuthenticatedWhenAsked: the product lists are fetched
+// without credentials (the main API's are public), and with the
+// organisation's token when the server refuses that (the API bridge).
+func TestProductsAuthenticatedWhenAsked(t *testing.T) {
+	f := newFixture(t, nil)
+	f.s.ProductsNeedAuth = true
+	provision(t, f, testJob(1))
+	var anon, authed int
+	for _, r := range f.s.Requests() {
+		if strings.Contains(r.Route, "/products/") {
+			if r.Auth == "" {
+				anon++
+			} else if r.Auth == "token "+ccToken {
+				authed++
+			}
+		}
+	}
+	if anon != 2 || authed != 2 {
+		t.Fatalf("product requests: %d without credentials, %d with", anon, authed)
+	}
+}
+
+// TestCheckZone: cc_zone is checked at start against Clever's zones.
+func TestCheckZone(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.Zone = "mars" })
+	if err := f.e.Check(ctx(t)); err == nil || !strings.Contains(err.Error(), `cc_zone "mars" is not a Clever Cloud zone (zones: grahds, ldn, mtl, par,`) {
+		t.Fatalf("check: %v", err)
+	}
+	if err := newFixture(t, func(o *Options) { o.Zone = "rbx" }).e.Check(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	g := newFixture(t, func(o *Options) { o.Zone = "mars" })
+	g.s.Fail("^GET /products/zones$", 404, -1)
+	if err := g.e.Check(ctx(t)); err != nil {
+		t.Fatalf("no zone list: %v", err)
+	}
+}
+
 func TestCheckTriesOnce(t *testing.T) {
 	f := newFixture(t, nil)
 	f.s.Fail("^GET /products/instances$", 503, -1)

@@ -158,6 +158,10 @@ type Server struct {
 	// DockerVersion is the Docker runtime's current version: creating
 	// with another instanceVersion fails with 400 id 9017.
 	DockerVersion string
+	// ProductsNeedAuth makes the product lists want an organisation's
+	// token (as a proxy such as the API bridge may); the main API serves
+	// them without credentials.
+	ProductsNeedAuth bool
 	// OmitHTTPURL leaves deployment.httpUrl out of the application's
 	// view (deployUrl and deployment.url remain): a client must cope.
 	OmitHTTPURL bool
@@ -530,6 +534,14 @@ func message(w http.ResponseWriter, status, id int, msg string) {
 // authorize checks the Authorization header against org's token. Assumed:
 // Clever's exact 401 body was not seen; it is a Message with type error.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request, org string) bool {
+	if !s.checkAuth(r, org) {
+		message(w, http.StatusUnauthorized, 401, "Not authorized: invalid or missing credentials") // assumed id
+		return false
+	}
+	return true
+}
+
+func (s *Server) checkAuth(r *http.Request, org string) bool {
 	s.mu.Lock()
 	tok, known := s.orgs[org]
 	scheme := s.AuthScheme
@@ -539,16 +551,56 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, org string) b
 		prefix = "Bearer "
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), prefix)
-	if !ok || got == "" || !known || tok == "" || got != tok {
-		message(w, http.StatusUnauthorized, 401, "Not authorized: invalid or missing credentials") // assumed id
-		return false
+	return ok && got != "" && known && tok != "" && got == tok
+}
+
+func boolKeys(m map[string]bool) map[string]string {
+	out := make(map[string]string, len(m))
+	for k := range m {
+		out[k] = k
 	}
-	return true
+	return out
+}
+
+// authorizeAny checks the Authorization header against any
+// organisation's token.
+func (s *Server) authorizeAny(w http.ResponseWriter, r *http.Request) bool {
+	s.mu.Lock()
+	var orgs []string
+	for id := range s.orgs {
+		orgs = append(orgs, id)
+	}
+	s.mu.Unlock()
+	for _, o := range orgs {
+		if s.checkAuth(r, o) {
+			return true
+		}
+	}
+	message(w, http.StatusUnauthorized, 401, "Not authorized: invalid or missing credentials") // assumed id
+	return false
 }
 
 func (s *Server) handle(w http.ResponseWriter, r *http.Request, body []byte) {
 	p := r.URL.Path
+	if len(body) > 0 && !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		// a JSON API: a body of another type is refused (assumed status
+		// and body)
+		message(w, http.StatusUnsupportedMediaType, 415, "Unsupported media type: want application/json")
+		return
+	}
+	s.mu.Lock()
+	needAuth := s.ProductsNeedAuth
+	s.mu.Unlock()
+	if needAuth && strings.HasPrefix(p, "/v2/products/") && !s.authorizeAny(w, r) {
+		return
+	}
 	switch {
+	case r.Method == http.MethodGet && p == "/v2/products/zones":
+		zs := []map[string]any{}
+		for _, z := range sortedKeys(boolKeys(knownZones)) {
+			zs = append(zs, map[string]any{"name": z, "internal": false, "correspondingRegion": z})
+		}
+		writeObj(w, 200, zs)
 	case r.Method == http.MethodGet && p == "/v2/products/instances":
 		s.mu.Lock()
 		v := s.DockerVersion

@@ -114,6 +114,14 @@ func TestApplicationLifecycle(t *testing.T) {
 	if c := do(t, "POST", apps, "token tok1", b); c.status != 400 || errID(c) != 9017 {
 		t.Fatalf("outdated instanceVersion: %d %v", c.status, c.body)
 	}
+	req, _ := http.NewRequest("POST", apps, strings.NewReader(`{"name":"x"}`))
+	req.Header.Set("Authorization", "token tok1")
+	req.Header.Set("Content-Type", "text/plain")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 415 {
+		t.Fatalf("a body that is not JSON: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	b = validCreate()
 	b["minFlavr"] = "M"
 	if c := do(t, "POST", apps, "token tok1", b); c.status != 400 {
@@ -161,7 +169,7 @@ func TestApplicationLifecycle(t *testing.T) {
 	b = validCreate()
 	b["tags"] = []string{"t1", "t2"}
 	tagged := do(t, "POST", apps, "token tok1", b)
-	req, _ := http.NewRequest("GET", apps+"/"+tagged.body["id"].(string)+"/tags", nil)
+	req, _ = http.NewRequest("GET", apps+"/"+tagged.body["id"].(string)+"/tags", nil)
 	req.Header.Set("Authorization", "token tok1")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -396,6 +396,27 @@ func TestCleverFlavorErrors(t *testing.T) {
 	p.wait(t)
 }
 
+// TestCleverAPIErrorInJobLog: a create Clever refuses (400, its Message
+// body) fails the job with Clever's id and message and the call in the job
+// log and the daemon log; a wrong cc_zone is named at start.
+func TestCleverAPIErrorInJobLog(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg+"\ncc_zone = \"mars\"")
+	p := e.start("")
+	j := e.gl.Enqueue(e.token, nil)
+	want := "Clever Cloud API POST /organisations/" + ccOrga + "/applications: HTTP 400 (id 400): Unknown zone mars"
+	if st := e.waitFinal(j.ID); st != "failed" || !e.gl.TraceContains(j.ID, want) {
+		t.Fatalf("job %d: %s %q", j.ID, st, e.gl.TraceOf(j.ID))
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+	if log := p.log(); !strings.Contains(log, want) || !strings.Contains(log, `cc_zone \"mars\" is not a Clever Cloud zone`) {
+		t.Fatalf("daemon log:\n%s", log)
+	}
+	if n := len(e.cc.Apps("")); n != 0 {
+		t.Fatalf("%d apps", n)
+	}
+}
+
 func TestCleverMultiTenant(t *testing.T) {
 	e := newCleverEnv(t, "cc_multi_tenant = true\ncc_gitlab_namespace_attributes_token_env = \"TEST_CC_ATTR_TOKEN\"")
 	e.extraEnv = []string{"TEST_CC_ATTR_TOKEN=gitlab-admin-attr-token"}

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -158,6 +159,9 @@ func New(opts Options) (*Executor, error) {
 	}
 	if opts.InnerImage == "" {
 		errs = append(errs, "inner_image is required: the image Clever Cloud runs the job with")
+	}
+	if opts.InstanceVariant != "" && !uuidRe.MatchString(strings.ToLower(opts.InstanceVariant)) {
+		errs = append(errs, fmt.Sprintf("cc_instance_variant_uuid %q is not a UUID", opts.InstanceVariant))
 	}
 	if opts.RunnerID == "" || opts.RunnerURL == "" {
 		errs = append(errs, "runner id and URL are required")
@@ -329,6 +333,8 @@ func (e *Executor) description(jobID int64) string {
 	return fmt.Sprintf("paas-runner job %d of runner %s (%s)", jobID, e.opts.RunnerID, e.systemTag())
 }
 
+var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
 // systemRe finds a system tag in a description.
 var systemRe = regexp.MustCompile(`paas-runner-system-[A-Za-z0-9_]+`)
 
@@ -417,6 +423,26 @@ type app struct {
 	DeployURL string `json:"deployUrl"`
 }
 
+// appGone tells whether an answer says the application does not exist:
+// 404, or Clever's "no such application" id 4004 whatever the status.
+func appGone(err error) bool {
+	return isStatus(err, http.StatusNotFound) || isCleverID(err, 4004)
+}
+
+// orgaHint names the keys behind an organisation-level refusal.
+func (e *Executor) orgaHint(err error) error {
+	if err == nil || e.opts.MultiTenant {
+		return err
+	}
+	switch {
+	case isStatus(err, http.StatusUnauthorized), isStatus(err, http.StatusForbidden):
+		return fmt.Errorf("%w (check cc_token and cc_auth_scheme %s)", err, e.opts.AuthScheme)
+	case isStatus(err, http.StatusNotFound):
+		return fmt.Errorf("%w (check cc_orga_id and cc_api_url)", err)
+	}
+	return err
+}
+
 // pushURL is where the job is pushed: deployment.httpUrl, else the
 // view's deployUrl, else the HTTPS form of deployment.url (as Clever's
 // tools derive one from the other).
@@ -448,7 +474,7 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 	for attempt := 0; ; attempt++ {
 		apps, err := e.listApps(ctx, ten, hd.namespace())
 		if err != nil {
-			return app{}, classify("find-app", err)
+			return app{}, classify("find-app", e.orgaHint(err))
 		}
 		var mine []app
 		for _, a := range apps {
@@ -511,7 +537,10 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 			}
 			continue
 		}
-		return app{}, classify("create-app", err)
+		if isStatus(err, http.StatusBadRequest) {
+			err = fmt.Errorf("%w (the create had cc_zone %s, instanceVariant %s (cc_instance_variant_uuid), flavor %s)", err, e.opts.Zone, e.opts.InstanceVariant, fl.Name)
+		}
+		return app{}, classify("create-app", e.orgaHint(err))
 	}
 }
 
@@ -519,7 +548,7 @@ func (e *Executor) deleteApp(ctx context.Context, ten *tenant, ns, id string) er
 	err := e.withTenant(ctx, ten, ns, func(tok string) error {
 		return e.api.call(ctx, http.MethodDelete, e.appPath(ten.orgaID, id), tok, nil, nil)
 	})
-	if isStatus(err, http.StatusNotFound) {
+	if appGone(err) {
 		return nil
 	}
 	return classify("delete-app", err)
@@ -576,7 +605,7 @@ func (e *Executor) waitRepo(ctx context.Context, ten *tenant, hd handle) (app, e
 		err := e.withTenant(ctx, ten, hd.namespace(), func(tok string) error {
 			return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, hd.ID), tok, nil, &a)
 		})
-		if isStatus(err, http.StatusNotFound) {
+		if appGone(err) {
 			return app{}, executors.Permanent("wait-git", fmt.Errorf("the application %s (%s) is gone: %w", hd.Name, hd.ID, err))
 		}
 		if err != nil {
@@ -586,7 +615,7 @@ func (e *Executor) waitRepo(ctx context.Context, ten *tenant, hd handle) (app, e
 			return a, nil
 		}
 		if time.Now().Add(e.opts.RepoWaitStep).After(deadline) {
-			return app{}, executors.Transient("wait-git", fmt.Errorf("the git repository of %s is still %s after %v",
+			return app{}, executors.Transient("wait-git", fmt.Errorf("the git repository of %s is still %s after %v (cc_deployment_repo_timeout)",
 				hd.Name, firstNonEmpty(a.Deployment.RepoState, "missing"), e.opts.RepoTimeout))
 		}
 		if err := backoff.Sleep(ctx, e.opts.RepoWaitStep); err != nil {
@@ -719,7 +748,7 @@ func (e *Executor) reapable(ctx context.Context, ten *tenant, ns string, a app) 
 		err := e.withTenant(ctx, ten, ns, func(tok string) error {
 			return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, a.ID)+"/tags", tok, nil, &tags)
 		})
-		if isStatus(err, http.StatusNotFound) {
+		if appGone(err) {
 			return false, nil // gone meanwhile
 		}
 		if err != nil {
@@ -831,18 +860,28 @@ func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*produc
 		}
 		return err
 	}
-	var runtimes []struct {
+	type runtime struct {
 		Type    flexString `json:"type"`
 		Version flexString `json:"version"`
 		Name    flexString `json:"name"`
 		Enabled *bool      `json:"enabled"`
 	}
+	var runtimes []runtime
 	if err := get(ctx, http.MethodGet, "/products/instances", "", nil, &runtimes); err != nil {
+		if isStatus(err, http.StatusNotFound) {
+			err = fmt.Errorf("%w (cc_api_url %s: Clever's API base includes /v2, e.g. %s)", err, e.opts.APIURL, MainAPI)
+		}
 		return e.stale(classify("products", err))
 	}
 	p := &products{flavors: map[string]flavor{}}
+	// Heptapod's runtime is the one named Docker; failing that, the
+	// docker type
+	isDocker := func(r runtime) bool { return r.Name == "Docker" }
+	if !slices.ContainsFunc(runtimes, isDocker) {
+		isDocker = func(r runtime) bool { return r.Type == "docker" }
+	}
 	for _, r := range runtimes {
-		if r.Name != "Docker" || (r.Enabled != nil && !*r.Enabled) {
+		if !isDocker(r) || (r.Enabled != nil && !*r.Enabled) {
 			continue
 		}
 		// several Docker runtimes: the newest version
@@ -870,7 +909,7 @@ func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*produc
 		p.flavors[short] = flavor{Name: f.Name, Short: short, Mem: int(f.Mem), CPUs: int(math.Ceil(float64(f.CPUs)))}
 	}
 	if len(p.flavors) == 0 {
-		return e.stale(executors.Transient("products", fmt.Errorf("no available flavor named %s… in context %s", e.opts.FlavorNamePrefix, e.opts.FlavorContext)))
+		return e.stale(executors.Transient("products", fmt.Errorf("no available flavor named %s… in context %s (cc_flavor_name_prefix, cc_flavor_context)", e.opts.FlavorNamePrefix, e.opts.FlavorContext)))
 	}
 	p.fetched = time.Now()
 	e.prod = p

@@ -130,7 +130,11 @@ func (e *Executor) push(ctx context.Context, deployURL, token string, bc BuildCo
 		// someone (a previous attempt) pushed master meanwhile
 		return true, nil
 	}
-	return false, pushError("push the job", err)
+	err = pushError("push the job", err)
+	if executors.IsPermanent(err) {
+		err = fmt.Errorf("%w (check cc_auth_user %q and the organisation's token)", err, e.opts.AuthUser)
+	}
+	return false, err
 }
 
 // redactURL drops any user info from a URL for messages.

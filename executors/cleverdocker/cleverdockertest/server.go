@@ -259,6 +259,12 @@ func (s *Server) Fail(pattern string, status, count int) {
 	s.addFault(&fault{pattern: regexp.MustCompile(pattern), status: status, remain: count, header: h, body: body})
 }
 
+// FailWith is Fail with a given Clever error id and message.
+func (s *Server) FailWith(pattern string, status, id int, msg string, count int) {
+	b, _ := json.Marshal(map[string]any{"id": id, "message": msg, "type": "error"})
+	s.addFault(&fault{pattern: regexp.MustCompile(pattern), status: status, remain: count, header: http.Header{}, body: string(b)})
+}
+
 // Slow delays the next count matching requests by d (or until the client
 // gives up), then answers them normally.
 func (s *Server) Slow(pattern string, d time.Duration, count int) {

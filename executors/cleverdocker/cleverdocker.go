@@ -457,12 +457,14 @@ func (a app) pushURL() string {
 	return ""
 }
 
+// listApps lists an organisation's applications, but those whose
+// repository is DELETED (an application being removed is no host).
 func (e *Executor) listApps(ctx context.Context, ten *tenant, ns string) ([]app, error) {
 	var apps []app
 	err := e.withTenant(ctx, ten, ns, func(tok string) error {
 		return e.api.call(ctx, http.MethodGet, e.appsPath(ten.orgaID), tok, nil, &apps)
 	})
-	return apps, err
+	return slices.DeleteFunc(apps, func(a app) bool { return a.Deployment.RepoState == "DELETED" }), err
 }
 
 // findOrCreate returns the job's application: the one already there (a
@@ -470,7 +472,7 @@ func (e *Executor) listApps(ctx context.Context, ten *tenant, ns string) ([]app,
 // a new one. Extra applications of the same name are removed.
 func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl flavor, p *products) (app, error) {
 	deadline := time.Now().Add(e.opts.RetryFor)
-	refreshed := false
+	refreshed, conflicted, noID := false, false, false
 	for attempt := 0; ; attempt++ {
 		apps, err := e.listApps(ctx, ten, hd.namespace())
 		if err != nil {
@@ -515,8 +517,20 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 			return e.api.do(ctx, http.MethodPost, e.appsPath(ten.orgaID), tok, body, &a)
 		})
 		switch {
-		case err == nil:
+		case err == nil && a.ID != "":
 			return a, nil
+		case err == nil && !noID:
+			// created, but the answer has no id: the listing has it
+			noID = true
+			e.log.Warn("the application create answered without an id; looking for it", zap.String("app", hd.Name))
+			continue
+		case err == nil:
+			return app{}, executors.Permanent("create-app", fmt.Errorf("the create of %s answered without an application id, and the listing does not have it", hd.Name))
+		case isStatus(err, http.StatusConflict) && !conflicted:
+			// it exists (made meanwhile): the listing has it
+			conflicted = true
+			e.log.Warn("application create: conflict; looking for it", zap.String("app", hd.Name), zap.Error(err))
+			continue
 		case !refreshed && (isCleverID(err, 9017) || isStatus(err, http.StatusBadRequest)):
 			// An outdated instanceVersion (9017) or flavor: the cached
 			// products are stale. Once.
@@ -532,7 +546,12 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 		case retryable(err) && time.Now().Before(deadline):
 			// The app may exist anyway: look again before creating.
 			e.log.Warn("application create failed; looking for it before retrying", zap.Error(err))
-			if berr := backoff.Sleep(ctx, e.api.policy.Wait(attempt)); berr != nil {
+			wait := e.api.policy.Wait(attempt)
+			var ra *retryAfterError
+			if errors.As(err, &ra) {
+				wait = max(wait, min(ra.after, 30*time.Second))
+			}
+			if berr := backoff.Sleep(ctx, wait); berr != nil {
 				return app{}, berr
 			}
 			continue

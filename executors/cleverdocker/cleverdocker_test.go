@@ -333,6 +333,36 @@ func TestAdoptsExistingApp(t *testing.T) {
 	}
 }
 
+// TestCreateAnswers: a create that conflicts (409) or answers without an
+// id looks the application up by name; one being deleted (repository
+// DELETED, still listed) is not adopted; a 429's Retry-After is waited.
+func TestCreateAnswers(t *testing.T) {
+	f := newFixture(t, nil)
+	f.s.FailWith("^POST /organisations/:id/applications$", 409, 409, "Conflict", 1)
+	hd, _ := provision(t, f, testJob(60))
+	if a := f.s.AppNamed(hd.Name); len(a) != 1 || a[0].ID != hd.ID {
+		t.Fatalf("after a conflict: %+v, handle %s", a, hd.ID)
+	}
+	f.s.CreateAnswer = func(view map[string]any) { delete(view, "id") }
+	hd, _ = provision(t, f, testJob(61))
+	if a := f.s.AppNamed(hd.Name); len(a) != 1 || a[0].ID != hd.ID || hd.ID == "" {
+		t.Fatalf("after an answer without id: %+v, handle %q", a, hd.ID)
+	}
+	f.s.CreateAnswer = nil
+	dying := f.s.AddApp(orga, "hpd-job-t1a2b3c4-62", nil, time.Now())
+	f.s.MarkDeleted(dying.ID)
+	hd, _ = provision(t, f, testJob(62))
+	if hd.ID == dying.ID || len(f.s.AppNamed(hd.Name)) != 2 {
+		t.Fatalf("adopted an application being deleted: %s", hd.ID)
+	}
+	f.s.Fail("^POST /organisations/:id/applications$", 429, 1) // Retry-After: 1
+	start := time.Now()
+	provision(t, f, testJob(63))
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Fatalf("create retried %v after a 429 with Retry-After: 1", d)
+	}
+}
+
 func TestTransientAndPermanentErrors(t *testing.T) {
 	f := newFixture(t, nil)
 	// 5xx for a while on every route: retried, nothing doubled

@@ -165,6 +165,9 @@ type Server struct {
 	// OmitHTTPURL leaves deployment.httpUrl out of the application's
 	// view (deployUrl and deployment.url remain): a client must cope.
 	OmitHTTPURL bool
+	// CreateAnswer, if set, may change the view a create answers (the
+	// application is made as usual).
+	CreateAnswer func(view map[string]any)
 	// OnPush is called (in its own goroutine) after a push changed an
 	// application's master, with the pushed tree.
 	OnPush func(app App, files map[string][]byte)
@@ -830,7 +833,21 @@ func (s *Server) createApp(w http.ResponseWriter, org string, body []byte) {
 		Env: copyEnv(b.Env), Created: time.Now(), RepoState: "CREATING", hold: s.HoldRepos}
 	s.apps[a.ID] = a
 	s.order = append(s.order, a.ID)
-	writeObj(w, 200, s.appJSON(a))
+	view := s.appJSON(a)
+	if s.CreateAnswer != nil {
+		s.CreateAnswer(view)
+	}
+	writeObj(w, 200, view)
+}
+
+// MarkDeleted leaves an application listed with its repository DELETED
+// (being removed), as a server may for a while after the DELETE.
+func (s *Server) MarkDeleted(appID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.apps[appID]; ok {
+		a.RepoState = "DELETED"
+	}
 }
 
 var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)

@@ -25,9 +25,11 @@ import (
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+	"gitlab.com/paas-runner/paas-runner/state"
 )
 
 const (
@@ -308,6 +310,58 @@ func TestCleverCancelDuringProvisioning(t *testing.T) {
 	}
 	if n := e.cc.Count("POST /organisations/:id/applications"); n != 1 {
 		t.Fatalf("%d creates", n)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
+// TestCleverStateBeforeCreate: when Clever receives the create, the
+// application's name is in the state file already (write-ahead), and
+// nothing of the cc_* configuration reaches the host: not its env, not
+// the pushed tree.
+func TestCleverStateBeforeCreate(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	seen := make(chan string, 1)
+	e.cc.CreateAnswer = func(view map[string]any) {
+		// the state as a daemon starting now would read it (file and
+		// journal)
+		jobs, err := state.Read(e.state)
+		name, _ := view["name"].(string)
+		found := false
+		for _, j := range jobs {
+			found = found || bytes.Contains(j.Resource, []byte(`"`+name+`"`))
+		}
+		if err != nil || !found {
+			t.Errorf("state at the create of %s: %v %+v", name, err, jobs)
+		}
+		select {
+		case seen <- name:
+		default:
+		}
+	}
+	pushed := make(chan map[string][]byte, 1)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) {
+		pushed <- files
+		simulateInner(t, e.gl.URL, files)
+	}
+	p := e.start("")
+	q := e.gl.Enqueue(e.token, nil)
+	if name := <-seen; name != fmt.Sprintf("hpd-job-%s-%d", config.RunnerID(e.token), q.ID) {
+		t.Fatalf("application name %s", name)
+	}
+	files := <-pushed
+	for n, b := range files {
+		if bytes.Contains(b, []byte("cc_")) || bytes.Contains(b, []byte(ccOrga)) {
+			t.Fatalf("cc_* configuration in the pushed %s:\n%s", n, b)
+		}
+	}
+	if st := e.waitFinal(q.ID); st != "success" {
+		t.Fatalf("job: %s", st)
+	}
+	for _, r := range e.cc.Requests() {
+		if r.Route == "PUT /organisations/:id/applications/:app/env" && (bytes.Contains(r.Body, []byte(ccToken)) || bytes.Contains(r.Body, []byte(e.token))) {
+			t.Fatalf("a secret in the host's env: %s", r.Body)
+		}
 	}
 	p.signal(syscall.SIGTERM)
 	p.wait(t)

@@ -416,6 +416,40 @@ func TestCleverCrashAfterProvisionBeforePush(t *testing.T) {
 	p.wait(t)
 }
 
+// TestCleverHostGoneWhileDown: a job's application removed while the
+// daemon was down fails its job at the restart, not at GitLab's timeout;
+// one still there keeps running.
+func TestCleverHostGoneWhileDown(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	pushed := make(chan cleverdockertest.App, 2)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) { pushed <- a } // the jobs keep running
+	p := e.start("")
+	gone, kept := e.gl.Enqueue(e.token, nil), e.gl.Enqueue(e.token, nil)
+	apps := map[string]cleverdockertest.App{}
+	for i := 0; i < 2; i++ {
+		a := <-pushed
+		apps[a.Name] = a
+	}
+	p.waitLog(t, "both jobs launched", "job launched", fmt.Sprint(gone.ID))
+	p.waitLog(t, "both jobs launched", "job launched", fmt.Sprint(kept.ID))
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+	e.cc.RemoveApp(apps[fmt.Sprintf("hpd-job-%s-%d", config.RunnerID(e.token), gone.ID)].ID)
+	e.cc.OnPush = func(cleverdockertest.App, map[string][]byte) {}
+	p = e.start("")
+	if st := e.waitFinal(gone.ID); st != "failed" || !e.gl.TraceContains(gone.ID, "disappeared") {
+		t.Fatalf("job of the removed app: %s %q", st, e.gl.TraceOf(gone.ID))
+	}
+	if r := e.gl.Job(gone.ID).FailureReason; r != "runner_system_failure" {
+		t.Fatalf("failure reason %s", r)
+	}
+	if st := e.gl.StatusOf(kept.ID); st != "running" {
+		t.Fatalf("the other job: %s", st)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
 func TestCleverFlavorErrors(t *testing.T) {
 	e := newCleverEnv(t, fixedOrg+"\ncc_max_flavor = \"L\"")
 	p := e.start("")

@@ -133,8 +133,9 @@ type Executor struct {
 }
 
 var (
-	_ executors.Executor = (*Executor)(nil)
-	_ executors.Reaper   = (*Executor)(nil)
+	_ executors.Executor  = (*Executor)(nil)
+	_ executors.Reaper    = (*Executor)(nil)
+	_ executors.Inspector = (*Executor)(nil)
 )
 
 // New checks the options; it makes no network call.
@@ -641,6 +642,63 @@ func (e *Executor) waitRepo(ctx context.Context, ten *tenant, hd handle) (app, e
 			return app{}, err
 		}
 	}
+}
+
+// Inspect looks at a job's application, through what Clever surely
+// answers: gone (404, 4004, or listed DELETED) is a host that does not
+// exist; one whose master branch holds a push runs the job (its end is
+// GitLab's to tell); one never pushed does not run it. Doubts are errors,
+// never a verdict.
+func (e *Executor) Inspect(ctx context.Context, h executors.Handle) (executors.HostStatus, error) {
+	hd, err := decodeHandle(h)
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	ten, err := e.tenant(ctx, hd.namespace())
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	if hd.OrgaID != "" && hd.OrgaID != ten.orgaID {
+		return executors.HostStatus{}, fmt.Errorf("the application %s belongs to organisation %s but the tenant is now %s", hd.ID, hd.OrgaID, ten.orgaID)
+	}
+	if hd.ID == "" {
+		apps, err := e.listApps(ctx, &ten, hd.namespace())
+		if err != nil {
+			return executors.HostStatus{}, classify("inspect", err)
+		}
+		for _, a := range apps {
+			if a.Name == hd.Name {
+				hd.ID = a.ID
+			}
+		}
+		if hd.ID == "" {
+			return executors.HostStatus{}, nil
+		}
+	}
+	var a app
+	err = e.withTenant(ctx, &ten, hd.namespace(), func(tok string) error {
+		return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, hd.ID), tok, nil, &a)
+	})
+	switch {
+	case appGone(err) || (err == nil && a.Deployment.RepoState == "DELETED"):
+		return executors.HostStatus{Detail: fmt.Sprintf("the Clever Cloud application %s (%s) no longer exists", hd.Name, hd.ID)}, nil
+	case err != nil:
+		return executors.HostStatus{}, classify("inspect", err)
+	case a.Deployment.RepoState != "CREATED":
+		return executors.HostStatus{Exists: true, Detail: "its git repository is " + firstNonEmpty(a.Deployment.RepoState, "missing")}, nil
+	}
+	u := firstNonEmpty(a.pushURL(), hd.DeployURL)
+	if u == "" {
+		return executors.HostStatus{}, fmt.Errorf("the application %s (%s) has no git deploy URL", hd.Name, hd.ID)
+	}
+	pushed, err := e.masterExists(ctx, u, ten.token)
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	if !pushed {
+		return executors.HostStatus{Exists: true, Detail: "the job was never pushed to it"}, nil
+	}
+	return executors.HostStatus{Exists: true, Running: true}, nil
 }
 
 // Decommission deletes the job's application; one already gone is

@@ -487,6 +487,51 @@ func TestPushTimeout(t *testing.T) {
 	}
 }
 
+// TestInspect: an application that was pushed runs the job, one not yet
+// pushed does not, one gone (deleted, 4004, DELETED) does not exist; an
+// API that keeps failing is an error, not a verdict.
+func TestInspect(t *testing.T) {
+	f := newFixture(t, nil)
+	j := testJob(70)
+	hd, h := provision(t, f, j)
+	if st, err := f.e.Inspect(ctx(t), h); err != nil || !st.Exists || st.Running {
+		t.Fatalf("provisioned, not pushed: %+v %v", st, err)
+	}
+	lh, err := f.e.Launch(ctx(t), h, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || !st.Exists || !st.Running {
+		t.Fatalf("pushed: %+v %v", st, err)
+	}
+	// planned handle (no id yet): found by name
+	planned, _ := f.e.Plan(ctx(t), j)
+	if st, err := f.e.Inspect(ctx(t), planned); err != nil || !st.Exists || !st.Running {
+		t.Fatalf("by name: %+v %v", st, err)
+	}
+	f.s.Fail("^GET /organisations/:id/applications/:app$", 500, -1)
+	f.e.api.retryFor = 20 * time.Millisecond
+	if _, err := f.e.Inspect(ctx(t), lh); err == nil {
+		t.Fatal("no error while the API fails")
+	}
+	f.s.ClearFaults()
+	f.s.FailWith("^GET /organisations/:id/applications/:app$", 400, 4004, "Application not found", 1)
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || st.Exists {
+		t.Fatalf("4004: %+v %v", st, err)
+	}
+	f.s.MarkDeleted(hd.ID)
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || st.Exists {
+		t.Fatalf("DELETED: %+v %v", st, err)
+	}
+	f.s.RemoveApp(hd.ID)
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || st.Exists || !strings.Contains(st.Detail, "no longer exists") {
+		t.Fatalf("removed: %+v %v", st, err)
+	}
+	if st, err := f.e.Inspect(ctx(t), planned); err != nil || st.Exists {
+		t.Fatalf("removed, by name: %+v %v", st, err)
+	}
+}
+
 func TestPushRefusedCredentialsArePermanent(t *testing.T) {
 	f := newFixture(t, nil)
 	j := testJob(3)

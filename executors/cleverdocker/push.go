@@ -157,3 +157,24 @@ func pushError(what string, err error) error {
 	}
 	return executors.Transient("push", err)
 }
+
+// masterExists tells whether deployURL's master branch exists: the job
+// was pushed there.
+func (e *Executor) masterExists(ctx context.Context, deployURL, token string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.opts.PushTimeout)
+	defer cancel()
+	rem := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "clever", URLs: []string{deployURL}})
+	refs, err := rem.ListContext(ctx, &git.ListOptions{Auth: &githttp.BasicAuth{Username: e.opts.AuthUser, Password: token}})
+	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
+		return false, nil
+	}
+	if err != nil {
+		return false, pushError("read the refs of "+redactURL(deployURL), err)
+	}
+	for _, r := range refs {
+		if r.Name() == pushBranch {
+			return true, nil
+		}
+	}
+	return false, nil
+}

@@ -840,6 +840,16 @@ func (s *Server) createApp(w http.ResponseWriter, org string, body []byte) {
 	writeObj(w, 200, view)
 }
 
+// RemoveApp deletes an application directly (removed in the console, or
+// by someone else).
+func (s *Server) RemoveApp(appID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.apps, appID)
+	os.RemoveAll(filepath.Join(s.repoRoot, appID+".git"))
+	s.notify()
+}
+
 // MarkDeleted leaves an application listed with its repository DELETED
 // (being removed), as a server may for a while after the DELETE.
 func (s *Server) MarkDeleted(appID string) {

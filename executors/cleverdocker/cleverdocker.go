@@ -646,9 +646,9 @@ func (e *Executor) waitRepo(ctx context.Context, ten *tenant, hd handle) (app, e
 
 // Inspect looks at a job's application, through what Clever surely
 // answers: gone (404, 4004, or listed DELETED) is a host that does not
-// exist; one whose master branch holds a push runs the job (its end is
-// GitLab's to tell); one never pushed does not run it. Doubts are errors,
-// never a verdict.
+// exist. One that exists runs the job if the handle says it was launched
+// (its end is GitLab's to tell), else if its master branch holds a push
+// (launched before a crash). Doubts are errors, never a verdict.
 func (e *Executor) Inspect(ctx context.Context, h executors.Handle) (executors.HostStatus, error) {
 	hd, err := decodeHandle(h)
 	if err != nil {
@@ -684,6 +684,8 @@ func (e *Executor) Inspect(ctx context.Context, h executors.Handle) (executors.H
 		return executors.HostStatus{Detail: fmt.Sprintf("the Clever Cloud application %s (%s) no longer exists", hd.Name, hd.ID)}, nil
 	case err != nil:
 		return executors.HostStatus{}, classify("inspect", err)
+	case hd.Launched:
+		return executors.HostStatus{Exists: true, Running: true}, nil
 	case a.Deployment.RepoState != "CREATED":
 		return executors.HostStatus{Exists: true, Detail: "its git repository is " + firstNonEmpty(a.Deployment.RepoState, "missing")}, nil
 	}

@@ -504,6 +504,13 @@ func TestInspect(t *testing.T) {
 	if st, err := f.e.Inspect(ctx(t), lh); err != nil || !st.Exists || !st.Running {
 		t.Fatalf("pushed: %+v %v", st, err)
 	}
+	// launched (a Heptapod handle says so) though its master is not seen:
+	// running, not a verdict of death
+	heptapod := f.s.AddApp(orga, "hpd-job-t1a2b3c4-71", nil, time.Now())
+	hh := executors.Handle(fmt.Sprintf(`{"id": %q, "gitlab_namespace": null, "weight": 13.45, "launched": true, "deploy_url": "https://push/x.git"}`, heptapod.ID))
+	if st, err := f.e.Inspect(ctx(t), hh); err != nil || !st.Exists || !st.Running {
+		t.Fatalf("launched Heptapod handle: %+v %v", st, err)
+	}
 	// planned handle (no id yet): found by name
 	planned, _ := f.e.Plan(ctx(t), j)
 	if st, err := f.e.Inspect(ctx(t), planned); err != nil || !st.Exists || !st.Running {

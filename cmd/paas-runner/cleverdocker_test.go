@@ -787,6 +787,34 @@ func TestCleverHeptapodStateFile(t *testing.T) {
 // Clever host presigned URLs of its job's cache keys (a real S3 protocol
 // server stores what the host puts), and the S3 secret key appears in no
 // request, pushed file, state file, log line or job log.
+// TestCleverHeptapodPendingJob: a pending job of a Heptapod state file
+// whose application was provisioned but not pushed is launched, as
+// Heptapod would at its restart.
+func TestCleverHeptapodPendingJob(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	legacy := "Cl3vr123abcdefghijkl"
+	body, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, bytes.Replace(body, []byte(e.token), []byte(legacy), 1), 0o600)
+	e.gl.AddRunner(legacy)
+	j := e.gl.AddRunning(legacy)
+	a := e.cc.AddApp(ccOrga, fmt.Sprintf("hpd-job-Cl3vr123-%d", j.ID), nil, time.Now().Add(-time.Hour))
+	state := fmt.Sprintf(`{"launched": [], "to_decommission": [], "standby_resources": [],
+ "pending": [[{"runner_name": "Cl3vr123", "job_id": %d, "token": %q, "trace_offset": 0, "expected_weight": 13.45,
+   "paas_resource": {"id": %q, "gitlab_namespace": null, "weight": 13.45, "launched": false, "deploy_url": "https://push.example/%s.git"}},
+  {"id": %d, "token": %q, "variables": [], "image": {"name": "alpine"}}]]}`, j.ID, j.Token, a.ID, a.ID, j.ID, j.Token)
+	os.WriteFile(e.state, []byte(state), 0o600)
+	p := e.start("")
+	if st := e.waitFinal(j.ID); st != "success" || !e.gl.TraceContains(j.ID, "inner runner: running job") {
+		t.Fatalf("job: %s %q", st, e.gl.TraceOf(j.ID))
+	}
+	e.waitNoApps()
+	if n := e.cc.Count("POST /organisations/:id/applications"); n != 0 {
+		t.Fatalf("%d applications created for a provisioned job", n)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
 func TestCleverS3Cache(t *testing.T) {
 	const s3Secret = "v0tdpjgpsDRqaSvIndvHAXFmjbpEd958gbZuO7yv"
 	be := s3mem.New()

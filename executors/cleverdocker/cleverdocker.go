@@ -588,20 +588,22 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 	if hd.Launched {
 		return h, nil
 	}
-	if hd.Name == "" {
-		return nil, executors.Permanent("launch", errors.New("imported Heptapod handle: the job cannot be relaunched"))
-	}
+	// A Heptapod state file's pending job, provisioned before its
+	// restart, has no name: it is launched as Heptapod would, named by
+	// its id in messages.
+	shown := hd
+	shown.Name = firstNonEmpty(hd.Name, hd.ID)
 	ten, err := e.tenant(ctx, hd.namespace())
 	if err != nil {
 		return nil, err
 	}
-	a, err := e.waitRepo(ctx, &ten, hd)
+	a, err := e.waitRepo(ctx, &ten, shown)
 	if err != nil {
 		return nil, err
 	}
 	hd.DeployURL = firstNonEmpty(a.pushURL(), hd.DeployURL)
 	if hd.DeployURL == "" {
-		return nil, executors.Permanent("launch", fmt.Errorf("the application %s (%s) has no git deploy URL (deployment.httpUrl)", hd.Name, hd.ID))
+		return nil, executors.Permanent("launch", fmt.Errorf("the application %s (%s) has no git deploy URL (deployment.httpUrl)", shown.Name, hd.ID))
 	}
 	bc, err := e.Context(ctx, j)
 	if err != nil {
@@ -612,7 +614,7 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 		return nil, err
 	}
 	if already {
-		e.log.Warn("the application's master branch exists: the job was launched before", zap.String("app", hd.Name))
+		e.log.Warn("the application's master branch exists: the job was launched before", zap.String("app", shown.Name))
 	}
 	hd.Launched = true
 	return hd.encode(), nil

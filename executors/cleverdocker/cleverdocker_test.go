@@ -620,6 +620,17 @@ func TestHeptapodHandle(t *testing.T) {
 	if len(f.s.Apps("")) != 0 {
 		t.Fatal("Heptapod's app not removed")
 	}
+	// a pending job of a Heptapod state file, provisioned, not launched:
+	// launched as Heptapod would
+	b := f.s.AddApp(orga, "hpd-job-t1a2b3c4-957", nil, time.Now())
+	ph := executors.Handle(fmt.Sprintf(`{"id": %q, "gitlab_namespace": null, "weight": 13.45, "launched": false, "deploy_url": "https://push/x.git"}`, b.ID))
+	lh, err := f.e.Launch(ctx(t), ph, testJob(957))
+	if err != nil {
+		t.Fatalf("launch of an imported pending job: %v", err)
+	}
+	if hd, _ := decodeHandle(lh); !hd.Launched || hd.ID != b.ID || hd.Name != "" || f.s.AppNamed(b.Name)[0].Pushes != 1 {
+		t.Fatalf("launched %s: %+v", lh, f.s.AppNamed(b.Name))
+	}
 	if _, err := decodeHandle(executors.Handle(`{"container":"x"}`)); err == nil {
 		t.Fatal("local-docker handle accepted")
 	}

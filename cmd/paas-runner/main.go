@@ -270,6 +270,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
 	}
+	waitGuardReleases(guards, 30*time.Second, log)
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := store.Save(sctx); err != nil {

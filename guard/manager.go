@@ -76,7 +76,16 @@ type Manager struct {
 	synced   bool  // the store answered once: pools are known
 
 	bg sync.WaitGroup
+
+	// grantHook is told of this daemon's jobs granted their locks, before
+	// the update that granted them returns (SetGrantHook).
+	grantHook atomic.Pointer[func(runnerID string, jobID int64)]
 }
+
+// SetGrantHook sets the function told, synchronously, of each job of this
+// daemon granted its locks while it waits: the dispatcher then keeps the
+// next free slot for it (see dispatcher.Dispatcher.Granted).
+func (m *Manager) SetGrantHook(fn func(runnerID string, jobID int64)) { m.grantHook.Store(&fn) }
 
 // NewManager wraps a backend. Call Run to keep leases and the state fresh.
 func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) {
@@ -189,13 +198,14 @@ func (m *Manager) commit(batch []*pendingUpdate) {
 	}
 	pol := m.pol()
 	var events []func()
+	var granted []JobRef
 	st, err := m.be.Update(ctx, func(s *State) bool {
-		events = events[:0]
+		events, granted = events[:0], granted[:0]
 		changed := false
 		for _, p := range batch {
 			changed = p.fn(s) || changed
 		}
-		ev, settled := m.settle(s, pol, m.opt.Now())
+		ev, settled := m.settle(s, pol, m.opt.Now(), &granted)
 		events = append(events, ev...)
 		return changed || settled
 	})
@@ -210,6 +220,11 @@ func (m *Manager) commit(batch []*pendingUpdate) {
 		m.changed = make(chan struct{})
 	}
 	m.mu.Unlock()
+	if hook := m.grantHook.Load(); hook != nil && err == nil {
+		for _, j := range granted {
+			(*hook)(j.Runner, j.JobID)
+		}
+	}
 	for _, p := range batch {
 		p.st, p.err = st, err
 		close(p.done)
@@ -225,7 +240,7 @@ func (m *Manager) commit(batch []*pendingUpdate) {
 // dead waiters dropped, superseded waiters marked, and this daemon's
 // granted waiters made holders. The returned events log what happened
 // once it is durable.
-func (m *Manager) settle(s *State, pol *Policy, now time.Time) ([]func(), bool) {
+func (m *Manager) settle(s *State, pol *Policy, now time.Time, granted *[]JobRef) ([]func(), bool) {
 	changed := false
 	if pol.Declared {
 		// the configuration's pools: new locks added, removed ones
@@ -268,6 +283,7 @@ func (m *Manager) settle(s *State, pol *Policy, now time.Time) ([]func(), bool) 
 		}
 		delete(s.Waiters, k)
 		changed = true
+		*granted = append(*granted, w.JobRef)
 	}
 	changed = pruneMutexes(s) || changed
 	return events, changed
@@ -535,6 +551,11 @@ func (m *Manager) release(key string) {
 		}
 		return
 	}
+	if ownWaiterWants(st, key, m.opt.Daemon) && do() == nil {
+		// a release that may grant a job of this daemon is made before
+		// the released job's slot is given back: the granted job gets it
+		return
+	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
@@ -548,6 +569,25 @@ func (m *Manager) release(key string) {
 		}
 		m.log.Error("guards: could not release a job's locks; its lease frees them", zap.String("job", key))
 	}()
+}
+
+// ownWaiterWants tells whether a waiter of daemon wants a pool key holds.
+func ownWaiterWants(st *State, key, daemon string) bool {
+	held := map[string]bool{}
+	for _, c := range st.HeldBy(key) {
+		held[c.Pool] = true
+	}
+	for _, w := range st.Waiters {
+		if w.Daemon != daemon || w.Key() == key {
+			continue
+		}
+		for _, d := range w.Demands {
+			if held[d.Pool] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ForgetUnknown releases holds and waiters of this daemon whose job is not

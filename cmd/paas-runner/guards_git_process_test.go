@@ -168,13 +168,12 @@ func TestGitTwoDaemonsOneMutex(t *testing.T) {
 		t.Fatal(err)
 	}
 	pa, pb := a.start(""), b.start("")
-	var jobs []*coordinatortest.Job
 	for i := 0; i < n; i++ {
 		e := a
 		if i%2 == 1 {
 			e = b
 		}
-		jobs = append(jobs, guardedJob(gl, e.token, 1000+i, "PAAS_LOCK", "production"))
+		guardedJob(gl, e.token, 1000+i, "PAAS_LOCK", "production")
 	}
 	start := time.Now()
 	allDone := func() bool {

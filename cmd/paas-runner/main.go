@@ -243,6 +243,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
+	guards.SetGrantHook(d.Granted) // a job granted its locks goes ahead of new acquisitions
 	rl := newReloader(cfg, o, reg, env, log, logLevel, d, guards, runners)
 	rl.pipeTokens, rl.around, rl.ob = pipeTokens, ob.reloading, ob
 	ob.reloader = rl

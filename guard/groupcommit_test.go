@@ -39,7 +39,15 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel() // the waiters left
+	var chans []<-chan result
+	defer func() { // the waiters left end before the next test
+		cancel()
+		for i, ch := range chans {
+			if i > 0 { // chans[0] was read
+				<-ch
+			}
+		}
+	}()
 	holder := &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarLock: "production"}}
 	if _, err := m.Admit(ctx, "runner1", holder.acquired(t), holder.logf, nil); err != nil {
 		t.Fatal(err)
@@ -49,7 +57,6 @@ func TestGroupCommit(t *testing.T) {
 	go func() { m.Release("runner1", 1); close(released) }()
 	<-be.entered // the release is being written
 	before := l.Writes()
-	var chans []<-chan result
 	for i := int64(2); i <= 11; i++ {
 		j := &tjob{id: i, pipeline: i, timeout: 3600, vars: map[string]string{VarLock: "production"}}
 		ch := make(chan result, 1)

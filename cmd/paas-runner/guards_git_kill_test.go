@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -150,5 +151,45 @@ func TestGitLeaseOfADeadDaemon(t *testing.T) {
 	pb.signal(syscall.SIGTERM)
 	if code := pb.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
+	}
+}
+
+// The lock repository refuses the daemon at its start and for a while: the
+// daemon starts and runs jobs without locks; a job with a lock waits,
+// saying in its log that the lock store is unreachable, and runs once the
+// repository answers again.
+func TestGitRepositoryUnreachable(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	repo := newLockRepoGated(t, map[string]string{"README.md": "locks\n"}, &down)
+	gl := coordinatortest.New(t)
+	e := gitDaemonEnv(t, gl, "alpha", "", repo.guardsSection(""))
+	p := e.start("")
+	free := gl.Enqueue(e.token, nil)
+	locked := guardedJob(gl, e.token, 2, "PAAS_LOCK", "production")
+	e.waitFile(filepath.Join(e.hosts, e.hostName(free.ID)+".launched"))
+	gl.WaitFor(procWait, "the locked job saying why it waits", func(s *coordinatortest.Server) bool {
+		return s.TraceContains(locked.ID, "the lock store is unreachable")
+	})
+	if _, err := os.Stat(filepath.Join(e.hosts, e.hostName(locked.ID)+".host")); err == nil {
+		t.Fatal("a host was made for a job whose lock could not be taken")
+	}
+	down.Store(false)
+	e.waitFile(filepath.Join(e.hosts, e.hostName(locked.ID)+".launched"))
+	gl.Finish(free.ID, "success")
+	gl.Finish(locked.ID, "success")
+	e.waitNoHost()
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if tree := repo.git("ls-tree", "-r", "--name-only", "main"); strings.Contains(tree, "/claimed/lock") || strings.Contains(tree, ".paas-runner/") {
+		t.Fatalf("the repository after the jobs ended:\n%s", tree)
+	}
+	if strings.Contains(p.log(), "s3cret") || strings.Contains(string(gl.Job(locked.ID).Trace), "s3cret") {
+		t.Fatal("the repository password in a log")
+	}
+	if !strings.Contains(p.log(), "unreachable") {
+		t.Fatalf("the daemon did not log the unreachable repository:\n%s", p.log())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -26,12 +27,20 @@ type lockRepo struct {
 }
 
 func newLockRepo(t *testing.T, files map[string]string) *lockRepo {
+	return newLockRepoGated(t, files, nil)
+}
+
+// newLockRepoGated is newLockRepo whose server refuses every request
+// (401) while down is set.
+func newLockRepoGated(t *testing.T, files map[string]string, down *atomic.Bool) *lockRepo {
 	t.Helper()
 	root := t.TempDir()
 	if _, err := gitserve.MakeRepo(root, "ops/locks.git", files); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := gitserve.New(root, func(u, p string) bool { return u == "locks-bot" && p == "s3cret" })
+	srv, err := gitserve.New(root, func(u, p string) bool {
+		return (down == nil || !down.Load()) && u == "locks-bot" && p == "s3cret"
+	})
 	if err != nil {
 		t.Skip(err)
 	}

@@ -125,3 +125,49 @@ func TestReloadPoolNamespaces(t *testing.T) {
 		t.Fatalf("acme's job: %+v", r)
 	}
 }
+
+// A pool's process_mode and supersede change on reload for the jobs
+// already waiting: newest_first gives the lock to the newest waiter, and
+// supersede then fails the older waiter of the same project.
+func TestReloadPoolModeAndSupersede(t *testing.T) {
+	e := newEnv(t)
+	pools := map[string]map[string]string{"aws": {"env-1": "md"}}
+	e.m.SetPolicy(declared(pools))
+	ctx := context.Background()
+	job := func(id, pipeline int64) *tjob {
+		return &tjob{id: id, pipeline: pipeline, timeout: 3600, vars: map[string]string{VarPool: "aws"}}
+	}
+	if r := get(t, e.admit(ctx, job(1, 1))); r.err != nil {
+		t.Fatal(r.err)
+	}
+	old, mid, newest := job(2, 2), job(3, 3), job(4, 4)
+	och := e.admit(ctx, old)
+	e.waitFor("old waiting", waiting(1))
+	mch := e.admit(ctx, mid)
+	e.waitFor("mid waiting", waiting(2))
+	nch := e.admit(ctx, newest)
+	e.waitFor("newest waiting", waiting(3))
+	pol := declared(pools)
+	pp := pol.Pools["aws"]
+	pp.Mode = NewestFirst
+	pol.Pools["aws"] = pp
+	e.m.SetPolicy(pol)
+	e.m.Release("runner1", 1)
+	if r := get(t, nch); r.err != nil {
+		t.Fatalf("the newest waiter after newest_first: %v", r.err)
+	}
+	pol2 := declared(pools)
+	pp.Supersede = true
+	pol2.Pools["aws"] = pp
+	e.m.SetPolicy(pol2)
+	// pipeline 3 supersedes pipeline 2 (same project, both waiting)
+	r := get(t, och)
+	var we *WaitError
+	if !errors.As(r.err, &we) || we.Reason != "superseded" || r.err.Error() != "superseded by pipeline 3" {
+		t.Fatalf("the oldest waiter after supersede: %v", r.err)
+	}
+	e.m.Release("runner1", 4)
+	if r := get(t, mch); r.err != nil {
+		t.Fatal(r.err)
+	}
+}

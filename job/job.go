@@ -94,10 +94,56 @@ type Image struct {
 
 // ExecutorOpts are an image's executor options.
 type ExecutorOpts struct {
-	Docker struct {
-		Platform string `json:"platform,omitempty"`
-		User     string `json:"user,omitempty"`
-	} `json:"docker"`
+	Docker DockerOpts `json:"docker"`
+}
+
+// DockerOpts are image: docker: options. GitLab passes user on as
+// written in .gitlab-ci.yml: a name, "uid:gid", or a bare number (user:
+// 1000), which arrives as a JSON number; both are kept as a string here,
+// as gitlab-runner does (its StringOrInt64).
+type DockerOpts struct {
+	Platform string `json:"platform,omitempty"`
+	User     string `json:"user,omitempty"`
+}
+
+// UnmarshalJSON accepts user as a string or an integer.
+func (o *DockerOpts) UnmarshalJSON(b []byte) error {
+	var in struct {
+		Platform *string         `json:"platform"`
+		User     json.RawMessage `json:"user"`
+	}
+	if err := json.Unmarshal(b, &in); err != nil {
+		return err
+	}
+	if in.Platform != nil {
+		o.Platform = *in.Platform
+	}
+	u, err := stringOrInt(in.User)
+	if err != nil {
+		return fmt.Errorf("executor_opts: docker: user: %w", err)
+	}
+	if u != "" {
+		o.User = u
+	}
+	return nil
+}
+
+// stringOrInt reads a JSON string, integer or null as a string.
+func stringOrInt(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err == nil {
+		if _, err := n.Int64(); err == nil {
+			return n.String(), nil
+		}
+	}
+	return "", fmt.Errorf("%s is neither a string nor an integer", raw)
 }
 
 type Service struct {

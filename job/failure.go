@@ -15,6 +15,7 @@ var FailureReasons = []string{
 	"job_execution_server_timeout", "stuck_pending_with_matching_runners", "stuck_pending_no_matching_runners",
 	"no_updates_running", "no_updates_canceling", "server_timeout_running", "server_timeout_canceling",
 	"runner_configuration_error", "runner_external_dependency_failure", "runner_interrupted",
+	"runner_provisioning_timeout", // two-phase commit: no PUT state=running in time
 	"protected_environment_failure", "insufficient_bridge_permissions", "downstream_bridge_project_not_found",
 	"invalid_bridge_trigger", "upstream_bridge_project_not_found", "insufficient_upstream_permissions",
 	"bridge_pipeline_is_child_pipeline", "downstream_pipeline_creation_failed", "secrets_provider_not_found",

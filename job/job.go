@@ -208,7 +208,15 @@ type Acquired struct {
 func Parse(raw []byte) (*Acquired, error) {
 	var p Payload
 	if err := json.Unmarshal(raw, &p); err != nil {
-		return nil, fmt.Errorf("decoding job payload: %w", err)
+		var te *json.UnmarshalTypeError
+		// a value of another JSON type than expected: try converting it
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("decoding job payload: %w", err)
+		}
+		p = Payload{}
+		if decodeLenient(raw, &p) != nil {
+			return nil, fmt.Errorf("decoding job payload: %w", err)
+		}
 	}
 	if p.ID <= 0 {
 		return nil, fmt.Errorf("job payload has no valid id")

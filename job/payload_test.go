@@ -69,9 +69,51 @@ func TestDockerOptsUser(t *testing.T) {
 			t.Errorf("%s: user %q, want %q", in, got, want)
 		}
 	}
-	for _, bad := range []string{`{"docker":{"user":1.5}}`, `{"docker":{"user":[]}}`, `{"docker":{"platform":3}}`} {
+	for _, bad := range []string{`{"docker":{"user":1.5}}`, `{"docker":{"user":[]}}`, `{"docker":{"platform":{}}}`} {
 		if _, err := Parse([]byte(`{"id":1,"token":"t","image":{"name":"x","executor_opts":` + bad + `}}`)); err == nil {
 			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+// Values of the right meaning but another JSON type (numbers as strings,
+// a string as a number, "true") are converted to the field's type rather
+// than making the whole job unusable.
+func TestParseConvertsMismatchedScalars(t *testing.T) {
+	raw := `{"id":"42","token":"tok","unknown":{"x":"1"},
+		"job_info":{"id":"42","name":"build","project_id":"7","pipeline_id":"9","namespace_id":"3","time_in_queue_seconds":"1.5"},
+		"git_info":{"depth":"20","refspecs":["+refs/heads/main:refs/remotes/origin/main"],"protected":"true"},
+		"runner_info":{"timeout":"3600"},
+		"variables":[{"key":"N","value":12,"public":"true","masked":false},{"key":"B","value":true,"public":true,"masked":"false"}],
+		"steps":[{"name":"script","script":["true"],"timeout":3600.0,"when":"on_success","allow_failure":"false"}],
+		"image":{"name":"alpine","ports":[{"number":"8080"}],"executor_opts":{"docker":{"platform":"linux/amd64","user":"1000"}}},
+		"services":[{"name":"db","alias":5,"ports":[{"number":"5432","protocol":"tcp"}]}],
+		"dependencies":[{"id":"5","name":"build","token":"t","artifacts_file":{"filename":"a.zip","size":"123"}}]}`
+	a, err := Parse([]byte(raw))
+	if err != nil {
+		t.Fatalf("refused: %v", err)
+	}
+	p := a.Payload
+	if a.ID != 42 || p.JobInfo.ProjectID != 7 || p.JobInfo.PipelineID != 9 || p.RunnerInfo.Timeout != 3600 || p.GitInfo.Depth != 20 || !p.GitInfo.Protected {
+		t.Fatalf("numbers: %+v %+v %+v", p.JobInfo, p.RunnerInfo, p.GitInfo)
+	}
+	if p.Variables.Get("N") != "12" || p.Variables.Get("B") != "true" || !p.Variables[0].Public {
+		t.Fatalf("variables: %+v", p.Variables)
+	}
+	if p.Steps[0].Timeout != 3600 || p.Image.Ports[0].Number != 8080 || p.Services[0].Ports[0].Number != 5432 || p.Services[0].Alias != "5" {
+		t.Fatalf("steps, ports: %+v %+v %+v", p.Steps, p.Image, p.Services)
+	}
+	if p.Dependencies[0].ID != 5 || p.Dependencies[0].ArtifactsFile.Size != 123 {
+		t.Fatalf("dependencies: %+v", p.Dependencies)
+	}
+	// the raw payload is kept as GitLab sent it
+	if !strings.Contains(string(a.Raw), `"id":"42"`) {
+		t.Fatal("raw payload changed")
+	}
+	// what does not convert is still refused
+	for _, bad := range []string{`{"id":"x","token":"t"}`, `{"id":1,"token":"t","runner_info":{"timeout":"an hour"}}`, `{"id":1,"token":"t","steps":{"name":"script"}}`} {
+		if _, err := Parse([]byte(bad)); err == nil {
+			t.Errorf("accepted %s", bad)
 		}
 	}
 }

@@ -207,3 +207,31 @@ func TestFakeGitLabTraceRules(t *testing.T) {
 		t.Fatalf("log %q", got.Trace)
 	}
 }
+
+// Grape reads JSON parameters only from a JSON body, and a required token
+// that is missing is a 400, before any authentication.
+func TestFakeGitLabNeedsJSONAndToken(t *testing.T) {
+	gl := coordinatortest.New(t)
+	gl.AddRunner(runnerToken)
+	for _, c := range []struct{ method, path, ctype, body string }{
+		{http.MethodPost, "/api/v4/jobs/request", "text/plain", `{"token":"` + runnerToken + `"}`},
+		{http.MethodPost, "/api/v4/jobs/request", "application/json", `{}`},
+		{http.MethodPost, "/api/v4/runners/verify", "", `{"token":"` + runnerToken + `"}`},
+		{http.MethodDelete, "/api/v4/runners", "application/json", `{}`},
+		{http.MethodPost, "/api/v4/runners", "application/json", `{"description":"x"}`},
+	} {
+		req, _ := http.NewRequest(c.method, gl.URL+c.path, strings.NewReader(c.body))
+		if c.ctype != "" {
+			req.Header.Set("Content-Type", c.ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(b), "token is missing") {
+			t.Errorf("%s %s (%s): %d %s", c.method, c.path, c.ctype, resp.StatusCode, b)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -511,15 +512,29 @@ func (s *Server) Registered(runnerToken string) map[string]any {
 	return s.registered[runnerToken]
 }
 
+// decodeBody reads a JSON request body as Grape does: only when its
+// Content-Type says JSON (otherwise the parameters are empty, and the
+// required token is missing).
 func decodeBody(r *http.Request) map[string]any {
 	var m map[string]any
-	json.NewDecoder(r.Body).Decode(&m)
+	if jsonContent(r) {
+		json.NewDecoder(r.Body).Decode(&m)
+	}
 	return m
+}
+
+func jsonContent(r *http.Request) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mt == "application/json"
 }
 
 func (s *Server) verifyRunner(w http.ResponseWriter, r *http.Request) {
 	req := decodeBody(r)
 	tok, _ := req["token"].(string)
+	if tok == "" {
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rn, ok := s.runners[tok]
@@ -537,6 +552,10 @@ func (s *Server) verifyRunner(w http.ResponseWriter, r *http.Request) {
 func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) {
 	req := decodeBody(r)
 	tok, _ := req["token"].(string)
+	if tok == "" {
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.RegistrationDisabled {
@@ -561,6 +580,10 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) {
 func (s *Server) deleteRunner(w http.ResponseWriter, r *http.Request, manager bool) {
 	req := decodeBody(r)
 	tok, _ := req["token"].(string)
+	if tok == "" {
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rn, ok := s.runners[tok]
@@ -601,7 +624,7 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 			Features map[string]bool `json:"features"`
 		} `json:"info"`
 	}
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Token == "" {
+	if !jsonContent(r) || json.NewDecoder(r.Body).Decode(&req) != nil || req.Token == "" {
 		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
 		return
 	}
@@ -708,7 +731,9 @@ func (s *Server) authJob(w http.ResponseWriter, id int64, tok string) (*Job, boo
 
 func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 	var req map[string]any
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+	if !jsonContent(r) {
+		req = map[string]any{} // Grape reads no JSON params: the token is missing
+	} else if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		writeJSON(w, http.StatusBadRequest, `{"error":"invalid json"}`)
 		return
 	}

@@ -30,6 +30,19 @@ type Payload struct {
 	Credentials   []Credentials  `json:"credentials"`
 	Dependencies  []Dependency   `json:"dependencies"`
 	Features      GitlabFeatures `json:"features"`
+	// Run: the job's run: keyword (CI/CD steps), a JSON string holding
+	// the steps, sent instead of steps. paas-runner does not run them.
+	Run json.RawMessage `json:"run,omitempty"`
+}
+
+// HasRunSteps tells whether the job is made of CI/CD steps (run:) rather
+// than a script.
+func (p *Payload) HasRunSteps() bool {
+	switch string(p.Run) {
+	case "", "null", `""`, "[]", `"[]"`:
+		return false
+	}
+	return true
 }
 
 type JobInfo struct {
@@ -237,6 +250,7 @@ const (
 	ConfigurationError    = "runner_configuration_error"
 	ExternalDependency    = "runner_external_dependency_failure"
 	StuckOrTimeoutFailure = "stuck_or_timeout_failure"
+	RunnerUnsupported     = "runner_unsupported"
 )
 
 // Job statuses as GitLab reports them (Job-Status header, GET /job).

@@ -714,14 +714,21 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 }
 
 // authJob applies authenticate_job!: the job must exist, the token match,
-// and the job be running or canceling; otherwise 403 with Job-Status.
+// and the job be running or canceling (Ci::AuthJobFinder's
+// EXECUTING_STATUSES); otherwise 403 with Job-Status. Only PUT /jobs/:id
+// also takes a job still waiting for its runner's acknowledgement
+// (two-phase commit): its trace and artifacts wait for PUT state=running.
 func (s *Server) authJob(w http.ResponseWriter, id int64, tok string) (*Job, bool) {
+	return s.authJobAck(w, id, tok, false)
+}
+
+func (s *Server) authJobAck(w http.ResponseWriter, id int64, tok string, ackOK bool) (*Job, bool) {
 	j, ok := s.jobs[id]
 	if !ok || j.Token != tok || tok == "" {
 		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
 		return nil, false
 	}
-	if j.Status != "running" && j.Status != "canceling" && !j.WaitingAck {
+	if j.Status != "running" && j.Status != "canceling" && !(ackOK && j.WaitingAck) {
 		w.Header().Set("Job-Status", j.Status)
 		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden - Job is not processing on runner"}`)
 		return nil, false
@@ -749,7 +756,7 @@ func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	j, ok := s.authJob(w, id, tok)
+	j, ok := s.authJobAck(w, id, tok, true)
 	if !ok {
 		return
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"sort"
@@ -217,6 +218,15 @@ func (c *Config) validate(d *decoder, opts Options) {
 	c.validateQuota(d)
 	if c.StateFile == "" {
 		d.errKey("state_file", "required: path of the JSON state file (kept across restarts)")
+	}
+	if a := c.ListenAddress; a != "" {
+		_, port, err := net.SplitHostPort(a)
+		if err == nil {
+			_, err = strconv.ParseUint(port, 10, 16)
+		}
+		if err != nil {
+			d.errKey("listen_address", fmt.Sprintf("%q is not host:port with a port number, such as 127.0.0.1:9252 or :9252", a))
+		}
 	}
 	if c.LogFormat != "" && !oneOf(c.LogFormat, "text", "json", "runner") {
 		d.errKey("log_format", fmt.Sprintf("unknown format %q (want text or json)", c.LogFormat))

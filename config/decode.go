@@ -32,6 +32,9 @@ var lineRe = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "[^"]*"\))?: (.
 // Parse decodes and validates configuration data; file names it in errors.
 func Parse(file string, data []byte, opts Options) (*Config, error) {
 	d := &decoder{file: file, keys: map[string]int{}}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, Errors{{File: file, Msg: "the configuration file is empty (it needs state_file and a [[runners]] section)"}}
+	}
 	var top map[string]toml.Primitive
 	md, err := toml.Decode(string(data), &top)
 	if err != nil {
@@ -226,6 +229,11 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"sentry_dsn":         new(any),
 	}
 	d.decodeFields("", top, fields, nil)
+	for _, k := range sortedKeys(top) {
+		if msg, ok := ignoredTopKeys[k]; ok {
+			d.warns = append(d.warns, Warning{File: d.file, Line: d.lineOfKey(k), Key: k, Msg: msg})
+		}
+	}
 	if _, ok := top["quota_computation"]; ok {
 		var quota map[string]toml.Primitive
 		if typ := d.md.Type("quota_computation"); typ != "Hash" {
@@ -372,6 +380,7 @@ func (d *decoder) decodeRunner(i int, prims map[string]toml.Primitive) Runner {
 		}
 		r.LocalDocker.Host = hostAlias
 	}
+	d.checkRunnerKeys(i, p, &r, sortedKeys(prims))
 	if r.Clever.FlavorNamePrefix == "" {
 		r.Clever.FlavorNamePrefix = r.Clever.FlavorContext + "-"
 	}
@@ -391,33 +400,6 @@ func (d *decoder) runnerKeysWithPrefix(i int, prefix string) []string {
 		}
 	}
 	return ks
-}
-
-// checkInnerCache validates the [runners.cache] keys the inner runner
-// acts on: max_age, seconds a local cache volume is kept after its last
-// save (a positive, finite number).
-func (d *decoder) checkInnerCache(i int, p string, v any) {
-	m, _ := v.(map[string]any)
-	age, ok := m["max_age"]
-	if !ok {
-		return
-	}
-	fail := func(msg string) {
-		d.errs = append(d.errs, &Error{File: d.file, Line: d.loc.line(i, []string{"cache", "max_age"}), Key: p + ".max_age", Msg: msg})
-	}
-	var secs float64
-	switch n := age.(type) {
-	case int64:
-		secs = float64(n)
-	case float64:
-		secs = n
-	default:
-		fail("want a number of seconds")
-		return
-	}
-	if math.IsNaN(secs) || math.IsInf(secs, 0) || secs <= 0 || secs > 100*365*24*3600 {
-		fail("want a positive number of seconds (at most 100 years)")
-	}
 }
 
 // checkInnerDocker validates [runners.docker] with the parser the inner

@@ -123,7 +123,9 @@ cc_token = "cc-secret"
 		{name: "cc_deployment_repo_timeout", head: clever, key: "cc_deployment_repo_timeout = 7", check: func(c *Config) bool { return r0(c).Clever.DeploymentRepoTimeout == 7 }},
 		{name: "cc_deployment_repo_wait_step", head: clever, key: "cc_deployment_repo_wait_step = 0.5", check: func(c *Config) bool { return r0(c).Clever.DeploymentRepoWaitStep == 0.5 }},
 		{name: "cc_multi_tenant", head: clever, key: "cc_multi_tenant = true\ncc_gitlab_namespace_attributes_token = \"adm\"",
-			check: func(c *Config) bool { return r0(c).Clever.MultiTenant && r0(c).Clever.NamespaceAttributesToken == "adm" }},
+			check: func(c *Config) bool {
+				return r0(c).Clever.MultiTenant && r0(c).Clever.NamespaceAttributesToken == "adm"
+			}},
 		{name: "cc_gitlab_namespace_attributes_token_file", head: clever, key: "cc_multi_tenant = true\ncc_gitlab_namespace_attributes_token_file = " + quote(secret),
 			check: func(c *Config) bool { return r0(c).Clever.NamespaceAttributesToken == "s3cret" }},
 		{name: "cc_orga_id_attribute", head: clever, key: `cc_orga_id_attribute = "orga"`, check: func(c *Config) bool { return r0(c).Clever.OrgaIDAttribute == "orga" }},

@@ -62,7 +62,13 @@ func (d *decoder) defined(key string) bool { _, ok := d.keys[key]; return ok }
 func (d *decoder) syntaxError(err error) *Error {
 	var pe toml.ParseError
 	if ok := asParseError(err, &pe); ok {
-		return &Error{File: d.file, Line: pe.Position.Line, Msg: "invalid TOML: " + pe.Message}
+		line := pe.Position.Line
+		if strings.HasSuffix(pe.Message, `but got '\n' instead`) && line > 1 {
+			// an unclosed table header: the parser has read the line's
+			// newline already and points at the next line
+			line--
+		}
+		return &Error{File: d.file, Line: line, Msg: "invalid TOML: " + pe.Message}
 	}
 	return &Error{File: d.file, Msg: "invalid TOML: " + err.Error()}
 }

@@ -47,6 +47,15 @@ const (
 Runs GitLab CI jobs on fresh PaaS hosts, one per job. CONFIG is the TOML
 configuration file (gitlab-runner / Heptapod PAAS Runner shape).
 
+Commands (each has --help):
+  status [--json] CONFIG          the tracked jobs, from the daemon or the state file
+  locks [--json] CONFIG           deployment locks: holders, waiters, pools
+  locks release CONFIG NAME --yes force-release one lock
+  pool add|add-claimed|remove|update CONFIG POOL LOCK   git-backend pools
+  guard [flags]                   wait for conflicting pipelines (gitlab-job-guard)
+  host-image                      build local-docker's host base image
+  exec-fetched-job --config runner.toml job.json   the inner runner (on a job's host)
+
 Flags:
 `
 )
@@ -97,8 +106,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	}
 	positional, err := cliflags.Parse(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
-		fs.Usage()
-		return nil, flag.ErrHelp
+		return nil, flag.ErrHelp // the flag package printed fs.Usage
 	}
 	if err != nil {
 		return nil, &usageError{err.Error()}
@@ -197,10 +205,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
-	defer store.Close()
-	if store.Imported() {
-		log.Info("imported a Heptapod PAAS Runner state file; it is rewritten in paas-runner's format", zap.String("state_file", store.Path()))
-	}
+	started := false // until the dispatcher runs, a refusal leaves the state file as it was
+	defer func() {
+		if started {
+			_ = store.Close()
+		} else {
+			_ = store.Release()
+		}
+	}()
 	systemID, err := systemid.ForStateFile(store.Path())
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
@@ -266,6 +278,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	guardsCtx, stopGuards := context.WithCancel(ctx)
 	defer stopGuards()
 	go guards.Run(guardsCtx)
+	if store.Imported() {
+		log.Info("imported a Heptapod PAAS Runner state file; it is rewritten in paas-runner's format", zap.String("state_file", store.Path()))
+	}
+	started = true
 	if err := d.Run(runCtx); err != nil {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal

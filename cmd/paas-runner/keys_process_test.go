@@ -1,0 +1,184 @@
+package main_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+)
+
+// Run-time effect of configuration keys no other process test sets: each
+// is set to a value other than its default and its effect observed on the
+// real daemon.
+
+// stateJob returns the state file's entry of job id (in any section), or nil.
+func (e *env) stateJob(id int64) map[string]any {
+	e.t.Helper()
+	for _, list := range e.checkStateFile() {
+		for _, raw := range list {
+			var j map[string]any
+			if json.Unmarshal(raw, &j) != nil {
+				var pair []json.RawMessage
+				if json.Unmarshal(raw, &pair) != nil || len(pair) == 0 || json.Unmarshal(pair[0], &j) != nil {
+					continue
+				}
+			}
+			if n, _ := j["job_id"].(float64); int64(n) == id {
+				return j
+			}
+		}
+	}
+	return nil
+}
+
+// paas_finished_jobs_keep_resources = true: a finished job's host stays,
+// and so does its entry, marked keep_resources, across a restart.
+func TestKeyFinishedJobsKeepResources(t *testing.T) {
+	e := newEnv(t, "paas_finished_jobs_keep_resources = true")
+	p := e.start("")
+	j := e.gl.Enqueue("", nil)
+	e.waitFile(filepath.Join(e.hosts, e.hostName(j.ID)+".launched"))
+	e.gl.Finish(j.ID, "success")
+	p.waitLog(t, "the kept host", "keeping the host (paas_finished_jobs_keep_resources = true)")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Stat(filepath.Join(e.hosts, e.hostName(j.ID)+".host")); err != nil {
+		t.Fatalf("host removed: %v", err)
+	}
+	if rec := e.stateJob(j.ID); rec == nil || rec["keep_resources"] != true {
+		t.Fatalf("state entry %v", rec)
+	}
+	// and the next start leaves it alone too (not reaped, not removed)
+	if code, stderr := runOnce(t, []string{"PAAS_RUNNER_TEST_EXECUTOR_DIR=" + e.hosts}, "--poll-cycles", "2", e.config); code != 0 {
+		t.Fatalf("restart: exit %d\n%s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(e.hosts, e.hostName(j.ID)+".host")); err != nil {
+		t.Fatalf("host removed at restart: %v", err)
+	}
+}
+
+// paas_decommission_launch_failures = false keeps the host of a job that
+// failed to launch (marked keep_resources in the state file); the default
+// removes it.
+func TestKeyDecommissionLaunchFailures(t *testing.T) {
+	for _, keep := range []bool{true, false} {
+		extra := ""
+		if keep {
+			extra = "paas_decommission_launch_failures = false"
+		}
+		e := newEnv(t, extra)
+		// launches.log a directory: every launch attempt fails
+		logDir := filepath.Join(e.hosts, "launches.log")
+		os.Mkdir(logDir, 0o700)
+		p := e.start("")
+		j := e.gl.Enqueue("", nil)
+		e.gl.WaitFor(procWait, "launch failure reported", func(s *coordinatortest.Server) bool {
+			return s.StatusOf(j.ID) == "failed"
+		})
+		if r := e.gl.Job(j.ID).FailureReason; r != "runner_system_failure" {
+			t.Fatalf("failure reason %q", r)
+		}
+		host := filepath.Join(e.hosts, e.hostName(j.ID)+".host")
+		if keep {
+			p.waitLog(t, "the kept host", "keeping the host of a failed launch (paas_decommission_launch_failures = false)")
+		}
+		os.Remove(logDir) // removals can work from now on
+		if !keep {
+			e.waitGone(host)
+		}
+		p.signal(syscall.SIGTERM)
+		if code := p.wait(t); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		_, err := os.Stat(host)
+		if keep != (err == nil) {
+			t.Fatalf("keep=%v: host file: %v", keep, err)
+		}
+		rec := e.stateJob(j.ID)
+		if keep && (rec == nil || rec["keep_resources"] != true) {
+			t.Fatalf("kept host not in the state file: %v", rec)
+		}
+		if !keep && rec != nil {
+			t.Fatalf("removed host still in the state file: %v", rec)
+		}
+	}
+}
+
+func (e *env) waitGone(path string) {
+	e.t.Helper()
+	deadline := time.Now().Add(procWait)
+	for {
+		if _, err := os.Stat(path); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s still there", path)
+		}
+		time.Sleep(10 * time.Millisecond) // another process removes it
+	}
+}
+
+// log_format and log_level from the configuration (no flags): JSON lines
+// at the configured level; the flags still win.
+func TestKeyLogFormatAndLevel(t *testing.T) {
+	e := newEnv(t, "log_format = \"json\"\nlog_level = \"warn\"")
+	b, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, append(b, "[runners.docker]\nhelper_image = \"x\"\n"...), 0o600)
+	// helper_image is a warning: the one line a warn level lets through
+	code, stderr := runOnce(t, []string{"PAAS_RUNNER_TEST_EXECUTOR_DIR=" + e.hosts}, "--poll-cycles", "1", e.config)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not a JSON line (log_format = \"json\"): %q", l)
+		}
+		if m["level"] != "warn" && m["level"] != "error" {
+			t.Fatalf("a %v line with log_level = \"warn\": %s", m["level"], l)
+		}
+	}
+	if !strings.Contains(stderr, "helper_image") {
+		t.Fatalf("the warning is missing:\n%s", stderr)
+	}
+	// the flags win over the file
+	code, stderr = runOnce(t, []string{"PAAS_RUNNER_TEST_EXECUTOR_DIR=" + e.hosts}, "--poll-cycles", "1", "--log-format", "text", "--log-level", "info", e.config)
+	if code != 0 || !strings.Contains(stderr, "\tINFO\tstarting\t") {
+		t.Fatalf("exit %d: flags not applied:\n%s", code, stderr)
+	}
+}
+
+// paas_min_seconds_between_launches spaces the starts of provisioning.
+func TestKeyMinSecondsBetweenLaunches(t *testing.T) {
+	e := newEnv(t, "paas_min_seconds_between_launches = 1")
+	p := e.start("")
+	a, b := e.gl.Enqueue("", nil), e.gl.Enqueue("", nil)
+	var at []time.Time
+	for _, j := range []int64{a.ID, b.ID} {
+		h := filepath.Join(e.hosts, e.hostName(j)+".host")
+		e.waitFile(h)
+		fi, _ := os.Stat(h)
+		at = append(at, fi.ModTime())
+	}
+	gap := at[1].Sub(at[0])
+	if gap < 0 {
+		gap = -gap
+	}
+	if gap < 900*time.Millisecond {
+		t.Fatalf("hosts made %v apart, want at least 1s", gap)
+	}
+	e.gl.Finish(a.ID, "success")
+	e.gl.Finish(b.ID, "success")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}

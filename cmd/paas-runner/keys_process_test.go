@@ -1,7 +1,9 @@
 package main_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 )
 
 // Run-time effect of configuration keys no other process test sets: each
@@ -177,6 +181,51 @@ func TestKeyMinSecondsBetweenLaunches(t *testing.T) {
 	}
 	e.gl.Finish(a.ID, "success")
 	e.gl.Finish(b.ID, "success")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// The job-level keys the inner runner honours, set in the daemon's
+// configuration, reach a real job on a local-docker host running
+// paas-runner's own inner runner: environment, builds_dir, output_limit.
+func TestKeyJobLevelKeysReachTheJob(t *testing.T) {
+	cli := dockerInner(t)
+	jobImage := busyboxTag
+	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, jobImage); err != nil {
+		t.Fatal(err)
+	}
+	tok := fmt.Sprintf("glrt-ldkeys-%d-0123456789", os.Getpid())
+	extra := "name = \"keys\"\nenvironment = [\"FROM_CONFIG=configured value\"]\nbuilds_dir = \"/work-dir\"\noutput_limit = 2\n" + hostNetworkNoPull
+	gl, dir, cfg := localDockerConfig(t, "concurrent = 2\ncheck_interval = 0.1", ldRunner{tok, extra})
+	e := &env{t: t, dir: dir, config: cfg, gl: gl}
+	cleanRunner(t, cli, config.RunnerID(tok))
+	p := e.start("")
+	q := gl.Enqueue(tok, map[string]any{
+		"image": map[string]any{"name": jobImage},
+		"steps": []map[string]any{{"name": "script", "script": []string{
+			"echo from config: $FROM_CONFIG in $CI_BUILDS_DIR at $(pwd)",
+			"i=0; while [ $i -lt 100 ]; do echo filler line $i padding padding padding; i=$((i+1)); done",
+			"echo after the limit",
+		}, "timeout": 600, "when": "on_success"}},
+		"variables": []map[string]any{{"key": "GIT_STRATEGY", "value": "none", "public": true}},
+	})
+	gl.WaitFor(procWait, "the job to end", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
+	got := gl.Job(q.ID)
+	tr := string(got.Trace)
+	if got.Status != "success" {
+		t.Fatalf("job %s:\n%s", got.Status, tr)
+	}
+	for _, want := range []string{"from config: configured value in /work-dir at /work-dir/", "Job's log exceeded limit of 2048 bytes"} {
+		if !strings.Contains(tr, want) {
+			t.Errorf("log lacks %q:\n%s", want, tr)
+		}
+	}
+	if strings.Contains(tr, "after the limit") || strings.Contains(tr, "filler line 99") {
+		t.Errorf("output_limit not applied:\n%s", tr)
+	}
+	waitNoHosts(t, cli, config.RunnerID(tok))
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)

@@ -13,6 +13,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 )
 
@@ -226,6 +227,71 @@ func TestKeyJobLevelKeysReachTheJob(t *testing.T) {
 		t.Errorf("output_limit not applied:\n%s", tr)
 	}
 	waitNoHosts(t, cli, config.RunnerID(tok))
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// clever-docker keys no process test set, with values other than their
+// defaults, seen by the fake Clever Cloud: the git push user
+// (cc_auth_user), the application's zone, instance variant and flavor
+// (cc_zone, cc_instance_variant_uuid, cc_default_flavor), the products'
+// flavor context and name prefix (cc_flavor_context, cc_flavor_name_prefix).
+func TestKeyCleverSettings(t *testing.T) {
+	const variant = "0b1c2d3e-0000-4000-8000-000000000001"
+	e := newCleverEnv(t, fixedOrg+"\ncc_auth_user = \"pusher\"\ncc_zone = \"rbx\"\ncc_instance_variant_uuid = \""+variant+
+		"\"\ncc_default_flavor = \"S\"\ncc_flavor_context = \"ctx\"\ncc_flavor_name_prefix = \"ctx_\"")
+	e.cc.GitUser = "pusher" // a push as Jenkins (the default) is refused
+	var fs []cleverdockertest.Flavor
+	for _, f := range cleverdockertest.HeptapodFlavors() {
+		if n, ok := strings.CutPrefix(f.Name, "heptapod-runner-"); ok {
+			f.Name = "ctx_" + n
+			fs = append(fs, f)
+		}
+	}
+	e.cc.SetFlavors("ctx", fs)
+	apps := make(chan cleverdockertest.App, 1)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) {
+		apps <- a
+		simulateInner(t, e.gl.URL, files)
+	}
+	p := e.start("")
+	id := e.gl.Enqueue(e.token, nil).ID
+	if st := e.waitFinal(id); st != "success" {
+		t.Fatalf("job %s:\n%s", st, e.gl.TraceOf(id))
+	}
+	a := <-apps
+	if a.Zone != "rbx" || a.Variant != variant || a.MinFlavor != "ctx_S" || a.MaxFlavor != "ctx_S" {
+		t.Fatalf("application zone %q variant %q flavors %q-%q", a.Zone, a.Variant, a.MinFlavor, a.MaxFlavor)
+	}
+	e.waitNoApps()
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// cc_orga_id_attribute and cc_orga_token_attribute name the group custom
+// attributes of a multi-tenant runner; the default names are then not read.
+func TestKeyCleverTenantAttributeNames(t *testing.T) {
+	e := newCleverEnv(t, "cc_multi_tenant = true\ncc_gitlab_namespace_attributes_token_env = \"TEST_CC_ATTR_TOKEN\"\ncc_orga_id_attribute = \"clever_org\"\ncc_orga_token_attribute = \"clever_secret\"")
+	e.extraEnv = []string{"TEST_CC_ATTR_TOKEN=gitlab-admin-attr-token"}
+	e.front.SetGroup("acme", map[string]string{"clever_org": ccOrga, "clever_secret": ccToken})
+	e.front.SetGroup("old", map[string]string{"cc_orga_id": ccOrga, "cc_orga_token": ccToken})
+	p := e.start("")
+	ns := func(n string) map[string]any {
+		return map[string]any{"variables": []map[string]any{{"key": "CI_PROJECT_ROOT_NAMESPACE", "value": n, "public": true}}}
+	}
+	a := e.gl.Enqueue(e.token, ns("acme"))
+	if st := e.waitFinal(a.ID); st != "success" {
+		t.Fatalf("job %s: %q", st, e.gl.TraceOf(a.ID))
+	}
+	old := e.gl.Enqueue(e.token, ns("old"))
+	if st := e.waitFinal(old.ID); st != "failed" || !e.gl.TraceContains(old.ID, "no custom attribute clever_org nor clever_secret") {
+		t.Fatalf("job with the default attribute names: %s %q", st, e.gl.TraceOf(old.ID))
+	}
+	e.waitNoApps()
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)

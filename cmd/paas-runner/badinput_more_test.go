@@ -272,3 +272,15 @@ func TestHelpOnce(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", code, stderr)
 	}
 }
+
+// A mistyped command is named as such, not taken for a configuration
+// followed by stray arguments.
+func TestCommandTypo(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.toml")
+	os.WriteFile(p, []byte("concurrent = 1\n"), 0o600)
+	code, stderr := runOnce(t, nil, "stauts", p)
+	checkRefused(t, code, stderr, `paas-runner: unknown command "stauts" (commands: status, locks, pool, guard, host-image, exec-fetched-job) (see --help)`)
+	code, stderr = runOnce(t, nil, p, "extra")
+	checkRefused(t, code, stderr, "paas-runner: unexpected arguments after CONFIG: extra (see --help)")
+}

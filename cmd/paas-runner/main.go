@@ -125,6 +125,8 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	switch {
 	case len(positional) == 0:
 		return nil, &usageError{"missing CONFIG: the path of the configuration file"}
+	case len(positional) > 1 && isCommandTypo(positional[0]):
+		return nil, &usageError{fmt.Sprintf("unknown command %q (commands: status, locks, pool, guard, host-image, exec-fetched-job)", positional[0])}
 	case len(positional) > 1:
 		return nil, &usageError{fmt.Sprintf("unexpected arguments after CONFIG: %s", strings.Join(positional[1:], " "))}
 	}
@@ -546,6 +548,17 @@ func hostImage(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, tag)
 	return exitOK
+}
+
+// isCommandTypo tells whether the first of several arguments reads as a
+// mistyped command rather than a configuration path: a plain word that
+// names no file.
+func isCommandTypo(arg string) bool {
+	if strings.ContainsAny(arg, "./") {
+		return false
+	}
+	_, err := os.Stat(arg)
+	return errors.Is(err, os.ErrNotExist)
 }
 
 func firstOf(vals ...string) string {

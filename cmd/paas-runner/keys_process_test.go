@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -14,7 +15,9 @@ import (
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+	"gitlab.com/paas-runner/paas-runner/internal/version"
 )
 
 // Run-time effect of configuration keys no other process test sets: each
@@ -295,5 +298,45 @@ func TestKeyCleverTenantAttributeNames(t *testing.T) {
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
+	}
+}
+
+// inner_image set to the project's own host image, as a new user makes it
+// (`make image`, i.e. `paas-runner host-image`), under both its names:
+// the job runs on it with paas-runner's inner runner.
+func TestKeyInnerImageIsTheProjectsOwn(t *testing.T) {
+	cli := dockerInner(t)
+	if err := localdockertest.BuildBusyboxImage(context.Background(), cli, busyboxTag); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(binary, "host-image").Output()
+	if err != nil {
+		t.Fatalf("host-image: %v", err)
+	}
+	tag := strings.TrimSpace(string(out))
+	if tag != localdocker.BaseImageTag(version.Version, binary) {
+		t.Fatalf("host-image made %q", tag) // TestMain removes that tag
+	}
+	for i, key := range []string{"[runners.local_docker]\n  inner_image = %q", "heptapod_runner_main_image = %q\n  [runners.local_docker]"} {
+		tok := fmt.Sprintf("glrt-ldown%d-%d-0123456789", i, os.Getpid())
+		extra := "name = \"own\"\n" + fmt.Sprintf(key, tag) + "\n  network_mode = \"host\"\n  [runners.docker]\n  pull_policy = \"never\""
+		gl, dir, cfg := localDockerConfig(t, "check_interval = 0.1", ldRunner{tok, extra})
+		e := &env{t: t, dir: dir, config: cfg, gl: gl}
+		cleanRunner(t, cli, config.RunnerID(tok))
+		p := e.start("")
+		q := gl.Enqueue(tok, map[string]any{
+			"image":     map[string]any{"name": busyboxTag},
+			"steps":     []map[string]any{{"name": "script", "script": []string{"echo on the own host image of the project"}, "timeout": 600, "when": "on_success"}},
+			"variables": []map[string]any{{"key": "GIT_STRATEGY", "value": "none", "public": true}},
+		})
+		gl.WaitFor(procWait, "the job to end", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
+		if got := gl.Job(q.ID); got.Status != "success" || !strings.Contains(string(got.Trace), "on the own host image of the project") {
+			t.Fatalf("%s: job %s:\n%s", key, got.Status, got.Trace)
+		}
+		waitNoHosts(t, cli, config.RunnerID(tok))
+		p.signal(syscall.SIGTERM)
+		if code := p.wait(t); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
 	}
 }

@@ -245,6 +245,9 @@ func (c *Config) validate(d *decoder, opts Options) {
 		p := fmt.Sprintf("runners[%d]", i)
 		if r.Token == "" {
 			d.errKey(p+".token", "required: the runner authentication token")
+		} else if strings.IndexFunc(r.Token, func(c rune) bool { return c <= ' ' || c == 0x7f }) >= 0 {
+			// GitLab would refuse it (403) at every poll
+			d.errKey(p+".token", "contains whitespace or a control character (a copy-paste accident?)")
 		} else if j, dup := tokens[r.Token]; dup {
 			d.errKey(p+".token", fmt.Sprintf("same token as runners[%d]", j))
 		} else {

@@ -269,6 +269,9 @@ func (c *Config) validate(d *decoder, opts Options) {
 			d.errKey(p+".url", "required: the GitLab URL, such as https://gitlab.example.com")
 		} else if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			d.errKey(p+".url", fmt.Sprintf("%q is not an http:// or https:// URL", r.URL))
+		} else if strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/api/v4") {
+			// every request would go to …/api/v4/api/v4/… and fail with 404
+			d.errKey(p+".url", fmt.Sprintf("%q: give GitLab's own URL, without /api/v4", r.URL))
 		}
 		if r.Limit < 0 {
 			d.errKey(p+".limit", "must not be negative (0 means no per-runner limit)")

@@ -250,6 +250,7 @@ func TestMoreBadValues(t *testing.T) {
 		{"listen_address = \"127.0.0.1:99999\"\n" + minimal, ":1: listen_address"},
 		{minimal + "[guards]\nmax_waiting_jobs = 100000000\n", ":7: guards.max_waiting_jobs: 100000000 is absurd"},
 		{"", ": the configuration file is empty"},
+		{strings.Replace(minimal, `"https://gitlab.example"`, `"https://gitlab.example/api/v4/"`, 1), `:3: runners[0].url: "https://gitlab.example/api/v4/": give GitLab's own URL, without /api/v4`},
 		{strings.Replace(minimal, `token = "glrt-abcdefgh"`, `token = "glrt-abcdefgh "`, 1), ":4: runners[0].token: contains whitespace"},
 		{strings.Replace(minimal, `token = "glrt-abcdefgh"`, `token = "glrt-abc\ndefgh"`, 1), ":4: runners[0].token: contains whitespace or a control character"},
 		{"\n  \n", ": the configuration file is empty"},

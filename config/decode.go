@@ -374,6 +374,9 @@ func (d *decoder) decodeRunner(i int, prims map[string]toml.Primitive) Runner {
 			}
 			return true
 		case acceptedRunnerKeys[k]:
+			if k == "token_expires_at" {
+				d.checkTokenExpiry(p+"."+k, prim)
+			}
 			return true
 		}
 		return false

@@ -5,6 +5,9 @@ import (
 	"math"
 	"path"
 	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
 )
 
 // Keys paas-runner accepts (gitlab-runner or Heptapod PAAS Runner write
@@ -229,4 +232,16 @@ func sortedAny(m map[string]any) []string {
 	}
 	sortStrings(ks)
 	return ks
+}
+
+// checkTokenExpiry warns when registration recorded that the runner's
+// token has expired: GitLab refuses it, and paas-runner does not rotate
+// tokens. The zero time (0001-01-01) means it never expires.
+func (d *decoder) checkTokenExpiry(key string, p toml.Primitive) {
+	var at time.Time
+	if err := d.md.PrimitiveDecode(p, &at); err != nil || at.IsZero() || at.Year() <= 1 || at.After(time.Now()) {
+		return
+	}
+	d.warns = append(d.warns, Warning{File: d.file, Line: d.lineOfKey(key), Key: key,
+		Msg: fmt.Sprintf("the runner token expired at %s: GitLab refuses it (create a new token in GitLab and register again)", at.UTC().Format(time.RFC3339))})
 }

@@ -84,6 +84,8 @@ cc_token = "cc-secret"
 		{name: "local_docker.inner_image", key: "[runners.local_docker]\ninner_image = \"own:2\"", check: func(c *Config) bool { return r0(c).InnerImage == "own:2" }},
 		// registration metadata: accepted silently, not settings
 		{name: "id", key: "id = 12\ntoken_obtained_at = 2026-01-01T00:00:00Z\ntoken_expires_at = 0001-01-01T00:00:00Z", check: func(c *Config) bool { return len(c.Warnings) == 0 }},
+		{name: "token_expires_at in the past", key: "token_expires_at = 2020-01-01T00:00:00Z", warn: "runners[0].token_expires_at: the runner token expired at 2020-01-01T00:00:00Z"},
+		{name: "token_expires_at ahead", key: "token_expires_at = 2999-01-01T00:00:00Z", check: func(c *Config) bool { return len(c.Warnings) == 0 }},
 		{name: "request_concurrency", key: "request_concurrency = 4", warn: "runners[0].request_concurrency: ignored"},
 		{name: "strict_check_interval", key: "strict_check_interval = true", warn: "runners[0].strict_check_interval: ignored"},
 		{name: "tls-cert-file", key: `tls-cert-file = "/c.pem"`, warn: "runners[0].tls-cert-file: ignored: client certificates"},

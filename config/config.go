@@ -366,12 +366,23 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 	}
 	switch r.Executor {
 	case "local-docker":
-		if h := r.LocalDocker.Host; h != "" && !strings.HasPrefix(h, "unix://") && !strings.HasPrefix(h, "tcp://") {
+		if h := r.LocalDocker.Host; h != "" {
 			key := p + ".local_docker.host"
 			if !d.defined(key) {
 				key = p + ".host"
 			}
-			d.errKey(key, fmt.Sprintf("%q: only unix:// and tcp:// Docker hosts are supported", h))
+			rest, unix := strings.CutPrefix(h, "unix://")
+			if !unix {
+				rest, _ = strings.CutPrefix(h, "tcp://")
+			}
+			switch {
+			case !strings.HasPrefix(h, "unix://") && !strings.HasPrefix(h, "tcp://"):
+				d.errKey(key, fmt.Sprintf("%q: only unix:// and tcp:// Docker hosts are supported", h))
+			case rest == "" && unix:
+				d.errKey(key, fmt.Sprintf("%q: give the socket's path, such as unix:///var/run/docker.sock", h))
+			case rest == "":
+				d.errKey(key, fmt.Sprintf("%q: give host:port, such as tcp://127.0.0.1:2375", h))
+			}
 		}
 	case "clever-docker":
 		c := &r.Clever

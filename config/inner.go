@@ -184,6 +184,27 @@ func (d *decoder) checkInnerCache(i int, p string, v any) {
 		}
 		fail(at(k), key, "unknown key")
 	}
+	if isS3 {
+		// what the daemon presigns with: refused here, located, rather
+		// than when the executor is built
+		s3, _ := m["s3"].(map[string]any)
+		var missing []string
+		for _, k := range []string{"ServerAddress", "AccessKey", "SecretKey", "BucketName"} {
+			if v, _ := s3[k].(string); v == "" {
+				missing = append(missing, k)
+			}
+		}
+		if len(missing) > 0 {
+			line := at("s3")
+			if line == 0 {
+				line = at("Type")
+			}
+			fail(line, p+".s3", "Type = \"s3\" needs "+strings.Join(missing, ", ")+" in [runners.cache.s3]")
+		}
+		if a, _ := s3["ServerAddress"].(string); strings.Contains(a, "://") || strings.Contains(a, "/") {
+			fail(at("s3", "ServerAddress"), p+".s3.ServerAddress", fmt.Sprintf("%q: want host[:port], without scheme nor path (Insecure = true for http)", a))
+		}
+	}
 	if s3, ok := m["s3"].(map[string]any); ok {
 		ignored := map[string]bool{}
 		for _, k := range cacheS3Ignored {

@@ -226,10 +226,16 @@ func TestForwardedKeysRefused(t *testing.T) {
 		{"[runners.cache]\nType = 3", ":7: runners[0].cache.Type: wrong type"},
 		{"[runners.cache]\nShared = \"yes\"", ":7: runners[0].cache.Shared: wrong type: want a bool"},
 		{"[runners.cache]\nTyp = \"s3\"", ":7: runners[0].cache.Typ: unknown key"},
-		{"[runners.cache]\nType = \"s3\"\nServerAddress = \"s3.example\"", ":8: runners[0].cache.ServerAddress: belongs in [runners.cache.s3]"},
-		{"[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nBucketNam = \"b\"", ":9: runners[0].cache.s3.BucketNam: unknown key"},
-		{"[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nInsecure = \"no\"", ":9: runners[0].cache.s3.Insecure: wrong type: want a bool"},
+		{"[runners.cache]\nType = \"s3\"\nServerAddress = \"s3.example\"\n[runners.cache.s3]\nServerAddress = \"s3\"\nAccessKey = \"a\"\nSecretKey = \"s\"\nBucketName = \"b\"", ":8: runners[0].cache.ServerAddress: belongs in [runners.cache.s3]"},
+		{"[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nBucketNam = \"b\"\nServerAddress = \"s3\"\nAccessKey = \"a\"\nSecretKey = \"s\"\nBucketName = \"b\"", ":9: runners[0].cache.s3.BucketNam: unknown key"},
+		{"[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nInsecure = \"no\"\nServerAddress = \"s3\"\nAccessKey = \"a\"\nSecretKey = \"s\"\nBucketName = \"b\"", ":9: runners[0].cache.s3.Insecure: wrong type: want a bool"},
 		{"cache = 3", "runners[0].cache: want a table"},
+		{"[runners.cache]\nType = \"s3\"", ":7: runners[0].cache.s3: Type = \"s3\" needs ServerAddress, AccessKey, SecretKey, BucketName in [runners.cache.s3]"},
+		{"[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nBucketName = \"b\"", ":8: runners[0].cache.s3: Type = \"s3\" needs ServerAddress, AccessKey, SecretKey in"},
+		{"[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nServerAddress = \"https://s3.example\"\nAccessKey = \"a\"\nSecretKey = \"s\"\nBucketName = \"b\"",
+			":9: runners[0].cache.s3.ServerAddress: \"https://s3.example\": want host[:port], without scheme"},
+		{"[runners.local_docker]\nhost = \"tcp://\"", ":7: runners[0].local_docker.host: \"tcp://\": give host:port"},
+		{"host = \"unix://\"", ":6: runners[0].host: \"unix://\": give the socket's path"},
 	} {
 		p := write(t, minimal+tc.key+"\n")
 		_, err := Load(p, execs)

@@ -193,7 +193,8 @@ func TestKeyMinSecondsBetweenLaunches(t *testing.T) {
 
 // The job-level keys the inner runner honours, set in the daemon's
 // configuration, reach a real job on a local-docker host running
-// paas-runner's own inner runner: environment, builds_dir, output_limit.
+// paas-runner's own inner runner: environment, builds_dir, output_limit,
+// and [runners.docker] user and extra_hosts.
 func TestKeyJobLevelKeysReachTheJob(t *testing.T) {
 	cli := dockerInner(t)
 	jobImage := busyboxTag
@@ -201,33 +202,34 @@ func TestKeyJobLevelKeysReachTheJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok := fmt.Sprintf("glrt-ldkeys-%d-0123456789", os.Getpid())
-	extra := "name = \"keys\"\nenvironment = [\"FROM_CONFIG=configured value\"]\nbuilds_dir = \"/work-dir\"\noutput_limit = 2\n" + hostNetworkNoPull
+	extra := "name = \"keys\"\nenvironment = [\"FROM_CONFIG=configured value\"]\nbuilds_dir = \"/work-dir\"\noutput_limit = 4\n" + hostNetworkNoPull +
+		"\n  user = \"1234\"\n  extra_hosts = [\"paas-keys.example:10.1.2.3\"]"
 	gl, dir, cfg := localDockerConfig(t, "concurrent = 2\ncheck_interval = 0.1", ldRunner{tok, extra})
 	e := &env{t: t, dir: dir, config: cfg, gl: gl}
 	cleanRunner(t, cli, config.RunnerID(tok))
 	p := e.start("")
-	q := gl.Enqueue(tok, map[string]any{
-		"image": map[string]any{"name": jobImage},
-		"steps": []map[string]any{{"name": "script", "script": []string{
-			"echo from config: $FROM_CONFIG in $CI_BUILDS_DIR at $(pwd)",
-			"i=0; while [ $i -lt 100 ]; do echo filler line $i padding padding padding; i=$((i+1)); done",
-			"echo after the limit",
-		}, "timeout": 600, "when": "on_success"}},
-		"variables": []map[string]any{{"key": "GIT_STRATEGY", "value": "none", "public": true}},
-	})
-	gl.WaitFor(procWait, "the job to end", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
-	got := gl.Job(q.ID)
-	tr := string(got.Trace)
-	if got.Status != "success" {
-		t.Fatalf("job %s:\n%s", got.Status, tr)
+	run := func(script ...string) (string, string) {
+		q := gl.Enqueue(tok, map[string]any{
+			"image":     map[string]any{"name": jobImage},
+			"steps":     []map[string]any{{"name": "script", "script": script, "timeout": 600, "when": "on_success"}},
+			"variables": []map[string]any{{"key": "GIT_STRATEGY", "value": "none", "public": true}},
+		})
+		gl.WaitFor(procWait, "the job to end", func(s *coordinatortest.Server) bool { return jobFinal(s.StatusOf(q.ID)) })
+		got := gl.Job(q.ID)
+		return got.Status, string(got.Trace)
 	}
-	for _, want := range []string{"from config: configured value in /work-dir at /work-dir/", "Job's log exceeded limit of 2048 bytes"} {
+	st, tr := run("echo from config: $FROM_CONFIG in $CI_BUILDS_DIR at $(pwd)", "echo uid $(id -u)", "grep paas-keys.example /etc/hosts")
+	if st != "success" {
+		t.Fatalf("job %s:\n%s", st, tr)
+	}
+	for _, want := range []string{"from config: configured value in /work-dir at /work-dir/", "uid 1234", "10.1.2.3\tpaas-keys.example"} {
 		if !strings.Contains(tr, want) {
 			t.Errorf("log lacks %q:\n%s", want, tr)
 		}
 	}
-	if strings.Contains(tr, "after the limit") || strings.Contains(tr, "filler line 99") {
-		t.Errorf("output_limit not applied:\n%s", tr)
+	st, tr = run("i=0; while [ $i -lt 200 ]; do echo filler line $i padding padding padding; i=$((i+1)); done", "echo after the limit")
+	if st != "success" || !strings.Contains(tr, "Job's log exceeded limit of 4096 bytes") || strings.Contains(tr, "after the limit") || strings.Contains(tr, "filler line 199") {
+		t.Errorf("output_limit not applied: job %s:\n%s", st, tr)
 	}
 	waitNoHosts(t, cli, config.RunnerID(tok))
 	p.signal(syscall.SIGTERM)

@@ -9,8 +9,8 @@ package config
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -283,8 +283,10 @@ func (c *Config) validate(d *decoder, opts Options) {
 		d.intRange(p+".unhealthy_requests_limit", r.UnhealthyRequestsLimit, 1000000)
 		d.seconds(p+".unhealthy_interval", r.UnhealthyInterval, 0, 30*86400)
 		if r.TLSCAFile != "" {
-			if _, err := os.Stat(r.TLSCAFile); err != nil {
-				d.errKey(p+".tls-ca-file", fmt.Sprintf("cannot read %s: %v", r.TLSCAFile, errors.Unwrap(err)))
+			if pem, err := os.ReadFile(r.TLSCAFile); err != nil {
+				d.errKey(p+".tls-ca-file", fmt.Sprintf("cannot read %s: %v", r.TLSCAFile, unwrapPathError(err)))
+			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				d.errKey(p+".tls-ca-file", fmt.Sprintf("%s holds no PEM certificate", r.TLSCAFile))
 			}
 		}
 		switch {

@@ -1,6 +1,13 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -34,7 +41,7 @@ cc_token = "cc-secret"
 	secret := filepath.Join(dir, "secret")
 	os.WriteFile(secret, []byte("s3cret\n"), 0o600)
 	ca := filepath.Join(dir, "ca.pem")
-	os.WriteFile(ca, []byte("x"), 0o600)
+	os.WriteFile(ca, testCA(t), 0o600)
 	r0 := func(c *Config) *Runner { return &c.Runners[0] }
 	inner := func(c *Config, k string) any { return r0(c).Inner[k] }
 	cases := []struct {
@@ -321,5 +328,32 @@ func TestSecretFiles(t *testing.T) {
 	_, err := Load(cfg, execs)
 	if err == nil || !strings.Contains(err.Error(), cfg+":6: runners[0].guard_api_token_file: cannot read "+pw) || !strings.Contains(err.Error(), cfg+":10: guards.git.password_file: cannot read "+pw) {
 		t.Fatalf("missing secret file: %v", err)
+	}
+}
+
+// testCA is a self-signed certificate, PEM-encoded.
+func testCA(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// A tls-ca-file that is not a PEM bundle is refused at load, located.
+func TestTLSCAFileNotPEM(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.pem")
+	os.WriteFile(bad, []byte("not a certificate\n"), 0o600)
+	p := write(t, minimal+"tls-ca-file = "+quote(bad)+"\n")
+	_, err := Load(p, execs)
+	if err == nil || err.Error() != p+":6: runners[0].tls-ca-file: "+bad+" holds no PEM certificate" {
+		t.Fatalf("got %v", err)
 	}
 }

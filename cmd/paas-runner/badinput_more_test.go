@@ -284,3 +284,28 @@ func TestCommandTypo(t *testing.T) {
 	code, stderr = runOnce(t, nil, p, "extra")
 	checkRefused(t, code, stderr, "paas-runner: unexpected arguments after CONFIG: extra (see --help)")
 }
+
+// The commands' own bad input: --help exits 0; a mistake is one line,
+// exit 2 (host-image's extra arguments were ignored silently).
+func TestCommandsBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"exec-fetched-job", "--help"}, 0, "usage: paas-runner exec-fetched-job --config runner.toml job.json"},
+		{[]string{"exec-fetched-job", "--bogus"}, 2, "paas-runner: exec-fetched-job: flag provided but not defined: -bogus (usage: paas-runner exec-fetched-job --config runner.toml job.json)"},
+		{[]string{"exec-fetched-job", "job.json"}, 2, "usage: paas-runner exec-fetched-job --config runner.toml job.json"},
+		{[]string{"host-image", "--bogus"}, 2, "paas-runner: host-image: flag provided but not defined: -bogus (see --help)"},
+		{[]string{"host-image", "extra"}, 2, "paas-runner: host-image: unexpected arguments: extra (see --help)"},
+	} {
+		code, stderr := runOnce(t, nil, tc.args...)
+		if code != tc.code || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d:\n%s", tc.args, code, stderr)
+		}
+	}
+	code, stderr := runOnce(t, nil, "host-image", "--help")
+	if code != 0 || !strings.Contains(stderr, "usage: paas-runner host-image") || !strings.Contains(stderr, "-docker-host") {
+		t.Errorf("host-image --help: exit %d:\n%s", code, stderr)
+	}
+}

@@ -444,11 +444,19 @@ func daemonFeatures() map[string]bool {
 // final state, whatever it is; non-zero only when it could not be reported.
 func execFetchedJob(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("paas-runner exec-fetched-job", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	cfgPath := fs.String("config", "", "runner.toml written by the executor")
 	pos, err := cliflags.Parse(fs, args)
-	if err != nil || *cfgPath == "" || len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: paas-runner exec-fetched-job --config runner.toml job.json")
+	const usage = "usage: paas-runner exec-fetched-job --config runner.toml job.json"
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintln(stderr, usage)
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: %v (%s)\n", err, usage)
+		return exitUsage
+	case *cfgPath == "" || len(pos) != 1:
+		fmt.Fprintln(stderr, usage)
 		return exitUsage
 	}
 	log, _ := logging.New(firstOf(os.Getenv("PAAS_RUNNER_LOG_LEVEL"), "info"), "text")
@@ -532,10 +540,21 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 // paas-runner host-image [--docker-host URL] [--binary PATH].
 func hostImage(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("paas-runner host-image", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	host := fs.String("docker-host", "", "Docker engine (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 	binary := fs.String("binary", "", "static paas-runner binary to put in the image (default: this one)")
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintln(stderr, "usage: paas-runner host-image [--docker-host URL] [--binary PATH]\n\nBuilds local-docker's host base image and prints its tag.")
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "paas-runner: host-image: %v (see --help)\n", err)
+		return exitUsage
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "paas-runner: host-image: unexpected arguments: %s (see --help)\n", strings.Join(fs.Args(), " "))
 		return exitUsage
 	}
 	log, _ := logging.New("info", "text")

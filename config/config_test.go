@@ -134,7 +134,8 @@ executor = "clever-docker"
 func TestBadInputs(t *testing.T) {
 	cases := map[string]struct{ body, want string }{
 		"malformed":       {"state_file = \n", ":1: invalid TOML"},
-		"unclosed table":  {"[[runners]\n", ":2: invalid TOML"},
+		"unclosed table":  {"[[runners]\n", ":1: invalid TOML"},
+		"unclosed later":  {minimal + "[runners.docker\nimage = \"x\"\n", ":6: invalid TOML"},
 		"no runners":      {`state_file = "s"`, "no [[runners]] section"},
 		"missing token":   {strings.Replace(minimal, `token = "glrt-abcdefgh"`, "", 1), "runners[0].token: required"},
 		"bad url":         {strings.Replace(minimal, "https://gitlab.example", "gitlab.example", 1), "runners[0].url"},

@@ -317,3 +317,24 @@ func TestTwoRunnersWithSharedTokenPrefix(t *testing.T) {
 		t.Fatalf("%d job requests, want both runners polling:\n%s", n, out)
 	}
 }
+
+// A glrtr- token (the runner token of a runner registered with a
+// registration token) is unregistered like a legacy one, as gitlab-runner
+// does: DELETE /runners removes the runner, not just this manager.
+func TestUnregisterGlrtrDeletesRunner(t *testing.T) {
+	gl, dir := setup(t)
+	tok := "glrtr-legacy-0123456789"
+	gl.AddRunner(tok)
+	cfg := filepath.Join(dir, "config.toml")
+	body := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
+	body = strings.Replace(body, "https://gitlab.example", gl.URL, 1)
+	body += fmt.Sprintf("\n[[runners]]\n  name = \"old\"\n  url = %q\n  token = %q\n  executor = \"local-docker\"\n", gl.URL, tok)
+	os.WriteFile(cfg, []byte(body), 0o600)
+	r := runReg("", "unregister", "--name", "old", cfg)
+	if r.code != 0 || strings.Contains(r.stdout, "no longer knows") {
+		t.Fatalf("unregister: %+v", r)
+	}
+	if n, m := gl.Count("DELETE /api/v4/runners"), gl.Count("DELETE /api/v4/runners/managers"); n != 1 || m != 0 {
+		t.Errorf("DELETE /runners %d times, /runners/managers %d times; want 1 and 0", n, m)
+	}
+}

@@ -66,7 +66,22 @@ func TestRegisterGlrtNonInteractive(t *testing.T) {
 		t.Errorf("mode %v", fi.Mode())
 	}
 	if _, err := os.Stat(filepath.Join(dir, ".runner_system_id")); err != nil {
-		t.Error("system id not stored next to the state file")
+		t.Fatal("system id not stored next to the state file")
+	}
+	// the stored system id is the one GitLab recorded the runner manager
+	// under: unregistering (DELETE /runners/managers with it) finds it
+	if r := runReg("", "unregister", "--name", "one", cfg); r.code != 0 || strings.Contains(r.stdout, "no longer knows") {
+		t.Errorf("stored system id is not the one sent to GitLab: %+v", r)
+	}
+}
+
+// noSystemID fails when a failed registration left a system id file in the
+// state directory.
+func noSystemID(t *testing.T, dir string) {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, ".*runner_system_id*"))
+	if len(m) > 0 {
+		t.Errorf("failed registration created %v", m)
 	}
 }
 
@@ -100,6 +115,7 @@ func TestNetworkFailureAndRefusals(t *testing.T) {
 		if _, err := os.Stat(cfg); err == nil {
 			t.Fatalf("%v: config written despite the failure", c.args)
 		}
+		noSystemID(t, dir)
 	}
 	for status, want := range map[int]string{422: "runner token refused by " + gl.URL + " (422)", 500: gl.URL + " is failing (500); try again later"} {
 		gl.Inject("runners/verify", status, -1, nil)
@@ -114,6 +130,7 @@ func TestNetworkFailureAndRefusals(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "registration tokens are disabled") {
 		t.Errorf("410: %+v", r)
 	}
+	noSystemID(t, dir)
 }
 
 const existing = `# my runners, hand-written

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	"gitlab.com/paas-runner/paas-runner/config"
@@ -353,5 +354,38 @@ func TestUnregisterGlrtrDeletesRunner(t *testing.T) {
 	}
 	if n, m := gl.Count("DELETE /api/v4/runners"), gl.Count("DELETE /api/v4/runners/managers"); n != 1 || m != 0 {
 		t.Errorf("DELETE /runners %d times, /runners/managers %d times; want 1 and 0", n, m)
+	}
+}
+
+// A configuration readable by its group only (0640 root:<the daemon's
+// group>, systemd's ConfigurationDirectory setup) keeps its mode and group
+// when a runner is appended: made 0600 (and the registering user's group),
+// the daemon could no longer read it.
+func TestAppendKeepsGroupReadableMode(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)), 0o600)
+	gid := os.Getegid()
+	if os.Geteuid() == 0 {
+		gid = 4242 // root may give any group: the daemon's
+	} else if gs, _ := os.Getgroups(); len(gs) > 0 {
+		for _, g := range gs {
+			if g != gid {
+				gid = g // a group other than the default one, when there is one
+				break
+			}
+		}
+	}
+	if err := os.Chown(cfg, -1, gid); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(cfg, 0o640)
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--token", "glrt-good-0123456789", "--name", "two", "--executor", "local-docker", cfg)
+	if r.code != 0 || strings.Contains(r.stdout, "was mode") {
+		t.Fatalf("%+v", r)
+	}
+	fi, _ := os.Stat(cfg)
+	if fi.Mode().Perm() != 0o640 || int(fi.Sys().(*syscall.Stat_t).Gid) != gid {
+		t.Errorf("mode %v gid %d, want 0640 and gid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid, gid)
 	}
 }

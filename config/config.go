@@ -429,17 +429,18 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 // ID identifies the runner in the state file, in host names and in labels.
 // It is unique per token and does not depend on the other runners of the
 // configuration, so it stays the same when runners are added or removed:
-//   - a legacy token (not glrt-): its first 8 characters, exactly as
+//   - a legacy token (neither glrt- nor glrtr-): its first 8 characters, exactly as
 //     Heptapod PAAS Runner's unique_name, so that Heptapod state files and
 //     host names (hpd-job-<unique_name>-<job id>) carry over;
-//   - a glrt- token: "t" and the first 7 hex digits of its SHA-256. The
-//     first 8 characters of such tokens are shared (glrt-t1_, glrt-t3_…),
-//     so they identify nothing.
+//   - a glrt- or glrtr- token (glrtr-: a runner token GitLab issued to a
+//     runner registered with a registration token): "t" and the first 7
+//     hex digits of its SHA-256. The first 8 characters of such tokens are
+//     shared (glrt-t1_, glrt-t3_…, glrtr-xy), so they identify nothing.
 func (r *Runner) ID() string { return RunnerID(r.Token) }
 
 // RunnerID is Runner.ID for a token.
 func RunnerID(token string) string {
-	if strings.HasPrefix(token, "glrt-") {
+	if strings.HasPrefix(token, "glrt-") || strings.HasPrefix(token, "glrtr-") {
 		sum := sha256.Sum256([]byte(token))
 		return "t" + hex.EncodeToString(sum[:])[:7]
 	}

@@ -48,6 +48,8 @@ type ops struct {
 	launchFails  *prometheus.CounterVec
 	apiStatuses  *prometheus.CounterVec
 	apiDuration  *prometheus.HistogramVec
+	apiErrors    *prometheus.CounterVec
+	jobsTotal    *prometheus.CounterVec
 	stateWrite   *prometheus.HistogramVec
 }
 
@@ -62,10 +64,18 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 		Help: "Time from a job's end to its host's removal, per executor (billed idle time).", Buckets: buckets}, []string{"executor"})
 	o.launchFails = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "launch_failures_by_reason_total",
 		Help: "Jobs failed before launch, by executor and GitLab failure_reason."}, []string{"executor", "reason"})
+	// gitlab-runner's names, labels and buckets (network/api_requests_collector.go)
 	o.apiStatuses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gitlab_runner_api_request_statuses_total",
-		Help: "The total number of api requests, partitioned by runner, endpoint and status."}, []string{"runner", "system_id", "endpoint", "status"})
-	o.apiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "gitlab_request_duration_seconds",
-		Help: "Latency of GitLab API requests, by endpoint and status (\"error\": no answer).", Buckets: prometheus.DefBuckets}, []string{"runner", "endpoint", "status"})
+		Help: "The total number of API requests made to GitLab, partitioned by runner, system_id, endpoint, status and method."},
+		[]string{"runner", "system_id", "endpoint", "status", "method"})
+	o.apiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "gitlab_runner_api_request_duration_seconds",
+		Help:    "Latency histogram of API requests made to GitLab, partitioned by runner, system_id, endpoint, status_class and method.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}}, []string{"runner", "system_id", "endpoint", "status_class", "method"})
+	o.apiErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "gitlab_request_errors_total",
+		Help: "GitLab API requests that got no answer (connection refused, timeout, TLS error), by runner, endpoint and method."},
+		[]string{"runner", "endpoint", "method"})
+	o.jobsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gitlab_runner_jobs_total", Help: "Total number of handled jobs"},
+		[]string{"runner", "runner_name", "system_id"})
 	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
 		Help:    "Time to make state changes durable: a journal append (fdatasync) or a snapshot (state file rewritten), by kind and result.",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}}, []string{"kind", "result"})
@@ -86,6 +96,7 @@ func (o *ops) runnerSeries(cfg *config.Config) {
 		o.provisioning.WithLabelValues(r.Executor)
 		o.decomLag.WithLabelValues(r.Executor)
 		o.launchFails.WithLabelValues(r.Executor, "runner_system_failure")
+		o.jobsTotal.WithLabelValues(r.ID(), r.DisplayName(), o.systemID)
 	}
 }
 
@@ -116,6 +127,9 @@ func (o *ops) Draining() {
 
 func (o *ops) Polled(r *dispatcher.Runner, answer string) {
 	o.acquisitions.WithLabelValues(r.ID, answer).Inc()
+	if answer == "job" {
+		o.jobsTotal.WithLabelValues(r.ID, r.Name, o.systemID).Inc()
+	}
 	if answer != "forbidden" && answer != "error" {
 		o.mu.Lock()
 		delete(o.paused, r.ID)
@@ -303,7 +317,7 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 	if o.reloader != nil {
 		reg.MustRegister(o.reloader.collectors()...)
 	}
-	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.stateWrite, &jobsCollector{o: o, d: d})
+	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -389,10 +403,12 @@ type jobsCollector struct {
 }
 
 var (
+	// gitlab-runner's names and labels (commands/builds_helper.go,
+	// commands/multi.go); stage and executor_stage are the lifecycle state
 	glJobsDesc = prometheus.NewDesc("gitlab_runner_jobs",
-		"The current number of running builds.", []string{"runner", "system_id", "state", "executor_stage"}, nil)
+		"The current number of running builds.", []string{"runner", "runner_name", "system_id", "state", "stage", "executor_stage"}, nil)
 	glConcurrentDesc = prometheus.NewDesc("gitlab_runner_concurrent", "The current value of concurrent setting", nil, nil)
-	glLimitDesc      = prometheus.NewDesc("gitlab_runner_limit", "The current value of limit setting", []string{"runner", "system_id"}, nil)
+	glLimitDesc      = prometheus.NewDesc("gitlab_runner_limit", "The current value of limit setting", []string{"runner", "runner_name", "system_id"}, nil)
 	jobsByStateDesc  = prometheus.NewDesc("paas_runner_jobs_by_state",
 		"Jobs in the daemon's care, by runner, executor and lifecycle state.", []string{"runner", "executor", "state"}, nil)
 	hostsAliveDesc = prometheus.NewDesc("paas_runner_hosts_alive",
@@ -425,8 +441,10 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	gl := map[[3]string]int{}
 	alive := map[string]int{}
 	execOf := map[string]string{}
+	nameOf := map[string]string{}
 	for _, r := range cfg.Runners {
 		execOf[r.ID()] = r.Executor
+		nameOf[r.ID()] = r.DisplayName()
 		for _, p := range []state.Phase{state.Acquired, state.Provisioning, state.Launching, state.Launched, state.Decommissioning} {
 			byState[key{r.ID(), r.Executor, string(p)}] += 0
 			gl[[3]string{r.ID(), gitlabState(p), string(p)}] += 0
@@ -439,6 +457,9 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 			ex = execOf[j.Runner]
 		}
 		byState[key{j.Runner, ex, string(j.Phase)}]++
+		if _, ok := nameOf[j.Runner]; !ok { // a runner a reload removed
+			nameOf[j.Runner] = firstOf(j.RunnerName, j.Runner)
+		}
 		gl[[3]string{j.Runner, gitlabState(j.Phase), string(j.Phase)}]++
 		if j.Phase != state.Acquired {
 			alive[ex]++
@@ -448,7 +469,7 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(jobsByStateDesc, prometheus.GaugeValue, float64(n), k.runner, k.executor, k.state)
 	}
 	for k, n := range gl {
-		ch <- prometheus.MustNewConstMetric(glJobsDesc, prometheus.GaugeValue, float64(n), k[0], c.o.systemID, k[1], k[2])
+		ch <- prometheus.MustNewConstMetric(glJobsDesc, prometheus.GaugeValue, float64(n), k[0], nameOf[k[0]], c.o.systemID, k[1], k[2], k[2])
 	}
 	for ex, n := range alive {
 		ch <- prometheus.MustNewConstMetric(hostsAliveDesc, prometheus.GaugeValue, float64(n), ex)
@@ -462,7 +483,7 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.o.mu.Unlock()
 	for _, r := range cfg.Runners {
-		ch <- prometheus.MustNewConstMetric(glLimitDesc, prometheus.GaugeValue, float64(r.Limit), r.ID(), c.o.systemID)
+		ch <- prometheus.MustNewConstMetric(glLimitDesc, prometheus.GaugeValue, float64(r.Limit), r.ID(), r.DisplayName(), c.o.systemID)
 		v := 0.0
 		if paused[r.ID()] {
 			v = 1
@@ -486,16 +507,24 @@ func (o *ops) wrapTransport(runner string) func(http.RoundTripper) http.RoundTri
 		return roundTripFunc(func(req *http.Request) (*http.Response, error) {
 			start := time.Now()
 			resp, err := next.RoundTrip(req)
-			ep := endpointOf(req.Method, req.URL.Path)
-			status := "error"
-			if err == nil {
-				status = strconv.Itoa(resp.StatusCode)
-				o.apiStatuses.WithLabelValues(runner, o.systemID, ep, status).Inc()
+			ep, method := endpointOf(req.Method, req.URL.Path), strings.ToLower(req.Method)
+			if err != nil {
+				o.apiErrors.WithLabelValues(runner, ep, method).Inc()
+				return resp, err
 			}
-			o.apiDuration.WithLabelValues(runner, ep, status).Observe(time.Since(start).Seconds())
+			o.apiStatuses.WithLabelValues(runner, o.systemID, ep, strconv.Itoa(resp.StatusCode), method).Inc()
+			o.apiDuration.WithLabelValues(runner, o.systemID, ep, statusClass(resp.StatusCode), method).Observe(time.Since(start).Seconds())
 			return resp, err
 		})
 	}
+}
+
+// statusClass is gitlab-runner's status_class label: 2xx, 4xx, …
+func statusClass(code int) string {
+	if code < 100 || code > 599 {
+		return "unknown"
+	}
+	return strconv.Itoa(code/100) + "xx"
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

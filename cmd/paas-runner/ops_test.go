@@ -112,13 +112,15 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 	m := scrape()
 	for _, re := range []string{
 		`paas_runner_jobs_by_state\{executor="test-dir",runner="[^"]+",state="provisioning"\} 1$`,
-		`gitlab_runner_jobs\{executor_stage="provisioning",runner="[^"]+",state="pending",system_id="r_[^"]+"\} 1$`,
+		`gitlab_runner_jobs\{executor_stage="provisioning",runner="[^"]+",runner_name="proc",stage="provisioning",state="pending",system_id="r_[^"]+"\} 1$`,
 		`paas_runner_acquisitions_total\{answer="job",runner="[^"]+"\} 1$`,
 		`paas_runner_acquisitions_total\{answer="no_job",runner="[^"]+"\} \d+`,
-		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",runner="[^"]+",status="201",system_id="r_[^"]+"\} 1$`,
-		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",runner="[^"]+",status="204",system_id="r_[^"]+"\} \d+`,
+		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",method="post",runner="[^"]+",status="201",system_id="r_[^"]+"\} 1$`,
+		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",method="post",runner="[^"]+",status="204",system_id="r_[^"]+"\} \d+`,
+		`gitlab_runner_api_request_duration_seconds_count\{endpoint="request_job",method="post",runner="[^"]+",status_class="2xx",system_id="r_[^"]+"\} \d+`,
+		`gitlab_runner_jobs_total\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 1$`,
 		`gitlab_runner_concurrent 10$`,
-		`gitlab_runner_limit\{runner="[^"]+",system_id="r_[^"]+"\} 0$`,
+		`gitlab_runner_limit\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 0$`,
 		`paas_runner_hosts_alive\{executor="test-dir"\} 1$`,
 		`paas_runner_state_write_duration_seconds_count\{kind="journal",result="ok"\} [1-9]`,
 		`paas_runner_provisioning_duration_seconds_count\{executor="test-dir"\} 0$`,
@@ -136,7 +138,7 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 		m := scrape()
 		return len(doc.Jobs) == 1 && doc.Jobs[0].State == "launched" &&
 			metricHas(m, `paas_runner_provisioning_duration_seconds_count\{executor="test-dir"\} 1$`) &&
-			metricHas(m, `gitlab_runner_jobs\{executor_stage="launched",runner="[^"]+",state="running",system_id="r_[^"]+"\} 1$`), body + m
+			metricHas(m, `gitlab_runner_jobs\{executor_stage="launched",runner="[^"]+",runner_name="proc",stage="launched",state="running",system_id="r_[^"]+"\} 1$`), body + m
 	})
 	e.gl.Finish(j.ID, "success")
 	eventually(t, "the host removed in /debug/jobs and /metrics", func() (bool, string) {

@@ -191,7 +191,7 @@ func TestReloadUnderLoadWithGuards(t *testing.T) {
 	p.waitLog(t, "the reload applied", "configuration reloaded", `"concurrent":10`, `"log_level":"debug"`, `"runners_removed":1`)
 	p.waitLog(t, "the new values in force", `"configuration in force"`, `"concurrent":10`, `"paas_tracking_requests_per_second":20`, `"max_waiting_jobs":50`, `"guards_policy_applied":true`)
 	m := metrics()
-	if !metricHas(m, `gitlab_runner_concurrent 10$`) || !metricHas(m, `gitlab_runner_limit\{runner="`+config.RunnerID(tokA)+`",system_id="r_[^"]+"\} 9$`) ||
+	if !metricHas(m, `gitlab_runner_concurrent 10$`) || !metricHas(m, `gitlab_runner_limit\{runner="`+config.RunnerID(tokA)+`",runner_name="a",system_id="r_[^"]+"\} 9$`) ||
 		metricHas(m, `gitlab_runner_limit\{runner="`+idB+`"`) || !metricHas(m, `paas_runner_config_reloads_total\{result="ok"\} 1$`) {
 		t.Fatalf("metrics after the reload:\n%s", m)
 	}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"gitlab.com/paas-runner/paas-runner/config"
+)
+
+// GitLab requests are counted under gitlab-runner's names and labels: an
+// answer by status and method, its latency by status_class; a request
+// with no answer in paas_runner_gitlab_request_errors_total.
+func TestGitLabRequestMetrics(t *testing.T) {
+	o := newOps(&config.Config{}, "r_test", zap.NewNop())
+	answers := []error{nil, errors.New("connection refused")}
+	rt := o.wrapTransport("t1234567")(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		err := answers[0]
+		answers = answers[1:]
+		if err != nil {
+			return nil, err
+		}
+		return &http.Response{StatusCode: 201, Body: http.NoBody, Request: r}, nil
+	}))
+	for range 2 {
+		req, _ := http.NewRequest(http.MethodPost, "http://gitlab.example/api/v4/jobs/request", nil)
+		if resp, err := rt.RoundTrip(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(o.apiStatuses, o.apiDuration, o.apiErrors)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			v := m.GetCounter().GetValue()
+			if h := m.GetHistogram(); h != nil {
+				v = float64(h.GetSampleCount())
+			}
+			got[f.GetName()] += fmt.Sprintf("{%s} %v;", strings.Join(labels, ","), v)
+		}
+	}
+	for name, want := range map[string]string{
+		"gitlab_runner_api_request_statuses_total":   "{endpoint=request_job,method=post,runner=t1234567,status=201,system_id=r_test} 1;",
+		"gitlab_runner_api_request_duration_seconds": "{endpoint=request_job,method=post,runner=t1234567,status_class=2xx,system_id=r_test} 1;",
+		"paas_runner_gitlab_request_errors_total":    "{endpoint=request_job,method=post,runner=t1234567} 1;",
+	} {
+		if got[name] != want {
+			t.Errorf("%s: %q, want %q", name, got[name], want)
+		}
+	}
+	for code, want := range map[int]string{200: "2xx", 204: "2xx", 404: "4xx", 503: "5xx", 0: "unknown"} {
+		if got := statusClass(code); got != want {
+			t.Errorf("statusClass(%d) = %s, want %s", code, got, want)
+		}
+	}
+}

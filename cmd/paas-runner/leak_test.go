@@ -500,7 +500,8 @@ cc_deployment_repo_timeout = 60
 		"metrics": "gitlab_runner_jobs{", "status from the daemon": "source: daemon at", "status from the state file": "source: state file",
 		"a job in status": "RUNNER", "lock in /debug/locks": `"holders"`,
 		"the pipeline guard (guard API token) used": "pipeline guard passed", "the locks repository used": "pool:envs/env-",
-		"the S3 cache used": "Created cache", "a clever-docker job": "Clever Cloud application ready", "the multi-tenant orga": orgB} {
+		"the S3 cache used": "Created cache", "a clever-docker job": "Clever Cloud application ready", "the multi-tenant orga": orgB,
+		"the PaaS API metrics": `paas_runner_paas_api_request_statuses_total{endpoint="create_application",executor="clever-docker",method="post",status="200"}`} {
 		if !strings.Contains(logs.String()+scraped.String()+gl.TraceOf(jobs[0].job.ID), sub) {
 			t.Errorf("the collected output lacks %s (%q)", what, sub)
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"sort"
@@ -50,6 +51,9 @@ type ops struct {
 	apiDuration  *prometheus.HistogramVec
 	apiErrors    *prometheus.CounterVec
 	jobsTotal    *prometheus.CounterVec
+	paasStatuses *prometheus.CounterVec
+	paasDuration *prometheus.HistogramVec
+	paasErrors   *prometheus.CounterVec
 	stateWrite   *prometheus.HistogramVec
 }
 
@@ -74,6 +78,15 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 	o.apiErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "gitlab_request_errors_total",
 		Help: "GitLab API requests that got no answer (connection refused, timeout, TLS error), by runner, endpoint and method."},
 		[]string{"runner", "endpoint", "method"})
+	o.paasStatuses = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "paas_api_request_statuses_total",
+		Help: "PaaS API requests (Clever Cloud's for clever-docker) that got an answer, by executor, endpoint, status and method; retries count."},
+		[]string{"executor", "endpoint", "status", "method"})
+	o.paasDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "paas_api_request_duration_seconds",
+		Help:    "Latency of PaaS API requests that got an answer, by executor, endpoint, status_class and method.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}}, []string{"executor", "endpoint", "status_class", "method"})
+	o.paasErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "paas_api_request_errors_total",
+		Help: "PaaS API requests that got no answer (refused, timeout, TLS error), by executor, endpoint and method."},
+		[]string{"executor", "endpoint", "method"})
 	o.jobsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gitlab_runner_jobs_total", Help: "Total number of handled jobs"},
 		[]string{"runner", "runner_name", "system_id"})
 	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
@@ -317,7 +330,7 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 	if o.reloader != nil {
 		reg.MustRegister(o.reloader.collectors()...)
 	}
-	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.stateWrite, &jobsCollector{o: o, d: d})
+	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.paasStatuses, o.paasDuration, o.paasErrors, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -517,6 +530,61 @@ func (o *ops) wrapTransport(runner string) func(http.RoundTripper) http.RoundTri
 			return resp, err
 		})
 	}
+}
+
+// paasClient is the HTTP client of executor's PaaS API at apiURL: its
+// requests to that host are counted by endpoint (paasEndpoint), status and
+// method; others (GitLab's group attributes) pass through uncounted. nil
+// without ops (tools).
+func (o *ops) paasClient(executor, apiURL string) *http.Client {
+	if o == nil {
+		return nil
+	}
+	base, err := url.Parse(apiURL)
+	if err != nil {
+		return nil
+	}
+	next := http.DefaultTransport
+	rt := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.URL.Host != base.Host {
+			return next.RoundTrip(req)
+		}
+		start := time.Now()
+		resp, err := next.RoundTrip(req)
+		ep := paasEndpoint(req.Method, strings.TrimPrefix(req.URL.Path, strings.TrimRight(base.Path, "/")))
+		method := strings.ToLower(req.Method)
+		if err != nil {
+			o.paasErrors.WithLabelValues(executor, ep, method).Inc()
+			return resp, err
+		}
+		o.paasStatuses.WithLabelValues(executor, ep, strconv.Itoa(resp.StatusCode), method).Inc()
+		o.paasDuration.WithLabelValues(executor, ep, statusClass(resp.StatusCode), method).Observe(time.Since(start).Seconds())
+		return resp, err
+	})
+	return &http.Client{Timeout: 60 * time.Second, Transport: rt}
+}
+
+// paasEndpoint names a Clever Cloud API call (path below the API's base).
+func paasEndpoint(method, path string) string {
+	seg := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case len(seg) == 2 && seg[0] == "products":
+		return "products_" + seg[1]
+	case len(seg) >= 3 && seg[0] == "organisations" && seg[2] == "applications":
+		switch {
+		case len(seg) == 3 && method == http.MethodGet:
+			return "list_applications"
+		case len(seg) == 3 && method == http.MethodPost:
+			return "create_application"
+		case len(seg) == 4 && method == http.MethodGet:
+			return "get_application"
+		case len(seg) == 4 && method == http.MethodDelete:
+			return "delete_application"
+		case len(seg) == 5 && seg[4] == "env":
+			return "set_application_env"
+		}
+	}
+	return "other"
 }
 
 // statusClass is gitlab-runner's status_class label: 2xx, 4xx, …

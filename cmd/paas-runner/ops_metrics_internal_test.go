@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -65,6 +66,65 @@ func TestGitLabRequestMetrics(t *testing.T) {
 	for code, want := range map[int]string{200: "2xx", 204: "2xx", 404: "4xx", 503: "5xx", 0: "unknown"} {
 		if got := statusClass(code); got != want {
 			t.Errorf("statusClass(%d) = %s, want %s", code, got, want)
+		}
+	}
+}
+
+// PaaS API requests (to the API's host) are counted by endpoint, status
+// and method; requests elsewhere (GitLab's group attributes) are not.
+func TestPaaSRequestMetrics(t *testing.T) {
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer api.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer other.Close()
+	o := newOps(&config.Config{}, "r_test", zap.NewNop())
+	c := o.paasClient("clever-docker", api.URL+"/v2")
+	for _, r := range []struct{ method, url string }{
+		{http.MethodPost, api.URL + "/v2/organisations/orga_1/applications"},
+		{http.MethodDelete, api.URL + "/v2/organisations/orga_1/applications/app_2"},
+		{http.MethodGet, other.URL + "/api/v4/groups/acme"},
+	} {
+		req, _ := http.NewRequest(r.method, r.url, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+strings.TrimPrefix(api.URL, "http://")+"/v2/products/flavors", nil)
+	api.Close() // no answer
+	if _, err := c.Do(req); err == nil {
+		t.Fatal("a closed server answered")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(o.paasStatuses, o.paasErrors)
+	fams, _ := reg.Gather()
+	var got []string
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			got = append(got, fmt.Sprintf("%s{%s} %v", f.GetName(), strings.Join(labels, ","), m.GetCounter().GetValue()))
+		}
+	}
+	want := []string{
+		"paas_runner_paas_api_request_errors_total{endpoint=products_flavors,executor=clever-docker,method=get} 1",
+		"paas_runner_paas_api_request_statuses_total{endpoint=create_application,executor=clever-docker,method=post,status=200} 1",
+		"paas_runner_paas_api_request_statuses_total{endpoint=delete_application,executor=clever-docker,method=delete,status=404} 1",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for path, want := range map[string]string{"/products/instances": "products_instances", "/organisations/o/applications/a/env": "set_application_env",
+		"/self": "other"} {
+		if got := paasEndpoint(http.MethodPut, path); got != want {
+			t.Errorf("%s: %s, want %s", path, got, want)
 		}
 	}
 }

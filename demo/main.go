@@ -45,11 +45,16 @@ import (
 	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
 )
 
-const (
-	runnerToken = "glrt-demo-fake-runner" // the embedded fake GitLab's, not a real token
-	jobImage    = "paas-runner-demo-busybox:latest"
-	demoLabel   = "paas-runner.demo"
+// What the demo makes is named per run: demos, and their tests in other
+// checkouts, may share an engine, and each removes only its own.
+var (
+	runID       = randomHex(4)
+	runnerToken = "glrt-demo-fake-runner-" + runID // the embedded fake GitLab's, not a real token
+	jobImage    = "paas-runner-demo-busybox:" + runID
 )
+
+// demoLabel marks the demo's job image; its value is the run's runID.
+const demoLabel = "paas-runner.demo"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -380,6 +385,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 
 	seen := map[int64]string{}
 	ready := map[int64]bool{}
+	waiting := map[int64]bool{}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for done := false; !done; {
@@ -409,6 +415,12 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 				}
 				d.logf("job #%d %-18s %s → %s%s", id, jobs[i].name, from, j.Status, extra)
 				seen[id] = st
+			}
+			if !waiting[id] {
+				if w := waitingFor(string(j.Trace)); w != "" {
+					waiting[id] = true
+					d.logf("job #%d %-18s waiting for %s (no host meanwhile)", id, jobs[i].name, w)
+				}
 			}
 			if !ready[id] {
 				if p := provisioning(string(j.Trace)); p != "" {
@@ -533,6 +545,16 @@ func provisioning(trace string) string {
 	return ""
 }
 
+var waitingRe = regexp.MustCompile(`paas-runner: waiting for ([^\r\n\x1b]+)`)
+
+// waitingFor is what a job's log says it waits for ("" when it does not).
+func waitingFor(trace string) string {
+	if m := waitingRe.FindStringSubmatch(trace); m != nil {
+		return strings.TrimSpace(m[1])
+	}
+	return ""
+}
+
 func final(st string) bool { return st == "success" || st == "failed" || st == "canceled" }
 
 // runnerFilter selects what the daemon made for the demo's runner.
@@ -570,7 +592,7 @@ func (d *demo) cleanup() {
 	imgs, _ := d.cli.ImageList(ctx, image.ListOptions{All: true})
 	var left []string
 	for _, im := range imgs {
-		if im.Labels[demoLabel] == "true" || im.Labels["paas-runner.runner"] == runnerID() || (d.hostImages[im.ID] && time.Unix(im.Created, 0).After(d.start.Add(-time.Second))) {
+		if im.Labels[demoLabel] == runID || im.Labels["paas-runner.runner"] == runnerID() || (d.hostImages[im.ID] && time.Unix(im.Created, 0).After(d.start.Add(-time.Second))) {
 			if _, err := d.cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err != nil && !cerrdefs.IsNotFound(err) {
 				left = append(left, strings.Join(im.RepoTags, ","))
 			}
@@ -597,7 +619,7 @@ func buildBusybox(ctx context.Context, cli *client.Client) error {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	files := map[string][]byte{
-		"Dockerfile": []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\nLABEL " + demoLabel + "=true\n"),
+		"Dockerfile": []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\nLABEL " + demoLabel + "=" + runID + "\n"),
 		"busybox":    bb,
 	}
 	for name, data := range files {
@@ -635,10 +657,12 @@ func tail(path string, n int) string {
 func runnerID() string { return config.RunnerID(runnerToken) }
 
 // jobToken is a fresh job token, random as GitLab's are.
-func jobToken() string {
-	b := make([]byte, 12)
+func jobToken() string { return "glcbt-" + randomHex(12) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
 	_, _ = rand.Read(b)
-	return "glcbt-" + hex.EncodeToString(b)
+	return hex.EncodeToString(b)
 }
 
 // secrets are the tokens of the run: the runner's and the jobs'.

@@ -411,7 +411,9 @@ cc_deployment_repo_timeout = 60
 	cmd, done := startDaemon("json")
 	cache := []map[string]any{{"key": "leak-deps", "paths": []string{"vendor/"}, "policy": "pull-push", "when": "on_success"}}
 	jobs = append(jobs,
-		want{enqueue(newTok, "pass", []string{"mkdir -p vendor", "echo dep > vendor/lib.txt", "echo passing"}, map[string]any{"cache": cache},
+		want{enqueue(newTok, "pass", []string{"mkdir -p vendor", "echo dep > vendor/lib.txt", "echo passing",
+			// masked variables printed by the script: masked in the job log
+			`echo "key $DEPLOY_KEY, token $CI_JOB_TOKEN"`}, map[string]any{"cache": cache},
 			map[string]any{"key": "CI_API_V4_URL", "value": gl.URL + "/api/v4", "public": true},
 			map[string]any{"key": "CI_PROJECT_ID", "value": "1", "public": true},
 			map[string]any{"key": "CI_PIPELINE_ID", "value": strconv.FormatInt(own, 10), "public": true},
@@ -500,7 +502,7 @@ cc_deployment_repo_timeout = 60
 		"metrics": "gitlab_runner_jobs{", "status from the daemon": "source: daemon at", "status from the state file": "source: state file",
 		"a job in status": "RUNNER", "lock in /debug/locks": `"holders"`,
 		"the pipeline guard (guard API token) used": "pipeline guard passed", "the locks repository used": "pool:envs/env-",
-		"the S3 cache used": "Created cache", "a clever-docker job": "Clever Cloud application ready", "the multi-tenant orga": orgB,
+		"the S3 cache used": "Created cache", "the masked values masked": "key [MASKED], token [MASKED]", "a clever-docker job": "Clever Cloud application ready", "the multi-tenant orga": orgB,
 		"the PaaS API metrics": `paas_runner_paas_api_request_statuses_total{endpoint="create_application",executor="clever-docker",method="post",status="200"}`} {
 		if !strings.Contains(logs.String()+scraped.String()+gl.TraceOf(jobs[0].job.ID), sub) {
 			t.Errorf("the collected output lacks %s (%q)", what, sub)
@@ -521,6 +523,7 @@ cc_deployment_repo_timeout = 60
 	}
 	if t.Failed() {
 		t.Logf("daemon output:\n%s", logs)
+		t.Logf("first job's log:\n%s", gl.TraceOf(jobs[0].job.ID))
 	}
 }
 

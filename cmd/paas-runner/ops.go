@@ -13,11 +13,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
 	"gitlab.com/paas-runner/paas-runner/config"
@@ -42,6 +44,8 @@ type ops struct {
 	// guardWaits, when set, names what waiting jobs wait for (guards).
 	guardWaits func() map[state.Key]string
 	reloader   *reloader
+	// logErrors counts the daemon's warning and error lines, when set.
+	logErrors *logErrors
 
 	acquisitions *prometheus.CounterVec
 	provisioning *prometheus.HistogramVec
@@ -329,6 +333,9 @@ func (o *ops) notify(msg string) {
 func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatcher.Dispatcher) {
 	if o.reloader != nil {
 		reg.MustRegister(o.reloader.collectors()...)
+	}
+	if o.logErrors != nil {
+		reg.MustRegister(o.logErrors)
 	}
 	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.paasStatuses, o.paasDuration, o.paasErrors, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -626,4 +633,35 @@ func endpointOf(method, path string) string {
 		}
 	}
 	return "other"
+}
+
+// logErrors is gitlab-runner's gitlab_runner_errors_total{level}: the
+// warning and error lines logged (helpers/prometheus/log_hook.go). Its hook
+// goes on the daemon's logger (zap.Hooks).
+type logErrors struct {
+	warning, err, fatal, panic atomic.Int64
+}
+
+var logErrorsDesc = prometheus.NewDesc("gitlab_runner_errors_total", "The number of caught errors.", []string{"level"}, nil)
+
+func (l *logErrors) hook(e zapcore.Entry) error {
+	switch {
+	case e.Level == zapcore.WarnLevel:
+		l.warning.Add(1)
+	case e.Level == zapcore.ErrorLevel:
+		l.err.Add(1)
+	case e.Level == zapcore.FatalLevel:
+		l.fatal.Add(1)
+	case e.Level > zapcore.ErrorLevel: // DPanic, Panic
+		l.panic.Add(1)
+	}
+	return nil
+}
+
+func (l *logErrors) Describe(ch chan<- *prometheus.Desc) { ch <- logErrorsDesc }
+
+func (l *logErrors) Collect(ch chan<- prometheus.Metric) {
+	for level, n := range map[string]*atomic.Int64{"panic": &l.panic, "fatal": &l.fatal, "error": &l.err, "warning": &l.warning} {
+		ch <- prometheus.MustNewConstMetric(logErrorsDesc, prometheus.CounterValue, float64(n.Load()), level)
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"gitlab.com/paas-runner/paas-runner/config"
 )
@@ -126,5 +127,30 @@ func TestPaaSRequestMetrics(t *testing.T) {
 		if got := paasEndpoint(http.MethodPut, path); got != want {
 			t.Errorf("%s: %s, want %s", path, got, want)
 		}
+	}
+}
+
+// gitlab_runner_errors_total counts the warning and error lines of the
+// logger its hook is on, by gitlab-runner's level names.
+func TestLogErrorsCounted(t *testing.T) {
+	l := &logErrors{}
+	core, _ := observer.New(zap.InfoLevel)
+	log := zap.New(core).WithOptions(zap.Hooks(l.hook))
+	log.Info("fine")
+	log.Warn("careful")
+	log.Warn("careful again")
+	log.Error("broken")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(l)
+	fams, err := reg.Gather()
+	if err != nil || len(fams) != 1 {
+		t.Fatal(err, fams)
+	}
+	got := map[string]float64{}
+	for _, m := range fams[0].GetMetric() {
+		got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+	}
+	if fams[0].GetName() != "gitlab_runner_errors_total" || got["warning"] != 2 || got["error"] != 1 || got["fatal"] != 0 || got["panic"] != 0 || len(got) != 4 {
+		t.Fatalf("%s %v", fams[0].GetName(), got)
 	}
 }

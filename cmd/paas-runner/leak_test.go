@@ -228,7 +228,8 @@ func TestNoSecretInAnyOutput(t *testing.T) {
 		"envs/claimed/.gitkeep": "", "envs/unclaimed/.gitkeep": "", "envs/unclaimed/env-a": "region=eu-west-1", "envs/unclaimed/env-b": "region=us-east-1"}); err != nil {
 		t.Fatal(err)
 	}
-	locks, err := gitserve.New(repos, func(u, p string) bool { return u == "locks-bot" && p == secrets["locks repository password"] })
+	lockPW := secrets["locks repository password"] // (secrets grows while the server runs)
+	locks, err := gitserve.New(repos, func(u, p string) bool { return u == "locks-bot" && p == lockPW })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,7 +445,7 @@ cc_deployment_repo_timeout = 60
 			scrape()
 			all := true
 			for _, w := range ws {
-				if !jobFinal(gl.StatusOf(w.job.ID)) {
+				if !jobFinal(gl.Job(w.job.ID).Status) {
 					all = false
 				}
 			}
@@ -457,8 +458,8 @@ cc_deployment_repo_timeout = 60
 			time.Sleep(100 * time.Millisecond) // the daemon and its hosts are other processes
 		}
 		for _, w := range ws {
-			if st := gl.StatusOf(w.job.ID); st != w.status {
-				t.Errorf("job %d (%s): %s, want %s\n%s", w.job.ID, w.job.Payload["job_info"].(map[string]any)["name"], st, w.status, gl.TraceOf(w.job.ID))
+			if st := gl.Job(w.job.ID).Status; st != w.status {
+				t.Errorf("job %d (%s): %s, want %s\n%s", w.job.ID, w.job.Payload["job_info"].(map[string]any)["name"], st, w.status, string(gl.Job(w.job.ID).Trace))
 			}
 		}
 	}
@@ -504,7 +505,7 @@ cc_deployment_repo_timeout = 60
 		"the pipeline guard (guard API token) used": "pipeline guard passed", "the locks repository used": "pool:envs/env-",
 		"the S3 cache used": "Created cache", "the masked values masked": "key [MASKED], token [MASKED]", "a clever-docker job": "Clever Cloud application ready", "the multi-tenant orga": orgB,
 		"the PaaS API metrics": `paas_runner_paas_api_request_statuses_total{endpoint="create_application",executor="clever-docker",method="post",status="200"}`} {
-		if !strings.Contains(logs.String()+scraped.String()+gl.TraceOf(jobs[0].job.ID), sub) {
+		if !strings.Contains(logs.String()+scraped.String()+string(gl.Job(jobs[0].job.ID).Trace), sub) {
 			t.Errorf("the collected output lacks %s (%q)", what, sub)
 		}
 	}
@@ -523,7 +524,7 @@ cc_deployment_repo_timeout = 60
 	}
 	if t.Failed() {
 		t.Logf("daemon output:\n%s", logs)
-		t.Logf("first job's log:\n%s", gl.TraceOf(jobs[0].job.ID))
+		t.Logf("first job's log:\n%s", string(gl.Job(jobs[0].job.ID).Trace))
 	}
 }
 

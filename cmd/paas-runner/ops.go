@@ -55,6 +55,7 @@ type ops struct {
 	apiDuration  *prometheus.HistogramVec
 	apiErrors    *prometheus.CounterVec
 	jobsTotal    *prometheus.CounterVec
+	jobDuration  *prometheus.HistogramVec
 	paasStatuses *prometheus.CounterVec
 	paasDuration *prometheus.HistogramVec
 	paasErrors   *prometheus.CounterVec
@@ -91,6 +92,9 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 	o.paasErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "paas_api_request_errors_total",
 		Help: "PaaS API requests that got no answer (refused, timeout, TLS error), by executor, endpoint and method."},
 		[]string{"executor", "endpoint", "method"})
+	o.jobDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "gitlab_runner_job_duration_seconds",
+		Help:    "Histogram of job durations: from acquisition to the job's end (guard waits and provisioning included).",
+		Buckets: []float64{30, 60, 300, 600, 1800, 3600, 7200, 10800, 18000, 36000}}, []string{"runner", "runner_name", "system_id"})
 	o.jobsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gitlab_runner_jobs_total", Help: "Total number of handled jobs"},
 		[]string{"runner", "runner_name", "system_id"})
 	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
@@ -114,6 +118,7 @@ func (o *ops) runnerSeries(cfg *config.Config) {
 		o.decomLag.WithLabelValues(r.Executor)
 		o.launchFails.WithLabelValues(r.Executor, "runner_system_failure")
 		o.jobsTotal.WithLabelValues(r.ID(), r.DisplayName(), o.systemID)
+		o.jobDuration.WithLabelValues(r.ID(), r.DisplayName(), o.systemID)
 	}
 }
 
@@ -168,10 +173,22 @@ func (o *ops) LaunchFailed(r *dispatcher.Runner, reason string) {
 	o.launchFails.WithLabelValues(r.ExecutorName, reason).Inc()
 }
 
-func (o *ops) JobEnded(_ *dispatcher.Runner, k state.Key) {
+func (o *ops) JobEnded(r *dispatcher.Runner, k state.Key) {
+	now := time.Now()
 	o.mu.Lock()
-	o.ended[k] = time.Now()
+	o.ended[k] = now
+	d := o.d
 	o.mu.Unlock()
+	if d == nil {
+		return
+	}
+	// (the dispatcher calls this holding none of its locks)
+	for _, j := range d.Jobs() {
+		if j.Runner == k.Runner && j.JobID == k.ID && !j.AcquiredAt.IsZero() {
+			o.jobDuration.WithLabelValues(r.ID, r.Name, o.systemID).Observe(now.Sub(j.AcquiredAt).Seconds())
+			return
+		}
+	}
 }
 
 func (o *ops) HostRemoved(r *dispatcher.Runner, k state.Key) {
@@ -337,7 +354,7 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 	if o.logErrors != nil {
 		reg.MustRegister(o.logErrors)
 	}
-	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.paasStatuses, o.paasDuration, o.paasErrors, o.stateWrite, &jobsCollector{o: o, d: d})
+	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.jobDuration, o.paasStatuses, o.paasDuration, o.paasErrors, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")

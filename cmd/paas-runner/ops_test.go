@@ -147,6 +147,7 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 		m := scrape()
 		return len(doc.Jobs) == 0 &&
 			metricHas(m, `paas_runner_decommission_lag_seconds_count\{executor="test-dir"\} 1$`) &&
+			metricHas(m, `gitlab_runner_job_duration_seconds_count\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 1$`) &&
 			metricHas(m, `paas_runner_hosts_alive\{executor="test-dir"\} 0$`) &&
 			metricHas(m, `paas_runner_jobs_by_state\{executor="test-dir",runner="[^"]+",state="launched"\} 0$`), body + m
 	})

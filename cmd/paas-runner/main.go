@@ -55,6 +55,9 @@ func main() {
 	if code, ok := asHeptapodRunner(os.Args, os.Stderr); ok {
 		os.Exit(code)
 	}
+	if code, ok := asJobGuard(os.Args, os.Stdout, os.Stderr); ok {
+		os.Exit(code) // guard.go
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

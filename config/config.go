@@ -432,10 +432,10 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 //   - a legacy token (neither glrt- nor glrtr-): its first 8 characters, exactly as
 //     Heptapod PAAS Runner's unique_name, so that Heptapod state files and
 //     host names (hpd-job-<unique_name>-<job id>) carry over;
-//   - a glrt- or glrtr- token (glrtr-: a runner token GitLab issued to a
+//   - a glrt- or glrtr- token (glrtr-: the runner token GitLab issues to a
 //     runner registered with a registration token): "t" and the first 7
 //     hex digits of its SHA-256. The first 8 characters of such tokens are
-//     shared (glrt-t1_, glrt-t3_…, glrtr-xy), so they identify nothing.
+//     shared (glrt-t1_, glrt-t3_…, glrtr-…), so they identify nothing.
 func (r *Runner) ID() string { return RunnerID(r.Token) }
 
 // RunnerID is Runner.ID for a token.

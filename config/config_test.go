@@ -225,7 +225,17 @@ func TestPermissionWarning(t *testing.T) {
 	if w := PermissionWarning(p); w != "" {
 		t.Fatalf("0600 file: %q", w)
 	}
-	for mode, who := range map[os.FileMode]string{0o640: "group", 0o604: "others", 0o644: "group and others"} {
+	// 0640 (root:<the daemon's group>, systemd's ConfigurationDirectory)
+	// is fine: only a file every user can read is warned about
+	for _, mode := range []os.FileMode{0o640, 0o660, 0o700} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if w := PermissionWarning(p); w != "" {
+			t.Errorf("%04o file: %q", mode, w)
+		}
+	}
+	for mode, who := range map[os.FileMode]string{0o604: "others", 0o644: "group and others"} {
 		if err := os.Chmod(p, mode); err != nil {
 			t.Fatal(err)
 		}

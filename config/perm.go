@@ -26,11 +26,14 @@ func ExposedTo(path string) (string, os.FileMode) {
 }
 
 // PermissionWarning is the warning to log at start when the configuration
-// is readable by others than its owner, "" when it is not.
+// is readable by every user (mode & 0o004), "" when it is not. A file
+// readable by its group only is not warned about: 0640 root:<the daemon's
+// group> is the natural systemd setup (ConfigurationDirectory), and the
+// same rule as for secret files (secrets.go).
 func PermissionWarning(path string) string {
 	who, m := ExposedTo(path)
-	if who == "" {
+	if m&0o004 == 0 {
 		return ""
 	}
-	return fmt.Sprintf("%s is readable by %s (mode %04o) and holds runner tokens: chmod 600 %s", path, who, m, path)
+	return fmt.Sprintf("%s is readable by %s (mode %04o) and holds runner tokens: chmod 600 %s (or 640, group of the daemon's user)", path, who, m, path)
 }

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"gitlab.com/paas-runner/paas-runner/config"
@@ -119,9 +120,11 @@ func appendRunner(existing []byte, r runnerSection) []byte {
 }
 
 // writeConfig validates data as a configuration and replaces path
-// atomically, mode 0600 whatever the mode of the file it replaces: it holds
-// runner tokens. tightened is the old mode when it let others read the
-// file (0 otherwise), for the caller to say so.
+// atomically, mode 0600: it holds runner tokens. A file readable by its
+// group only (0640 root:<the daemon's group>, systemd's
+// ConfigurationDirectory setup) keeps that mode and group, or the daemon
+// could no longer read it. tightened is the old mode when it let others
+// read the file (0 otherwise), for the caller to say so.
 func writeConfig(path string, data []byte) (tightened os.FileMode, err error) {
 	if _, err := config.Parse(path, data, config.Options{}); err != nil {
 		var es config.Errors
@@ -130,10 +133,19 @@ func writeConfig(path string, data []byte) (tightened os.FileMode, err error) {
 			return 0, fmt.Errorf("the resulting configuration would be invalid:\n%w", err)
 		}
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		tightened = fi.Mode().Perm()
+	perm, gid := os.FileMode(0o600), -1
+	if fi, err := os.Stat(path); err == nil {
+		switch m := fi.Mode().Perm(); {
+		case m&0o004 == 0 && m&0o040 != 0:
+			perm = 0o640
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				gid = int(st.Gid)
+			}
+		case m&0o077 != 0:
+			tightened = m
+		}
 	}
-	return tightened, atomicfile.WriteFile(path, data, 0o600)
+	return tightened, atomicfile.WriteFileGroup(path, data, perm, gid)
 }
 
 // modeNote tells that writeConfig made path private.

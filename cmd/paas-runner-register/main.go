@@ -280,9 +280,12 @@ func register(f *regFlags, path string, p *prompter, stdout io.Writer) (int, err
 	}
 
 	// Ask GitLab.
-	sysID, sysErr := systemid.ForStateFile(stateFile)
+	// The system id GitLab records the runner manager under is stored
+	// next to the state file only once GitLab has accepted the runner: a
+	// failed registration leaves the state directory as it was.
+	sysID, freshID, sysErr := systemid.Peek(stateFile)
 	if sysErr != nil {
-		sysID = ""
+		sysID, freshID = "", false
 	}
 	client, err := coordinator.New(coordinator.Config{URL: gitlabURL, Token: token, SystemID: sysID, UserAgent: version.UserAgent(),
 		Info:  coordinator.Info{Name: version.Name, Version: version.Version, Revision: version.Revision, Platform: runtime.GOOS, Architecture: runtime.GOARCH, Executor: "docker"},
@@ -325,6 +328,9 @@ func register(f *regFlags, path string, p *prompter, stdout io.Writer) (int, err
 		return exitFatal, fmt.Errorf("writing %s: %w (GitLab registered runner id %d: remove it there if you give up)", path, err, creds.ID)
 	}
 	fmt.Fprint(stdout, modeNote(path, oldMode))
+	if freshID {
+		_, sysErr = systemid.Store(stateFile, sysID)
+	}
 	if sysErr != nil {
 		fmt.Fprintf(stdout, "Note: the system id could not be stored next to the state file (%v); paas-runner creates it at first start.\n", sysErr)
 	}

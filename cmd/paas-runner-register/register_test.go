@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	"gitlab.com/paas-runner/paas-runner/config"
@@ -66,7 +67,22 @@ func TestRegisterGlrtNonInteractive(t *testing.T) {
 		t.Errorf("mode %v", fi.Mode())
 	}
 	if _, err := os.Stat(filepath.Join(dir, ".runner_system_id")); err != nil {
-		t.Error("system id not stored next to the state file")
+		t.Fatal("system id not stored next to the state file")
+	}
+	// the stored system id is the one GitLab recorded the runner manager
+	// under: unregistering (DELETE /runners/managers with it) finds it
+	if r := runReg("", "unregister", "--name", "one", cfg); r.code != 0 || strings.Contains(r.stdout, "no longer knows") {
+		t.Errorf("stored system id is not the one sent to GitLab: %+v", r)
+	}
+}
+
+// noSystemID fails when a failed registration left a system id file in the
+// state directory.
+func noSystemID(t *testing.T, dir string) {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, ".*runner_system_id*"))
+	if len(m) > 0 {
+		t.Errorf("failed registration created %v", m)
 	}
 }
 
@@ -100,6 +116,7 @@ func TestNetworkFailureAndRefusals(t *testing.T) {
 		if _, err := os.Stat(cfg); err == nil {
 			t.Fatalf("%v: config written despite the failure", c.args)
 		}
+		noSystemID(t, dir)
 	}
 	for status, want := range map[int]string{422: "runner token refused by " + gl.URL + " (422)", 500: gl.URL + " is failing (500); try again later"} {
 		gl.Inject("runners/verify", status, -1, nil)
@@ -114,6 +131,7 @@ func TestNetworkFailureAndRefusals(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "registration tokens are disabled") {
 		t.Errorf("410: %+v", r)
 	}
+	noSystemID(t, dir)
 }
 
 const existing = `# my runners, hand-written
@@ -315,5 +333,59 @@ func TestTwoRunnersWithSharedTokenPrefix(t *testing.T) {
 	}
 	if n := gl.Count("POST /api/v4/jobs/request"); n < 4 {
 		t.Fatalf("%d job requests, want both runners polling:\n%s", n, out)
+	}
+}
+
+// A glrtr- token (the runner token of a runner registered with a
+// registration token) is unregistered like a legacy one, as gitlab-runner
+// does: DELETE /runners removes the runner, not just this manager.
+func TestUnregisterGlrtrDeletesRunner(t *testing.T) {
+	gl, dir := setup(t)
+	tok := "glrtr-legacy-0123456789"
+	gl.AddRunner(tok)
+	cfg := filepath.Join(dir, "config.toml")
+	body := strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)
+	body = strings.Replace(body, "https://gitlab.example", gl.URL, 1)
+	body += fmt.Sprintf("\n[[runners]]\n  name = \"old\"\n  url = %q\n  token = %q\n  executor = \"local-docker\"\n", gl.URL, tok)
+	os.WriteFile(cfg, []byte(body), 0o600)
+	r := runReg("", "unregister", "--name", "old", cfg)
+	if r.code != 0 || strings.Contains(r.stdout, "no longer knows") {
+		t.Fatalf("unregister: %+v", r)
+	}
+	if n, m := gl.Count("DELETE /api/v4/runners"), gl.Count("DELETE /api/v4/runners/managers"); n != 1 || m != 0 {
+		t.Errorf("DELETE /runners %d times, /runners/managers %d times; want 1 and 0", n, m)
+	}
+}
+
+// A configuration readable by its group only (0640 root:<the daemon's
+// group>, systemd's ConfigurationDirectory setup) keeps its mode and group
+// when a runner is appended: made 0600 (and the registering user's group),
+// the daemon could no longer read it.
+func TestAppendKeepsGroupReadableMode(t *testing.T) {
+	gl, dir := setup(t)
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)), 0o600)
+	gid := os.Getegid()
+	if os.Geteuid() == 0 {
+		gid = 4242 // root may give any group: the daemon's
+	} else if gs, _ := os.Getgroups(); len(gs) > 0 {
+		for _, g := range gs {
+			if g != gid {
+				gid = g // a group other than the default one, when there is one
+				break
+			}
+		}
+	}
+	if err := os.Chown(cfg, -1, gid); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(cfg, 0o640)
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--token", "glrt-good-0123456789", "--name", "two", "--executor", "local-docker", cfg)
+	if r.code != 0 || strings.Contains(r.stdout, "was mode") {
+		t.Fatalf("%+v", r)
+	}
+	fi, _ := os.Stat(cfg)
+	if fi.Mode().Perm() != 0o640 || int(fi.Sys().(*syscall.Stat_t).Gid) != gid {
+		t.Errorf("mode %v gid %d, want 0640 and gid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid, gid)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,17 +31,28 @@ func locksCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON (as GET /debug/locks)")
 	yes := fs.Bool("yes", false, "confirm a force release")
 	pos, err := cliflags.Parse(fs, args)
-	if err != nil || len(pos) == 0 {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(stderr, locksUsage)
-		return exitUsage
+		return exitOK
+	case err != nil:
+		return verbMistake(stderr, "locks", err.Error())
+	case len(pos) == 0:
+		return verbMistake(stderr, "locks", "missing CONFIG")
 	}
 	release := pos[0] == "release"
 	if release {
 		pos = pos[1:]
 	}
-	if (release && len(pos) != 2) || (!release && len(pos) != 1) {
-		fmt.Fprint(stderr, locksUsage)
-		return exitUsage
+	switch {
+	case release && len(pos) == 0:
+		return verbMistake(stderr, "locks", "release: missing CONFIG and NAME")
+	case release && len(pos) == 1:
+		return verbMistake(stderr, "locks", "release: missing NAME")
+	case release && len(pos) > 2:
+		return verbMistake(stderr, "locks", "release: unexpected arguments after NAME: "+strings.Join(pos[2:], " "))
+	case !release && len(pos) > 1:
+		return verbMistake(stderr, "locks", "unexpected arguments after CONFIG: "+strings.Join(pos[1:], " "))
 	}
 	cfg, err := config.Load(pos[0], config.Options{})
 	if err != nil {
@@ -98,9 +110,16 @@ func poolCmd(args []string, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	mdFile := fs.String("metadata-file", "", "file whose content is the lock's metadata")
 	pos, err := cliflags.Parse(fs, args)
-	if err != nil || len(pos) != 4 {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(stderr, locksUsage)
-		return exitUsage
+		return exitOK
+	case err != nil:
+		return verbMistake(stderr, "pool", err.Error())
+	case len(pos) < 4:
+		return verbMistake(stderr, "pool", "missing "+[]string{"the operation (add, add-claimed, remove or update)", "CONFIG", "POOL", "LOCK"}[len(pos)])
+	case len(pos) > 4:
+		return verbMistake(stderr, "pool", "unexpected arguments after LOCK: "+strings.Join(pos[4:], " "))
 	}
 	op, cfgPath, pool, lock := pos[0], pos[1], pos[2], pos[3]
 	cfg, err := config.Load(cfgPath, config.Options{})

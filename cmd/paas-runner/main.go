@@ -83,6 +83,13 @@ type options struct {
 	setProgressInt bool
 }
 
+// verbMistake reports a command-line mistake of a command on one line, with
+// the hint to its --help: exit 2.
+func verbMistake(stderr io.Writer, verb, msg string) int {
+	fmt.Fprintf(stderr, "paas-runner: %s: %s (see paas-runner %s --help)\n", verb, msg, verb)
+	return exitUsage
+}
+
 // usageError is a command-line mistake: exit 2.
 type usageError struct{ msg string }
 
@@ -463,8 +470,14 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	case err != nil:
 		fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: %v (%s)\n", err, usage)
 		return exitUsage
-	case *cfgPath == "" || len(pos) != 1:
-		fmt.Fprintln(stderr, usage)
+	case *cfgPath == "":
+		fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: missing --config (%s)\n", usage)
+		return exitUsage
+	case len(pos) == 0:
+		fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: missing job.json (%s)\n", usage)
+		return exitUsage
+	case len(pos) > 1:
+		fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: unexpected arguments after job.json: %s (%s)\n", strings.Join(pos[1:], " "), usage)
 		return exitUsage
 	}
 	log, _ := logging.New(firstOf(os.Getenv("PAAS_RUNNER_LOG_LEVEL"), "info"), "text")

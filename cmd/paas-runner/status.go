@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,19 +24,21 @@ import (
 // from the state file, read only (no lock taken, nothing written).
 func statusCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("paas-runner status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	asJSON := fs.Bool("json", false, "print the jobs as JSON (the /debug/jobs document)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: paas-runner status [--json] CONFIG\n\nLists the tracked jobs: from the running daemon (listen_address), else from the state file.")
-		fs.PrintDefaults()
-	}
 	pos, err := cliflags.Parse(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintln(stderr, "usage: paas-runner status [--json] CONFIG\n\nLists the tracked jobs: from the running daemon (listen_address), else from the state file.")
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
 		return exitOK
-	}
-	if err != nil || len(pos) != 1 {
-		fs.Usage()
-		return exitUsage
+	case err != nil:
+		return verbMistake(stderr, "status", err.Error())
+	case len(pos) == 0:
+		return verbMistake(stderr, "status", "missing CONFIG")
+	case len(pos) > 1:
+		return verbMistake(stderr, "status", "unexpected arguments after CONFIG: "+strings.Join(pos[1:], " "))
 	}
 	cfg, err := config.Load(pos[0], config.Options{Executors: newRegistry().names()})
 	if err != nil {

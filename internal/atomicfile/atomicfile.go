@@ -13,6 +13,13 @@ import (
 // exists, must be a regular file. On any error the target is left untouched
 // and the temporary file removed.
 func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+	return WriteFileGroup(path, data, perm, -1)
+}
+
+// WriteFileGroup is WriteFile giving the new file group gid (-1: the
+// process's) before it replaces path, so that readers through that group
+// never see it unreadable.
+func WriteFileGroup(path string, data []byte, perm os.FileMode, gid int) (err error) {
 	if fi, statErr := os.Lstat(path); statErr == nil && !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s: not a regular file", path)
 	}
@@ -30,6 +37,11 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	}()
 	if _, err = f.Write(data); err != nil {
 		return err
+	}
+	if gid >= 0 {
+		if err = f.Chown(-1, gid); err != nil {
+			return err
+		}
 	}
 	if err = f.Chmod(perm); err != nil {
 		return err

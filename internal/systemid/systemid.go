@@ -36,7 +36,44 @@ var systemIDRe = regexp.MustCompile(`^[rs]_[0-9a-zA-Z]{12}$`)
 
 // ForStateFile returns the system_id of statePath, generating and storing
 // one (r_ + 12 random alphanumerics, like gitlab-runner) the first time.
-func ForStateFile(statePath string) (string, error) {
+func ForStateFile(statePath string) (string, error) { return claim(statePath, generate) }
+
+// Store stores id as statePath's system_id unless statePath already has
+// one, and returns the one statePath has then: id, or the one stored
+// before (by a daemon that started meanwhile). paas-runner-register calls
+// it once GitLab has accepted the runner with id (see Peek).
+func Store(statePath, id string) (string, error) {
+	if !systemIDRe.MatchString(id) {
+		return "", fmt.Errorf("%q is not a system id", id)
+	}
+	return claim(statePath, func() (string, error) { return id, nil })
+}
+
+// Peek returns the system_id ForStateFile would return for statePath
+// without creating or claiming any file: the stored one (fresh false), or
+// one newly generated (fresh true) for the caller to Store once it has
+// used it successfully.
+func Peek(statePath string) (id string, fresh bool, err error) {
+	dir, name := filepath.Dir(statePath), filepath.Base(statePath)
+	if id, err := read(filepath.Join(dir, "."+name+FileName)); err == nil || !os.IsNotExist(err) {
+		return id, false, err
+	}
+	owner, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil && !os.IsNotExist(err) {
+		return "", false, fmt.Errorf("reading system id: %w", err)
+	}
+	if o := strings.TrimSpace(string(owner)); o == "" || o == name {
+		if id, err := read(filepath.Join(dir, FileName)); err == nil || !os.IsNotExist(err) {
+			return id, false, err
+		}
+	}
+	id, err = generate()
+	return id, err == nil, err
+}
+
+// claim returns statePath's system_id, storing the one gen gives when it
+// has none yet.
+func claim(statePath string, gen func() (string, error)) (string, error) {
 	dir, name := filepath.Dir(statePath), filepath.Base(statePath)
 	own := filepath.Join(dir, "."+name+FileName)
 	if id, err := read(own); err == nil || !os.IsNotExist(err) {
@@ -71,7 +108,7 @@ func ForStateFile(statePath string) (string, error) {
 	if id, err := read(own); err == nil || !os.IsNotExist(err) {
 		return id, err
 	}
-	id, err := generate()
+	id, err := gen()
 	if err != nil {
 		return "", err
 	}

@@ -99,3 +99,37 @@ func TestExistingDirectoryFileKept(t *testing.T) {
 		t.Fatalf("%d state files took the existing system_id over: %v", tookOld, ids)
 	}
 }
+
+// Peek creates nothing; Store keeps the peeked id, and never replaces one
+// already stored.
+func TestPeekStore(t *testing.T) {
+	dir := t.TempDir()
+	sp := filepath.Join(dir, "state.json")
+	id, fresh, err := Peek(sp)
+	if err != nil || !fresh || !systemIDRe.MatchString(id) {
+		t.Fatalf("%q %v %v", id, fresh, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("Peek created %v", ents)
+	}
+	if got, err := Store(sp, id); err != nil || got != id {
+		t.Fatalf("Store: %q %v", got, err)
+	}
+	if got, err := ForStateFile(sp); err != nil || got != id {
+		t.Fatalf("ForStateFile after Store: %q %v, want %q", got, err, id)
+	}
+	if got, fresh, err := Peek(sp); err != nil || fresh || got != id {
+		t.Fatalf("Peek after Store: %q %v %v", got, fresh, err)
+	}
+	if got, _ := Store(sp, "r_000000000000"); got != id {
+		t.Fatalf("Store replaced %q by %q", id, got)
+	}
+	// a second state file of the directory gets its own
+	other := filepath.Join(dir, "other.json")
+	if got, fresh, _ := Peek(other); !fresh || got == id {
+		t.Fatalf("Peek of another state file: %q %v", got, fresh)
+	}
+	if _, err := Store(sp, "nonsense"); err == nil {
+		t.Fatal("nonsense stored")
+	}
+}

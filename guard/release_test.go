@@ -66,3 +66,25 @@ func TestGitReleaseOnlyJobsWithGuards(t *testing.T) {
 		t.Fatalf("job 2's lock left in the repository:\n%s", tree)
 	}
 }
+
+// A repository with only a README: a project lock taken then released
+// leaves it as it was, and the next job takes the lock again (the
+// directories the release emptied are not read as a foreign layout).
+func TestGitLockAgainAfterItsDirectoryWentAway(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"README.md": "locks\n"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	first := &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarLock: "x"}}
+	if r := get(t, d.admit(t, ctx, first)); r.err != nil {
+		t.Fatal(r.err)
+	}
+	d.m.Release("runner1", 1)
+	if tree := g.show("ls-tree", "-r", "--name-only", "main"); tree != "README.md\n" {
+		t.Fatalf("the released lock left in the repository:\n%s", tree)
+	}
+	again := &tjob{id: 2, pipeline: 2, timeout: 3600, vars: map[string]string{VarLock: "x"}}
+	if r := get(t, d.admit(t, ctx, again)); r.err != nil {
+		t.Fatalf("the next job: %v (%v)", r.err, again.lines())
+	}
+}

@@ -58,6 +58,13 @@ func (t *tracked) get() state.Job {
 	return t.rec
 }
 
+// isConfirmed: GitLab was told the job is taken (ConfirmJob).
+func (t *tracked) isConfirmed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.confirmed
+}
+
 func (t *tracked) phase() state.Phase {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -180,15 +187,8 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			return &stepError{op: "plan", err: err}
 		}
 		rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Provisioning })
-		// The job log line goes out while the state is written.
-		go func() {
-			defer close(traced)
-			d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
-		}()
 		// Write-ahead: the host's handle is durable before it is created.
-		err = d.store.Sync(ctx)
-		<-traced
-		if err != nil {
+		if err := d.store.Sync(ctx); err != nil {
 			return fmt.Errorf("saving state before provisioning: %w", err)
 		}
 		// The job is durable: only now is GitLab told it is taken. A crash
@@ -197,10 +197,20 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		if err := d.confirm(ctx, t); err != nil {
 			return err
 		}
+		// Only a confirmed job has a log: GitLab takes a job token
+		// (trace PATCH) only for a running job (Ci::AuthJobFinder), and
+		// answers 403 Job-Status: pending before. The line goes out while
+		// the launch is spaced.
+		go func() {
+			defer close(traced)
+			d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
+		}()
 	} else {
 		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
+		close(traced)
 	}
 	d.spaceLaunches(ctx)
+	<-traced // one writer of the log at a time
 	start := time.Now()
 	h, err := retry(ctx, d, t, "provision", func() (executors.Handle, error) { return ex.Provision(ctx, rec.Resource, ej) })
 	if err != nil {
@@ -584,6 +594,12 @@ const (
 // traceLine writes one line to the job log (best effort). A job that is no
 // longer running stops provisioning.
 func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isErr bool) {
+	if !t.isConfirmed() && t.phase().Pending() {
+		// not confirmed yet (two-phase commit): GitLab would answer 403
+		// Job-Status: pending, read as "the job is not running"
+		t.logger().Info("job log line kept back: the job is not confirmed to GitLab yet", zap.String("line", line))
+		return
+	}
 	if isErr {
 		line = ansiRed + line + ansiReset
 	}
@@ -630,6 +646,21 @@ func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isE
 // the host. report=false: the failure was recorded before a restart.
 func (d *Dispatcher) failPending(t *tracked, cause error, fresh bool) {
 	log := t.logger()
+	if !t.isConfirmed() && !t.get().Reported {
+		// GitLab takes neither a log line nor a final state from a job
+		// still waiting for its runner's confirmation (two-phase commit:
+		// 403 to the PATCH, 400 to PUT state=failed): confirm it first.
+		ctx, cancel := context.WithTimeout(d.work, time.Minute)
+		err := d.durableConfirm(ctx, t)
+		cancel()
+		if why, status := t.stopped(); why != "" {
+			d.abandon(t, why, status)
+			return
+		}
+		if err != nil {
+			log.Warn("could not confirm the failed job to GitLab before failing it", zap.Error(err))
+		}
+	}
 	rec := t.get()
 	msg := cause.Error()
 	if fresh {

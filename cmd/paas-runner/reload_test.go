@@ -14,6 +14,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/internal/testca"
 )
 
 // The keys a reload cannot apply are named; the live ones are not.
@@ -97,7 +98,11 @@ func TestReloadRestartKeysAsWritten(t *testing.T) {
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "ca-"+name), []byte("x"), 0o600); err != nil {
+		ca, err := testca.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ca.WriteFile(dir, "ca-"+name); err != nil {
 			t.Fatal(err)
 		}
 		c, err := config.Load(p, config.Options{Executors: []string{"local-docker", "clever-docker"}})
@@ -133,8 +138,8 @@ network_mode = "n%[1]d"
 [runners.docker]
 privileged = %[3]t
 [runners.cache]
-Type = "s3"
 Path = "p%[1]d"
+Shared = %[3]t
 `, n, map[int]string{1: "text", 2: "json"}[n], n == 2, filepath.Join(dir, fmt.Sprintf("ca-%d.toml", n)))
 	}
 	c1, c2 := write("1.toml", file(1)), write("2.toml", file(2))

@@ -89,7 +89,12 @@ func TestUnusablePayloadIsFailed(t *testing.T) {
 	}
 	name := h.hostName(h.tokens[0], good.ID)
 	h.waitFake("next job launched", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
-	if st := h.d.Stats(); st.Jobs != 1 {
+	// Read once the loop stopped: while it runs, a poll in flight holds a
+	// slot of its own (Jobs 2, Provisioning 1 for a moment).
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.d.Stats(); st.Jobs != 1 || st.Provisioning != 0 || st.Launched != 1 {
 		t.Fatalf("slots: %+v", st)
 	}
 }

@@ -255,6 +255,12 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 		} else if ValidName(dir) != nil {
 			continue
 		}
+		if !hasAnyFile(fs, dir) {
+			// git keeps no empty directory: one in the worktree is what a
+			// commit that removed its files (a released project lock)
+			// left behind
+			continue
+		}
 		dirs++
 		claimed, _ := fs.ReadDir(dir + "/claimed")
 		unclaimed, _ := fs.ReadDir(dir + "/unclaimed")
@@ -347,6 +353,17 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 func hasFile(list []os.FileInfo) bool {
 	for _, f := range list {
 		if !f.IsDir() {
+			return true
+		}
+	}
+	return false
+}
+
+// hasAnyFile tells whether dir holds a file, at any depth.
+func hasAnyFile(fs billy.Filesystem, dir string) bool {
+	ents, _ := fs.ReadDir(dir)
+	for _, e := range ents {
+		if !e.IsDir() || hasAnyFile(fs, dir+"/"+e.Name()) {
 			return true
 		}
 	}

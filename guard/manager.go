@@ -74,6 +74,10 @@ type Manager struct {
 	changed  chan struct{}
 	unsynced error // last backend error, shown to waiters
 	synced   bool  // the store answered once: pools are known
+	// asked are the jobs that declared guards (Admit registered, or tried
+	// to register, them) and have not been released since: only they may
+	// have something in the store the snapshot does not show.
+	asked map[string]bool
 
 	bg sync.WaitGroup
 
@@ -107,7 +111,8 @@ func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) 
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	m := &Manager{opt: opt, be: be, log: opt.Logger, core: opt.Core, policy: opt.Policy, changed: make(chan struct{}), st: NewState()}
+	m := &Manager{opt: opt, be: be, log: opt.Logger, core: opt.Core, policy: opt.Policy, changed: make(chan struct{}), st: NewState(),
+		asked: map[string]bool{}}
 	m.dec = Decide(m.st, m.policy, opt.Now())
 	m.core.AddSource(m.counts)
 	if _, err := m.update(ctx, func(*State) bool { return false }); err != nil {
@@ -393,6 +398,9 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 		return nil, nil
 	}
 	key := req.Job.Key()
+	m.mu.Lock()
+	m.asked[key] = true
+	m.mu.Unlock()
 	since := time.Now()
 	if w := st.Waiters[key]; w != nil {
 		since = w.Since // resumed after a restart: same place, same deadline
@@ -536,8 +544,18 @@ func (m *Manager) Release(runnerID string, jobID int64) {
 
 func (m *Manager) release(key string) {
 	st, _ := m.Snapshot()
-	if _, waiting := st.Waiters[key]; !waiting && len(st.HeldBy(key)) == 0 && !m.opt.AsyncRelease {
-		return // nothing held (most jobs): no write
+	m.mu.Lock()
+	asked, synced := m.asked[key], m.synced
+	delete(m.asked, key)
+	m.mu.Unlock()
+	// Nothing held, not waiting (most jobs): no write. With a shared store
+	// (AsyncRelease) no round trip either when the job never declared
+	// guards and the store answered once (a job resumed after a restart
+	// has its holds in the snapshot): only this daemon adds a job of its
+	// own to the store. A job that asked may be there unseen (a push made
+	// whose answer was lost): it is released there.
+	if _, waiting := st.Waiters[key]; !waiting && len(st.HeldBy(key)) == 0 && (!m.opt.AsyncRelease || (synced && !asked)) {
+		return
 	}
 	do := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

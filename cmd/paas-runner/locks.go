@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -214,6 +215,11 @@ func updateGuards(ctx context.Context, cfg *config.Config, fn func(*guard.State)
 		}
 		return ferr
 	}
+	// Nothing to change without the daemon's files: opening the store
+	// would create them.
+	if missing(cfg.StateFile) && missing(guard.LocalPath(cfg.StateFile)) {
+		return fmt.Errorf("no state file %s: no lock is held (the daemon has not run with this configuration)", cfg.StateFile)
+	}
 	store, err := state.Open(cfg.StateFile)
 	if err != nil {
 		return fmt.Errorf("%w (with the local backend, stop the daemon first: it owns its guards file while it runs)", err)
@@ -231,6 +237,12 @@ func updateGuards(ctx context.Context, cfg *config.Config, fn func(*guard.State)
 		return err
 	}
 	return ferr
+}
+
+// missing: path does not exist (another error is left to the open).
+func missing(path string) bool {
+	_, err := os.Lstat(path)
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 func describeHolder(h guard.Holder) string {

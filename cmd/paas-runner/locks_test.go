@@ -134,3 +134,35 @@ func TestLocksCommandLocal(t *testing.T) {
 		t.Fatalf("still held: %v %+v", err, st)
 	}
 }
+
+// With the local backend and no state file (the daemon never ran), the
+// locks and pool verbs create nothing: release says there is no state file
+// and fails, locks shows nothing held, pool is refused.
+func TestLocksCommandsLocalNoStateFile(t *testing.T) {
+	e := newEnv(t, "")
+	list := func() string {
+		var names []string
+		ents, err := os.ReadDir(e.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, de := range ents {
+			names = append(names, de.Name())
+		}
+		return strings.Join(names, " ")
+	}
+	before := list()
+	code, _, errs := runCLI(t, "locks", "release", e.config, "lock:acme/web:production", "--yes")
+	if code != 1 || errs != "paas-runner: locks release: no state file "+e.state+": no lock is held (the daemon has not run with this configuration)\n" {
+		t.Fatalf("release without a state file: exit %d, %q", code, errs)
+	}
+	if code, out, errs := runCLI(t, "locks", e.config); code != 0 || strings.Contains(out, "lock:") {
+		t.Fatalf("locks without a state file: exit %d\n%s%s", code, out, errs)
+	}
+	if code, _, _ := runCLI(t, "pool", "add", e.config, "aws", "x"); code != 2 {
+		t.Fatalf("local pool add: exit %d", code)
+	}
+	if after := list(); after != before {
+		t.Fatalf("the state directory changed: %q → %q", before, after)
+	}
+}

@@ -388,14 +388,13 @@ func TestREADMEReloadColumn(t *testing.T) {
 	// every row of a table)
 	type ref struct{ table, key string }
 	covers := map[string][]ref{
-		// reload.go logs tls_ca_file; the key is tls-ca-file
-		"runners.tls_ca_file":                {{"runners", "tls-ca-file"}},
-		"runners.local_docker":               {{"runners", "local_docker"}, {"runners.local_docker", ""}},
-		"runners.docker, cache and job keys": {{"runners", "docker"}, {"runners", "cache"}, {"runners.docker", ""}, {"runners.cache", ""}},
-		"guards.pools (names and locks)":     {{"guards.pools", "name"}, {"guards.pools", "locks"}},
-		"guards.git":                         {{"guards", "git"}, {"guards.git", ""}},
-		"quota_computation":                  {{"", "quota_computation"}, {"quota_computation", ""}},
-		"runners.cc_*":                       {{"runners", "cc_*"}},
+		"runners.local_docker":           {{"runners", "local_docker"}, {"runners.local_docker", ""}},
+		"runners.docker":                 {{"runners", "docker"}, {"runners.docker", ""}},
+		"runners.cache":                  {{"runners", "cache"}, {"runners.cache", ""}},
+		"guards.pools (names and locks)": {{"guards.pools", "name"}, {"guards.pools", "locks"}},
+		"guards.git":                     {{"guards", "git"}, {"guards.git", ""}},
+		"quota_computation":              {{"", "quota_computation"}, {"quota_computation", ""}},
+		"runners.cc_*":                   {{"runners", "cc_*"}},
 	}
 	var restart []ref
 	add := func(prefix string, names []string) {

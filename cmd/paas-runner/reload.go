@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -394,14 +396,28 @@ func runnerRestartKeys(old, rc config.Runner) []string {
 	}
 	diff("name", old.Name, rc.Name)
 	diff("url", old.URL, rc.URL)
-	diff("tls_ca_file", old.TLSCAFile, rc.TLSCAFile)
+	diff("tls-ca-file", old.TLSCAFile, rc.TLSCAFile)
 	diff("executor", old.Executor, rc.Executor)
 	diff("unhealthy_requests_limit", old.UnhealthyRequestsLimit, rc.UnhealthyRequestsLimit)
 	diff("unhealthy_interval", old.UnhealthyInterval, rc.UnhealthyInterval)
 	diff("inner_image", old.InnerImage, rc.InnerImage)
 	diff("local_docker", old.LocalDocker, rc.LocalDocker)
 	diff("cc_*", old.Clever, rc.Clever)
-	diff("docker, cache and job keys", old.Inner, rc.Inner)
+	// The keys forwarded to the inner runner, each by its name.
+	diff("docker", old.Inner["docker"], rc.Inner["docker"])
+	diff("cache", old.Inner["cache"], rc.Inner["cache"])
+	inner := map[string]bool{}
+	for k := range old.Inner {
+		inner[k] = true
+	}
+	for k := range rc.Inner {
+		inner[k] = true
+	}
+	for _, k := range slices.Sorted(maps.Keys(inner)) {
+		if k != "docker" && k != "cache" {
+			diff(k, old.Inner[k], rc.Inner[k])
+		}
+	}
 	return keys
 }
 

@@ -1,7 +1,12 @@
 package main
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +14,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/internal/testca"
 )
 
 // The keys a reload cannot apply are named; the live ones are not.
@@ -60,7 +66,7 @@ func TestReloadRestartKeys(t *testing.T) {
 	}
 	r2.URL, r2.Executor = "https://b", "clever-docker"
 	r2.Inner = map[string]any{"docker": map[string]any{"privileged": true}}
-	if k := runnerRestartKeys(r, r2); !reflect.DeepEqual(k, []string{`runners["r"].url`, `runners["r"].executor`, `runners["r"].docker, cache and job keys`}) {
+	if k := runnerRestartKeys(r, r2); !reflect.DeepEqual(k, []string{`runners["r"].url`, `runners["r"].executor`, `runners["r"].docker`}) {
 		t.Fatalf("runner restart keys %v", k)
 	}
 }
@@ -77,5 +83,75 @@ func TestReloadPipelineGuardTokens(t *testing.T) {
 	tokens.set(&config.Config{Runners: []config.Runner{b}})
 	if p.Token(a.ID()) != "" || p.Token(b.ID()) != "tok-b" {
 		t.Fatal("tokens after the reload")
+	}
+}
+
+// A reload names the keys that need a restart as the user writes them in
+// the file (tls-ca-file, not tls_ca_file; docker, environment, not a
+// description): every name reported for two files that differ in each
+// restart key is a key of the second file.
+func TestReloadRestartKeysAsWritten(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) *config.Config {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ca, err := testca.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ca.WriteFile(dir, "ca-"+name); err != nil {
+			t.Fatal(err)
+		}
+		c, err := config.Load(p, config.Options{Executors: []string{"local-docker", "clever-docker"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	file := func(n int) string {
+		return fmt.Sprintf(`state_file = "/tmp/s%[1]d.json"
+listen_address = "127.0.0.1:%[1]d"
+log_format = "%[2]s"
+shutdown_timeout = %[1]d
+job_progress_poll_interval = %[1]d
+paas_finished_jobs_keep_resources = %[3]t
+paas_decommission_launch_failures = %[3]t
+paas_min_seconds_between_launches = %[1]d
+paas_log_statistics = %[3]t
+
+[[runners]]
+name = "r"
+url = "https://gitlab%[1]d.example"
+token = "glrt-0123456789"
+executor = "local-docker"
+tls-ca-file = %[4]q
+unhealthy_requests_limit = %[1]d
+unhealthy_interval = %[1]d
+inner_image = "inner:%[1]d"
+environment = ["A=%[1]d"]
+output_limit = %[1]d
+[runners.local_docker]
+network_mode = "n%[1]d"
+[runners.docker]
+privileged = %[3]t
+[runners.cache]
+Path = "p%[1]d"
+Shared = %[3]t
+`, n, map[int]string{1: "text", 2: "json"}[n], n == 2, filepath.Join(dir, fmt.Sprintf("ca-%d.toml", n)))
+	}
+	c1, c2 := write("1.toml", file(1)), write("2.toml", file(2))
+	text := file(2)
+	keys := append(topRestartKeys(c1, c2), runnerRestartKeys(c1.Runners[0], c2.Runners[0])...)
+	if len(keys) < 15 {
+		t.Fatalf("only %d keys reported: %v", len(keys), keys)
+	}
+	for _, k := range keys {
+		k = strings.TrimPrefix(k, `runners["r"].`)
+		if !regexp.MustCompile(`(?m)^(` + regexp.QuoteMeta(k) + ` = |\[runners\.` + regexp.QuoteMeta(k) + `\])`).MatchString(text) {
+			t.Errorf("a reload reports %q, which is not a key as the file writes it", k)
+		}
 	}
 }

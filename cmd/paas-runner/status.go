@@ -16,6 +16,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/internal/cliflags"
+	"gitlab.com/paas-runner/paas-runner/internal/systemid"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
 
@@ -52,7 +53,13 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "paas-runner: %v\n", rerr)
 			return exitFatal
 		}
-		doc = debugJobs{Jobs: make([]dispatcher.JobView, 0, len(jobs))}
+		// the state file's system_id, read only (nothing is generated)
+		sid, serr := systemid.Lookup(cfg.StateFile)
+		if serr != nil {
+			fmt.Fprintf(stderr, "paas-runner: %v\n", serr)
+			return exitFatal
+		}
+		doc = debugJobs{SystemID: sid, Jobs: make([]dispatcher.JobView, 0, len(jobs))}
 		names := map[string]string{}
 		for i := range cfg.Runners {
 			names[cfg.Runners[i].ID()] = cfg.Runners[i].DisplayName()

@@ -144,3 +144,25 @@ func generate() (string, error) {
 	}
 	return "r_" + string(buf), nil
 }
+
+// Lookup returns the system_id ForStateFile would return for statePath,
+// without creating or claiming anything (for read-only commands): "" when
+// none is stored yet.
+func Lookup(statePath string) (string, error) {
+	dir, name := filepath.Dir(statePath), filepath.Base(statePath)
+	if id, err := read(filepath.Join(dir, "."+name+FileName)); err == nil || !os.IsNotExist(err) {
+		return id, err
+	}
+	owner, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil && !os.IsNotExist(err) {
+		return "", fmt.Errorf("reading %s: %w", filepath.Join(dir, ownerFile), err)
+	}
+	if o := strings.TrimSpace(string(owner)); o != "" && o != name {
+		return "", nil
+	}
+	id, err := read(filepath.Join(dir, FileName))
+	if os.IsNotExist(err) {
+		return "", nil
+	}
+	return id, err
+}

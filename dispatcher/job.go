@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +44,9 @@ type tracked struct {
 	// waiting: the job waits for a guard (watched in the tracker's
 	// waiting lane, its log writes counting as checks).
 	waiting atomic.Bool
+	// logMu serialises the daemon's writes to the job log (joblog.go).
+	logMu sync.Mutex
+	log   jobLog
 }
 
 func (t *tracked) get() state.Job {
@@ -138,6 +140,7 @@ func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
 		return
 	}
 	if d.work.Err() != nil || errors.Is(err, errDraining) {
+		d.flushHeld(t)
 		log.Info("launch interrupted by shutdown; it resumes at next start", zap.String("phase", string(t.phase())))
 		return
 	}
@@ -151,7 +154,6 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		return errStopped
 	}
 	ej := executors.Job{RunnerID: rec.RunnerID, ID: rec.JobID, Token: rec.Token, Payload: rec.Payload}
-	traced := make(chan struct{})
 	if rec.Phase == state.Acquired {
 		if len(d.cfg.Guards) > 0 {
 			// Guards may wait long: the job is durable meanwhile.
@@ -175,14 +177,9 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			return &stepError{op: "plan", err: err}
 		}
 		rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Provisioning })
-		// The job log line goes out while the state is written.
-		go func() {
-			defer close(traced)
-			d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
-		}()
+		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 		// Write-ahead: the host's handle is durable before it is created.
 		err = d.store.Sync(ctx)
-		<-traced
 		if err != nil {
 			return fmt.Errorf("saving state before provisioning: %w", err)
 		}
@@ -193,7 +190,7 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			return err
 		}
 	} else {
-		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
+		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 	}
 	d.spaceLaunches(ctx)
 	start := time.Now()
@@ -209,13 +206,16 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			return fmt.Errorf("saving state after provisioning: %w", err)
 		}
 	}
-	d.traceLine(ctx, t, fmt.Sprintf("paas-runner: host ready after %.1fs; starting the job on it", time.Since(start).Seconds()), false)
+	d.holdLine(t, fmt.Sprintf("paas-runner: host ready after %.1fs; starting the job on it", time.Since(start).Seconds()))
 	if why, _ := t.stopped(); why != "" {
 		return errStopped
 	}
-	cur := t.get()
-	ej.TraceOffset, ej.TraceCRC = cur.TraceOffset, cur.TraceCRC
-	h, err = retry(ctx, d, t, "launch", func() (executors.Handle, error) { return ex.Launch(ctx, rec.Resource, ej) })
+	h, err = retry(ctx, d, t, "launch", func() (executors.Handle, error) {
+		// the log's offset and checksum to go on from, and the daemon's
+		// last lines for the inner runner to send or written now
+		d.handOver(ctx, t, &ej)
+		return ex.Launch(ctx, rec.Resource, ej)
+	})
 	if err != nil {
 		return err
 	}
@@ -237,6 +237,7 @@ func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle) {
 		j.LaunchedAt = time.Now().UTC()
 		j.Payload = nil
 	})
+	d.tracker.launched(t)
 	d.leaveProvisioning()
 	d.stats.launched.Add(1)
 }
@@ -538,51 +539,6 @@ const (
 	ansiRed   = "\x1b[31;1m"
 	ansiReset = "\x1b[0;m"
 )
-
-// traceLine writes one line to the job log (best effort). A job that is no
-// longer running stops provisioning.
-func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isErr bool) {
-	if isErr {
-		line = ansiRed + line + ansiReset
-	}
-	rec := t.get()
-	data := []byte(line + "\n")
-	var off int64
-	var status string
-	var err error
-	if sw, ok := t.r.Source.(TraceStatusWriter); ok {
-		off, status, err = sw.WriteTraceStatus(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
-	} else {
-		off, err = t.r.Source.WriteTrace(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
-	}
-	switch {
-	case err == nil:
-		if status == job.StatusCanceling && t.phase().Pending() {
-			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
-		} else {
-			d.tracker.touch(t) // GitLab answered: the job runs
-		}
-		t.update(d.store, func(j *state.Job) {
-			if j.TraceOffset == 0 && j.TraceCRC == nil {
-				zero := uint32(0)
-				j.TraceCRC = &zero
-			}
-			if j.TraceCRC != nil && off == j.TraceOffset+int64(len(data)) {
-				c := crc32.Update(*j.TraceCRC, crc32.IEEETable, data)
-				j.TraceCRC = &c
-			} else {
-				j.TraceCRC = nil // appended after someone else's output
-			}
-			j.TraceOffset = off
-		})
-	case errors.Is(err, job.ErrNotRunning):
-		if t.phase().Pending() {
-			t.stopProvisioning("the job is not running in GitLab any more", job.StatusCanceled)
-		}
-	case ctx.Err() == nil:
-		t.logger().Debug("could not write to the job log", zap.Error(err))
-	}
-}
 
 // failPending reports a launch failure to GitLab, then removes (or keeps)
 // the host. report=false: the failure was recorded before a restart.

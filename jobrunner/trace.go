@@ -70,6 +70,19 @@ func NewTrace(client *coordinator.Client, id int64, token string, offset int64, 
 	return t
 }
 
+// Lead puts the daemon's last lines (job.json's trace_lead) first in the
+// log, as they are: the daemon wrote none of its lines masked, and they
+// go out with the first update, counted in the size and checksum.
+func (t *Trace) Lead(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pending = append(t.pending, p...)
+	t.total += int64(len(p))
+}
+
 // Write adds job output to the log.
 func (t *Trace) Write(p []byte) (int, error) {
 	t.mu.Lock()

@@ -25,13 +25,20 @@ type decoder struct {
 	// (0 when unknown)
 	keys map[string]int
 	loc  *runnerLocator
+	// schema, when set (tests), is told of every table decodeFields
+	// decodes and of the keys it accepts there, with their destinations.
+	schema func(table string, fields fieldSet)
 }
 
 var lineRe = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "[^"]*"\))?: (.*)$`)
 
 // Parse decodes and validates configuration data; file names it in errors.
 func Parse(file string, data []byte, opts Options) (*Config, error) {
-	d := &decoder{file: file, keys: map[string]int{}}
+	return parse(file, data, opts, nil)
+}
+
+func parse(file string, data []byte, opts Options, schema func(table string, fields fieldSet)) (*Config, error) {
+	d := &decoder{file: file, keys: map[string]int{}, schema: schema}
 	var top map[string]toml.Primitive
 	md, err := toml.Decode(string(data), &top)
 	if err != nil {
@@ -161,6 +168,9 @@ type fieldSet map[string]any
 // decodeFields decodes the known keys of one table into their destinations,
 // hands keys accepted by forward (if any) over, and reports the rest.
 func (d *decoder) decodeFields(prefix string, prims map[string]toml.Primitive, fields fieldSet, forward func(key string, p toml.Primitive) bool) {
+	if d.schema != nil {
+		d.schema(prefix, fields)
+	}
 	for _, k := range sortedKeys(prims) {
 		p := prims[k]
 		path := k

@@ -149,6 +149,11 @@ func run(args []string) int {
 	for _, r := range results {
 		fmt.Println(r.breakdown())
 	}
+	fmt.Println()
+	fmt.Println(requestsHeader)
+	for _, r := range results {
+		fmt.Println(r.requests())
+	}
 	for _, r := range results {
 		fmt.Println()
 		fmt.Print(r.notes())
@@ -273,19 +278,25 @@ type result struct {
 	jobImages     int             // hosts that ran an image of their own
 	succeeded     int
 
-	window     time.Duration      // queue → last job's end
-	daemonRPS  map[string]float64 // by route, in the window
-	innerRPS   float64
-	daemonUA   map[string]bool
-	innerUA    map[string]bool
-	rssPeakKiB int
-	rssEndKiB  int
-	procsPeak  int
-	cpuSeconds float64
-	cpuWindow  time.Duration // queue → every host gone
-	leftovers  string        // what the daemon left on the engine after it stopped
-	exit       string
-	logTail    string
+	window    time.Duration      // queue → last job's end
+	daemonRPS map[string]float64 // by route, in the window
+	// perJob: the daemon's requests by route, queue → every host gone,
+	// per job. steady: its requests by route from the last host's start
+	// to the first job's end (every job running), zero window if none.
+	perJob               map[string]float64
+	steady               map[string]int
+	steadyFrom, steadyTo time.Time
+	innerRPS             float64
+	daemonUA             map[string]bool
+	innerUA              map[string]bool
+	rssPeakKiB           int
+	rssEndKiB            int
+	procsPeak            int
+	cpuSeconds           float64
+	cpuWindow            time.Duration // queue → every host gone
+	leftovers            string        // what the daemon left on the engine after it stopped
+	exit                 string
+	logTail              string
 }
 
 func (b *bench) runOnce(parent context.Context, variant string) *result {
@@ -494,6 +505,7 @@ executor = "local-docker"
 		return true
 	})
 	hostCancel()
+	allGone := time.Now()
 	_, cpu1, _ := treeUsage(pid)
 	r.cpuWindow = time.Since(t0)
 	r.cpuSeconds = float64(cpu1-cpu0) / clockTicks
@@ -538,6 +550,23 @@ executor = "local-docker"
 	}
 	for _, e := range w.errors() {
 		r.problems = append(r.problems, e.Error())
+	}
+	// The daemon's requests: per job over the whole run (what each job
+	// costs once), and in the steady state, when every job runs.
+	for k, n := range countDaemon(allReqs, t0, allGone) {
+		if r.perJob == nil {
+			r.perJob = map[string]float64{}
+		}
+		r.perJob[k] = float64(n) / float64(b.o.jobs)
+	}
+	var starts, ends []time.Time
+	for _, id := range ids {
+		starts = append(starts, hs[id].Started)
+		ends = append(ends, ended[id].FinishedAt)
+	}
+	if from, to, ok := steadyWindow(starts, ends); ok {
+		r.steadyFrom, r.steadyTo = from, to
+		r.steady = countDaemon(allReqs, from, to)
 	}
 	for _, c := range allChunks {
 		if !jobs[c.JobID] {
@@ -723,6 +752,53 @@ const breakdownHeader = `| jobs | script | queue → handed out p50 / p90 | hand
 func (r *result) breakdown() string {
 	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %s | %s |", r.jobs, r.variant, pair(r.acquired, r.jobs), pair(r.toStarted, r.jobs),
 		pair(r.toPrint, r.succeeded), pair(r.queuedToPrint, r.succeeded), pair(r.toLine, r.succeeded), secs(r.window))
+}
+
+const requestsHeader = `| jobs | script | daemon's requests per job, queue → every host gone (by endpoint) | steady state: last host started → first job end | daemon's req/s in the steady state (requests by endpoint) |
+|---|---|---|---|---|`
+
+// requests is what the daemon's GitLab requests cost: once per job, and
+// per second while every job runs.
+func (r *result) requests() string {
+	total := 0.0
+	for _, v := range r.perJob {
+		total += v
+	}
+	per := fmt.Sprintf("**%.2f** (%s)", total, byRoute(r.perJob, "%.2f"))
+	steady, rate := "none (a job ended before the last host started)", "–"
+	if d := r.steadyTo.Sub(r.steadyFrom); d > 0 {
+		n := 0
+		counts := map[string]float64{}
+		for k, v := range r.steady {
+			n += v
+			counts[k] = float64(v)
+		}
+		steady = secs(d)
+		rate = fmt.Sprintf("**%.2f** (%d: %s)", float64(n)/d.Seconds(), n, byRoute(counts, "%.0f"))
+	}
+	return fmt.Sprintf("| %d | %s | %s | %s | %s |", r.jobs, r.variant, per, steady, rate)
+}
+
+// byRoute lists m's routes, largest first: "PUT jobs/:id 1.00; …".
+func byRoute(m map[string]float64, format string) string {
+	var routes []string
+	for k := range m {
+		routes = append(routes, k)
+	}
+	sort.Slice(routes, func(i, j int) bool {
+		if m[routes[i]] != m[routes[j]] {
+			return m[routes[i]] > m[routes[j]]
+		}
+		return routes[i] < routes[j]
+	})
+	var by []string
+	for _, k := range routes {
+		by = append(by, shortRoute(k)+" "+fmt.Sprintf(format, m[k]))
+	}
+	if len(by) == 0 {
+		return "none"
+	}
+	return strings.Join(by, "; ")
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -67,6 +67,7 @@ type options struct {
 	runTimeout    time.Duration
 	timeout       time.Duration
 	header        bool
+	logs          string
 }
 
 func run(args []string) int {
@@ -82,6 +83,7 @@ func run(args []string) int {
 	fs.DurationVar(&o.runTimeout, "run-timeout", 10*time.Minute, "give up on one run after this long")
 	fs.DurationVar(&o.timeout, "timeout", 25*time.Minute, "give up on everything after this long")
 	fs.BoolVar(&o.header, "header", true, "print the table's header")
+	fs.StringVar(&o.logs, "logs", "", "write each job's log (as GitLab has it) to this directory, for diagnosis")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -272,6 +274,9 @@ type result struct {
 	toStarted     []time.Duration // handed out → host container started
 	toLine        []time.Duration // host started → first line in GitLab
 	toPrint       []time.Duration // host started → first line printed by the script
+	toScript      []time.Duration // host started → script container created (inner runner's start, image, volume, git fetch)
+	scriptStart   []time.Duration // script container created → started (sources copied in)
+	scriptToPrint []time.Duration // script container started → first line printed
 	queuedToPrint []time.Duration // queue → first line printed by the script
 	hostGone      []time.Duration // success → host container destroyed
 	imageGone     []time.Duration // success → per-job image deleted
@@ -588,7 +593,20 @@ executor = "local-docker"
 				if h, ok := hs[c.JobID]; ok && !h.Started.IsZero() {
 					r.toLine = append(r.toLine, c.At.Sub(h.Started))
 					r.toPrint = append(r.toPrint, seconds(p.Uptime-b.boot.at(h.Started)))
+					if sc, ss, ok := w.script(c.JobID, h.Container); ok {
+						r.toScript = append(r.toScript, sc.Sub(h.Started))
+						r.scriptStart = append(r.scriptStart, ss.Sub(sc))
+						r.scriptToPrint = append(r.scriptToPrint, seconds(p.Uptime-b.boot.at(ss)))
+					}
 				}
+			}
+		}
+	}
+	if b.o.logs != "" {
+		for _, id := range ids {
+			path := filepath.Join(b.o.logs, fmt.Sprintf("%s-%d-job-%d.log", variant, b.o.jobs, id))
+			if err := os.WriteFile(path, ended[id].Trace, 0o600); err != nil {
+				r.problems = append(r.problems, err.Error())
 			}
 		}
 	}
@@ -745,13 +763,18 @@ func (r *result) row() string {
 		r.rssPeakKiB/1024, cpu, ok, r.cores, r.load, r.version)
 }
 
-const breakdownHeader = `| jobs | script | queue → handed out p50 / p90 | handed out → host started | host started → script's first line printed | queue → first line printed | host started → first line in GitLab | queue → last job end |
-|---|---|---|---|---|---|---|---|`
+const breakdownHeader = `| jobs | script | queue → handed out p50 / p90 | handed out → host started | host started → script's first line printed | … host started → script container created | … created → started | … started → line printed | queue → first line printed | host started → first line in GitLab | queue → last job end |
+|---|---|---|---|---|---|---|---|---|---|---|`
 
-// breakdown is where the time to the first line goes.
+// breakdown is where the time to the first line goes; the inner runner's
+// part is split by its script container's events: its start until it
+// creates the script container (configuration, Docker client, image
+// check, builds volume, git fetch), copying the sources in until the
+// container starts, and the shell until the script's first line.
 func (r *result) breakdown() string {
-	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %s | %s |", r.jobs, r.variant, pair(r.acquired, r.jobs), pair(r.toStarted, r.jobs),
-		pair(r.toPrint, r.succeeded), pair(r.queuedToPrint, r.succeeded), pair(r.toLine, r.succeeded), secs(r.window))
+	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", r.jobs, r.variant, pair(r.acquired, r.jobs), pair(r.toStarted, r.jobs),
+		pair(r.toPrint, r.succeeded), pair(r.toScript, r.succeeded), pair(r.scriptStart, r.succeeded), pair(r.scriptToPrint, r.succeeded),
+		pair(r.queuedToPrint, r.succeeded), pair(r.toLine, r.succeeded), secs(r.window))
 }
 
 const requestsHeader = `| jobs | script | daemon's requests per job, queue → every host gone (by endpoint) | steady state: last host started → first job end | daemon's req/s in the steady state (requests by endpoint) |

@@ -163,6 +163,7 @@ type refRow struct {
 	table   string
 	keys    []string
 	def     string // the default cell as written
+	exec    string // the executor cell
 	line    int
 	heading string
 }
@@ -224,7 +225,7 @@ func readmeReference(t *testing.T) []refRow {
 			t.Errorf("README.md:%d: a reference row has %d cells, want 5 (key, default, executor, reload, meaning)", i+1, len(cells))
 			continue
 		}
-		r := refRow{table: table, def: strings.TrimSpace(cells[1]), line: i + 1, heading: heading}
+		r := refRow{table: table, def: strings.TrimSpace(cells[1]), exec: strings.TrimSpace(cells[2]), line: i + 1, heading: heading}
 		for _, m := range backtickRe.FindAllStringSubmatch(cells[0], -1) {
 			k := m[1]
 			if strings.Contains(k, "…") {
@@ -458,4 +459,56 @@ func ReadmeDefaultCell(t *testing.T, key string) string {
 	}
 	t.Fatalf("README.md's configuration reference has no row for %s", key)
 	return ""
+}
+
+// The executor column: a key documented for one executor is refused, naming
+// that executor, on a runner of the other; a key documented for all is
+// accepted on both.
+func TestREADMEReferenceExecutors(t *testing.T) {
+	other := map[string]string{"local-docker": "clever-docker", "clever-docker": "local-docker"}
+	checked := 0
+	for _, r := range readmeReference(t) {
+		if r.table != "runners" && r.table != "runners.local_docker" {
+			continue
+		}
+		for _, k := range r.keys {
+			switch r.exec {
+			case "local-docker", "clever-docker":
+				entry := k + ` = "x"`
+				if r.table == "runners.local_docker" {
+					entry = "[runners.local_docker]\n" + entry
+				} else if k == "local_docker" {
+					entry = "[runners.local_docker]"
+				}
+				_, err := Parse("readme.toml", []byte(runnerOf(other[r.exec], entry)), Options{})
+				if err == nil || !strings.Contains(err.Error(), "only for executor "+r.exec) {
+					t.Errorf("README.md:%d: %s is documented for %s only, but a %s runner with it gives %v", r.line, fullKey(r.table, k), r.exec, other[r.exec], err)
+				}
+				checked++
+			case "all":
+				if lit, _, ok := tomlLiteral(r.def); ok {
+					for _, ex := range []string{"local-docker", "clever-docker"} {
+						if _, err := Parse("readme.toml", []byte(runnerOf(ex, k+" = "+lit)), Options{}); err != nil {
+							t.Errorf("README.md:%d: %s is documented for all executors, but a %s runner with it gives %v", r.line, fullKey(r.table, k), ex, err)
+						}
+					}
+					checked++
+				}
+			}
+		}
+	}
+	t.Logf("%d executor cells checked", checked)
+	if checked < 25 {
+		t.Errorf("only %d executor cells were checked", checked)
+	}
+}
+
+// runnerOf is a valid file with one runner of executor ex, plus entry
+// (keys, then maybe a sub-table) at the end of its [[runners]] entry.
+func runnerOf(ex, entry string) string {
+	extra := ""
+	if ex == "clever-docker" {
+		extra = "inner_image = \"registry.example.com/paas-runner-host:1\"\ncc_orga_id = \"orga_readme\"\ncc_token = \"clever-token\"\n"
+	}
+	return "state_file = \"state.json\"\n[[runners]]\nname = \"r\"\nurl = \"https://gitlab.example.com\"\ntoken = \"runrtok-0123\"\nexecutor = \"" + ex + "\"\n" + extra + entry + "\n"
 }

@@ -96,8 +96,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		fs.SetOutput(io.Discard)
 	}
 	positional, err := cliflags.Parse(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fs.Usage()
+	if errors.Is(err, flag.ErrHelp) { // flag has printed the usage
 		return nil, flag.ErrHelp
 	}
 	if err != nil {

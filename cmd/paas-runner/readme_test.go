@@ -284,3 +284,170 @@ func TestREADMEDocumentsEveryRegisterCommand(t *testing.T) {
 		}
 	}
 }
+
+// reloadRow is a row of README's configuration reference: its keys, in
+// the TOML table of its section, and its reload cell.
+type reloadRow struct {
+	table  string
+	keys   []string
+	reload string
+	line   int
+}
+
+var (
+	backtickRe  = regexp.MustCompile("`([^`]+)`")
+	tomlTableRe = regexp.MustCompile(`^\[\[?([A-Za-z0-9_.-]+)\]\]?$`)
+)
+
+func readmeReloadRows(t *testing.T, readme string) []reloadRow {
+	t.Helper()
+	var rows []reloadRow
+	in, table := false, ""
+	for i, l := range strings.Split(readme, "\n") {
+		switch {
+		case l == "## Configuration reference":
+			in = true
+			continue
+		case strings.HasPrefix(l, "## "):
+			in = false
+		}
+		if !in {
+			continue
+		}
+		if h, ok := strings.CutPrefix(l, "### "); ok {
+			switch {
+			case strings.HasPrefix(h, "Top-level"):
+				table = ""
+			case strings.Contains(h, "`cc_*`"):
+				table = "runners"
+			default:
+				if m := backtickRe.FindStringSubmatch(h); m != nil && tomlTableRe.MatchString(m[1]) {
+					table = tomlTableRe.FindStringSubmatch(m[1])[1]
+				}
+			}
+			continue
+		}
+		if !strings.HasPrefix(l, "| `") {
+			continue
+		}
+		cells := strings.Split(l, " | ")
+		if len(cells) < 5 {
+			continue
+		}
+		r := reloadRow{table: table, reload: strings.TrimSpace(cells[3]), line: i + 1}
+		for _, m := range backtickRe.FindAllStringSubmatch(cells[0], -1) {
+			k := m[1]
+			if tm := tomlTableRe.FindStringSubmatch(k); tm != nil {
+				k = strings.TrimPrefix(tm[1], table+".")
+			}
+			r.keys = append(r.keys, k)
+		}
+		rows = append(rows, r)
+	}
+	if len(rows) < 50 {
+		t.Fatalf("found only %d rows in README's configuration reference", len(rows))
+	}
+	return rows
+}
+
+// restartNames are the names reload.go logs as needing a restart: the first
+// argument of each diff(…) call in fn, and the literals appended to keys.
+func restartNames(fn *ast.FuncDecl) []string {
+	var out []string
+	ast.Inspect(fn.Body, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok || len(call.Args) == 0 {
+			return true
+		}
+		switch f := call.Fun.(type) {
+		case *ast.Ident:
+			if f.Name == "diff" {
+				if s, ok := stringLit(call.Args[0]); ok {
+					out = append(out, s)
+				}
+			}
+			if f.Name == "append" && len(call.Args) == 2 {
+				if s, ok := stringLit(call.Args[1]); ok {
+					out = append(out, s)
+				}
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// The reload column agrees with what a reload does: a key reload.go reports
+// as needing a restart is documented "restart", and a key documented "live"
+// is not one of them.
+func TestREADMEReloadColumn(t *testing.T) {
+	readme := readmeText(t)
+	rows := readmeReloadRows(t, readme)
+	funcs := parseDir(t, ".")
+	// name as logged → the README rows it covers (table, key; key "" for
+	// every row of a table)
+	type ref struct{ table, key string }
+	covers := map[string][]ref{
+		// reload.go logs tls_ca_file; the key is tls-ca-file
+		"runners.tls_ca_file":                {{"runners", "tls-ca-file"}},
+		"runners.local_docker":               {{"runners", "local_docker"}, {"runners.local_docker", ""}},
+		"runners.docker, cache and job keys": {{"runners", "docker"}, {"runners", "cache"}, {"runners.docker", ""}, {"runners.cache", ""}},
+		"guards.pools (names and locks)":     {{"guards.pools", "name"}, {"guards.pools", "locks"}},
+		"guards.git":                         {{"guards", "git"}, {"guards.git", ""}},
+		"quota_computation":                  {{"", "quota_computation"}, {"quota_computation", ""}},
+		"runners.cc_*":                       {{"runners", "cc_*"}},
+	}
+	var restart []ref
+	add := func(prefix string, names []string) {
+		if len(names) < 2 {
+			t.Fatalf("found only %v as restart names in reload.go: the AST read is broken", names)
+		}
+		for _, n := range names {
+			full := prefix + n
+			if c, ok := covers[full]; ok {
+				restart = append(restart, c...)
+				continue
+			}
+			tb, k := "", full
+			if i := strings.LastIndexByte(full, '.'); i >= 0 {
+				tb, k = full[:i], full[i+1:]
+			}
+			restart = append(restart, ref{tb, k})
+		}
+	}
+	add("", restartNames(funcs["topRestartKeys"]))
+	add("runners.", restartNames(funcs["runnerRestartKeys"]))
+	add("", restartNames(funcs["guardRestartKeys"]))
+	matches := func(r reloadRow, x ref) bool {
+		if r.table != x.table {
+			return false
+		}
+		if x.key == "" {
+			return true
+		}
+		for _, k := range r.keys {
+			if k == x.key || (x.key == "cc_*" && strings.HasPrefix(k, "cc_")) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, x := range restart {
+		found := false
+		for _, r := range rows {
+			if !matches(r, x) {
+				continue
+			}
+			found = true
+			if x.key != "" && r.reload != "restart" {
+				t.Errorf("README.md:%d: %s: reload says %q, but a reload reports it as needing a restart", r.line, strings.TrimPrefix(x.table+"."+x.key, "."), r.reload)
+			}
+			if x.key == "" && r.reload == "live" {
+				t.Errorf("README.md:%d: %s.%v is documented live, but a reload reports its table as needing a restart", r.line, x.table, r.keys)
+			}
+		}
+		if !found {
+			t.Errorf("a reload reports %s as needing a restart, and README's configuration reference has no row for it", strings.TrimPrefix(x.table+"."+x.key, "."))
+		}
+	}
+}

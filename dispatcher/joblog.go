@@ -61,6 +61,9 @@ func (d *Dispatcher) flushHeld(t *tracked) {
 	defer cancel()
 	t.logMu.Lock()
 	defer t.logMu.Unlock()
+	if len(t.log.held) == 0 {
+		return // sent meanwhile, or handed over: not the lead's moment
+	}
 	d.writeLocked(ctx, t, nil)
 }
 

@@ -300,3 +300,24 @@ func (l leadOnly) TakesTraceLead() bool { return l.lt.TakesTraceLead() }
 func (l leadOnly) WatchEnds(ctx context.Context, fn func(executors.End)) error {
 	return l.Executor.(executors.EndWatcher).WatchEnds(ctx, fn)
 }
+
+// A held line does not wait for a slow host: it is in GitLab within
+// LogHold while the host is still being made, and not written twice.
+func TestHeldLineSentWithinTheHold(t *testing.T) {
+	h := newHarness(t, 1)
+	h.cfg.LogHold = 20 * time.Millisecond
+	g := newGate()
+	h.fake.OnProvision = func(ctx context.Context, j executors.Job) error { return g.wait(ctx, j.ID) }
+	j := h.gl.Enqueue("", nil)
+	h.start()
+	<-g.entered
+	h.gl.WaitFor(wait, "the provisioning line, the host not ready", func(s *coordinatortest.Server) bool {
+		return s.TraceOf(j.ID) == "paas-runner: provisioning a fake host for this job…\n"
+	})
+	g.open()
+	h.waitFake("launched", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(h.hostName(h.tokens[0], j.ID)); return ok && hh.Launches == 1 })
+	h.gl.WaitFor(wait, "the host ready line", func(s *coordinatortest.Server) bool { return strings.Contains(s.TraceOf(j.ID), "host ready after") })
+	if log := h.gl.TraceOf(j.ID); strings.Count(log, "provisioning a fake host") != 1 || strings.Count(log, "host ready after") != 1 {
+		t.Fatalf("log:\n%s", log)
+	}
+}

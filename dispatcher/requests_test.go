@@ -315,7 +315,10 @@ func TestHeldLineSentWithinTheHold(t *testing.T) {
 		return s.TraceOf(j.ID) == "paas-runner: provisioning a fake host for this job…\n"
 	})
 	g.open()
-	h.waitFake("launched", func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(h.hostName(h.tokens[0], j.ID)); return ok && hh.Launches == 1 })
+	h.waitFake("launched", func(f *executortest.Fake) bool {
+		hh, ok := f.LiveLocked(h.hostName(h.tokens[0], j.ID))
+		return ok && hh.Launches == 1
+	})
 	h.gl.WaitFor(wait, "the host ready line", func(s *coordinatortest.Server) bool { return strings.Contains(s.TraceOf(j.ID), "host ready after") })
 	if log := h.gl.TraceOf(j.ID); strings.Count(log, "provisioning a fake host") != 1 || strings.Count(log, "host ready after") != 1 {
 		t.Fatalf("log:\n%s", log)

@@ -324,3 +324,30 @@ func TestHeldLineSentWithinTheHold(t *testing.T) {
 		t.Fatalf("log:\n%s", log)
 	}
 }
+
+// After each job GitLab hands out, the daemon asks again at once: jobs
+// queued together are all taken within one check_interval (an hour
+// here), up to paas_max_concurrent_provisioning at a time, the next ones
+// as soon as a launch frees a provisioning slot — not one per interval.
+func TestQueuedJobsTakenWithoutWaitingAnInterval(t *testing.T) {
+	h := newHarness(t, 1)
+	h.cfg.CheckInterval = time.Hour
+	h.cfg.MaxProvisioning = 3
+	const jobs = 8
+	var ids []int64
+	for i := 0; i < jobs; i++ {
+		ids = append(ids, h.gl.Enqueue("", nil).ID)
+	}
+	h.start()
+	h.waitFake("every job launched", func(f *executortest.Fake) bool {
+		for _, id := range ids {
+			if hh, ok := f.LiveLocked(h.hostName(h.tokens[0], id)); !ok || hh.Launches != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	if m := h.fake.MaxConcurrentProvisions(); m > 3 {
+		t.Fatalf("%d hosts provisioned at once, over paas_max_concurrent_provisioning = 3", m)
+	}
+}

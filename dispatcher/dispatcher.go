@@ -268,6 +268,9 @@ type Dispatcher struct {
 	stopWaiting context.Context
 	endWaits    context.CancelFunc
 	parked      int // guarded by mu: waiting jobs that gave their slots back
+	// grantedWaiting (mu): parked jobs granted their guards, waiting for
+	// their slots; they go ahead of new acquisitions (reserve).
+	grantedWaiting int
 
 	stats stats
 	// draining is closed once no more jobs are acquired.
@@ -278,6 +281,8 @@ type runnerState struct {
 	*Runner
 	log      *zap.Logger
 	inFlight int // guarded by Dispatcher.mu
+	// grantedWaiting: its jobs counted in Dispatcher.grantedWaiting (mu)
+	grantedWaiting int
 	// reserved: quota weight reserved for the pending request (Dispatcher.mu)
 	reserved float64
 	limit    int // guarded by Dispatcher.mu: Limit, changed by reloads
@@ -442,13 +447,23 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // Draining is closed once the dispatcher acquires no more jobs.
 func (d *Dispatcher) Draining() <-chan struct{} { return d.draining }
 
-// reserve takes a job slot for r's next request if the limits allow it.
-func (d *Dispatcher) reserve(r *runnerState) bool { return d.reserveInto(r, &r.reserved) }
+// reserve takes a job slot for r's next request if the limits allow it,
+// and no job granted its guards waits for that slot.
+func (d *Dispatcher) reserve(r *runnerState) bool { return d.reserveFor(r, &r.reserved, true) }
 
 // reserveInto takes a job slot for r, and the quota's unit into *weight.
 func (d *Dispatcher) reserveInto(r *runnerState, weight *float64) bool {
+	return d.reserveFor(r, weight, false)
+}
+
+func (d *Dispatcher) reserveFor(r *runnerState, weight *float64, acquiring bool) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if acquiring && d.grantedWaiting > 0 && (r.grantedWaiting > 0 || d.quotaOn() ||
+		d.total+d.grantedWaiting >= d.cfg.Concurrent || d.provisioning+d.grantedWaiting >= d.cfg.MaxProvisioning) {
+		// a job granted its locks waits for a slot this one would take
+		return false
+	}
 	if d.total >= d.cfg.Concurrent || d.provisioning >= d.cfg.MaxProvisioning || (r.limit > 0 && r.inFlight >= r.limit) || !d.quotaRoomLocked() {
 		return false
 	}

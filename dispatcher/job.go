@@ -47,6 +47,11 @@ type tracked struct {
 	// logMu serialises the daemon's writes to the job log (joblog.go).
 	logMu sync.Mutex
 	log   jobLog
+	// granted: a guard gave the job its locks (Dispatcher.Granted) while
+	// it waits; parkedSlots: it gave its slots back to wait (both
+	// Dispatcher.mu). Granted and parked, it goes ahead of new
+	// acquisitions for the next free slot.
+	granted, parkedSlots bool
 }
 
 func (t *tracked) get() state.Job {
@@ -348,6 +353,10 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 		d.mu.Lock()
 		if !parked && d.parked < d.cfg.MaxWaiting {
 			parked = true
+			t.parkedSlots = true
+			if t.granted {
+				d.grantedLocked(t, 1)
+			}
 			d.parked++
 			d.total--
 			d.provisioning--
@@ -373,6 +382,12 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 		d.mu.Unlock()
 		d.unpark(ctx, t, err == nil)
 	}
+	d.mu.Lock()
+	if t.granted && t.parkedSlots {
+		d.grantedLocked(t, -1) // it has its slots again: acquisitions go on
+	}
+	t.granted, t.parkedSlots = false, false
+	d.mu.Unlock()
 	switch {
 	case err != nil && d.stopWaiting.Err() != nil && ctx.Err() == nil:
 		return errDraining
@@ -397,6 +412,33 @@ func (d *Dispatcher) admit(ctx context.Context, t *tracked) error {
 }
 
 var errDraining = errors.New("draining: guard wait interrupted")
+
+// Granted tells that a guard has just given a job waiting in its guards
+// what it waited for (its locks). Called before the guard's release that
+// freed them returns, so before the slot of the job that released them is
+// given back: from then until the granted job, if it gave its slots back
+// to wait, has them again, no new job takes the slot it needs (reserve).
+func (d *Dispatcher) Granted(runnerID string, jobID int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t := d.jobs[state.Key{Runner: runnerID, ID: jobID}]
+	if t == nil || t.granted {
+		return
+	}
+	t.granted = true
+	if t.parkedSlots {
+		d.grantedLocked(t, 1)
+	}
+}
+
+// grantedLocked counts granted jobs waiting for their slots (d.mu held).
+func (d *Dispatcher) grantedLocked(t *tracked, n int) {
+	d.grantedWaiting += n
+	t.r.grantedWaiting += n
+	if n < 0 {
+		d.signalLocked()
+	}
+}
 
 // unpark takes a parked job's slots again: waiting for them when it goes
 // on, at once (over the limits, for the failure path to give them back)

@@ -1,13 +1,17 @@
 package dispatcher_test
 
 import (
+	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/executors/executortest"
 	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/job"
 )
 
 // checksOf is a job's status checks (inside WaitFor).
@@ -98,4 +102,62 @@ func TestWaitingJobEndsOnLogAnswer(t *testing.T) {
 	if hs := m.Holders(); len(hs) != 1 || hs[0].Job.JobID != a.ID {
 		t.Fatalf("holders %+v", hs)
 	}
+}
+
+// slowGrant is the locks guard, whose Admit of one job (forJob) returns
+// only once another job (other) was acquired, or after a second: the
+// window in which a new acquisition could take the slot the granted job
+// needs.
+type slowGrant struct {
+	*guard.Manager
+	gl            *coordinatortest.Server
+	forJob, other atomic.Int64
+}
+
+func (g *slowGrant) Admit(ctx context.Context, runnerID string, j *job.Acquired, jobLog func(string), blocking func()) ([]job.Variable, error) {
+	vs, err := g.Manager.Admit(ctx, runnerID, j, jobLog, blocking)
+	if err == nil && j.ID == g.forJob.Load() {
+		for end := time.Now().Add(time.Second); time.Now().Before(end) && g.gl.Job(g.other.Load()).Acquisitions == 0; {
+			time.Sleep(5 * time.Millisecond) // a window for the race, not a synchronisation
+		}
+	}
+	return vs, err
+}
+
+// A job granted its lock goes ahead of new acquisitions: with two slots,
+// held by a (holding the lock) and d, b waits for a's lock without a slot
+// and c (no lock) waits in GitLab; when a ends, b gets the lock and the
+// slot, and c is not acquired before b has its slot (it is after b ends).
+func TestGrantedJobGoesAheadOfNewJobs(t *testing.T) {
+	h, m, calls := newGuardHarness(t)
+	h.cfg.Concurrent, h.cfg.MaxProvisioning = 2, 2
+	g := &slowGrant{Manager: m, gl: h.gl}
+	h.cfg.Guards = []dispatcher.Guard{g}
+	h.start()
+	m.SetGrantHook(h.d.Granted)
+	live := func(what string, id int64) {
+		t.Helper()
+		h.waitFake(what, func(f *executortest.Fake) bool { _, ok := f.LiveLocked(h.hostName(h.tokens[0], id)); return ok })
+	}
+	a := lockedJob(h, 1, "production")
+	live("a launched", a.ID)
+	b := lockedJob(h, 2, "production")
+	h.gl.WaitFor(wait, "b waiting", func(s *coordinatortest.Server) bool { return s.TraceContains(b.ID, "waiting for lock production") })
+	d := lockedJob(h, 4, "") // takes the slot b gave back
+	live("d launched", d.ID)
+	c := lockedJob(h, 3, "")
+	g.forJob.Store(b.ID)
+	g.other.Store(c.ID)
+	h.gl.Finish(a.ID, "success")
+	h.waitFake("b launched, or c provisioned", func(f *executortest.Fake) bool {
+		_, ok := f.LiveLocked(h.hostName(h.tokens[0], b.ID))
+		return ok || calls.of(c.ID) > 0
+	})
+	if n := h.gl.Job(c.ID).Acquisitions; n != 0 || calls.of(c.ID) != 0 {
+		t.Fatal("a new job took the slot of the job granted its lock")
+	}
+	h.gl.Finish(b.ID, "success")
+	live("c launched", c.ID)
+	h.gl.Finish(c.ID, "success")
+	h.gl.Finish(d.ID, "success")
 }

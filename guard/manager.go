@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -64,6 +65,8 @@ type Manager struct {
 	// read later is never published before one read earlier (a waiter
 	// would miss its grant).
 	upd      sync.Mutex
+	qmu      sync.Mutex       // guards queue
+	queue    []*pendingUpdate // changes waiting for the next commit
 	mu       sync.Mutex
 	policy   *Policy
 	st       *State
@@ -73,7 +76,16 @@ type Manager struct {
 	synced   bool  // the store answered once: pools are known
 
 	bg sync.WaitGroup
+
+	// grantHook is told of this daemon's jobs granted their locks, before
+	// the update that granted them returns (SetGrantHook).
+	grantHook atomic.Pointer[func(runnerID string, jobID int64)]
 }
+
+// SetGrantHook sets the function told, synchronously, of each job of this
+// daemon granted its locks while it waits: the dispatcher then keeps the
+// next free slot for it (see dispatcher.Dispatcher.Granted).
+func (m *Manager) SetGrantHook(fn func(runnerID string, jobID int64)) { m.grantHook.Store(&fn) }
 
 // NewManager wraps a backend. Call Run to keep leases and the state fresh.
 func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) {
@@ -136,51 +148,107 @@ func (m *Manager) Changed() <-chan struct{} {
 
 // update runs fn then settles (leases, supersede, grants to this daemon's
 // waiters) in one durable change, and publishes the result.
+//
+// Updates asked for while another is being made durable are made together,
+// in one change (group commit): with the git backend a burst of acquired
+// jobs registering as waiters is one pushed commit, not one each. The
+// change is cancelled only when every caller's ctx has ended (one caller
+// giving up does not fail the others); each caller returns once it is
+// made, or failed.
 func (m *Manager) update(ctx context.Context, fn func(*State) bool) (*State, error) {
+	p := &pendingUpdate{ctx: ctx, fn: fn, done: make(chan struct{})}
+	m.qmu.Lock()
+	m.queue = append(m.queue, p)
+	m.qmu.Unlock()
 	m.upd.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			m.upd.Unlock()
-		}
-	}()
+	m.qmu.Lock()
+	batch := m.queue
+	m.queue = nil
+	m.qmu.Unlock()
+	if len(batch) > 0 {
+		m.commit(batch)
+	}
+	m.upd.Unlock()
+	<-p.done
+	return p.st, p.err
+}
+
+// pendingUpdate is one caller's change waiting to be made durable.
+type pendingUpdate struct {
+	ctx  context.Context
+	fn   func(*State) bool
+	done chan struct{}
+	st   *State
+	err  error
+}
+
+// commit makes a batch of changes durable in one backend update, publishes
+// the state and runs the events (after every caller of the batch is told).
+func (m *Manager) commit(batch []*pendingUpdate) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+	defer cancel()
+	var live atomic.Int32
+	live.Store(int32(len(batch)))
+	for _, p := range batch {
+		defer context.AfterFunc(p.ctx, func() {
+			if live.Add(-1) == 0 {
+				cancel()
+			}
+		})()
+	}
 	pol := m.pol()
 	var events []func()
+	var granted []JobRef
 	st, err := m.be.Update(ctx, func(s *State) bool {
-		events = events[:0]
-		changed := fn(s)
-		ev, settled := m.settle(s, pol, m.opt.Now())
+		events, granted = events[:0], granted[:0]
+		changed := false
+		for _, p := range batch {
+			changed = p.fn(s) || changed
+		}
+		ev, settled := m.settle(s, pol, m.opt.Now(), &granted)
 		events = append(events, ev...)
 		return changed || settled
 	})
 	m.mu.Lock()
 	if err != nil {
 		m.unsynced = err
-		m.mu.Unlock()
-		return nil, err
+	} else {
+		m.unsynced, m.synced = nil, true
+		m.st = st
+		m.dec = Decide(st, pol, m.opt.Now())
+		close(m.changed)
+		m.changed = make(chan struct{})
 	}
-	m.unsynced, m.synced = nil, true
-	m.st = st
-	m.dec = Decide(st, pol, m.opt.Now())
-	close(m.changed)
-	m.changed = make(chan struct{})
 	m.mu.Unlock()
-	m.upd.Unlock()
-	locked = false
-	for _, e := range events {
-		e()
+	if hook := m.grantHook.Load(); hook != nil && err == nil {
+		for _, j := range granted {
+			(*hook)(j.Runner, j.JobID)
+		}
 	}
-	return st, nil
+	for _, p := range batch {
+		p.st, p.err = st, err
+		close(p.done)
+	}
+	if err == nil {
+		for _, e := range events {
+			e()
+		}
+	}
 }
 
 // settle applies a decision pass to s: expired leases are broken, long
 // dead waiters dropped, superseded waiters marked, and this daemon's
 // granted waiters made holders. The returned events log what happened
 // once it is durable.
-func (m *Manager) settle(s *State, pol *Policy, now time.Time) ([]func(), bool) {
+func (m *Manager) settle(s *State, pol *Policy, now time.Time, granted *[]JobRef) ([]func(), bool) {
+	changed := false
+	if pol.Declared {
+		// the configuration's pools: new locks added, removed ones
+		// dropped once free (before any is granted)
+		changed = SyncPools(s, pol.declaredLocks())
+	}
 	d := Decide(s, pol, now)
 	var events []func()
-	changed := false
 	for c, h := range d.Broken {
 		if l := s.Pools[c.Pool].Locks[c.Lock]; l.Holder != nil && l.Holder.Key() == h.Key() {
 			l.Holder = nil
@@ -215,6 +283,7 @@ func (m *Manager) settle(s *State, pol *Policy, now time.Time) ([]func(), bool) 
 		}
 		delete(s.Waiters, k)
 		changed = true
+		*granted = append(*granted, w.JobRef)
 	}
 	changed = pruneMutexes(s) || changed
 	return events, changed
@@ -300,10 +369,23 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	m.mu.Lock()
 	synced := m.synced
 	m.mu.Unlock()
-	req, err := ParseRequest(a.Payload, pol, ref, func(pool string) bool {
-		_, ok := st.Pools[pool]
-		return ok || !synced // pools unknown until the store answers
-	})
+	// validate reads the declaration against a policy: the pools are the
+	// policy's (local backend) or the store's (git).
+	validate := func(pol *Policy, st *State, synced bool) (*Request, error) {
+		req, err := ParseRequest(a.Payload, pol, ref, func(pool string) bool {
+			if pol.Declared {
+				_, ok := pol.Pools[pool]
+				return ok
+			}
+			_, ok := st.Pools[pool]
+			return ok || !synced // pools unknown until the store answers
+		})
+		if err == nil && req != nil {
+			err = pol.checkDeclared(req.Demands)
+		}
+		return req, err
+	}
+	req, err := validate(pol, st, synced)
 	if err != nil {
 		return nil, &WaitError{Reason: "declaration", Msg: err.Error()}
 	}
@@ -356,6 +438,14 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 			if c, ok := matchClaims(req.Demands, st.HeldBy(key)); ok {
 				claims = c
 				return true, "", "", nil
+			}
+			if cur := m.pol(); cur != pol {
+				// reloaded: a pool or lock removed, or a namespace no
+				// longer allowed, fails the job (a held lock stays held)
+				pol = cur
+				if _, err := validate(cur, st, true); err != nil {
+					return false, "", "", &WaitError{Reason: "declaration", Msg: "the runner's configuration changed while the job waited: " + err.Error()}
+				}
 			}
 			w := st.Waiters[key]
 			if w == nil {
@@ -461,6 +551,11 @@ func (m *Manager) release(key string) {
 		}
 		return
 	}
+	if ownWaiterWants(st, key, m.opt.Daemon) && do() == nil {
+		// a release that may grant a job of this daemon is made before
+		// the released job's slot is given back: the granted job gets it
+		return
+	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
@@ -474,6 +569,25 @@ func (m *Manager) release(key string) {
 		}
 		m.log.Error("guards: could not release a job's locks; its lease frees them", zap.String("job", key))
 	}()
+}
+
+// ownWaiterWants tells whether a waiter of daemon wants a pool key holds.
+func ownWaiterWants(st *State, key, daemon string) bool {
+	held := map[string]bool{}
+	for _, c := range st.HeldBy(key) {
+		held[c.Pool] = true
+	}
+	for _, w := range st.Waiters {
+		if w.Daemon != daemon || w.Key() == key {
+			continue
+		}
+		for _, d := range w.Demands {
+			if held[d.Pool] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ForgetUnknown releases holds and waiters of this daemon whose job is not

@@ -181,6 +181,9 @@ type PoolPolicy struct {
 	Namespaces []string
 	Mode       Mode // "" = default_process_mode
 	Supersede  bool
+	// Locks are the pool's locks, name → metadata, when the pools are the
+	// configuration's (Policy.Declared: the local backend).
+	Locks map[string]string
 }
 
 // Policy is the admin side of the decisions: declared pools and defaults.
@@ -190,6 +193,44 @@ type Policy struct {
 	// Pools by name. With the local backend a pool exists only here; with
 	// the git backend pools are the repository's and this only restricts.
 	Pools map[string]PoolPolicy
+	// Declared: the pools and their locks are Pools' (the local backend),
+	// not the store's. A pool or lock removed from Pools goes once free;
+	// a job waiting for one fails.
+	Declared bool
+}
+
+// declaredLocks are the declared pools' locks (pool → lock → metadata).
+func (p *Policy) declaredLocks() map[string]map[string]string {
+	out := make(map[string]map[string]string, len(p.Pools))
+	for name, pp := range p.Pools {
+		locks := pp.Locks
+		if locks == nil {
+			locks = map[string]string{}
+		}
+		out[name] = locks
+	}
+	return out
+}
+
+// checkDeclared reports a demand the declared pools do not have (nil with
+// the git backend, whose pools are the repository's, or for mutexes).
+func (p *Policy) checkDeclared(ds []Demand) error {
+	if p == nil || !p.Declared {
+		return nil
+	}
+	for _, d := range ds {
+		if IsMutex(d.Pool) {
+			continue
+		}
+		pp, ok := p.Pools[d.Pool]
+		if !ok {
+			return &DeclarationError{Msg: fmt.Sprintf("%s: pool %q does not exist on this runner", VarPool, d.Pool)}
+		}
+		if _, ok := pp.Locks[d.Lock]; d.Lock != "" && !ok {
+			return &DeclarationError{Msg: fmt.Sprintf("%s: pool %q has no lock %q on this runner", VarPool, d.Pool, d.Lock)}
+		}
+	}
+	return nil
 }
 
 func (p *Policy) defaultMode() Mode {

@@ -25,9 +25,11 @@ import (
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
+	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/executors/cleverdocker/cleverdockertest"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
+	"gitlab.com/paas-runner/paas-runner/state"
 )
 
 const (
@@ -313,6 +315,58 @@ func TestCleverCancelDuringProvisioning(t *testing.T) {
 	p.wait(t)
 }
 
+// TestCleverStateBeforeCreate: when Clever receives the create, the
+// application's name is in the state file already (write-ahead), and
+// nothing of the cc_* configuration reaches the host: not its env, not
+// the pushed tree.
+func TestCleverStateBeforeCreate(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	seen := make(chan string, 1)
+	e.cc.CreateAnswer = func(view map[string]any) {
+		// the state as a daemon starting now would read it (file and
+		// journal)
+		jobs, err := state.Read(e.state)
+		name, _ := view["name"].(string)
+		found := false
+		for _, j := range jobs {
+			found = found || bytes.Contains(j.Resource, []byte(`"`+name+`"`))
+		}
+		if err != nil || !found {
+			t.Errorf("state at the create of %s: %v %+v", name, err, jobs)
+		}
+		select {
+		case seen <- name:
+		default:
+		}
+	}
+	pushed := make(chan map[string][]byte, 1)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) {
+		pushed <- files
+		simulateInner(t, e.gl.URL, files)
+	}
+	p := e.start("")
+	q := e.gl.Enqueue(e.token, nil)
+	if name := <-seen; name != fmt.Sprintf("hpd-job-%s-%d", config.RunnerID(e.token), q.ID) {
+		t.Fatalf("application name %s", name)
+	}
+	files := <-pushed
+	for n, b := range files {
+		if bytes.Contains(b, []byte("cc_")) || bytes.Contains(b, []byte(ccOrga)) {
+			t.Fatalf("cc_* configuration in the pushed %s:\n%s", n, b)
+		}
+	}
+	if st := e.waitFinal(q.ID); st != "success" {
+		t.Fatalf("job: %s", st)
+	}
+	for _, r := range e.cc.Requests() {
+		if r.Route == "PUT /organisations/:id/applications/:app/env" && (bytes.Contains(r.Body, []byte(ccToken)) || bytes.Contains(r.Body, []byte(e.token))) {
+			t.Fatalf("a secret in the host's env: %s", r.Body)
+		}
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
 func TestCleverCrashAfterCreateBeforeHandleSaved(t *testing.T) {
 	e := newCleverEnv(t, fixedOrg)
 	// the env PUT hangs: the app exists, Provision has not returned, its
@@ -362,6 +416,40 @@ func TestCleverCrashAfterProvisionBeforePush(t *testing.T) {
 	p.wait(t)
 }
 
+// TestCleverHostGoneWhileDown: a job's application removed while the
+// daemon was down fails its job at the restart, not at GitLab's timeout;
+// one still there keeps running.
+func TestCleverHostGoneWhileDown(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	pushed := make(chan cleverdockertest.App, 2)
+	e.cc.OnPush = func(a cleverdockertest.App, files map[string][]byte) { pushed <- a } // the jobs keep running
+	p := e.start("")
+	gone, kept := e.gl.Enqueue(e.token, nil), e.gl.Enqueue(e.token, nil)
+	apps := map[string]cleverdockertest.App{}
+	for i := 0; i < 2; i++ {
+		a := <-pushed
+		apps[a.Name] = a
+	}
+	p.waitLog(t, "both jobs launched", "job launched", fmt.Sprint(gone.ID))
+	p.waitLog(t, "both jobs launched", "job launched", fmt.Sprint(kept.ID))
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+	e.cc.RemoveApp(apps[fmt.Sprintf("hpd-job-%s-%d", config.RunnerID(e.token), gone.ID)].ID)
+	e.cc.OnPush = func(cleverdockertest.App, map[string][]byte) {}
+	p = e.start("")
+	if st := e.waitFinal(gone.ID); st != "failed" || !e.gl.TraceContains(gone.ID, "disappeared") {
+		t.Fatalf("job of the removed app: %s %q", st, e.gl.TraceOf(gone.ID))
+	}
+	if r := e.gl.Job(gone.ID).FailureReason; r != "runner_system_failure" {
+		t.Fatalf("failure reason %s", r)
+	}
+	if st := e.gl.StatusOf(kept.ID); st != "running" {
+		t.Fatalf("the other job: %s", st)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
 func TestCleverFlavorErrors(t *testing.T) {
 	e := newCleverEnv(t, fixedOrg+"\ncc_max_flavor = \"L\"")
 	p := e.start("")
@@ -394,6 +482,27 @@ func TestCleverFlavorErrors(t *testing.T) {
 	}
 	p.signal(syscall.SIGTERM)
 	p.wait(t)
+}
+
+// TestCleverAPIErrorInJobLog: a create Clever refuses (400, its Message
+// body) fails the job with Clever's id and message and the call in the job
+// log and the daemon log; a wrong cc_zone is named at start.
+func TestCleverAPIErrorInJobLog(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg+"\ncc_zone = \"mars\"")
+	p := e.start("")
+	j := e.gl.Enqueue(e.token, nil)
+	want := "Clever Cloud API POST /organisations/" + ccOrga + "/applications: HTTP 400 (id 400): Unknown zone mars"
+	if st := e.waitFinal(j.ID); st != "failed" || !e.gl.TraceContains(j.ID, want) {
+		t.Fatalf("job %d: %s %q", j.ID, st, e.gl.TraceOf(j.ID))
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+	if log := p.log(); !strings.Contains(log, want) || !strings.Contains(log, `cc_zone \"mars\" is not a Clever Cloud zone`) {
+		t.Fatalf("daemon log:\n%s", log)
+	}
+	if n := len(e.cc.Apps("")); n != 0 {
+		t.Fatalf("%d apps", n)
+	}
 }
 
 func TestCleverMultiTenant(t *testing.T) {
@@ -678,6 +787,34 @@ func TestCleverHeptapodStateFile(t *testing.T) {
 // Clever host presigned URLs of its job's cache keys (a real S3 protocol
 // server stores what the host puts), and the S3 secret key appears in no
 // request, pushed file, state file, log line or job log.
+// TestCleverHeptapodPendingJob: a pending job of a Heptapod state file
+// whose application was provisioned but not pushed is launched, as
+// Heptapod would at its restart.
+func TestCleverHeptapodPendingJob(t *testing.T) {
+	e := newCleverEnv(t, fixedOrg)
+	legacy := "Cl3vr123abcdefghijkl"
+	body, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, bytes.Replace(body, []byte(e.token), []byte(legacy), 1), 0o600)
+	e.gl.AddRunner(legacy)
+	j := e.gl.AddRunning(legacy)
+	a := e.cc.AddApp(ccOrga, fmt.Sprintf("hpd-job-Cl3vr123-%d", j.ID), nil, time.Now().Add(-time.Hour))
+	state := fmt.Sprintf(`{"launched": [], "to_decommission": [], "standby_resources": [],
+ "pending": [[{"runner_name": "Cl3vr123", "job_id": %d, "token": %q, "trace_offset": 0, "expected_weight": 13.45,
+   "paas_resource": {"id": %q, "gitlab_namespace": null, "weight": 13.45, "launched": false, "deploy_url": "https://push.example/%s.git"}},
+  {"id": %d, "token": %q, "variables": [], "image": {"name": "alpine"}}]]}`, j.ID, j.Token, a.ID, a.ID, j.ID, j.Token)
+	os.WriteFile(e.state, []byte(state), 0o600)
+	p := e.start("")
+	if st := e.waitFinal(j.ID); st != "success" || !e.gl.TraceContains(j.ID, "inner runner: running job") {
+		t.Fatalf("job: %s %q", st, e.gl.TraceOf(j.ID))
+	}
+	e.waitNoApps()
+	if n := e.cc.Count("POST /organisations/:id/applications"); n != 0 {
+		t.Fatalf("%d applications created for a provisioned job", n)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(t)
+}
+
 func TestCleverS3Cache(t *testing.T) {
 	const s3Secret = "v0tdpjgpsDRqaSvIndvHAXFmjbpEd958gbZuO7yv"
 	be := s3mem.New()

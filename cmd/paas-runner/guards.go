@@ -22,9 +22,16 @@ import (
 
 // guardPolicy maps [guards] to the guard package's policy.
 func guardPolicy(g config.Guards) *guard.Policy {
-	p := &guard.Policy{DefaultMode: guard.Mode(g.DefaultProcessMode), LockEnvironments: g.LockEnvironments, Pools: map[string]guard.PoolPolicy{}}
+	// with the local backend the pools and their locks are these; with
+	// git the repository's, which these only restrict
+	p := &guard.Policy{DefaultMode: guard.Mode(g.DefaultProcessMode), LockEnvironments: g.LockEnvironments, Pools: map[string]guard.PoolPolicy{},
+		Declared: g.Backend == "local"}
 	for _, pool := range g.Pools {
-		p.Pools[pool.Name] = guard.PoolPolicy{Namespaces: pool.Namespaces, Mode: guard.Mode(pool.ProcessMode), Supersede: pool.Supersede}
+		pp := guard.PoolPolicy{Namespaces: pool.Namespaces, Mode: guard.Mode(pool.ProcessMode), Supersede: pool.Supersede}
+		if p.Declared {
+			pp.Locks = pool.Locks
+		}
+		p.Pools[pool.Name] = pp
 	}
 	return p
 }
@@ -158,4 +165,20 @@ func pipelinesHTTPClient(cfg *config.Config, log *zap.Logger) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// waitGuardReleases waits, at most limit, for the releases still being
+// made durable in the background (the git backend pushes them after the
+// job's host is removed): a graceful stop must not leave a finished job's
+// lock claimed until its lease expires.
+func waitGuardReleases(m *guard.Manager, limit time.Duration, log *zap.Logger) {
+	done := make(chan struct{})
+	go func() { m.Wait(); close(done) }()
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Warn("guards: stopping with lock releases not pushed yet; their leases free them", zap.Duration("waited", limit))
+	}
 }

@@ -242,6 +242,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
+	guards.SetGrantHook(d.Granted) // a job granted its locks goes ahead of new acquisitions
 	rl := newReloader(cfg, o, reg, env, log, logLevel, d, guards, runners)
 	rl.pipeTokens, rl.around, rl.ob = pipeTokens, ob.reloading, ob
 	ob.reloader = rl
@@ -269,6 +270,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
 	}
+	waitGuardReleases(guards, 30*time.Second, log)
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := store.Save(sctx); err != nil {

@@ -364,9 +364,9 @@ func topRestartKeys(old, cfg *config.Config) []string {
 }
 
 // guardRestartKeys are the [guards] keys that only a restart applies: the
-// backend and its repository, lease margins, and which pools exist with
-// which locks. Modes, lock_environments, pools' namespaces and supersede,
-// and max_waiting_jobs change live.
+// backend and its repository, and lease margins. Modes,
+// lock_environments, pools (added, removed, their locks, namespaces,
+// process_mode, supersede) and max_waiting_jobs change live.
 func guardRestartKeys(old, cfg config.Guards) []string {
 	var keys []string
 	if old.Backend != cfg.Backend {
@@ -377,16 +377,6 @@ func guardRestartKeys(old, cfg config.Guards) []string {
 	}
 	if !reflect.DeepEqual(old.Git, cfg.Git) {
 		keys = append(keys, "guards.git")
-	}
-	locks := func(g config.Guards) map[string]map[string]string {
-		m := map[string]map[string]string{}
-		for _, p := range g.Pools {
-			m[p.Name] = p.Locks
-		}
-		return m
-	}
-	if !reflect.DeepEqual(locks(old), locks(cfg)) {
-		keys = append(keys, "guards.pools (names and locks)")
 	}
 	return keys
 }

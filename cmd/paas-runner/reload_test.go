@@ -43,9 +43,12 @@ func TestReloadRestartKeys(t *testing.T) {
 	if k := guardRestartKeys(g, g2); len(k) != 0 {
 		t.Fatalf("live guard keys reported: %v", k)
 	}
-	g2.Pools = []config.GuardPool{{Name: "p", Locks: map[string]string{"a": "", "b": ""}}}
+	g2.Pools = []config.GuardPool{{Name: "p", Locks: map[string]string{"a": "", "b": ""}}, {Name: "q"}}
+	if k := guardRestartKeys(g, g2); len(k) != 0 {
+		t.Fatalf("pools and their locks are live, reported: %v", k)
+	}
 	g2.LeaseMargin = time.Minute
-	if k := guardRestartKeys(g, g2); !reflect.DeepEqual(k, []string{"guards.lease_margin", "guards.pools (names and locks)"}) {
+	if k := guardRestartKeys(g, g2); !reflect.DeepEqual(k, []string{"guards.lease_margin"}) {
 		t.Fatalf("guard restart keys %v", k)
 	}
 

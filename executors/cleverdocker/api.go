@@ -153,22 +153,20 @@ func (c *client) do(ctx context.Context, method, path, token string, body, out a
 	if resp.StatusCode >= 400 {
 		ae := &APIError{Method: method, Path: strings.SplitN(path, "?", 2)[0], Status: resp.StatusCode}
 		var m struct {
-			ID      *int   `json:"id"`
-			Message string `json:"message"`
-			Error   string `json:"error"`
-			Type    string `json:"type"`
+			ID      flexNumber `json:"id"`
+			Message flexString `json:"message"`
+			Error   flexString `json:"error"`
+			Type    string     `json:"type"`
 		}
-		if json.Unmarshal(raw, &m) == nil && (m.Message != "" || m.Error != "" || m.ID != nil) {
-			if m.ID != nil {
-				ae.ID = *m.ID
-			}
-			ae.Message = firstNonEmpty(m.Message, m.Error)
+		if json.Unmarshal(raw, &m) == nil && (m.Message != "" || m.Error != "" || m.ID != 0) {
+			ae.ID = int(m.ID)
+			ae.Message = truncate(firstNonEmpty(string(m.Message), string(m.Error)), 500)
 		} else {
 			ae.Message = truncate(strings.TrimSpace(string(raw)), 300)
 		}
-		if resp.StatusCode == http.StatusTooManyRequests {
-			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
-				return &retryAfterError{ae, time.Duration(s) * time.Second}
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			if d := retryAfter(resp.Header.Get("Retry-After"), time.Now()); d > 0 {
+				return &retryAfterError{ae, d}
 			}
 		}
 		return ae
@@ -202,6 +200,88 @@ func (c *client) call(ctx context.Context, method, path, token string, body, out
 			return err
 		}
 	}
+}
+
+// retryAfter reads a Retry-After header: seconds, or an HTTP date.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		return time.Duration(max(s, 0)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0)
+	}
+	return 0
+}
+
+// flexNumber decodes a JSON number, a numeric string or null (0): answers
+// are read tolerantly, a field of an unexpected type does not fail the
+// whole answer.
+type flexNumber float64
+
+func (n *flexNumber) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	switch x := v.(type) {
+	case float64:
+		*n = flexNumber(x)
+	case string:
+		f, _ := strconv.ParseFloat(strings.TrimSpace(x), 64)
+		*n = flexNumber(f)
+	default:
+		*n = 0
+	}
+	return nil
+}
+
+// flexString decodes a JSON string, or a number or boolean as its text;
+// null, objects and arrays are "".
+type flexString string
+
+func (s *flexString) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	switch x := v.(type) {
+	case string:
+		*s = flexString(x)
+	case float64:
+		*s = flexString(strconv.FormatFloat(x, 'f', -1, 64))
+	case bool:
+		*s = flexString(strconv.FormatBool(x))
+	default:
+		*s = ""
+	}
+	return nil
+}
+
+// flexMillis is a date in milliseconds since the epoch, as Clever sends
+// creationDate; an RFC 3339 string is accepted too, anything else is 0.
+type flexMillis int64
+
+func (m *flexMillis) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*m = 0
+	switch x := v.(type) {
+	case float64:
+		*m = flexMillis(x)
+	case string:
+		if t, err := time.Parse(time.RFC3339Nano, x); err == nil {
+			*m = flexMillis(t.UnixMilli())
+		} else if n, err := strconv.ParseInt(x, 10, 64); err == nil {
+			*m = flexMillis(n)
+		}
+	}
+	return nil
 }
 
 func stripURL(err error) error {

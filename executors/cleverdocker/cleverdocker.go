@@ -19,6 +19,8 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -37,6 +39,13 @@ import (
 const (
 	FlavorVariable    = "CI_CLEVER_CLOUD_FLAVOR"
 	NamespaceVariable = "CI_PROJECT_ROOT_NAMESPACE"
+)
+
+// MainAPI is Clever Cloud's API (OAuth and Heptapod's "token" scheme);
+// BridgeAPI is the API bridge, the one that takes API tokens (Bearer).
+const (
+	MainAPI   = "https://api.clever-cloud.com/v2"
+	BridgeAPI = "https://api-bridge.clever-cloud.com/v2"
 )
 
 // Options configure one runner's clever-docker executor (the cc_* keys).
@@ -88,6 +97,10 @@ type Options struct {
 	// hosts get the URLs, never the S3 credentials.
 	Cache *s3cache.Presigner
 
+	// PushTimeout bounds one git push of a job (default 5 min): a push
+	// host that stops answering fails the attempt (transient) instead
+	// of holding the job.
+	PushTimeout time.Duration
 	// ProductsTTL and TenantTTL bound the caches (default 1 h, 5 min).
 	ProductsTTL time.Duration
 	TenantTTL   time.Duration
@@ -120,8 +133,9 @@ type Executor struct {
 }
 
 var (
-	_ executors.Executor = (*Executor)(nil)
-	_ executors.Reaper   = (*Executor)(nil)
+	_ executors.Executor  = (*Executor)(nil)
+	_ executors.Reaper    = (*Executor)(nil)
+	_ executors.Inspector = (*Executor)(nil)
 )
 
 // New checks the options; it makes no network call.
@@ -147,6 +161,9 @@ func New(opts Options) (*Executor, error) {
 	if opts.InnerImage == "" {
 		errs = append(errs, "inner_image is required: the image Clever Cloud runs the job with")
 	}
+	if opts.InstanceVariant != "" && !uuidRe.MatchString(strings.ToLower(opts.InstanceVariant)) {
+		errs = append(errs, fmt.Sprintf("cc_instance_variant_uuid %q is not a UUID", opts.InstanceVariant))
+	}
 	if opts.RunnerID == "" || opts.RunnerURL == "" {
 		errs = append(errs, "runner id and URL are required")
 	}
@@ -164,6 +181,7 @@ func New(opts Options) (*Executor, error) {
 	}
 	def(&opts.RepoTimeout, 20*time.Second)
 	def(&opts.RepoWaitStep, 2*time.Second)
+	def(&opts.PushTimeout, 5*time.Minute)
 	def(&opts.ProductsTTL, time.Hour)
 	def(&opts.TenantTTL, 5*time.Minute)
 	def(&opts.RetryMin, 500*time.Millisecond)
@@ -193,6 +211,12 @@ func New(opts Options) (*Executor, error) {
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if opts.AuthScheme == "bearer" && strings.TrimRight(opts.APIURL, "/") == MainAPI {
+		// API tokens are only accepted through the bridge, which proxies
+		// /v2 (the main API refuses them)
+		log.Info("cc_auth_scheme bearer: using the Clever Cloud API bridge", zap.String("cc_api_url", BridgeAPI))
+		opts.APIURL = BridgeAPI
 	}
 	hc := opts.HTTPClient
 	if hc == nil {
@@ -227,7 +251,33 @@ func (e *Executor) Check(ctx context.Context) error {
 			return fmt.Errorf("%s %q is not an available flavor (available: %s)", f.key, f.name, strings.Join(p.names(""), ", "))
 		}
 	}
-	return nil
+	return e.checkZone(ctx)
+}
+
+// checkZone checks cc_zone against GET /products/zones. A server without
+// that list (or failing) is not an error: the create would say.
+func (e *Executor) checkZone(ctx context.Context) error {
+	var zones []struct {
+		Name flexString `json:"name"`
+	}
+	if err := e.api.do(ctx, http.MethodGet, "/products/zones", "", nil, &zones); err != nil {
+		e.log.Debug("could not list the Clever Cloud zones", zap.Error(err))
+		return nil
+	}
+	var names []string
+	for _, z := range zones {
+		if string(z.Name) == e.opts.Zone {
+			return nil
+		}
+		if z.Name != "" {
+			names = append(names, string(z.Name))
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	return fmt.Errorf("cc_zone %q is not a Clever Cloud zone (zones: %s)", e.opts.Zone, strings.Join(names, ", "))
 }
 
 // handle is what the state file records of a host. Its keys extend
@@ -277,6 +327,18 @@ func (e *Executor) AppName(jobID int64) string { return fmt.Sprintf("%s%d", e.Pr
 
 func (e *Executor) systemTag() string { return "paas-runner-system-" + e.opts.SystemID }
 
+// description is the description of a job's application. It carries the
+// daemon's system tag: Clever's application listing (ApplicationView) has
+// no tags, but has the description.
+func (e *Executor) description(jobID int64) string {
+	return fmt.Sprintf("paas-runner job %d of runner %s (%s)", jobID, e.opts.RunnerID, e.systemTag())
+}
+
+var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// systemRe finds a system tag in a description.
+var systemRe = regexp.MustCompile(`paas-runner-system-[A-Za-z0-9_]+`)
+
 // Plan names the application after the runner and job, and records the
 // job's flavor and (multi-tenant) top-level namespace. No network call.
 func (e *Executor) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {
@@ -320,7 +382,7 @@ func (e *Executor) Provision(ctx context.Context, h executors.Handle, j executor
 	if err != nil {
 		return nil, err
 	}
-	hd.ID, hd.DeployURL = a.ID, a.Deployment.HTTPURL
+	hd.ID, hd.DeployURL = a.ID, a.pushURL()
 	env := map[string]string{}
 	for k, v := range e.opts.ExtraEnv {
 		env[k] = v
@@ -344,24 +406,66 @@ func (e *Executor) appPath(org, id string) string {
 	return e.appsPath(org) + "/" + url.PathEscape(id)
 }
 
-// app is what the executor reads of an application.
+// app is what the executor reads of an application (Clever's
+// ApplicationView; everything else is ignored).
 type app struct {
-	ID           string   `json:"id"`
-	Name         string   `json:"name"`
-	CreationDate int64    `json:"creationDate"` // ms
-	Tags         []string `json:"tags"`
-	Deployment   struct {
+	ID           string     `json:"id"`
+	Name         string     `json:"name"`
+	Description  flexString `json:"description"`
+	CreationDate flexMillis `json:"creationDate"` // ms
+	// Tags are not part of Clever's ApplicationView: nil unless a server
+	// sends them anyway.
+	Tags       []string `json:"tags"`
+	Deployment struct {
 		RepoState string `json:"repoState"`
 		HTTPURL   string `json:"httpUrl"`
+		URL       string `json:"url"` // git+ssh://git@push-…/app_….git
 	} `json:"deployment"`
+	DeployURL string `json:"deployUrl"`
 }
 
+// appGone tells whether an answer says the application does not exist:
+// 404, or Clever's "no such application" id 4004 whatever the status.
+func appGone(err error) bool {
+	return isStatus(err, http.StatusNotFound) || isCleverID(err, 4004)
+}
+
+// orgaHint names the keys behind an organisation-level refusal.
+func (e *Executor) orgaHint(err error) error {
+	if err == nil || e.opts.MultiTenant {
+		return err
+	}
+	switch {
+	case isStatus(err, http.StatusUnauthorized), isStatus(err, http.StatusForbidden):
+		return fmt.Errorf("%w (check cc_token and cc_auth_scheme %s)", err, e.opts.AuthScheme)
+	case isStatus(err, http.StatusNotFound):
+		return fmt.Errorf("%w (check cc_orga_id and cc_api_url)", err)
+	}
+	return err
+}
+
+// pushURL is where the job is pushed: deployment.httpUrl, else the
+// view's deployUrl, else the HTTPS form of deployment.url (as Clever's
+// tools derive one from the other).
+func (a app) pushURL() string {
+	if u := firstNonEmpty(a.Deployment.HTTPURL, a.DeployURL); u != "" {
+		return u
+	}
+	if rest, ok := strings.CutPrefix(a.Deployment.URL, "git+ssh://"); ok {
+		rest = rest[strings.Index(rest, "@")+1:]
+		return "https://" + rest
+	}
+	return ""
+}
+
+// listApps lists an organisation's applications, but those whose
+// repository is DELETED (an application being removed is no host).
 func (e *Executor) listApps(ctx context.Context, ten *tenant, ns string) ([]app, error) {
 	var apps []app
 	err := e.withTenant(ctx, ten, ns, func(tok string) error {
 		return e.api.call(ctx, http.MethodGet, e.appsPath(ten.orgaID), tok, nil, &apps)
 	})
-	return apps, err
+	return slices.DeleteFunc(apps, func(a app) bool { return a.Deployment.RepoState == "DELETED" }), err
 }
 
 // findOrCreate returns the job's application: the one already there (a
@@ -369,11 +473,11 @@ func (e *Executor) listApps(ctx context.Context, ten *tenant, ns string) ([]app,
 // a new one. Extra applications of the same name are removed.
 func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl flavor, p *products) (app, error) {
 	deadline := time.Now().Add(e.opts.RetryFor)
-	refreshed := false
+	refreshed, conflicted, noID := false, false, false
 	for attempt := 0; ; attempt++ {
 		apps, err := e.listApps(ctx, ten, hd.namespace())
 		if err != nil {
-			return app{}, classify("find-app", err)
+			return app{}, classify("find-app", e.orgaHint(err))
 		}
 		var mine []app
 		for _, a := range apps {
@@ -394,7 +498,7 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 		}
 		body := map[string]any{
 			"name":             hd.Name,
-			"description":      fmt.Sprintf("paas-runner job %d of runner %s", hd.JobID, e.opts.RunnerID),
+			"description":      e.description(hd.JobID),
 			"zone":             e.opts.Zone,
 			"deploy":           "git",
 			"instanceType":     p.instanceType,
@@ -414,8 +518,20 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 			return e.api.do(ctx, http.MethodPost, e.appsPath(ten.orgaID), tok, body, &a)
 		})
 		switch {
-		case err == nil:
+		case err == nil && a.ID != "":
 			return a, nil
+		case err == nil && !noID:
+			// created, but the answer has no id: the listing has it
+			noID = true
+			e.log.Warn("the application create answered without an id; looking for it", zap.String("app", hd.Name))
+			continue
+		case err == nil:
+			return app{}, executors.Permanent("create-app", fmt.Errorf("the create of %s answered without an application id, and the listing does not have it", hd.Name))
+		case isStatus(err, http.StatusConflict) && !conflicted:
+			// it exists (made meanwhile): the listing has it
+			conflicted = true
+			e.log.Warn("application create: conflict; looking for it", zap.String("app", hd.Name), zap.Error(err))
+			continue
 		case !refreshed && (isCleverID(err, 9017) || isStatus(err, http.StatusBadRequest)):
 			// An outdated instanceVersion (9017) or flavor: the cached
 			// products are stale. Once.
@@ -431,12 +547,20 @@ func (e *Executor) findOrCreate(ctx context.Context, ten *tenant, hd handle, fl 
 		case retryable(err) && time.Now().Before(deadline):
 			// The app may exist anyway: look again before creating.
 			e.log.Warn("application create failed; looking for it before retrying", zap.Error(err))
-			if berr := backoff.Sleep(ctx, e.api.policy.Wait(attempt)); berr != nil {
+			wait := e.api.policy.Wait(attempt)
+			var ra *retryAfterError
+			if errors.As(err, &ra) {
+				wait = max(wait, min(ra.after, 30*time.Second))
+			}
+			if berr := backoff.Sleep(ctx, wait); berr != nil {
 				return app{}, berr
 			}
 			continue
 		}
-		return app{}, classify("create-app", err)
+		if isStatus(err, http.StatusBadRequest) {
+			err = fmt.Errorf("%w (the create had cc_zone %s, instanceVariant %s (cc_instance_variant_uuid), flavor %s)", err, e.opts.Zone, e.opts.InstanceVariant, fl.Name)
+		}
+		return app{}, classify("create-app", e.orgaHint(err))
 	}
 }
 
@@ -444,7 +568,7 @@ func (e *Executor) deleteApp(ctx context.Context, ten *tenant, ns, id string) er
 	err := e.withTenant(ctx, ten, ns, func(tok string) error {
 		return e.api.call(ctx, http.MethodDelete, e.appPath(ten.orgaID, id), tok, nil, nil)
 	})
-	if isStatus(err, http.StatusNotFound) {
+	if appGone(err) {
 		return nil
 	}
 	return classify("delete-app", err)
@@ -464,18 +588,23 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 	if hd.Launched {
 		return h, nil
 	}
-	if hd.Name == "" {
-		return nil, executors.Permanent("launch", errors.New("imported Heptapod handle: the job cannot be relaunched"))
-	}
+	// A Heptapod state file's pending job, provisioned before its
+	// restart, has no name: it is launched as Heptapod would, named by
+	// its id in messages.
+	shown := hd
+	shown.Name = firstNonEmpty(hd.Name, hd.ID)
 	ten, err := e.tenant(ctx, hd.namespace())
 	if err != nil {
 		return nil, err
 	}
-	a, err := e.waitRepo(ctx, &ten, hd)
+	a, err := e.waitRepo(ctx, &ten, shown)
 	if err != nil {
 		return nil, err
 	}
-	hd.DeployURL = firstNonEmpty(a.Deployment.HTTPURL, hd.DeployURL)
+	hd.DeployURL = firstNonEmpty(a.pushURL(), hd.DeployURL)
+	if hd.DeployURL == "" {
+		return nil, executors.Permanent("launch", fmt.Errorf("the application %s (%s) has no git deploy URL (deployment.httpUrl)", shown.Name, hd.ID))
+	}
 	bc, err := e.Context(ctx, j)
 	if err != nil {
 		return nil, executors.Permanent("launch", err)
@@ -485,7 +614,7 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 		return nil, err
 	}
 	if already {
-		e.log.Warn("the application's master branch exists: the job was launched before", zap.String("app", hd.Name))
+		e.log.Warn("the application's master branch exists: the job was launched before", zap.String("app", shown.Name))
 	}
 	hd.Launched = true
 	return hd.encode(), nil
@@ -498,7 +627,7 @@ func (e *Executor) waitRepo(ctx context.Context, ten *tenant, hd handle) (app, e
 		err := e.withTenant(ctx, ten, hd.namespace(), func(tok string) error {
 			return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, hd.ID), tok, nil, &a)
 		})
-		if isStatus(err, http.StatusNotFound) {
+		if appGone(err) {
 			return app{}, executors.Permanent("wait-git", fmt.Errorf("the application %s (%s) is gone: %w", hd.Name, hd.ID, err))
 		}
 		if err != nil {
@@ -508,13 +637,72 @@ func (e *Executor) waitRepo(ctx context.Context, ten *tenant, hd handle) (app, e
 			return a, nil
 		}
 		if time.Now().Add(e.opts.RepoWaitStep).After(deadline) {
-			return app{}, executors.Transient("wait-git", fmt.Errorf("the git repository of %s is still %s after %v",
+			return app{}, executors.Transient("wait-git", fmt.Errorf("the git repository of %s is still %s after %v (cc_deployment_repo_timeout)",
 				hd.Name, firstNonEmpty(a.Deployment.RepoState, "missing"), e.opts.RepoTimeout))
 		}
 		if err := backoff.Sleep(ctx, e.opts.RepoWaitStep); err != nil {
 			return app{}, err
 		}
 	}
+}
+
+// Inspect looks at a job's application, through what Clever surely
+// answers: gone (404, 4004, or listed DELETED) is a host that does not
+// exist. One that exists runs the job if the handle says it was launched
+// (its end is GitLab's to tell), else if its master branch holds a push
+// (launched before a crash). Doubts are errors, never a verdict.
+func (e *Executor) Inspect(ctx context.Context, h executors.Handle) (executors.HostStatus, error) {
+	hd, err := decodeHandle(h)
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	ten, err := e.tenant(ctx, hd.namespace())
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	if hd.OrgaID != "" && hd.OrgaID != ten.orgaID {
+		return executors.HostStatus{}, fmt.Errorf("the application %s belongs to organisation %s but the tenant is now %s", hd.ID, hd.OrgaID, ten.orgaID)
+	}
+	if hd.ID == "" {
+		apps, err := e.listApps(ctx, &ten, hd.namespace())
+		if err != nil {
+			return executors.HostStatus{}, classify("inspect", err)
+		}
+		for _, a := range apps {
+			if a.Name == hd.Name {
+				hd.ID = a.ID
+			}
+		}
+		if hd.ID == "" {
+			return executors.HostStatus{}, nil
+		}
+	}
+	var a app
+	err = e.withTenant(ctx, &ten, hd.namespace(), func(tok string) error {
+		return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, hd.ID), tok, nil, &a)
+	})
+	switch {
+	case appGone(err) || (err == nil && a.Deployment.RepoState == "DELETED"):
+		return executors.HostStatus{Detail: fmt.Sprintf("the Clever Cloud application %s (%s) no longer exists", hd.Name, hd.ID)}, nil
+	case err != nil:
+		return executors.HostStatus{}, classify("inspect", err)
+	case hd.Launched:
+		return executors.HostStatus{Exists: true, Running: true}, nil
+	case a.Deployment.RepoState != "CREATED":
+		return executors.HostStatus{Exists: true, Detail: "its git repository is " + firstNonEmpty(a.Deployment.RepoState, "missing")}, nil
+	}
+	u := firstNonEmpty(a.pushURL(), hd.DeployURL)
+	if u == "" {
+		return executors.HostStatus{}, fmt.Errorf("the application %s (%s) has no git deploy URL", hd.Name, hd.ID)
+	}
+	pushed, err := e.masterExists(ctx, u, ten.token)
+	if err != nil {
+		return executors.HostStatus{}, err
+	}
+	if !pushed {
+		return executors.HostStatus{Exists: true, Detail: "the job was never pushed to it"}, nil
+	}
+	return executors.HostStatus{Exists: true, Running: true}, nil
 }
 
 // Decommission deletes the job's application; one already gone is
@@ -603,7 +791,15 @@ func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time
 			continue
 		}
 		for _, a := range apps {
-			if !strings.HasPrefix(a.Name, e.Prefix()) || kept[a.Name] || kept[a.ID] || a.CreationDate > cutoff || !e.mayReap(a.Tags) {
+			if !strings.HasPrefix(a.Name, e.Prefix()) || kept[a.Name] || kept[a.ID] || int64(a.CreationDate) > cutoff {
+				continue
+			}
+			ok, err := e.reapable(ctx, &ten, ns, a)
+			if err != nil {
+				errs = append(errs, classify("reap", err))
+				continue
+			}
+			if !ok {
 				continue
 			}
 			if err := e.deleteApp(ctx, &ten, ns, a.ID); err != nil {
@@ -614,6 +810,33 @@ func (e *Executor) Reap(ctx context.Context, keep []executors.Handle, grace time
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// reapable tells whether this daemon may remove a, one of its runner's
+// applications: one of this daemon's, or one of no daemon (Heptapod's).
+// The daemon is read from the listing's tags if it has any, else from the
+// description written at create, else, for an application of an older
+// paas-runner (description without the tag), from GET …/tags.
+func (e *Executor) reapable(ctx context.Context, ten *tenant, ns string, a app) (bool, error) {
+	tags := a.Tags
+	if tags == nil {
+		if m := systemRe.FindString(string(a.Description)); m != "" {
+			return m == e.systemTag(), nil
+		}
+		if !strings.HasPrefix(string(a.Description), "paas-runner ") {
+			return true, nil // Heptapod's: neither description nor tags
+		}
+		err := e.withTenant(ctx, ten, ns, func(tok string) error {
+			return e.api.call(ctx, http.MethodGet, e.appPath(ten.orgaID, a.ID)+"/tags", tok, nil, &tags)
+		})
+		if appGone(err) {
+			return false, nil // gone meanwhile
+		}
+		if err != nil {
+			return false, fmt.Errorf("reading the tags of %s (%s): %w", a.Name, a.ID, err)
+		}
+	}
+	return e.mayReap(tags), nil
 }
 
 // mayReap: applications of this daemon, or untagged ones (Heptapod's).
@@ -704,54 +927,93 @@ func (e *Executor) fetchProducts(ctx context.Context, force, once bool) (*produc
 	}
 	// With products cached, a refresh is tried once: on failure the cached
 	// ones serve at once rather than after minutes of retries.
-	get := e.api.call
+	call := e.api.call
 	if e.prod != nil || once {
-		get = e.api.do
+		call = e.api.do
 	}
-	var runtimes []struct {
-		Type    string `json:"type"`
-		Version string `json:"version"`
-		Name    string `json:"name"`
-		Enabled *bool  `json:"enabled"`
+	// Products are public on the main API (Heptapod sends no credentials);
+	// a server that wants them (401, 403: the API bridge) gets the
+	// organisation's token.
+	get := func(ctx context.Context, method, path, _ string, body, out any) error {
+		err := call(ctx, method, path, "", body, out)
+		if tok := e.anyToken(); tok != "" && (isStatus(err, http.StatusUnauthorized) || isStatus(err, http.StatusForbidden)) {
+			err = call(ctx, method, path, tok, body, out)
+		}
+		return err
 	}
+	type runtime struct {
+		Type    flexString `json:"type"`
+		Version flexString `json:"version"`
+		Name    flexString `json:"name"`
+		Enabled *bool      `json:"enabled"`
+	}
+	var runtimes []runtime
 	if err := get(ctx, http.MethodGet, "/products/instances", "", nil, &runtimes); err != nil {
+		if isStatus(err, http.StatusNotFound) {
+			err = fmt.Errorf("%w (cc_api_url %s: Clever's API base includes /v2, e.g. %s)", err, e.opts.APIURL, MainAPI)
+		}
 		return e.stale(classify("products", err))
 	}
 	p := &products{flavors: map[string]flavor{}}
+	// Heptapod's runtime is the one named Docker; failing that, the
+	// docker type
+	isDocker := func(r runtime) bool { return r.Name == "Docker" }
+	if !slices.ContainsFunc(runtimes, isDocker) {
+		isDocker = func(r runtime) bool { return r.Type == "docker" }
+	}
 	for _, r := range runtimes {
-		if r.Name != "Docker" || (r.Enabled != nil && !*r.Enabled) {
+		if !isDocker(r) || (r.Enabled != nil && !*r.Enabled) {
 			continue
 		}
 		// several Docker runtimes: the newest version
-		if p.instanceVersion == "" || r.Version > p.instanceVersion {
-			p.instanceType, p.instanceVersion = r.Type, r.Version
+		if p.instanceVersion == "" || string(r.Version) > p.instanceVersion {
+			p.instanceType, p.instanceVersion = string(r.Type), string(r.Version)
 		}
 	}
 	if p.instanceType == "" || p.instanceVersion == "" {
 		return e.stale(executors.Transient("products", errors.New("the Clever Cloud products list no Docker runtime")))
 	}
 	var fls []struct {
-		Name      string `json:"name"`
-		Mem       int    `json:"mem"`
-		CPUs      int    `json:"cpus"`
-		Available bool   `json:"available"`
+		Name      string     `json:"name"`
+		Mem       flexNumber `json:"mem"`
+		CPUs      flexNumber `json:"cpus"`
+		Available *bool      `json:"available"`
 	}
 	if err := get(ctx, http.MethodGet, "/products/flavors?context="+url.QueryEscape(e.opts.FlavorContext), "", nil, &fls); err != nil {
 		return e.stale(classify("products", err))
 	}
 	for _, f := range fls {
 		short, ok := strings.CutPrefix(f.Name, e.opts.FlavorNamePrefix)
-		if !ok || !f.Available || short == "" {
+		if !ok || f.Available == nil || !*f.Available || short == "" || f.Mem <= 0 {
 			continue
 		}
-		p.flavors[short] = flavor{Name: f.Name, Short: short, Mem: f.Mem, CPUs: f.CPUs}
+		p.flavors[short] = flavor{Name: f.Name, Short: short, Mem: int(f.Mem), CPUs: int(math.Ceil(float64(f.CPUs)))}
 	}
 	if len(p.flavors) == 0 {
-		return e.stale(executors.Transient("products", fmt.Errorf("no available flavor named %s… in context %s", e.opts.FlavorNamePrefix, e.opts.FlavorContext)))
+		return e.stale(executors.Transient("products", fmt.Errorf("no available flavor named %s… in context %s (cc_flavor_name_prefix, cc_flavor_context)", e.opts.FlavorNamePrefix, e.opts.FlavorContext)))
 	}
 	p.fetched = time.Now()
 	e.prod = p
 	return p, nil
+}
+
+// anyToken is a Clever token for public calls a server wants
+// authenticated: the fixed organisation's, or a tenant's seen lately.
+func (e *Executor) anyToken() string {
+	if !e.opts.MultiTenant {
+		return e.opts.Token
+	}
+	e.tenMu.Lock()
+	defer e.tenMu.Unlock()
+	keys := make([]string, 0, len(e.tenants))
+	for ns := range e.tenants {
+		keys = append(keys, ns)
+	}
+	sort.Strings(keys)
+	if len(keys) == 0 {
+		return ""
+	}
+	return e.tenants[keys[0]].token
 }
 
 // stale falls back to the cached products when a refresh fails.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -332,6 +333,36 @@ func TestAdoptsExistingApp(t *testing.T) {
 	}
 }
 
+// TestCreateAnswers: a create that conflicts (409) or answers without an
+// id looks the application up by name; one being deleted (repository
+// DELETED, still listed) is not adopted; a 429's Retry-After is waited.
+func TestCreateAnswers(t *testing.T) {
+	f := newFixture(t, nil)
+	f.s.FailWith("^POST /organisations/:id/applications$", 409, 409, "Conflict", 1)
+	hd, _ := provision(t, f, testJob(60))
+	if a := f.s.AppNamed(hd.Name); len(a) != 1 || a[0].ID != hd.ID {
+		t.Fatalf("after a conflict: %+v, handle %s", a, hd.ID)
+	}
+	f.s.CreateAnswer = func(view map[string]any) { delete(view, "id") }
+	hd, _ = provision(t, f, testJob(61))
+	if a := f.s.AppNamed(hd.Name); len(a) != 1 || a[0].ID != hd.ID || hd.ID == "" {
+		t.Fatalf("after an answer without id: %+v, handle %q", a, hd.ID)
+	}
+	f.s.CreateAnswer = nil
+	dying := f.s.AddApp(orga, "hpd-job-t1a2b3c4-62", nil, time.Now())
+	f.s.MarkDeleted(dying.ID)
+	hd, _ = provision(t, f, testJob(62))
+	if hd.ID == dying.ID || len(f.s.AppNamed(hd.Name)) != 2 {
+		t.Fatalf("adopted an application being deleted: %s", hd.ID)
+	}
+	f.s.Fail("^POST /organisations/:id/applications$", 429, 1) // Retry-After: 1
+	start := time.Now()
+	provision(t, f, testJob(63))
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Fatalf("create retried %v after a 429 with Retry-After: 1", d)
+	}
+}
+
 func TestTransientAndPermanentErrors(t *testing.T) {
 	f := newFixture(t, nil)
 	// 5xx for a while on every route: retried, nothing doubled
@@ -410,6 +441,104 @@ func TestLaunchWaitsForTheRepository(t *testing.T) {
 	}
 }
 
+// TestDeployURLWithoutHTTPURL: without deployment.httpUrl the job is
+// pushed to the view's deployUrl, or to the HTTPS form of the git+ssh URL.
+func TestDeployURLWithoutHTTPURL(t *testing.T) {
+	f := newFixture(t, nil)
+	f.s.OmitHTTPURL = true
+	j := testJob(12)
+	hd, h := provision(t, f, j)
+	if want := f.s.Git.URL + "/" + hd.ID + ".git"; hd.DeployURL != want {
+		t.Fatalf("deploy URL %q, want %q", hd.DeployURL, want)
+	}
+	if _, err := f.e.Launch(ctx(t), h, j); err != nil {
+		t.Fatal(err)
+	}
+	if a := f.s.AppNamed(hd.Name); len(a) != 1 || a[0].Pushes != 1 {
+		t.Fatalf("not pushed: %+v", a)
+	}
+	var a app
+	a.Deployment.URL = "git+ssh://git@push-n3-par-clevercloud-customers.services.clever-cloud.com/app_1.git"
+	if u := a.pushURL(); u != "https://push-n3-par-clevercloud-customers.services.clever-cloud.com/app_1.git" {
+		t.Fatalf("from the ssh URL: %q", u)
+	}
+}
+
+// TestPushTimeout: a git host that never answers fails the push attempt
+// (transient) after PushTimeout.
+func TestPushTimeout(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.PushTimeout = 200 * time.Millisecond })
+	stuck := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-stuck:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(stuck) })
+	bc, err := f.e.Context(ctx(t), testJob(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.e.push(ctx(t), hang.URL+"/app_x.git", ccToken, bc, testJob(5))
+	if err == nil || executors.IsPermanent(err) || !strings.Contains(err.Error(), "did not finish in 200ms") || strings.Contains(err.Error(), ccToken) {
+		t.Fatalf("stuck push: %v", err)
+	}
+}
+
+// TestInspect: an application that was pushed runs the job, one not yet
+// pushed does not, one gone (deleted, 4004, DELETED) does not exist; an
+// API that keeps failing is an error, not a verdict.
+func TestInspect(t *testing.T) {
+	f := newFixture(t, nil)
+	j := testJob(70)
+	hd, h := provision(t, f, j)
+	if st, err := f.e.Inspect(ctx(t), h); err != nil || !st.Exists || st.Running {
+		t.Fatalf("provisioned, not pushed: %+v %v", st, err)
+	}
+	lh, err := f.e.Launch(ctx(t), h, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || !st.Exists || !st.Running {
+		t.Fatalf("pushed: %+v %v", st, err)
+	}
+	// launched (a Heptapod handle says so) though its master is not seen:
+	// running, not a verdict of death
+	heptapod := f.s.AddApp(orga, "hpd-job-t1a2b3c4-71", nil, time.Now())
+	hh := executors.Handle(fmt.Sprintf(`{"id": %q, "gitlab_namespace": null, "weight": 13.45, "launched": true, "deploy_url": "https://push/x.git"}`, heptapod.ID))
+	if st, err := f.e.Inspect(ctx(t), hh); err != nil || !st.Exists || !st.Running {
+		t.Fatalf("launched Heptapod handle: %+v %v", st, err)
+	}
+	// planned handle (no id yet): found by name
+	planned, _ := f.e.Plan(ctx(t), j)
+	if st, err := f.e.Inspect(ctx(t), planned); err != nil || !st.Exists || !st.Running {
+		t.Fatalf("by name: %+v %v", st, err)
+	}
+	f.s.Fail("^GET /organisations/:id/applications/:app$", 500, -1)
+	f.e.api.retryFor = 20 * time.Millisecond
+	if _, err := f.e.Inspect(ctx(t), lh); err == nil {
+		t.Fatal("no error while the API fails")
+	}
+	f.s.ClearFaults()
+	f.s.FailWith("^GET /organisations/:id/applications/:app$", 400, 4004, "Application not found", 1)
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || st.Exists {
+		t.Fatalf("4004: %+v %v", st, err)
+	}
+	f.s.MarkDeleted(hd.ID)
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || st.Exists {
+		t.Fatalf("DELETED: %+v %v", st, err)
+	}
+	f.s.RemoveApp(hd.ID)
+	if st, err := f.e.Inspect(ctx(t), lh); err != nil || st.Exists || !strings.Contains(st.Detail, "no longer exists") {
+		t.Fatalf("removed: %+v %v", st, err)
+	}
+	if st, err := f.e.Inspect(ctx(t), planned); err != nil || st.Exists {
+		t.Fatalf("removed, by name: %+v %v", st, err)
+	}
+}
+
 func TestPushRefusedCredentialsArePermanent(t *testing.T) {
 	f := newFixture(t, nil)
 	j := testJob(3)
@@ -424,26 +553,60 @@ func TestPushRefusedCredentialsArePermanent(t *testing.T) {
 func TestReapSparesOthers(t *testing.T) {
 	f := newFixture(t, nil)
 	old := time.Now().Add(-time.Hour)
+	mineDesc := "paas-runner job 4 of runner t1a2b3c4 (paas-runner-system-r_0123456789ab)"
 	heptapod := f.s.AddApp(orga, "hpd-job-t1a2b3c4-1", nil, old)
-	other := f.s.AddApp(orga, "hpd-job-t1a2b3c4-2", []string{"paas-runner", "paas-runner-system-r_otherdaemon0"}, old)
+	// Clever's listing has no tags: another daemon's application is known
+	// by the system tag in its description…
+	other := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-2", "paas-runner job 2 of runner t1a2b3c4 (paas-runner-system-r_otherdaemon0)", nil, old)
+	// …or, made by an older paas-runner, by its tags (GET …/tags)
+	otherOld := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-3", "paas-runner job 3 of runner t1a2b3c4", []string{"paas-runner", "paas-runner-system-r_otherdaemon0"}, old)
+	mineOld := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-6", "paas-runner job 6 of runner t1a2b3c4", []string{"paas-runner", "paas-runner-system-r_0123456789ab"}, old)
 	otherRunner := f.s.AddApp(orga, "hpd-job-x9y8z7w6-3", nil, old)
 	unrelated := f.s.AddApp(orga, "my-website", nil, old)
-	mine := f.s.AddApp(orga, "hpd-job-t1a2b3c4-4", []string{"paas-runner", "paas-runner-system-r_0123456789ab"}, old)
-	kept := f.s.AddApp(orga, "hpd-job-t1a2b3c4-5", []string{"paas-runner", "paas-runner-system-r_0123456789ab"}, old)
+	mine := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-4", mineDesc, nil, old)
+	kept := f.s.AddAppDescribed(orga, "hpd-job-t1a2b3c4-5", mineDesc, nil, old)
 	keep := handle{Name: kept.Name, ID: kept.ID, OrgaID: orga}
 	removed, err := f.e.Reap(ctx(t), []executors.Handle{keep.encode()}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(removed) != 2 || !strings.Contains(strings.Join(removed, " "), heptapod.ID) || !strings.Contains(strings.Join(removed, " "), mine.ID) {
+	all := strings.Join(removed, " ")
+	if len(removed) != 3 || !strings.Contains(all, heptapod.ID) || !strings.Contains(all, mine.ID) || !strings.Contains(all, mineOld.ID) {
 		t.Fatalf("removed %v", removed)
 	}
 	var left []string
 	for _, a := range f.s.Apps(orga) {
 		left = append(left, a.ID)
 	}
-	if strings.Join(left, " ") != strings.Join([]string{other.ID, otherRunner.ID, unrelated.ID, kept.ID}, " ") {
+	if strings.Join(left, " ") != strings.Join([]string{other.ID, otherOld.ID, otherRunner.ID, unrelated.ID, kept.ID}, " ") {
 		t.Fatalf("left %v", left)
+	}
+	if n := f.s.Count("GET /organisations/:id/applications/:app/tags"); n != 2 {
+		t.Fatalf("%d tag reads, want 2 (the older paas-runner's applications only)", n)
+	}
+}
+
+// TestReapSparesAnotherDaemonsApplication: an application another daemon
+// of the same runner created is never reaped, through what Clever's
+// listing really shows of it.
+func TestReapSparesAnotherDaemonsApplication(t *testing.T) {
+	f := newFixture(t, nil)
+	g, err := New(func() Options { o := f.e.opts; o.SystemID = "r_otherdaemon0"; o.OnAPICall = nil; return o }())
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := testJob(31)
+	h, _ := g.Plan(ctx(t), j)
+	if _, err := g.Provision(ctx(t), h, j); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := f.e.Reap(ctx(t), nil, 0)
+	if err != nil || len(removed) != 0 {
+		t.Fatalf("reaped %v (%v): another daemon's application", removed, err)
+	}
+	removed, err = g.Reap(ctx(t), nil, 0)
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("its own daemon reaped %v (%v)", removed, err)
 	}
 }
 
@@ -456,6 +619,17 @@ func TestHeptapodHandle(t *testing.T) {
 	}
 	if len(f.s.Apps("")) != 0 {
 		t.Fatal("Heptapod's app not removed")
+	}
+	// a pending job of a Heptapod state file, provisioned, not launched:
+	// launched as Heptapod would
+	b := f.s.AddApp(orga, "hpd-job-t1a2b3c4-957", nil, time.Now())
+	ph := executors.Handle(fmt.Sprintf(`{"id": %q, "gitlab_namespace": null, "weight": 13.45, "launched": false, "deploy_url": "https://push/x.git"}`, b.ID))
+	lh, err := f.e.Launch(ctx(t), ph, testJob(957))
+	if err != nil {
+		t.Fatalf("launch of an imported pending job: %v", err)
+	}
+	if hd, _ := decodeHandle(lh); !hd.Launched || hd.ID != b.ID || hd.Name != "" || f.s.AppNamed(b.Name)[0].Pushes != 1 {
+		t.Fatalf("launched %s: %+v", lh, f.s.AppNamed(b.Name))
 	}
 	if _, err := decodeHandle(executors.Handle(`{"container":"x"}`)); err == nil {
 		t.Fatal("local-docker handle accepted")
@@ -500,6 +674,63 @@ func TestBearerAuthScheme(t *testing.T) {
 	h, _ := f.e.Plan(ctx(t), j)
 	if _, err := f.e.Provision(ctx(t), h, j); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
 		t.Fatalf("scheme refused: %v", err)
+	}
+}
+
+// TestBearerGoesThroughTheBridge: Clever takes API tokens (Bearer) only
+// on the API bridge; the main API's default URL is switched to it.
+func TestBearerGoesThroughTheBridge(t *testing.T) {
+	for _, c := range []struct{ url, scheme, want string }{
+		{MainAPI, "bearer", BridgeAPI},
+		{MainAPI + "/", "bearer", BridgeAPI},
+		{MainAPI, "token", MainAPI},
+		{"https://clever.internal.example/v2", "bearer", "https://clever.internal.example/v2"},
+	} {
+		e, err := New(Options{APIURL: c.url, AuthScheme: c.scheme, OrgaID: "o", Token: "t", InnerImage: "i", RunnerID: "r", RunnerURL: "https://g"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.api.base != c.want {
+			t.Fatalf("%s with %s: %s, want %s", c.url, c.scheme, e.api.base, c.want)
+		}
+	}
+}
+
+// TestProductsAuthenticatedWhenAsked: the product lists are fetched
+// without credentials (the main API's are public), and with the
+// organisation's token when the server refuses that (the API bridge).
+func TestProductsAuthenticatedWhenAsked(t *testing.T) {
+	f := newFixture(t, nil)
+	f.s.ProductsNeedAuth = true
+	provision(t, f, testJob(1))
+	var anon, authed int
+	for _, r := range f.s.Requests() {
+		if strings.Contains(r.Route, "/products/") {
+			if r.Auth == "" {
+				anon++
+			} else if r.Auth == "token "+ccToken {
+				authed++
+			}
+		}
+	}
+	if anon != 2 || authed != 2 {
+		t.Fatalf("product requests: %d without credentials, %d with", anon, authed)
+	}
+}
+
+// TestCheckZone: cc_zone is checked at start against Clever's zones.
+func TestCheckZone(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.Zone = "mars" })
+	if err := f.e.Check(ctx(t)); err == nil || !strings.Contains(err.Error(), `cc_zone "mars" is not a Clever Cloud zone (zones: grahds, ldn, mtl, par,`) {
+		t.Fatalf("check: %v", err)
+	}
+	if err := newFixture(t, func(o *Options) { o.Zone = "rbx" }).e.Check(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	g := newFixture(t, func(o *Options) { o.Zone = "mars" })
+	g.s.Fail("^GET /products/zones$", 404, -1)
+	if err := g.e.Check(ctx(t)); err != nil {
+		t.Fatalf("no zone list: %v", err)
 	}
 }
 

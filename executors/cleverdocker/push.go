@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -114,8 +115,13 @@ func (e *Executor) push(ctx context.Context, deployURL, token string, bc BuildCo
 	if _, err := repo.CreateRemote(&config.RemoteConfig{Name: "clever", URLs: []string{deployURL}}); err != nil {
 		return false, err
 	}
-	err = repo.PushContext(ctx, &git.PushOptions{RemoteName: "clever", Auth: auth,
+	pctx, cancel := context.WithTimeout(ctx, e.opts.PushTimeout)
+	defer cancel()
+	err = repo.PushContext(pctx, &git.PushOptions{RemoteName: "clever", Auth: auth,
 		RefSpecs: []config.RefSpec{config.RefSpec(head.Name().String() + ":" + pushBranch.String())}})
+	if err != nil && ctx.Err() == nil && pctx.Err() != nil {
+		return false, executors.Transient("push", fmt.Errorf("git: the push to %s did not finish in %v", redactURL(deployURL), e.opts.PushTimeout))
+	}
 	switch {
 	case err == nil:
 		return false, nil
@@ -124,7 +130,21 @@ func (e *Executor) push(ctx context.Context, deployURL, token string, bc BuildCo
 		// someone (a previous attempt) pushed master meanwhile
 		return true, nil
 	}
-	return false, pushError("push the job", err)
+	err = pushError("push the job", err)
+	if executors.IsPermanent(err) {
+		err = fmt.Errorf("%w (check cc_auth_user %q and the organisation's token)", err, e.opts.AuthUser)
+	}
+	return false, err
+}
+
+// redactURL drops any user info from a URL for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "the deploy URL"
+	}
+	u.User = nil
+	return u.String()
 }
 
 func pushError(what string, err error) error {
@@ -136,4 +156,25 @@ func pushError(what string, err error) error {
 		return executors.Permanent("push", err)
 	}
 	return executors.Transient("push", err)
+}
+
+// masterExists tells whether deployURL's master branch exists: the job
+// was pushed there.
+func (e *Executor) masterExists(ctx context.Context, deployURL, token string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.opts.PushTimeout)
+	defer cancel()
+	rem := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "clever", URLs: []string{deployURL}})
+	refs, err := rem.ListContext(ctx, &git.ListOptions{Auth: &githttp.BasicAuth{Username: e.opts.AuthUser, Password: token}})
+	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
+		return false, nil
+	}
+	if err != nil {
+		return false, pushError("read the refs of "+redactURL(deployURL), err)
+	}
+	for _, r := range refs {
+		if r.Name() == pushBranch {
+			return true, nil
+		}
+	}
+	return false, nil
 }

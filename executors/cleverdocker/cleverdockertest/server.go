@@ -158,6 +158,16 @@ type Server struct {
 	// DockerVersion is the Docker runtime's current version: creating
 	// with another instanceVersion fails with 400 id 9017.
 	DockerVersion string
+	// ProductsNeedAuth makes the product lists want an organisation's
+	// token (as a proxy such as the API bridge may); the main API serves
+	// them without credentials.
+	ProductsNeedAuth bool
+	// OmitHTTPURL leaves deployment.httpUrl out of the application's
+	// view (deployUrl and deployment.url remain): a client must cope.
+	OmitHTTPURL bool
+	// CreateAnswer, if set, may change the view a create answers (the
+	// application is made as usual).
+	CreateAnswer func(view map[string]any)
 	// OnPush is called (in its own goroutine) after a push changed an
 	// application's master, with the pushed tree.
 	OnPush func(app App, files map[string][]byte)
@@ -252,6 +262,12 @@ func (s *Server) Fail(pattern string, status, count int) {
 	s.addFault(&fault{pattern: regexp.MustCompile(pattern), status: status, remain: count, header: h, body: body})
 }
 
+// FailWith is Fail with a given Clever error id and message.
+func (s *Server) FailWith(pattern string, status, id int, msg string, count int) {
+	b, _ := json.Marshal(map[string]any{"id": id, "message": msg, "type": "error"})
+	s.addFault(&fault{pattern: regexp.MustCompile(pattern), status: status, remain: count, header: http.Header{}, body: string(b)})
+}
+
 // Slow delays the next count matching requests by d (or until the client
 // gives up), then answers them normally.
 func (s *Server) Slow(pattern string, d time.Duration, count int) {
@@ -323,9 +339,14 @@ func (s *Server) AppNamed(name string) []App {
 // AddApp creates an application directly (a leftover, another tool's app),
 // created at the given time, with its repository CREATED.
 func (s *Server) AddApp(org, name string, tags []string, created time.Time) App {
+	return s.AddAppDescribed(org, name, "", tags, created)
+}
+
+// AddAppDescribed is AddApp with a description.
+func (s *Server) AddAppDescribed(org, name, description string, tags []string, created time.Time) App {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a := &App{ID: newAppID(), OwnerID: org, Name: name, Tags: tags, Zone: "par", InstanceType: "docker", Version: s.DockerVersion,
+	a := &App{ID: newAppID(), OwnerID: org, Name: name, Description: description, Tags: tags, Zone: "par", InstanceType: "docker", Version: s.DockerVersion,
 		Lifetime: "TASK", MinFlavor: "heptapod-runner-M", MaxFlavor: "heptapod-runner-M", MinInstances: 1, MaxInstances: 1,
 		Env: map[string]string{}, Created: created, RepoState: "CREATING"}
 	s.apps[a.ID] = a
@@ -425,9 +446,10 @@ func copyEnv(m map[string]string) map[string]string {
 // ---- API ----
 
 var (
-	reApps   = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications$`)
-	reApp    = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)$`)
-	reAppEnv = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)/env$`)
+	reApps    = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications$`)
+	reApp     = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)$`)
+	reAppEnv  = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)/env$`)
+	reAppTags = regexp.MustCompile(`^/v2/organisations/([^/]+)/applications/([^/]+)/tags$`)
 )
 
 func route(method, path string) string {
@@ -440,6 +462,8 @@ func route(method, path string) string {
 		return method + " /organisations/:id/applications/:app"
 	case reAppEnv.MatchString(path):
 		return method + " /organisations/:id/applications/:app/env"
+	case reAppTags.MatchString(path):
+		return method + " /organisations/:id/applications/:app/tags"
 	}
 	return method + " " + path
 }
@@ -519,6 +543,14 @@ func message(w http.ResponseWriter, status, id int, msg string) {
 // authorize checks the Authorization header against org's token. Assumed:
 // Clever's exact 401 body was not seen; it is a Message with type error.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request, org string) bool {
+	if !s.checkAuth(r, org) {
+		message(w, http.StatusUnauthorized, 401, "Not authorized: invalid or missing credentials") // assumed id
+		return false
+	}
+	return true
+}
+
+func (s *Server) checkAuth(r *http.Request, org string) bool {
 	s.mu.Lock()
 	tok, known := s.orgs[org]
 	scheme := s.AuthScheme
@@ -528,16 +560,56 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, org string) b
 		prefix = "Bearer "
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), prefix)
-	if !ok || got == "" || !known || tok == "" || got != tok {
-		message(w, http.StatusUnauthorized, 401, "Not authorized: invalid or missing credentials") // assumed id
-		return false
+	return ok && got != "" && known && tok != "" && got == tok
+}
+
+func boolKeys(m map[string]bool) map[string]string {
+	out := make(map[string]string, len(m))
+	for k := range m {
+		out[k] = k
 	}
-	return true
+	return out
+}
+
+// authorizeAny checks the Authorization header against any
+// organisation's token.
+func (s *Server) authorizeAny(w http.ResponseWriter, r *http.Request) bool {
+	s.mu.Lock()
+	var orgs []string
+	for id := range s.orgs {
+		orgs = append(orgs, id)
+	}
+	s.mu.Unlock()
+	for _, o := range orgs {
+		if s.checkAuth(r, o) {
+			return true
+		}
+	}
+	message(w, http.StatusUnauthorized, 401, "Not authorized: invalid or missing credentials") // assumed id
+	return false
 }
 
 func (s *Server) handle(w http.ResponseWriter, r *http.Request, body []byte) {
 	p := r.URL.Path
+	if len(body) > 0 && !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		// a JSON API: a body of another type is refused (assumed status
+		// and body)
+		message(w, http.StatusUnsupportedMediaType, 415, "Unsupported media type: want application/json")
+		return
+	}
+	s.mu.Lock()
+	needAuth := s.ProductsNeedAuth
+	s.mu.Unlock()
+	if needAuth && strings.HasPrefix(p, "/v2/products/") && !s.authorizeAny(w, r) {
+		return
+	}
 	switch {
+	case r.Method == http.MethodGet && p == "/v2/products/zones":
+		zs := []map[string]any{}
+		for _, z := range sortedKeys(boolKeys(knownZones)) {
+			zs = append(zs, map[string]any{"name": z, "internal": false, "correspondingRegion": z})
+		}
+		writeObj(w, 200, zs)
 	case r.Method == http.MethodGet && p == "/v2/products/instances":
 		s.mu.Lock()
 		v := s.DockerVersion
@@ -601,6 +673,29 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, body []byte) {
 		default:
 			message(w, http.StatusMethodNotAllowed, 405, "Method not allowed")
 		}
+	case reAppTags.MatchString(p):
+		// listOrganisationApplicationTags: the tags are not in the
+		// application's view, only here
+		m := reAppTags.FindStringSubmatch(p)
+		if !s.authorize(w, r, m[1]) {
+			return
+		}
+		if r.Method != http.MethodGet {
+			message(w, http.StatusMethodNotAllowed, 405, "Method not allowed")
+			return
+		}
+		s.mu.Lock()
+		a, ok := s.apps[m[2]]
+		tags := []string{}
+		if ok && a.OwnerID == m[1] {
+			tags = append(tags, a.Tags...)
+		}
+		s.mu.Unlock()
+		if !ok || a.OwnerID != m[1] {
+			message(w, 404, 4004, "Application not found")
+			return
+		}
+		writeObj(w, 200, tags)
 	default:
 		message(w, 404, 404, "Not Found") // assumed
 	}
@@ -738,7 +833,31 @@ func (s *Server) createApp(w http.ResponseWriter, org string, body []byte) {
 		Env: copyEnv(b.Env), Created: time.Now(), RepoState: "CREATING", hold: s.HoldRepos}
 	s.apps[a.ID] = a
 	s.order = append(s.order, a.ID)
-	writeObj(w, 200, s.appJSON(a))
+	view := s.appJSON(a)
+	if s.CreateAnswer != nil {
+		s.CreateAnswer(view)
+	}
+	writeObj(w, 200, view)
+}
+
+// RemoveApp deletes an application directly (removed in the console, or
+// by someone else).
+func (s *Server) RemoveApp(appID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.apps, appID)
+	os.RemoveAll(filepath.Join(s.repoRoot, appID+".git"))
+	s.notify()
+}
+
+// MarkDeleted leaves an application listed with its repository DELETED
+// (being removed), as a server may for a while after the DELETE.
+func (s *Server) MarkDeleted(appID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.apps[appID]; ok {
+		a.RepoState = "DELETED"
+	}
 }
 
 var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
@@ -748,12 +867,8 @@ func (s *Server) appJSON(a *App) map[string]any {
 		f, _ := s.flavorByName(name)
 		return map[string]any{"name": name, "mem": f.Mem, "cpus": f.CPUs, "gpus": 0, "price": f.Price, "available": f.Available}
 	}
-	tags := a.Tags
-	if tags == nil {
-		tags = []string{}
-	}
 	host := strings.TrimPrefix(s.Git.URL, "http://")
-	return map[string]any{
+	view := map[string]any{
 		"id": a.ID, "name": a.Name, "description": a.Description, "zone": a.Zone, "zoneId": a.Zone, "ownerId": a.OwnerID,
 		"instance": map[string]any{
 			"type": a.InstanceType, "version": a.Version,
@@ -771,9 +886,14 @@ func (s *Server) appJSON(a *App) map[string]any {
 		"stickySessions": false, "homogeneous": false, "favourite": false, "cancelOnPush": false,
 		"webhookUrl": nil, "webhookSecret": nil, "separateBuild": false, "buildFlavor": nil,
 		"state": "SHOULD_BE_DOWN", "commitId": nil, "appliance": nil, "branch": "master", "forceHttps": "DISABLED",
-		"env": envList(a.Env), "tags": tags,
+		// no "tags": Clever's ApplicationView has none (GET …/tags has them)
+		"env":       envList(a.Env),
 		"deployUrl": s.Git.URL + "/" + a.ID + ".git",
 	}
+	if s.OmitHTTPURL {
+		delete(view["deployment"].(map[string]any), "httpUrl")
+	}
+	return view
 }
 
 func envList(m map[string]string) []map[string]string {

@@ -114,6 +114,14 @@ func TestApplicationLifecycle(t *testing.T) {
 	if c := do(t, "POST", apps, "token tok1", b); c.status != 400 || errID(c) != 9017 {
 		t.Fatalf("outdated instanceVersion: %d %v", c.status, c.body)
 	}
+	req, _ := http.NewRequest("POST", apps, strings.NewReader(`{"name":"x"}`))
+	req.Header.Set("Authorization", "token tok1")
+	req.Header.Set("Content-Type", "text/plain")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 415 {
+		t.Fatalf("a body that is not JSON: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	b = validCreate()
 	b["minFlavr"] = "M"
 	if c := do(t, "POST", apps, "token tok1", b); c.status != 400 {
@@ -153,6 +161,25 @@ func TestApplicationLifecycle(t *testing.T) {
 	c = do(t, "GET", app, "token tok1", nil)
 	if dep, _ := c.body["deployment"].(map[string]any); c.status != 200 || dep["repoState"] != "CREATED" {
 		t.Fatalf("get: %d %v", c.status, c.body)
+	}
+	// Clever's ApplicationView has no tags; GET …/tags has them
+	if _, ok := c.body["tags"]; ok {
+		t.Fatalf("tags in the application's view: %v", c.body)
+	}
+	b = validCreate()
+	b["tags"] = []string{"t1", "t2"}
+	tagged := do(t, "POST", apps, "token tok1", b)
+	req, _ = http.NewRequest("GET", apps+"/"+tagged.body["id"].(string)+"/tags", nil)
+	req.Header.Set("Authorization", "token tok1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tags []string
+	err = json.NewDecoder(resp.Body).Decode(&tags)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || strings.Join(tags, ",") != "t1,t2" {
+		t.Fatalf("tags: %d %v %v", resp.StatusCode, tags, err)
 	}
 	if c := do(t, "PUT", app+"/env", "token tok1", `{"A": 1}`); c.status != 400 {
 		t.Fatalf("env with a number: %d", c.status)

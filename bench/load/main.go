@@ -6,7 +6,10 @@
 // a printed line → visible in GitLab, the daemon's own GitLab requests/s
 // by endpoint (told from the inner runners' by which process holds the
 // connection), job success → host container gone and → job image gone,
-// and the daemon's process tree's memory and CPU.
+// and the daemon's process tree's memory and CPU; then where the time to
+// the first line goes (breakdown), and the daemon's requests per job by
+// endpoint and in the steady state (every job running), the figure the
+// issue's daemon-requests goal is read on.
 //
 // It is bounded in time (-timeout), stops by itself, sends traffic only to
 // 127.0.0.1, and removes what it made (containers, images, networks,

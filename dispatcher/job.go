@@ -224,14 +224,18 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if err != nil {
 		return err
 	}
-	d.markLaunched(t, h)
+	d.markLaunched(t, h, true)
 	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
 	d.afterLaunch(t)
 	return nil
 }
 
-// markLaunched records that the job runs on its host h.
-func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle) {
+// markLaunched records that the job runs on its host h. launched: this
+// daemon launched it just now (its next check in GitLab is a full
+// interval away); else it was found running after a restart, and the
+// check due since its confirmation stays (what happened while the daemon
+// was down is looked at soon).
+func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle, launched bool) {
 	t.mu.Lock()
 	t.cancel = nil
 	t.mu.Unlock()
@@ -242,7 +246,9 @@ func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle) {
 		j.LaunchedAt = time.Now().UTC()
 		j.Payload = nil
 	})
-	d.tracker.launched(t)
+	if launched {
+		d.tracker.launched(t)
+	}
 	d.leaveProvisioning()
 	d.stats.launched.Add(1)
 }
@@ -272,7 +278,7 @@ func (d *Dispatcher) alreadyRunning(ctx context.Context, t *tracked) bool {
 	if err != nil || !st.Exists || !st.Running {
 		return false
 	}
-	d.markLaunched(t, rec.Resource)
+	d.markLaunched(t, rec.Resource, false)
 	t.logger().Info("the job's host already runs it (launched before the restart): tracking it, not launching it again")
 	d.afterLaunch(t)
 	return true

@@ -9,10 +9,11 @@ package config
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"sort"
@@ -218,6 +219,15 @@ func (c *Config) validate(d *decoder, opts Options) {
 	if c.StateFile == "" {
 		d.errKey("state_file", "required: path of the JSON state file (kept across restarts)")
 	}
+	if a := c.ListenAddress; a != "" {
+		_, port, err := net.SplitHostPort(a)
+		if err == nil {
+			_, err = strconv.ParseUint(port, 10, 16)
+		}
+		if err != nil {
+			d.errKey("listen_address", fmt.Sprintf("%q is not host:port with a port number, such as 127.0.0.1:9252 or :9252", a))
+		}
+	}
 	if c.LogFormat != "" && !oneOf(c.LogFormat, "text", "json", "runner") {
 		d.errKey("log_format", fmt.Sprintf("unknown format %q (want text or json)", c.LogFormat))
 	}
@@ -235,6 +245,9 @@ func (c *Config) validate(d *decoder, opts Options) {
 		p := fmt.Sprintf("runners[%d]", i)
 		if r.Token == "" {
 			d.errKey(p+".token", "required: the runner authentication token")
+		} else if strings.IndexFunc(r.Token, func(c rune) bool { return c <= ' ' || c == 0x7f }) >= 0 {
+			// GitLab would refuse it (403) at every poll
+			d.errKey(p+".token", "contains whitespace or a control character (a copy-paste accident?)")
 		} else if j, dup := tokens[r.Token]; dup {
 			d.errKey(p+".token", fmt.Sprintf("same token as runners[%d]", j))
 		} else {
@@ -256,6 +269,9 @@ func (c *Config) validate(d *decoder, opts Options) {
 			d.errKey(p+".url", "required: the GitLab URL, such as https://gitlab.example.com")
 		} else if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			d.errKey(p+".url", fmt.Sprintf("%q is not an http:// or https:// URL", r.URL))
+		} else if strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/api/v4") {
+			// every request would go to …/api/v4/api/v4/… and fail with 404
+			d.errKey(p+".url", fmt.Sprintf("%q: give GitLab's own URL, without /api/v4", r.URL))
 		}
 		if r.Limit < 0 {
 			d.errKey(p+".limit", "must not be negative (0 means no per-runner limit)")
@@ -267,8 +283,10 @@ func (c *Config) validate(d *decoder, opts Options) {
 		d.intRange(p+".unhealthy_requests_limit", r.UnhealthyRequestsLimit, 1000000)
 		d.seconds(p+".unhealthy_interval", r.UnhealthyInterval, 0, 30*86400)
 		if r.TLSCAFile != "" {
-			if _, err := os.Stat(r.TLSCAFile); err != nil {
-				d.errKey(p+".tls-ca-file", fmt.Sprintf("cannot read %s: %v", r.TLSCAFile, errors.Unwrap(err)))
+			if pem, err := os.ReadFile(r.TLSCAFile); err != nil {
+				d.errKey(p+".tls-ca-file", fmt.Sprintf("cannot read %s: %v", r.TLSCAFile, unwrapPathError(err)))
+			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				d.errKey(p+".tls-ca-file", fmt.Sprintf("%s holds no PEM certificate", r.TLSCAFile))
 			}
 		}
 		switch {
@@ -350,12 +368,23 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 	}
 	switch r.Executor {
 	case "local-docker":
-		if h := r.LocalDocker.Host; h != "" && !strings.HasPrefix(h, "unix://") && !strings.HasPrefix(h, "tcp://") {
+		if h := r.LocalDocker.Host; h != "" {
 			key := p + ".local_docker.host"
 			if !d.defined(key) {
 				key = p + ".host"
 			}
-			d.errKey(key, fmt.Sprintf("%q: only unix:// and tcp:// Docker hosts are supported", h))
+			rest, unix := strings.CutPrefix(h, "unix://")
+			if !unix {
+				rest, _ = strings.CutPrefix(h, "tcp://")
+			}
+			switch {
+			case !strings.HasPrefix(h, "unix://") && !strings.HasPrefix(h, "tcp://"):
+				d.errKey(key, fmt.Sprintf("%q: only unix:// and tcp:// Docker hosts are supported", h))
+			case rest == "" && unix:
+				d.errKey(key, fmt.Sprintf("%q: give the socket's path, such as unix:///var/run/docker.sock", h))
+			case rest == "":
+				d.errKey(key, fmt.Sprintf("%q: give host:port, such as tcp://127.0.0.1:2375", h))
+			}
 		}
 	case "clever-docker":
 		c := &r.Clever
@@ -400,17 +429,18 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 // ID identifies the runner in the state file, in host names and in labels.
 // It is unique per token and does not depend on the other runners of the
 // configuration, so it stays the same when runners are added or removed:
-//   - a legacy token (not glrt-): its first 8 characters, exactly as
+//   - a legacy token (neither glrt- nor glrtr-): its first 8 characters, exactly as
 //     Heptapod PAAS Runner's unique_name, so that Heptapod state files and
 //     host names (hpd-job-<unique_name>-<job id>) carry over;
-//   - a glrt- token: "t" and the first 7 hex digits of its SHA-256. The
-//     first 8 characters of such tokens are shared (glrt-t1_, glrt-t3_…),
-//     so they identify nothing.
+//   - a glrt- or glrtr- token (glrtr-: a runner token GitLab issued to a
+//     runner registered with a registration token): "t" and the first 7
+//     hex digits of its SHA-256. The first 8 characters of such tokens are
+//     shared (glrt-t1_, glrt-t3_…, glrtr-xy), so they identify nothing.
 func (r *Runner) ID() string { return RunnerID(r.Token) }
 
 // RunnerID is Runner.ID for a token.
 func RunnerID(token string) string {
-	if strings.HasPrefix(token, "glrt-") {
+	if strings.HasPrefix(token, "glrt-") || strings.HasPrefix(token, "glrtr-") {
 		sum := sha256.Sum256([]byte(token))
 		return "t" + hex.EncodeToString(sum[:])[:7]
 	}

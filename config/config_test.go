@@ -134,7 +134,8 @@ executor = "clever-docker"
 func TestBadInputs(t *testing.T) {
 	cases := map[string]struct{ body, want string }{
 		"malformed":       {"state_file = \n", ":1: invalid TOML"},
-		"unclosed table":  {"[[runners]\n", ":2: invalid TOML"},
+		"unclosed table":  {"[[runners]\n", ":1: invalid TOML"},
+		"unclosed later":  {minimal + "[runners.docker\nimage = \"x\"\n", ":6: invalid TOML"},
 		"no runners":      {`state_file = "s"`, "no [[runners]] section"},
 		"missing token":   {strings.Replace(minimal, `token = "glrt-abcdefgh"`, "", 1), "runners[0].token: required"},
 		"bad url":         {strings.Replace(minimal, "https://gitlab.example", "gitlab.example", 1), "runners[0].url"},
@@ -266,5 +267,29 @@ func TestRunnerIDs(t *testing.T) {
 	}
 	if got := LegacyID("glrt-t1_aaaaaaaaaaaa"); got != "glrt-t1_" {
 		t.Errorf("legacy ID %q", got)
+	}
+	// glrtr- tokens (runner tokens of runners registered with a
+	// registration token) share their first 8 characters too: hashed
+	a, b := RunnerID("glrtr-aaaaaaaaaaaaaaaa"), RunnerID("glrtr-aaaaaaaaaaaaaaab")
+	if a == b || len(a) != 8 || a[0] != 't' || strings.HasPrefix(a, "glrtr") {
+		t.Errorf("glrtr- IDs %q and %q: want distinct t + 7 hex digits", a, b)
+	}
+	if got := LegacyID("glrtr-aaaaaaaaaaaaaaaa"); got != "glrtr-aa" {
+		t.Errorf("glrtr- legacy ID %q, want Heptapod's glrtr-aa", got)
+	}
+}
+
+// Two glrtr- runners whose tokens share 8 characters are accepted: their
+// IDs differ.
+func TestGlrtrTokensDoNotCollide(t *testing.T) {
+	body := "concurrent = 2\nstate_file = \"/tmp/state.json\"\n" +
+		"[[runners]]\n  name = \"a\"\n  url = \"https://gitlab.example\"\n  token = \"glrtr-aaaaaaaaaaaaaaaa\"\n  executor = \"local-docker\"\n" +
+		"[[runners]]\n  name = \"b\"\n  url = \"https://gitlab.example\"\n  token = \"glrtr-aaaaaaaaaaaaaaab\"\n  executor = \"local-docker\"\n"
+	c, err := Parse("config.toml", []byte(body), execs)
+	if err != nil {
+		t.Fatalf("two glrtr- runners refused: %v", err)
+	}
+	if c.Runners[0].ID() == c.Runners[1].ID() {
+		t.Errorf("same ID %q", c.Runners[0].ID())
 	}
 }

@@ -39,6 +39,9 @@ func Parse(file string, data []byte, opts Options) (*Config, error) {
 
 func parse(file string, data []byte, opts Options, schema func(table string, fields fieldSet)) (*Config, error) {
 	d := &decoder{file: file, keys: map[string]int{}, schema: schema}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, Errors{{File: file, Msg: "the configuration file is empty (it needs state_file and a [[runners]] section)"}}
+	}
 	var top map[string]toml.Primitive
 	md, err := toml.Decode(string(data), &top)
 	if err != nil {
@@ -66,7 +69,13 @@ func (d *decoder) defined(key string) bool { _, ok := d.keys[key]; return ok }
 func (d *decoder) syntaxError(err error) *Error {
 	var pe toml.ParseError
 	if ok := asParseError(err, &pe); ok {
-		return &Error{File: d.file, Line: pe.Position.Line, Msg: "invalid TOML: " + pe.Message}
+		line := pe.Position.Line
+		if strings.HasSuffix(pe.Message, `but got '\n' instead`) && line > 1 {
+			// an unclosed table header: the parser has read the line's
+			// newline already and points at the next line
+			line--
+		}
+		return &Error{File: d.file, Line: line, Msg: "invalid TOML: " + pe.Message}
 	}
 	return &Error{File: d.file, Msg: "invalid TOML: " + err.Error()}
 }
@@ -236,6 +245,11 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"sentry_dsn":         new(any),
 	}
 	d.decodeFields("", top, fields, nil)
+	for _, k := range sortedKeys(top) {
+		if msg, ok := ignoredTopKeys[k]; ok {
+			d.warns = append(d.warns, Warning{File: d.file, Line: d.lineOfKey(k), Key: k, Msg: msg})
+		}
+	}
 	if _, ok := top["quota_computation"]; ok {
 		var quota map[string]toml.Primitive
 		if typ := d.md.Type("quota_computation"); typ != "Hash" {
@@ -360,6 +374,9 @@ func (d *decoder) decodeRunner(i int, prims map[string]toml.Primitive) Runner {
 			}
 			return true
 		case acceptedRunnerKeys[k]:
+			if k == "token_expires_at" {
+				d.checkTokenExpiry(p+"."+k, prim)
+			}
 			return true
 		}
 		return false
@@ -382,6 +399,7 @@ func (d *decoder) decodeRunner(i int, prims map[string]toml.Primitive) Runner {
 		}
 		r.LocalDocker.Host = hostAlias
 	}
+	d.checkRunnerKeys(i, p, &r, sortedKeys(prims))
 	if r.Clever.FlavorNamePrefix == "" {
 		r.Clever.FlavorNamePrefix = r.Clever.FlavorContext + "-"
 	}
@@ -401,33 +419,6 @@ func (d *decoder) runnerKeysWithPrefix(i int, prefix string) []string {
 		}
 	}
 	return ks
-}
-
-// checkInnerCache validates the [runners.cache] keys the inner runner
-// acts on: max_age, seconds a local cache volume is kept after its last
-// save (a positive, finite number).
-func (d *decoder) checkInnerCache(i int, p string, v any) {
-	m, _ := v.(map[string]any)
-	age, ok := m["max_age"]
-	if !ok {
-		return
-	}
-	fail := func(msg string) {
-		d.errs = append(d.errs, &Error{File: d.file, Line: d.loc.line(i, []string{"cache", "max_age"}), Key: p + ".max_age", Msg: msg})
-	}
-	var secs float64
-	switch n := age.(type) {
-	case int64:
-		secs = float64(n)
-	case float64:
-		secs = n
-	default:
-		fail("want a number of seconds")
-		return
-	}
-	if math.IsNaN(secs) || math.IsInf(secs, 0) || secs <= 0 || secs > 100*365*24*3600 {
-		fail("want a positive number of seconds (at most 100 years)")
-	}
 }
 
 // checkInnerDocker validates [runners.docker] with the parser the inner

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -98,6 +99,7 @@ func (d *decoder) decodeGuards(prims map[string]toml.Primitive) Guards {
 	if g.MaxWaitingJobs <= 0 && d.defined("guards.max_waiting_jobs") {
 		d.errKey("guards.max_waiting_jobs", "must be a positive number of jobs")
 	}
+	d.intRange("guards.max_waiting_jobs", g.MaxWaitingJobs, maxJobs)
 	if git != nil {
 		var retry string
 		d.decodeFields("guards.git", git, fieldSet{
@@ -111,11 +113,17 @@ func (d *decoder) decodeGuards(prims map[string]toml.Primitive) Guards {
 			if g.Git.Password != "" {
 				d.errKey("guards.git.password_file", "set password or password_file, not both")
 			}
+			// relative to the configuration's directory, as the other *_file keys
+			if !filepath.IsAbs(g.Git.PasswordFile) {
+				g.Git.PasswordFile = filepath.Join(filepath.Dir(d.file), g.Git.PasswordFile)
+			}
 			data, err := os.ReadFile(g.Git.PasswordFile)
 			if err != nil {
 				d.errKey("guards.git.password_file", fmt.Sprintf("cannot read %s: %v", g.Git.PasswordFile, unwrapPathError(err)))
 			} else if g.Git.Password = strings.TrimSpace(string(data)); g.Git.Password == "" {
 				d.errKey("guards.git.password_file", fmt.Sprintf("%s is empty", g.Git.PasswordFile))
+			} else {
+				d.warnExposedSecret("guards.git.password_file", g.Git.PasswordFile)
 			}
 		}
 		if g.Git.Branch == "" {

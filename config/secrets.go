@@ -39,6 +39,7 @@ func (d *decoder) resolveSecret(p, key string, dst *string, file, env string) {
 			d.errKey(p+"."+key+"_file", fmt.Sprintf("%s is empty", path))
 			return
 		}
+		d.warnExposedSecret(p+"."+key+"_file", path)
 		*dst = v
 	case env != "":
 		v := strings.TrimSpace(os.Getenv(env))
@@ -58,4 +59,16 @@ func unwrapPathError(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// warnExposedSecret warns when a file holding a secret can be read by
+// every user of the machine. A group-readable one is fine: that is how a
+// root-owned secret is given to the daemon's group (mode 0640).
+func (d *decoder) warnExposedSecret(key, path string) {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o004 == 0 {
+		return
+	}
+	d.warns = append(d.warns, Warning{File: d.file, Line: d.lineOfKey(key), Key: key,
+		Msg: fmt.Sprintf("%s holds a secret and is readable by every user (mode %04o): chmod 600 %s (or 640, group of the daemon's user)", path, fi.Mode().Perm(), path)})
 }

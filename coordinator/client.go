@@ -101,6 +101,10 @@ type Client struct {
 	retry  RetryPolicy
 	mu     sync.Mutex
 	lastUp string
+	// reasons: the failure_reason enum of this GitLab, as its last job
+	// payload listed it (features.failure_reasons; the same for every job
+	// of an instance), to map what FailJob sends.
+	reasons []string
 }
 
 // APIError is a non-success answer from GitLab.
@@ -183,6 +187,10 @@ func New(cfg Config) (*Client, error) {
 		c := *hc
 		c.Transport = cfg.WrapTransport(hc.Transport)
 		hc = &c
+	}
+	if cfg.Info.Features == nil {
+		// an object, never null: GitLab declares info.features a Hash
+		cfg.Info.Features = map[string]bool{}
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -49,6 +49,11 @@ func (c *Client) RequestJob(ctx context.Context) (*job.Acquired, error) {
 		if err != nil {
 			return nil, payloadError(resp.body, err)
 		}
+		if fr := a.Payload.Features.FailureReasons; len(fr) > 0 {
+			c.mu.Lock()
+			c.reasons = fr
+			c.mu.Unlock()
+		}
 		return a, nil
 	}
 	return nil, c.apiError(http.MethodPost, path, resp)
@@ -182,8 +187,14 @@ func interval(h http.Header) time.Duration {
 
 // FailJob marks a job failed (PUT state=failed) with reason, repeating while
 // GitLab answers 202 or fails transiently, until it is accepted or ctx ends.
-// A job that is already final (403) counts as done.
+// A job that is already final (403) counts as done. The reason is mapped
+// to one this GitLab knows (job.MapFailureReason, with the enum its job
+// payloads list), as gitlab-runner does: GitLab would store an unknown one
+// as unknown_failure.
 func (c *Client) FailJob(ctx context.Context, id int64, jobToken, reason string) error {
+	c.mu.Lock()
+	reason = job.MapFailureReason(reason, c.reasons)
+	c.mu.Unlock()
 	var last error
 	for attempt := 0; ; attempt++ {
 		res, err := c.UpdateJob(ctx, id, jobToken, Update{State: job.StatusFailed, FailureReason: reason})

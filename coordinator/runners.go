@@ -22,7 +22,13 @@ type RunnerCredentials struct {
 // the runner manager and its features at once. A bad token is a 403
 // *APIError.
 func (c *Client) VerifyRunner(ctx context.Context) (*RunnerCredentials, error) {
-	body, _ := json.Marshal(map[string]any{"token": c.cfg.Token, "system_id": c.cfg.SystemID, "info": c.cfg.Info})
+	req := map[string]any{"token": c.cfg.Token, "info": c.cfg.Info}
+	if c.cfg.SystemID != "" {
+		// an empty system_id would name a runner manager ""; without one
+		// GitLab uses its legacy manager, as gitlab-runner's omitempty does
+		req["system_id"] = c.cfg.SystemID
+	}
+	body, _ := json.Marshal(req)
 	const path = "runners/verify"
 	resp, err := c.do(ctx, request{method: http.MethodPost, path: path, body: body, jsonBody: true,
 		header: http.Header{"Accept": {"application/json"}}})

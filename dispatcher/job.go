@@ -60,6 +60,13 @@ func (t *tracked) get() state.Job {
 	return t.rec
 }
 
+// isConfirmed: GitLab was told the job is taken (ConfirmJob).
+func (t *tracked) isConfirmed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.confirmed
+}
+
 func (t *tracked) phase() state.Phase {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -182,10 +189,8 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			return &stepError{op: "plan", err: err}
 		}
 		rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Provisioning })
-		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 		// Write-ahead: the host's handle is durable before it is created.
-		err = d.store.Sync(ctx)
-		if err != nil {
+		if err := d.store.Sync(ctx); err != nil {
 			return fmt.Errorf("saving state before provisioning: %w", err)
 		}
 		// The job is durable: only now is GitLab told it is taken. A crash
@@ -194,6 +199,11 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		if err := d.confirm(ctx, t); err != nil {
 			return err
 		}
+		// Only a confirmed job has a log: GitLab takes a job token
+		// (trace PATCH) only for a running job (Ci::AuthJobFinder), and
+		// answers 403 Job-Status: pending before. The line is held (sent
+		// with the next, or handed to the inner runner).
+		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 	} else {
 		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 	}
@@ -592,6 +602,21 @@ const (
 // the host. report=false: the failure was recorded before a restart.
 func (d *Dispatcher) failPending(t *tracked, cause error, fresh bool) {
 	log := t.logger()
+	if !t.isConfirmed() && !t.get().Reported {
+		// GitLab takes neither a log line nor a final state from a job
+		// still waiting for its runner's confirmation (two-phase commit:
+		// 403 to the PATCH, 400 to PUT state=failed): confirm it first.
+		ctx, cancel := context.WithTimeout(d.work, time.Minute)
+		err := d.durableConfirm(ctx, t)
+		cancel()
+		if why, status := t.stopped(); why != "" {
+			d.abandon(t, why, status)
+			return
+		}
+		if err != nil {
+			log.Warn("could not confirm the failed job to GitLab before failing it", zap.Error(err))
+		}
+	}
 	rec := t.get()
 	msg := cause.Error()
 	if fresh {

@@ -64,12 +64,21 @@ func (d *Dispatcher) flushHeld(t *tracked) {
 	if len(t.log.held) == 0 {
 		return // sent meanwhile, or handed over: not the lead's moment
 	}
+	if !t.isConfirmed() && t.phase().Pending() {
+		return // GitLab takes no log before the confirmation: kept for the next write
+	}
 	d.writeLocked(ctx, t, nil)
 }
 
 // traceLine writes one line to the job log at once, after the held lines
 // (best effort). A job that is no longer running stops provisioning.
 func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isErr bool) {
+	if !t.isConfirmed() && t.phase().Pending() {
+		// not confirmed yet (two-phase commit): GitLab would answer 403
+		// Job-Status: pending, read as "the job is not running"
+		t.logger().Info("job log line kept back: the job is not confirmed to GitLab yet", zap.String("line", line))
+		return
+	}
 	if isErr {
 		line = ansiRed + line + ansiReset
 	}

@@ -2,6 +2,7 @@ package job
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -63,7 +64,10 @@ func UseDependencyProxy(raw json.RawMessage) (json.RawMessage, error) {
 		Variables Variables `json:"variables"`
 	}
 	if err := json.Unmarshal(raw, &p); err != nil {
-		return nil, fmt.Errorf("reading job variables: %w", err)
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) || decodeLenient(raw, &p) != nil {
+			return nil, fmt.Errorf("reading job variables: %w", err)
+		}
 	}
 	// Names are expanded once against the variables as the job gets them
 	// (each expanded once), like GitLab Runner expands image names: the

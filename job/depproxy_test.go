@@ -100,3 +100,14 @@ func TestUseDependencyProxyBoundedExpansion(t *testing.T) {
 		t.Errorf("$$ is a literal $: %v", p.Services[1]["name"])
 	}
 }
+
+func TestUseDependencyProxyNumericVariable(t *testing.T) {
+	raw := []byte(`{"variables":[{"key":"CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX","value":"gitlab.example.com:443/g/dependency_proxy/containers"},{"key":"RETRIES","value":3}],"image":{"name":"alpine"}}`)
+	out, err := UseDependencyProxy(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"gitlab.example.com:443/g/dependency_proxy/containers/library/alpine"`) {
+		t.Fatalf("not rewritten: %s", out)
+	}
+}

@@ -30,6 +30,19 @@ type Payload struct {
 	Credentials   []Credentials  `json:"credentials"`
 	Dependencies  []Dependency   `json:"dependencies"`
 	Features      GitlabFeatures `json:"features"`
+	// Run: the job's run: keyword (CI/CD steps), a JSON string holding
+	// the steps, sent instead of steps. paas-runner does not run them.
+	Run json.RawMessage `json:"run,omitempty"`
+}
+
+// HasRunSteps tells whether the job is made of CI/CD steps (run:) rather
+// than a script.
+func (p *Payload) HasRunSteps() bool {
+	switch string(p.Run) {
+	case "", "null", `""`, "[]", `"[]"`:
+		return false
+	}
+	return true
 }
 
 type JobInfo struct {
@@ -94,10 +107,56 @@ type Image struct {
 
 // ExecutorOpts are an image's executor options.
 type ExecutorOpts struct {
-	Docker struct {
-		Platform string `json:"platform,omitempty"`
-		User     string `json:"user,omitempty"`
-	} `json:"docker"`
+	Docker DockerOpts `json:"docker"`
+}
+
+// DockerOpts are image: docker: options. GitLab passes user on as
+// written in .gitlab-ci.yml: a name, "uid:gid", or a bare number (user:
+// 1000), which arrives as a JSON number; both are kept as a string here,
+// as gitlab-runner does (its StringOrInt64).
+type DockerOpts struct {
+	Platform string `json:"platform,omitempty"`
+	User     string `json:"user,omitempty"`
+}
+
+// UnmarshalJSON accepts user as a string or an integer.
+func (o *DockerOpts) UnmarshalJSON(b []byte) error {
+	var in struct {
+		Platform *string         `json:"platform"`
+		User     json.RawMessage `json:"user"`
+	}
+	if err := json.Unmarshal(b, &in); err != nil {
+		return err
+	}
+	if in.Platform != nil {
+		o.Platform = *in.Platform
+	}
+	u, err := stringOrInt(in.User)
+	if err != nil {
+		return fmt.Errorf("executor_opts: docker: user: %w", err)
+	}
+	if u != "" {
+		o.User = u
+	}
+	return nil
+}
+
+// stringOrInt reads a JSON string, integer or null as a string.
+func stringOrInt(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err == nil {
+		if _, err := n.Int64(); err == nil {
+			return n.String(), nil
+		}
+	}
+	return "", fmt.Errorf("%s is neither a string nor an integer", raw)
 }
 
 type Service struct {
@@ -162,7 +221,15 @@ type Acquired struct {
 func Parse(raw []byte) (*Acquired, error) {
 	var p Payload
 	if err := json.Unmarshal(raw, &p); err != nil {
-		return nil, fmt.Errorf("decoding job payload: %w", err)
+		var te *json.UnmarshalTypeError
+		// a value of another JSON type than expected: try converting it
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("decoding job payload: %w", err)
+		}
+		p = Payload{}
+		if decodeLenient(raw, &p) != nil {
+			return nil, fmt.Errorf("decoding job payload: %w", err)
+		}
 	}
 	if p.ID <= 0 {
 		return nil, fmt.Errorf("job payload has no valid id")
@@ -183,6 +250,7 @@ const (
 	ConfigurationError    = "runner_configuration_error"
 	ExternalDependency    = "runner_external_dependency_failure"
 	StuckOrTimeoutFailure = "stuck_or_timeout_failure"
+	RunnerUnsupported     = "runner_unsupported"
 )
 
 // Job statuses as GitLab reports them (Job-Status header, GET /job).

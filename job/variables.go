@@ -1,5 +1,11 @@
 package job
 
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+)
+
 // Variable is one entry of the payload's variables list.
 type Variable struct {
 	Key    string `json:"key"`
@@ -121,4 +127,85 @@ func isSpecialParam(c byte) bool {
 
 func isNameByte(c byte) bool {
 	return c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+}
+
+// UnmarshalJSON reads a variable as GitLab may send it: value a string, or
+// null (a variable without value), or a number or boolean (kept as its
+// JSON text); the flags booleans or their string forms. Every package that
+// decodes a payload's variables gets the same tolerance.
+func (v *Variable) UnmarshalJSON(b []byte) error {
+	var in struct {
+		Key    json.RawMessage `json:"key"`
+		Value  json.RawMessage `json:"value"`
+		Public json.RawMessage `json:"public"`
+		Masked json.RawMessage `json:"masked"`
+		File   json.RawMessage `json:"file"`
+		Raw    json.RawMessage `json:"raw"`
+	}
+	if err := json.Unmarshal(b, &in); err != nil {
+		return err
+	}
+	var out Variable
+	var err error
+	if out.Key, err = scalarString(in.Key); err != nil {
+		return fmt.Errorf("variable key: %w", err)
+	}
+	if out.Value, err = scalarString(in.Value); err != nil {
+		return fmt.Errorf("variable %s: value: %w", out.Key, err)
+	}
+	for _, f := range []struct {
+		raw json.RawMessage
+		dst *bool
+	}{{in.Public, &out.Public}, {in.Masked, &out.Masked}, {in.File, &out.File}, {in.Raw, &out.Raw}} {
+		if *f.dst, err = scalarBool(f.raw); err != nil {
+			return fmt.Errorf("variable %s: %w", out.Key, err)
+		}
+	}
+	*v = out
+	return nil
+}
+
+// scalarString reads a JSON string, number, boolean or null as a string.
+func scalarString(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String(), nil
+	}
+	var t bool
+	if json.Unmarshal(raw, &t) == nil {
+		return strconv.FormatBool(t), nil
+	}
+	return "", fmt.Errorf("%.40s is not a string", raw)
+}
+
+// scalarBool reads a JSON boolean, "true"/"false", 0/1 or null.
+func scalarBool(raw json.RawMessage) (bool, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return false, nil
+	}
+	var t bool
+	if json.Unmarshal(raw, &t) == nil {
+		return t, nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		if s == "" {
+			return false, nil
+		}
+		return strconv.ParseBool(s)
+	}
+	switch string(raw) {
+	case "0":
+		return false, nil
+	case "1":
+		return true, nil
+	}
+	return false, fmt.Errorf("%.40s is not a boolean", raw)
 }

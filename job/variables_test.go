@@ -1,6 +1,7 @@
 package job
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -82,5 +83,28 @@ func TestExpandSelfReferenceBounded(t *testing.T) {
 	// inner runner does) stays polynomial too
 	if got := ex.Expand("$C$C"); len(got) != 2*len(ex.Get("C")) {
 		t.Fatalf("%d bytes", len(got))
+	}
+}
+
+// Packages decoding the variables on their own (executors) get the same
+// tolerance as Parse.
+func TestVariablesDecodeTolerant(t *testing.T) {
+	var p struct {
+		Variables Variables `json:"variables"`
+	}
+	raw := `{"variables":[{"key":"N","value":3,"public":"true","masked":false},{"key":"E","value":null,"public":true,"masked":false,"file":1},
+		{"key":"T","value":true,"public":false,"masked":"false","raw":"true","unknown":"x"}]}`
+	if err := json.Unmarshal([]byte(raw), &p); err != nil {
+		t.Fatal(err)
+	}
+	vs := p.Variables
+	if vs.Get("N") != "3" || !vs[0].Public || vs.Get("E") != "" || !vs[1].File || vs.Get("T") != "true" || !vs[2].Raw || vs[2].Masked {
+		t.Fatalf("%+v", vs)
+	}
+	for _, bad := range []string{`[{"key":"A","value":{}}]`, `[{"key":"A","value":"x","masked":"maybe"}]`} {
+		var v Variables
+		if err := json.Unmarshal([]byte(bad), &v); err == nil {
+			t.Errorf("accepted %s", bad)
+		}
 	}
 }

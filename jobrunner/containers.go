@@ -172,6 +172,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 			return 0, fmt.Errorf("writing file variables: %w", err)
 		}
 	}
+	r.shipGuard(ctx, c.ID, img) // guardbin.go
 	att, err := r.docker.ContainerAttach(ctx, c.ID, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return 0, fmt.Errorf("attaching to the job container: %w", err)

@@ -20,7 +20,7 @@ import (
 func (r *runner) finalUpdate(ctx context.Context, res result, size int64, checksum string) error {
 	u := coordinator.Update{State: res.state, ExitCode: res.exitCode}
 	if res.state == "failed" {
-		u.FailureReason = mapReason(res.reason, r.p.Features.FailureReasons)
+		u.FailureReason = job.MapFailureReason(res.reason, r.p.Features.FailureReasons)
 	}
 	u.Output = &struct {
 		Checksum string `json:"checksum,omitempty"`
@@ -55,28 +55,4 @@ func (r *runner) finalUpdate(ctx context.Context, res result, size int64, checks
 		case <-time.After(wait):
 		}
 	}
-}
-
-// mapReason follows GitLab Runner: reasons the server does not list fall
-// back to what it knows.
-func mapReason(reason string, supported []string) string {
-	always := map[string]bool{job.ScriptFailure: true, job.RunnerSystemFailure: true, job.JobExecutionTimeout: true}
-	if reason == "" {
-		return job.ScriptFailure
-	}
-	if always[reason] {
-		return reason
-	}
-	for _, s := range supported {
-		if s == reason {
-			return reason
-		}
-	}
-	switch reason {
-	case job.ConfigurationError:
-		return job.ScriptFailure
-	case job.ExternalDependency:
-		return job.RunnerSystemFailure
-	}
-	return job.UnknownFailure
 }

@@ -37,6 +37,10 @@ type Options struct {
 	Logger        *zap.Logger
 	UserAgent     string
 	Info          coordinator.Info
+	// GuardBinary is the static executable put into job containers as
+	// gitlab-job-guard (guardbin.go): "" for this one, NoGuardBinary for
+	// none.
+	GuardBinary string
 }
 
 // result of the job's steps
@@ -75,6 +79,8 @@ type runner struct {
 
 	debugOnce sync.Once
 	debug     bool // CI_DEBUG_TRACE
+
+	guard guardShip // the guard in job containers (guardbin.go)
 }
 
 // Run runs the job and reports it. It returns nil once GitLab accepted the

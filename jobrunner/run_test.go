@@ -79,6 +79,8 @@ type jobSpec struct {
 	// withoutCA
 	ca        *testca.CA
 	withoutCA bool
+	// options, if set, adjusts the inner runner's options
+	options func(o *Options)
 }
 
 // runJob queues a job in a fake GitLab, acquires it like the daemon, and
@@ -189,7 +191,11 @@ func runJobOn(t *testing.T, gl *coordinatortest.Server, caFile string, spec jobS
 	if spec.during != nil {
 		go spec.during(gl, q.ID)
 	}
-	err = Run(ctx, Options{Config: rc, Job: j, Docker: d, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}})
+	o := Options{Config: rc, Job: j, Docker: d, TraceInterval: 50 * time.Millisecond, Info: coordinator.Info{Name: "paas-runner", Version: "test"}}
+	if spec.options != nil {
+		spec.options(&o)
+	}
+	err = Run(ctx, o)
 	return gl.Job(q.ID), err
 }
 

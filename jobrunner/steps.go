@@ -32,6 +32,11 @@ func (r *runner) runJob(ctx context.Context) result {
 	}()
 
 	r.printf("%sRunning with %s %s%s\n", ansiBoldGreen, r.o.Info.Name, r.o.Info.Version, ansiReset)
+	if r.p.HasRunSteps() {
+		// GitLab sends run: jobs to any runner; doing nothing would pass
+		r.printf("%sERROR: this job is written with the run: keyword (CI/CD steps), which this runner does not support; use script:%s\n", ansiBoldRed, ansiReset)
+		return result{state: "failed", reason: job.RunnerUnsupported}
+	}
 	img := r.p.Image.Name
 	if img == "" {
 		img = r.o.Config.Docker.Image

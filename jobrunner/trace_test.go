@@ -74,9 +74,13 @@ func TestOutputLimit(t *testing.T) {
 	tr, gl, id := traceFor(t, nil, 100)
 	tr.Write([]byte(strings.Repeat("x", 50)))
 	tr.Write([]byte(strings.Repeat("y", 80)))
+	tr.Write([]byte("zzz\n")) // past the limit: dropped
 	tr.Close(context.Background())
 	log := string(gl.Job(id).Trace)
-	if strings.Contains(log, "yyy") || !strings.Contains(log, "exceeded limit of 100 bytes") {
+	// the daemon's 7 bytes, the 50 x, then the 43 y that fit below 100
+	want := "daemon\n" + strings.Repeat("x", 50) + strings.Repeat("y", 43) + "\n"
+	if !strings.HasPrefix(log, want) || strings.Contains(log, strings.Repeat("y", 44)) || strings.Contains(log, "zzz") ||
+		!strings.Contains(log, "exceeded limit of 100 bytes") {
 		t.Fatalf("log %q", log)
 	}
 }

@@ -78,12 +78,15 @@ func writeList(b *bytes.Buffer, es []*entry, pairs bool) {
 
 // load reads the file into s.jobs.
 func (s *Store) load() error {
+	if fi, err := os.Stat(s.path); err == nil && fi.IsDir() {
+		return fmt.Errorf("state_file: %s is a directory, not a file", s.path)
+	}
 	data, err := os.ReadFile(s.path)
 	if os.IsNotExist(err) {
 		return s.checkWritable()
 	}
 	if err != nil {
-		return fmt.Errorf("reading state file: %w", err)
+		return fmt.Errorf("state_file: reading %s: %w", s.path, unwrapPath(err))
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return s.checkWritable()
@@ -196,4 +199,14 @@ func decodeFile(data []byte) (jobs []Job, imported bool, journalSeq uint64, err 
 		}
 	}
 	return jobs, imported, doc.JournalSeq, nil
+}
+
+// unwrapPath drops the *os.PathError around err: messages name the path
+// themselves.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

@@ -591,6 +591,47 @@ func recordSeq(rec []byte) uint64 {
 	return n
 }
 
+// Release gives the state file up without rewriting it: for a daemon that
+// refuses to start after Open (a problem found later in its
+// configuration), so that the file stays byte for byte as it was (a
+// Heptapod file is not converted, a hand-formatted one not reformatted).
+// Changes made since Open that were made durable are in the journal,
+// which the next Open replays; others are lost, as in a crash. After
+// Close or Release it does nothing.
+func (s *Store) Release() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	close(s.wake)
+	select {
+	case s.urgent <- struct{}{}:
+	default:
+	}
+	<-s.done
+	s.closeJournal()
+	return unlock(s.lock)
+}
+
+// closeJournal closes the journal and removes it when it holds nothing
+// the state file does not.
+func (s *Store) closeJournal() {
+	if s.journal == nil {
+		return
+	}
+	s.journal.Close()
+	s.mu.Lock()
+	empty := s.journalBytes == 0 && len(s.ops) == 0 && s.snapSeq >= s.seq
+	s.mu.Unlock()
+	if empty {
+		_ = os.Remove(journalPath(s.path))
+	}
+}
+
 // Close writes what is left, stops the writer and releases the lock.
 func (s *Store) Close() error {
 	s.mu.Lock()
@@ -612,15 +653,7 @@ func (s *Store) Close() error {
 	default:
 	}
 	<-s.done
-	if s.journal != nil {
-		s.journal.Close()
-		s.mu.Lock()
-		empty := s.journalBytes == 0 && len(s.ops) == 0 && s.snapSeq >= s.seq
-		s.mu.Unlock()
-		if empty {
-			_ = os.Remove(journalPath(s.path))
-		}
-	}
+	s.closeJournal()
 	if uerr := unlock(s.lock); err == nil {
 		err = uerr
 	}

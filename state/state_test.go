@@ -600,3 +600,52 @@ func TestReadWhileOpen(t *testing.T) {
 		t.Fatalf("missing file: %v %v", jobs, err)
 	}
 }
+
+// A daemon that refuses to start after opening its state file releases it
+// untouched: a Heptapod file is not converted, no journal is left, and the
+// lock is free again.
+func TestReleaseLeavesFileUntouched(t *testing.T) {
+	for _, fixture := range []string{"heptapod-1.0.json", "state-v1.json"} {
+		p := copyFixture(t, fixture)
+		before, _ := os.ReadFile(p)
+		s, err := Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Release(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Release(); err != nil {
+			t.Fatalf("second Release: %v", err)
+		}
+		if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {
+			t.Fatalf("%s rewritten:\n%s", fixture, after)
+		}
+		if _, err := os.Stat(journalPath(p)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: journal left: %v", fixture, err)
+		}
+		s2, err := Open(p)
+		if err != nil {
+			t.Fatalf("reopen: %v", err)
+		}
+		if err := s2.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s2.Release(); err != nil {
+			t.Fatalf("Release after Close: %v", err)
+		}
+	}
+}
+
+// A state_file naming a directory is refused with one line naming it.
+func TestStateFileIsADirectory(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	os.Mkdir(p, 0o700)
+	_, err := Open(p)
+	if err == nil || !strings.Contains(err.Error(), "state_file: "+p+" is a directory") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := Open(p); errors.Is(err, ErrLocked) {
+		t.Fatal("lock leaked")
+	}
+}

@@ -609,7 +609,7 @@ func TestCleverBadConfiguration(t *testing.T) {
 	body = strings.Replace(body, "cc_deployment_repo_wait_step", fixedOrg+"\ncc_deployment_repo_wait_step", 1)
 	incomplete := body + "  [runners.cache]\n  Type = \"s3\"\n  [runners.cache.s3]\n  AccessKey = \"AK\"\n  SecretKey = \"SK\"\n"
 	os.WriteFile(e.config, []byte(incomplete), 0o600)
-	if code, stderr := runOnce(t, nil, e.config); code != 2 || !strings.Contains(stderr, `runners[0] (clever-docker executor): [runners.cache] Type = "s3" needs [runners.cache.s3] ServerAddress, BucketName`) {
+	if code, stderr := runOnce(t, nil, e.config); code != 2 || !strings.Contains(stderr, `: runners[0].cache.s3: Type = "s3" needs ServerAddress, BucketName in [runners.cache.s3]`) {
 		t.Fatalf("incomplete S3 cache: exit %d\n%s", code, stderr)
 	}
 	os.WriteFile(e.config, []byte(body), 0o600)

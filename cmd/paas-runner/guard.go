@@ -9,18 +9,27 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	// roots for job images without a CA bundle (busybox, scratch): used
+	// only where the system has none
+	_ "golang.org/x/crypto/x509roots/fallback"
+
 	"gitlab.com/paas-runner/paas-runner/internal/version"
+	"gitlab.com/paas-runner/paas-runner/jobrunner"
 	"gitlab.com/paas-runner/paas-runner/pipeguard"
 )
 
@@ -76,6 +85,43 @@ type guardOptions struct {
 	interval func() time.Duration
 	now      func() time.Time
 	pid      int
+}
+
+// guardHTTPClient trusts, besides the system's roots, the runner's CA
+// bundle a job gets in CI_SERVER_TLS_CA_FILE (a file variable, as
+// gitlab-runner sets it for a GitLab behind a private CA); nil (the
+// default client) without it. Where the job image has no CA bundle at all
+// (busybox, scratch), the roots are golang.org/x/crypto's fallback set.
+func guardHTTPClient(env guardEnv) (*http.Client, error) {
+	f, ok := env("CI_SERVER_TLS_CA_FILE")
+	if !ok || f == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("CI_SERVER_TLS_CA_FILE: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CI_SERVER_TLS_CA_FILE %s: no PEM certificate found", f)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, nil
+}
+
+// asJobGuard answers under gitlab-job-guard's name (the inner runner puts
+// this executable into job containers as /usr/local/bin/gitlab-job-guard):
+// exactly `paas-runner guard` with the same arguments. handled is false
+// under any other name.
+func asJobGuard(argv []string, stdout, stderr io.Writer) (code int, handled bool) {
+	if len(argv) == 0 || filepath.Base(argv[0]) != jobrunner.GuardName {
+		return 0, false
+	}
+	return guardCmd(argv[1:], stdout, stderr), true
 }
 
 func guardCmd(args []string, stdout, stderr io.Writer) int {
@@ -309,7 +355,11 @@ func runGuard(ctx context.Context, args []string, env guardEnv, stdout, stderr i
 	}
 	log := &guardLog{out: stdout, now: now, pid: pid}
 	silent := vals["--silent"] == "true"
-	w := &pipeguard.Watcher{Clock: o.clock, Interval: o.interval, UserAgent: version.UserAgent()}
+	hc, err := guardHTTPClient(env)
+	if err != nil {
+		return usage(err)
+	}
+	w := &pipeguard.Watcher{Clock: o.clock, Interval: o.interval, UserAgent: version.UserAgent(), HTTP: hc}
 	var last []pipeguard.Pipeline
 	summary := func(blocking []pipeguard.Pipeline) string {
 		return fmt.Sprintf("%d other pipelines in (%s) state.", len(blocking), rule.StatusRegex)

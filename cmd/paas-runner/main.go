@@ -47,6 +47,15 @@ const (
 Runs GitLab CI jobs on fresh PaaS hosts, one per job. CONFIG is the TOML
 configuration file (gitlab-runner / Heptapod PAAS Runner shape).
 
+Commands (each has --help):
+  status [--json] CONFIG          the tracked jobs, from the daemon or the state file
+  locks [--json] CONFIG           deployment locks: holders, waiters, pools
+  locks release CONFIG NAME --yes force-release one lock
+  pool add|add-claimed|remove|update CONFIG POOL LOCK   git-backend pools
+  guard [flags]                   wait for conflicting pipelines (gitlab-job-guard)
+  host-image                      build local-docker's host base image
+  exec-fetched-job --config runner.toml job.json   the inner runner (on a job's host)
+
 Flags:
 `
 )
@@ -54,6 +63,9 @@ Flags:
 func main() {
 	if code, ok := asHeptapodRunner(os.Args, os.Stderr); ok {
 		os.Exit(code)
+	}
+	if code, ok := asJobGuard(os.Args, os.Stdout, os.Stderr); ok {
+		os.Exit(code) // guard.go
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -116,6 +128,8 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	switch {
 	case len(positional) == 0:
 		return nil, &usageError{"missing CONFIG: the path of the configuration file"}
+	case len(positional) > 1 && isCommandTypo(positional[0]):
+		return nil, &usageError{fmt.Sprintf("unknown command %q (commands: status, locks, pool, guard, host-image, exec-fetched-job)", positional[0])}
 	case len(positional) > 1:
 		return nil, &usageError{fmt.Sprintf("unexpected arguments after CONFIG: %s", strings.Join(positional[1:], " "))}
 	}
@@ -196,10 +210,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
-	defer store.Close()
-	if store.Imported() {
-		log.Info("imported a Heptapod PAAS Runner state file; it is rewritten in paas-runner's format", zap.String("state_file", store.Path()))
-	}
+	started := false // until the dispatcher runs, a refusal leaves the state file as it was
+	defer func() {
+		if started {
+			_ = store.Close()
+		} else {
+			_ = store.Release()
+		}
+	}()
 	systemID, err := systemid.ForStateFile(store.Path())
 	if err != nil {
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
@@ -266,6 +284,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	guardsCtx, stopGuards := context.WithCancel(ctx)
 	defer stopGuards()
 	go guards.Run(guardsCtx)
+	if store.Imported() {
+		log.Info("imported a Heptapod PAAS Runner state file; it is rewritten in paas-runner's format", zap.String("state_file", store.Path()))
+	}
+	started = true
 	if err := d.Run(runCtx); err != nil {
 		log.Error("fatal", zap.Error(err))
 		return exitFatal
@@ -427,11 +449,19 @@ func daemonFeatures() map[string]bool {
 // final state, whatever it is; non-zero only when it could not be reported.
 func execFetchedJob(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("paas-runner exec-fetched-job", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	cfgPath := fs.String("config", "", "runner.toml written by the executor")
 	pos, err := cliflags.Parse(fs, args)
-	if err != nil || *cfgPath == "" || len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: paas-runner exec-fetched-job --config runner.toml job.json")
+	const usage = "usage: paas-runner exec-fetched-job --config runner.toml job.json"
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintln(stderr, usage)
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: %v (%s)\n", err, usage)
+		return exitUsage
+	case *cfgPath == "" || len(pos) != 1:
+		fmt.Fprintln(stderr, usage)
 		return exitUsage
 	}
 	log, _ := logging.New(firstOf(os.Getenv("PAAS_RUNNER_LOG_LEVEL"), "info"), "text")
@@ -515,10 +545,21 @@ func serveMetrics(addr string, d *dispatcher.Dispatcher, guards *guard.Manager, 
 // paas-runner host-image [--docker-host URL] [--binary PATH].
 func hostImage(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("paas-runner host-image", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	host := fs.String("docker-host", "", "Docker engine (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 	binary := fs.String("binary", "", "static paas-runner binary to put in the image (default: this one)")
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintln(stderr, "usage: paas-runner host-image [--docker-host URL] [--binary PATH]\n\nBuilds local-docker's host base image and prints its tag.")
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "paas-runner: host-image: %v (see --help)\n", err)
+		return exitUsage
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "paas-runner: host-image: unexpected arguments: %s (see --help)\n", strings.Join(fs.Args(), " "))
 		return exitUsage
 	}
 	log, _ := logging.New("info", "text")
@@ -531,6 +572,17 @@ func hostImage(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, tag)
 	return exitOK
+}
+
+// isCommandTypo tells whether the first of several arguments reads as a
+// mistyped command rather than a configuration path: a plain word that
+// names no file.
+func isCommandTypo(arg string) bool {
+	if strings.ContainsAny(arg, "./") {
+		return false
+	}
+	_, err := os.Stat(arg)
+	return errors.Is(err, os.ErrNotExist)
 }
 
 func firstOf(vals ...string) string {

@@ -11,23 +11,31 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"gitlab.com/paas-runner/paas-runner/job"
 )
 
 // Job is a job as the fake GitLab knows it.
 type Job struct {
-	ID            int64
-	Token         string
-	RunnerToken   string // the runner it is queued for ("" = any)
-	Status        string // pending, running, canceling, canceled, success, failed
+	ID          int64
+	Token       string
+	RunnerToken string // the runner it is queued for ("" = any)
+	Status      string // pending, running, canceling, canceled, success, failed
+	// FailureReason is what GitLab stored: a reason outside its enum
+	// (FailureReasons) is stored as unknown_failure; the reason as sent
+	// is in Updates.
 	FailureReason string
 	ExitCode      int
 	Trace         []byte
@@ -119,6 +127,15 @@ type Server struct {
 	// log's live chunks are still being persisted; the next is applied.
 	FinalUpdatePending int
 	loseTrace          int
+	// FailureReasons is this GitLab's failure_reason enum, listed in each
+	// job's features.failure_reasons (default job.FailureReasons; an
+	// older GitLab knows fewer).
+	FailureReasons []string
+	// StrictFailureReasons: a PUT state=failed whose failure_reason is not
+	// in FailureReasons is answered 400 instead of being stored as
+	// unknown_failure like GitLab does: for tests that check the runner
+	// only ever sends reasons this GitLab knows.
+	StrictFailureReasons bool
 	// HoldRequests makes POST /jobs/request wait until the job queue
 	// changes or this long passes when last_update is current (long poll).
 	LongPoll time.Duration
@@ -144,7 +161,8 @@ func New(t TB) *Server {
 // or TLS: tls.go).
 func newServer(t TB, start func(*httptest.Server)) *Server {
 	s := &Server{t: t, runners: map[string]*Runner{}, jobs: map[int64]*Job{}, byToken: map[string]*Job{},
-		counts: map[string]int{}, changed: make(chan struct{}), nextID: idBase(), TraceUpdate: 3, AckTimeout: 2 * time.Minute}
+		counts: map[string]int{}, changed: make(chan struct{}), nextID: idBase(), TraceUpdate: 3, AckTimeout: 2 * time.Minute,
+		FailureReasons: slices.Clone(job.FailureReasons)}
 	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
 	start(s.Server)
 	t.Cleanup(s.Close)
@@ -193,22 +211,26 @@ func (s *Server) enqueueLocked(runnerToken string, extra map[string]any) *Job {
 	}
 	payload := map[string]any{
 		"id": id, "token": tok, "allow_git_fetch": true,
-		"job_info":    map[string]any{"id": id, "name": "test", "stage": "test", "project_id": 1, "project_name": "p", "project_full_path": "g/p"},
-		"git_info":    map[string]any{"repo_url": s.URL + "/g/p.git", "ref": "main", "sha": strings.Repeat("a", 40), "before_sha": strings.Repeat("0", 40), "ref_type": "branch", "refspecs": []string{}, "depth": 20},
-		"runner_info": map[string]any{"timeout": 3600},
+		"job_info": map[string]any{"id": id, "name": "test", "stage": "test", "pipeline_id": id, "project_id": 1, "project_name": "p", "project_full_path": "g/p",
+			"time_in_queue_seconds": 0.25, "project_jobs_running_on_instance_runners_count": "+Inf"},
+		"git_info":    map[string]any{"repo_url": s.URL + "/g/p.git", "ref": "main", "sha": strings.Repeat("a", 40), "before_sha": strings.Repeat("0", 40), "ref_type": "branch", "refspecs": []string{}, "depth": 20, "repo_object_format": "sha1", "protected": false},
+		"runner_info": map[string]any{"uuid": nil, "timeout": 3600, "runner_session_url": nil},
 		"variables": []map[string]any{
 			{"key": "CI_JOB_ID", "value": strconv.FormatInt(id, 10), "public": true, "masked": false},
 			{"key": "CI_JOB_TOKEN", "value": tok, "public": false, "masked": true},
 			{"key": "CI_SERVER_URL", "value": s.URL, "public": true, "masked": false},
 		},
 		"steps":        []map[string]any{{"name": "script", "script": []string{"true"}, "timeout": 3600, "when": "on_success", "allow_failure": false}},
-		"image":        map[string]any{"name": "busybox"},
+		"image":        map[string]any{"name": "busybox", "entrypoint": nil, "ports": []any{}, "executor_opts": map[string]any{}, "pull_policy": nil},
+		"hooks":        []any{},
 		"services":     []any{},
 		"artifacts":    []any{},
 		"cache":        []any{},
 		"credentials":  []any{},
 		"dependencies": []any{},
-		"features":     map[string]any{"trace_sections": true, "failure_reasons": []string{"unknown_failure", "script_failure", "runner_system_failure", "job_execution_timeout"}},
+		"features":     map[string]any{"trace_sections": true, "failure_reasons": slices.Clone(s.FailureReasons)},
+		// a key of a newer GitLab: runners must ignore it
+		"policy_options": map[string]any{"execution_policy_job": false},
 	}
 	for k, v := range extra {
 		payload[k] = v
@@ -490,15 +512,29 @@ func (s *Server) Registered(runnerToken string) map[string]any {
 	return s.registered[runnerToken]
 }
 
+// decodeBody reads a JSON request body as Grape does: only when its
+// Content-Type says JSON (otherwise the parameters are empty, and the
+// required token is missing).
 func decodeBody(r *http.Request) map[string]any {
 	var m map[string]any
-	json.NewDecoder(r.Body).Decode(&m)
+	if jsonContent(r) {
+		json.NewDecoder(r.Body).Decode(&m)
+	}
 	return m
+}
+
+func jsonContent(r *http.Request) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mt == "application/json"
 }
 
 func (s *Server) verifyRunner(w http.ResponseWriter, r *http.Request) {
 	req := decodeBody(r)
 	tok, _ := req["token"].(string)
+	if tok == "" {
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rn, ok := s.runners[tok]
@@ -516,6 +552,10 @@ func (s *Server) verifyRunner(w http.ResponseWriter, r *http.Request) {
 func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) {
 	req := decodeBody(r)
 	tok, _ := req["token"].(string)
+	if tok == "" {
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.RegistrationDisabled {
@@ -540,6 +580,10 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) {
 func (s *Server) deleteRunner(w http.ResponseWriter, r *http.Request, manager bool) {
 	req := decodeBody(r)
 	tok, _ := req["token"].(string)
+	if tok == "" {
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rn, ok := s.runners[tok]
@@ -580,7 +624,7 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 			Features map[string]bool `json:"features"`
 		} `json:"info"`
 	}
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Token == "" {
+	if !jsonContent(r) || json.NewDecoder(r.Body).Decode(&req) != nil || req.Token == "" {
 		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
 		return
 	}
@@ -670,14 +714,21 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 }
 
 // authJob applies authenticate_job!: the job must exist, the token match,
-// and the job be running or canceling; otherwise 403 with Job-Status.
+// and the job be running or canceling (Ci::AuthJobFinder's
+// EXECUTING_STATUSES); otherwise 403 with Job-Status. Only PUT /jobs/:id
+// also takes a job still waiting for its runner's acknowledgement
+// (two-phase commit): its trace and artifacts wait for PUT state=running.
 func (s *Server) authJob(w http.ResponseWriter, id int64, tok string) (*Job, bool) {
+	return s.authJobAck(w, id, tok, false)
+}
+
+func (s *Server) authJobAck(w http.ResponseWriter, id int64, tok string, ackOK bool) (*Job, bool) {
 	j, ok := s.jobs[id]
 	if !ok || j.Token != tok || tok == "" {
 		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
 		return nil, false
 	}
-	if j.Status != "running" && j.Status != "canceling" && !j.WaitingAck {
+	if j.Status != "running" && j.Status != "canceling" && !(ackOK && j.WaitingAck) {
 		w.Header().Set("Job-Status", j.Status)
 		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden - Job is not processing on runner"}`)
 		return nil, false
@@ -687,15 +738,30 @@ func (s *Server) authJob(w http.ResponseWriter, id int64, tok string) (*Job, boo
 
 func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 	var req map[string]any
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+	if !jsonContent(r) {
+		req = map[string]any{} // Grape reads no JSON params: the token is missing
+	} else if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		writeJSON(w, http.StatusBadRequest, `{"error":"invalid json"}`)
 		return
 	}
 	tok, _ := req["token"].(string)
+	if tok == "" {
+		// Grape's requires :token: the Job-Token header alone does not do
+		writeJSON(w, http.StatusBadRequest, `{"error":"token is missing"}`)
+		return
+	}
+	if msg := invalidUpdateParams(req); msg != "" {
+		writeJSON(w, http.StatusBadRequest, jsonObject("error", msg))
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	j, ok := s.authJob(w, id, tok)
+	j, ok := s.authJobAck(w, id, tok, true)
 	if !ok {
+		return
+	}
+	if reason, _ := req["failure_reason"].(string); req["state"] == "failed" && reason != "" && !slices.Contains(s.FailureReasons, reason) && s.StrictFailureReasons {
+		writeJSON(w, http.StatusBadRequest, jsonObject("error", "failure_reason "+strconv.Quote(reason)+" is not in this GitLab's enum"))
 		return
 	}
 	j.Updates = append(j.Updates, req)
@@ -717,8 +783,8 @@ func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 		j.FinishedAt = time.Now()
 	case "failed":
 		reason, _ := req["failure_reason"].(string)
-		if reason == "" {
-			reason = "unknown_failure"
+		if !slices.Contains(s.FailureReasons, reason) {
+			reason = "unknown_failure" // as drop_with_exit_code! does
 		}
 		j.FailureReason = reason
 		if ec, ok := req["exit_code"].(float64); ok {
@@ -739,6 +805,34 @@ func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, id int64) {
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(http.StatusOK)
 	io.WriteString(w, "200")
+}
+
+// invalidUpdateParams applies Grape's coercion of PUT /jobs/:id's declared
+// params: exit_code and output.bytesize are integers, output a hash.
+func invalidUpdateParams(req map[string]any) string {
+	isInt := func(v any) bool {
+		switch n := v.(type) {
+		case float64:
+			return n == math.Trunc(n)
+		case string:
+			_, err := strconv.Atoi(n)
+			return err == nil
+		}
+		return false
+	}
+	if v, ok := req["exit_code"]; ok && v != nil && !isInt(v) {
+		return "exit_code is invalid"
+	}
+	if v, ok := req["output"]; ok && v != nil {
+		out, isMap := v.(map[string]any)
+		if !isMap {
+			return "output is invalid"
+		}
+		if b, ok := out["bytesize"]; ok && b != nil && !isInt(b) {
+			return "output[bytesize] is invalid"
+		}
+	}
+	return ""
 }
 
 var contentRangeRe = regexp.MustCompile(`^(\d+)-(\d+)(/\d+)?$`)
@@ -762,6 +856,12 @@ func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
 		return
 	}
 	start, _ := strconv.Atoi(m[1])
+	if end, _ := strconv.Atoi(m[2]); len(body) > 0 && end != start+len(body)-1 {
+		// GitLab itself reads only the start; this double also checks the
+		// end is the last byte's offset, as gitlab-runner sends it
+		writeJSON(w, http.StatusBadRequest, jsonObject("message", fmt.Sprintf("400 Content-Range %q does not cover the %d bytes sent", cr, len(body))))
+		return
+	}
 	cur := len(j.Trace)
 	if s.TraceSizeOnly {
 		if s.traceLen == nil {
@@ -771,13 +871,13 @@ func (s *Server) patchTrace(w http.ResponseWriter, r *http.Request, id int64) {
 	}
 	if start != cur {
 		w.Header().Set("Range", fmt.Sprintf("0-%d", cur))
-		w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+		writeJSON(w, http.StatusRequestedRangeNotSatisfiable, `{"message":"416 Range Not Satisfiable"}`)
 		return
 	}
 	if s.TraceLimit > 0 && cur+len(body) > s.TraceLimit {
 		j.Status, j.FailureReason, j.FinishedAt = "failed", "trace_size_exceeded", time.Now()
 		s.notify()
-		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden - The trace size exceeded the limit"}`)
+		writeJSON(w, http.StatusForbidden, `{"message":"403 Forbidden"}`)
 		return
 	}
 	if s.TraceSizeOnly {

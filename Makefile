@@ -14,7 +14,7 @@ BINDIR      ?= $(PREFIX)/bin
 LIBDIR      ?= $(PREFIX)/lib
 DOCDIR      ?= $(PREFIX)/share/doc/paas-runner
 
-.PHONY: all build test lint fmt staticcheck bench clean docker-up image demo install
+.PHONY: all build test test-tools lint fmt staticcheck bench clean docker-up image demo install
 
 all: build
 
@@ -24,8 +24,18 @@ build:
 
 # All tests, with the race detector. Process-level tests build the binaries
 # themselves; Docker tests need an engine, which docker-up provides.
-test: docker-up
+test: docker-up test-tools
 	PAAS_RUNNER_REQUIRE_DOCKER=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+# packaging/'s tests check the unit and snippets with systemd-analyze
+# verify, systemd-sysusers and systemd-tmpfiles: Debian's systemd package,
+# installed as root when missing (else those tests are skipped).
+test-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "test-tools: installing Debian's systemd (systemd-analyze verify)" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+	  else echo "test-tools: systemd-analyze missing: packaging tests are skipped (sudo apt-get install systemd)" >&2; fi; }
 
 docker-up:
 	@./.ci/docker-up.sh

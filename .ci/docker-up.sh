@@ -13,7 +13,7 @@ command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || missi
 [ -x /usr/lib/git-core/git-http-backend ] || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "docker-up: missing ${missing[*]} and not root: install them" >&2
+    echo "docker-up: missing ${missing[*]} and not root. Run \`sudo make docker-up\` (it installs them and starts dockerd), or install them yourself: \`sudo apt-get install ${missing[*]}\`." >&2
     exit 1
   fi
   echo "docker-up: installing ${missing[*]}" >&2
@@ -21,6 +21,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 up && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "docker-up: no Docker engine answers and this user is not root. Run \`sudo make docker-up\` (it starts dockerd), or start Docker yourself (\`sudo systemctl start docker\`) and give this user its socket (\`sudo usermod -aG docker $(id -un)\`, then log in again)." >&2
+  exit 1
+fi
 if ! pgrep -x dockerd >/dev/null; then
   echo "docker-up: starting dockerd --iptables=false (log: $log)" >&2
   nohup dockerd --iptables=false >"$log" 2>&1 &

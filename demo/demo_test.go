@@ -31,7 +31,8 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("building paas-runner: %v\n%s", err, out)
 	}
 	var out, errb bytes.Buffer
-	code := run([]string{"--binary", bin}, &out, &errb)
+	var secrets []string
+	code := runDemo([]string{"--binary", bin}, &out, &errb, &secrets)
 	if code != 0 {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
@@ -40,8 +41,23 @@ func TestDemo(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
-	if strings.Contains(out.String()+errb.String(), runnerToken) || strings.Contains(out.String(), "glcbt-") {
-		t.Errorf("a token in the demo's output:\n%s", out.String())
+	if len(secrets) != 1+len(pipeline()) {
+		t.Fatalf("%d tokens of the run known, want the runner's and %d jobs'", len(secrets), len(pipeline()))
+	}
+	if l := leaked(out.String()+errb.String(), secrets); len(l) > 0 {
+		t.Errorf("%d tokens in the demo's output:\n%s", len(l), out.String())
+	}
+}
+
+// leaked finds a token whole or by a piece of 12 characters, not by its
+// shortened form.
+func TestLeaked(t *testing.T) {
+	toks := []string{"glrt-0123456789abcdef", "glcbt-fedcba9876543210"}
+	for text, want := range map[string]int{"runner glrt-01234567, job glcbt-fedcba98": 0, "x 3456789abcde y": 1,
+		"glcbt-fedcba9876543210 and glrt-0123456789abcdef": 2} {
+		if got := len(leaked(text, toks)); got != want {
+			t.Errorf("leaked(%q): %d, want %d", text, got, want)
+		}
 	}
 }
 

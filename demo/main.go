@@ -14,6 +14,8 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -43,11 +45,16 @@ import (
 	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
 )
 
-const (
-	runnerToken = "glrt-demo-fake-runner" // the embedded fake GitLab's, not a real token
-	jobImage    = "paas-runner-demo-busybox:latest"
-	demoLabel   = "paas-runner.demo"
+// What the demo makes is named per run: demos, and their tests in other
+// checkouts, may share an engine, and each removes only its own.
+var (
+	runID       = randomHex(4)
+	runnerToken = "glrt-demo-fake-runner-" + runID // the embedded fake GitLab's, not a real token
+	jobImage    = "paas-runner-demo-busybox:" + runID
 )
+
+// demoLabel marks the demo's job image; its value is the run's runID.
+const demoLabel = "paas-runner.demo"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -167,7 +174,11 @@ func hasArtifact(name string) func(coordinatortest.Job) error {
 	}
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int { return runDemo(args, stdout, stderr, nil) }
+
+// runDemo is run; secrets, when not nil, receives every token the run
+// used (the runner's and the jobs'), for a test to look for in the output.
+func runDemo(args []string, stdout, stderr io.Writer, secrets *[]string) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	binary := fs.String("binary", "bin/paas-runner", "the paas-runner binary (statically linked: `make build`)")
@@ -198,6 +209,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	prog := &coordinatortest.Program{}
 	defer prog.Close()
 	d := &demo{out: stdout, cli: cli, bin: bin, start: time.Now(), prog: prog}
+	if secrets != nil {
+		defer func() { *secrets = d.secrets() }()
+	}
 	if err := d.setup(ctx); err != nil {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
 		d.cleanup()
@@ -314,7 +328,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 	ids := make([]int64, len(jobs))
 	for i, s := range jobs {
 		// the job token is chosen here, so that the clone URL has it
-		tok := fmt.Sprintf("glcbt-demo-%d-%d", i, time.Now().UnixNano())
+		tok := jobToken()
 		extra := map[string]any{
 			"token":       tok,
 			"image":       map[string]any{"name": jobImage, "pull_policy": []string{"if-not-present"}},
@@ -371,6 +385,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 
 	seen := map[int64]string{}
 	ready := map[int64]bool{}
+	waiting := map[int64]bool{}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for done := false; !done; {
@@ -401,6 +416,12 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 				d.logf("job #%d %-18s %s → %s%s", id, jobs[i].name, from, j.Status, extra)
 				seen[id] = st
 			}
+			if !waiting[id] {
+				if w := waitingFor(string(j.Trace)); w != "" {
+					waiting[id] = true
+					d.logf("job #%d %-18s waiting for %s (no host meanwhile)", id, jobs[i].name, w)
+				}
+			}
 			if !ready[id] {
 				if p := provisioning(string(j.Trace)); p != "" {
 					ready[id] = true
@@ -428,15 +449,14 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 		j := d.gl.Job(id)
 		fmt.Fprintf(d.out, "\n──── job #%d %s: %s ────\n%s", id, jobs[i].name, j.Status, readable(j.Trace))
 	}
-	// No token, the runner's or a job's, in the daemon's log or a job log.
+	// No token, the runner's or a job's, in the daemon's log or a job log,
+	// whole or in part.
 	daemonLog, _ := os.ReadFile(logPath)
 	for _, j := range d.gl.Jobs() {
-		for _, tok := range []string{runnerToken, j.Token} {
-			for what, text := range map[string]string{"the daemon's log": string(daemonLog), fmt.Sprintf("job #%d's log", j.ID): string(j.Trace)} {
-				if strings.Contains(text, tok) {
-					ok = false
-					fmt.Fprintf(d.out, "a token appears whole in %s\n", what)
-				}
+		for what, text := range map[string]string{"the daemon's log": string(daemonLog), fmt.Sprintf("job #%d's log", j.ID): string(j.Trace)} {
+			if n := len(leaked(text, d.secrets())); n > 0 {
+				ok = false
+				fmt.Fprintf(d.out, "%d tokens appear in %s\n", n, what)
 			}
 		}
 	}
@@ -525,6 +545,16 @@ func provisioning(trace string) string {
 	return ""
 }
 
+var waitingRe = regexp.MustCompile(`paas-runner: waiting for ([^\r\n\x1b]+)`)
+
+// waitingFor is what a job's log says it waits for ("" when it does not).
+func waitingFor(trace string) string {
+	if m := waitingRe.FindStringSubmatch(trace); m != nil {
+		return strings.TrimSpace(m[1])
+	}
+	return ""
+}
+
 func final(st string) bool { return st == "success" || st == "failed" || st == "canceled" }
 
 // runnerFilter selects what the daemon made for the demo's runner.
@@ -562,7 +592,7 @@ func (d *demo) cleanup() {
 	imgs, _ := d.cli.ImageList(ctx, image.ListOptions{All: true})
 	var left []string
 	for _, im := range imgs {
-		if im.Labels[demoLabel] == "true" || im.Labels["paas-runner.runner"] == runnerID() || (d.hostImages[im.ID] && time.Unix(im.Created, 0).After(d.start.Add(-time.Second))) {
+		if im.Labels[demoLabel] == runID || im.Labels["paas-runner.runner"] == runnerID() || (d.hostImages[im.ID] && time.Unix(im.Created, 0).After(d.start.Add(-time.Second))) {
 			if _, err := d.cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err != nil && !cerrdefs.IsNotFound(err) {
 				left = append(left, strings.Join(im.RepoTags, ","))
 			}
@@ -589,7 +619,7 @@ func buildBusybox(ctx context.Context, cli *client.Client) error {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	files := map[string][]byte{
-		"Dockerfile": []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\nLABEL " + demoLabel + "=true\n"),
+		"Dockerfile": []byte("FROM scratch\nCOPY busybox /bin/sh\nCOPY busybox /bin/busybox\nLABEL " + demoLabel + "=" + runID + "\n"),
 		"busybox":    bb,
 	}
 	for name, data := range files {
@@ -625,3 +655,41 @@ func tail(path string, n int) string {
 }
 
 func runnerID() string { return config.RunnerID(runnerToken) }
+
+// jobToken is a fresh job token, random as GitLab's are.
+func jobToken() string { return "glcbt-" + randomHex(12) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// secrets are the tokens of the run: the runner's and the jobs'.
+func (d *demo) secrets() []string {
+	out := []string{runnerToken}
+	if d.gl != nil {
+		for _, j := range d.gl.Jobs() {
+			out = append(out, j.Token)
+		}
+	}
+	return out
+}
+
+// leaked returns the secrets text shows whole or by a piece of 12
+// characters or more after their public prefix (a log may name a token by
+// its prefix and first 8 characters, as paas-runner does, never by more).
+func leaked(text string, secrets []string) []string {
+	var out []string
+	for _, s := range secrets {
+		body := strings.TrimPrefix(strings.TrimPrefix(s, "glrt-"), "glcbt-")
+		found := strings.Contains(text, s)
+		for i := 0; !found && i+12 <= len(body); i++ {
+			found = strings.Contains(text, body[i:i+12])
+		}
+		if found {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -161,8 +161,8 @@ func (d *Dispatcher) decommission(ctx context.Context, t *tracked, dc *decommiss
 	d.stats.decommissioned.Add(1)
 	d.obs().HostRemoved(t.r.Runner, rec.Key())
 	if failures > 0 {
-		log.Info("host removed after failed attempts", zap.Int("failed_attempts", failures))
+		log.Info("host removed after failed attempts", zap.Int("failed_attempts", failures), inCare(rec))
 		return
 	}
-	log.Info("host removed")
+	log.Info("host removed", inCare(rec))
 }

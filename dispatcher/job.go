@@ -102,6 +102,15 @@ func (t *tracked) stopped() (string, string) {
 	return t.stop, t.status
 }
 
+// inCare is the duration field of the lifecycle log lines: the time since
+// the job was acquired (unknown for jobs of old state files).
+func inCare(rec state.Job) zap.Field {
+	if rec.AcquiredAt.IsZero() {
+		return zap.Skip()
+	}
+	return zap.Duration("duration", time.Since(rec.AcquiredAt))
+}
+
 func (t *tracked) logger() *zap.Logger { return t.r.log.With(zap.Int64("job_id", t.rec.JobID)) }
 
 // launchJob drives a pending job to launched, or to failed. resumed: the
@@ -235,7 +244,7 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		return err
 	}
 	d.markLaunched(t, h, true)
-	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)))
+	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)), inCare(t.get()))
 	d.afterLaunch(t)
 	return nil
 }
@@ -622,7 +631,7 @@ func (d *Dispatcher) failPending(t *tracked, cause error, fresh bool) {
 	if fresh {
 		d.stats.launchFailures.Add(1)
 		d.obs().LaunchFailed(t.r.Runner, executors.FailureReason(cause))
-		log.Error("job launch failed", zap.Error(cause))
+		log.Error("job launch failed", zap.Error(cause), inCare(rec))
 		ctx, cancel := context.WithTimeout(d.work, 30*time.Second)
 		d.traceLine(ctx, t, "paas-runner: ERROR: "+msg, true)
 		cancel()
@@ -712,7 +721,11 @@ func (d *Dispatcher) finished(t *tracked, how string) {
 	d.tracker.remove(t)
 	d.stats.finished.Add(1)
 	d.obs().JobEnded(t.r.Runner, rec.Key())
-	t.logger().Info("job finished", zap.String("how", how))
+	running := zap.Skip()
+	if !rec.LaunchedAt.IsZero() {
+		running = zap.Duration("running", time.Since(rec.LaunchedAt))
+	}
+	t.logger().Info("job finished", zap.String("how", how), inCare(rec), running)
 	if d.cfg.KeepFinished {
 		t.logger().Info("keeping the host (paas_finished_jobs_keep_resources = true)", zap.ByteString("handle", rec.Resource))
 		d.untrack(t)

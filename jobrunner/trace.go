@@ -130,6 +130,11 @@ func (t *Trace) emit(out []byte) {
 	if t.limit > 0 && t.total+int64(len(out)) > t.limit {
 		if !t.limited {
 			t.limited = true
+			// as gitlab-runner: what fits below the limit is kept, then the note
+			if room := t.limit - t.total; room > 0 {
+				t.pending = append(t.pending, out[:room]...)
+				t.total += room
+			}
 			note := []byte("\n\x1b[31;1mJob's log exceeded limit of " + itoa(t.limit) + " bytes.\nJob execution will continue but no more output will be collected.\x1b[0;m\n")
 			t.pending = append(t.pending, note...)
 			t.total += int64(len(note))

@@ -190,6 +190,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
+	logErrs := &logErrors{} // gitlab_runner_errors_total
+	log = log.WithOptions(zap.Hooks(logErrs.hook))
 	if w := config.PermissionWarning(cfg.Path); w != "" {
 		log.Warn("the configuration file is readable by others than its owner: "+w, zap.String("config", cfg.Path))
 	}
@@ -226,6 +228,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx := context.Background()
 	ob := newOps(cfg, systemID, log)
+	ob.logErrors = logErrs
 	env := executorEnv{StatePath: store.Path(), SystemID: systemID, ops: ob}
 	runners, err := buildRunners(ctx, cfg, reg, env, log)
 	if err != nil {

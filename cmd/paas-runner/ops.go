@@ -6,17 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
 	"gitlab.com/paas-runner/paas-runner/config"
@@ -41,6 +44,8 @@ type ops struct {
 	// guardWaits, when set, names what waiting jobs wait for (guards).
 	guardWaits func() map[state.Key]string
 	reloader   *reloader
+	// logErrors counts the daemon's warning and error lines, when set.
+	logErrors *logErrors
 
 	acquisitions *prometheus.CounterVec
 	provisioning *prometheus.HistogramVec
@@ -48,6 +53,12 @@ type ops struct {
 	launchFails  *prometheus.CounterVec
 	apiStatuses  *prometheus.CounterVec
 	apiDuration  *prometheus.HistogramVec
+	apiErrors    *prometheus.CounterVec
+	jobsTotal    *prometheus.CounterVec
+	jobDuration  *prometheus.HistogramVec
+	paasStatuses *prometheus.CounterVec
+	paasDuration *prometheus.HistogramVec
+	paasErrors   *prometheus.CounterVec
 	stateWrite   *prometheus.HistogramVec
 }
 
@@ -62,10 +73,30 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 		Help: "Time from a job's end to its host's removal, per executor (billed idle time).", Buckets: buckets}, []string{"executor"})
 	o.launchFails = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "launch_failures_by_reason_total",
 		Help: "Jobs failed before launch, by executor and GitLab failure_reason."}, []string{"executor", "reason"})
+	// gitlab-runner's names, labels and buckets (network/api_requests_collector.go)
 	o.apiStatuses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gitlab_runner_api_request_statuses_total",
-		Help: "The total number of api requests, partitioned by runner, endpoint and status."}, []string{"runner", "system_id", "endpoint", "status"})
-	o.apiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "gitlab_request_duration_seconds",
-		Help: "Latency of GitLab API requests, by endpoint and status (\"error\": no answer).", Buckets: prometheus.DefBuckets}, []string{"runner", "endpoint", "status"})
+		Help: "The total number of API requests made to GitLab, partitioned by runner, system_id, endpoint, status and method."},
+		[]string{"runner", "system_id", "endpoint", "status", "method"})
+	o.apiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "gitlab_runner_api_request_duration_seconds",
+		Help:    "Latency histogram of API requests made to GitLab, partitioned by runner, system_id, endpoint, status_class and method.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}}, []string{"runner", "system_id", "endpoint", "status_class", "method"})
+	o.apiErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "gitlab_request_errors_total",
+		Help: "GitLab API requests that got no answer (connection refused, timeout, TLS error), by runner, endpoint and method."},
+		[]string{"runner", "endpoint", "method"})
+	o.paasStatuses = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "paas_api_request_statuses_total",
+		Help: "PaaS API requests (Clever Cloud's for clever-docker) that got an answer, by executor, endpoint, status and method; retries count."},
+		[]string{"executor", "endpoint", "status", "method"})
+	o.paasDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "paas_api_request_duration_seconds",
+		Help:    "Latency of PaaS API requests that got an answer, by executor, endpoint, status_class and method.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}}, []string{"executor", "endpoint", "status_class", "method"})
+	o.paasErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "paas_api_request_errors_total",
+		Help: "PaaS API requests that got no answer (refused, timeout, TLS error), by executor, endpoint and method."},
+		[]string{"executor", "endpoint", "method"})
+	o.jobDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "gitlab_runner_job_duration_seconds",
+		Help:    "Histogram of job durations: from acquisition to the job's end (guard waits and provisioning included).",
+		Buckets: []float64{30, 60, 300, 600, 1800, 3600, 7200, 10800, 18000, 36000}}, []string{"runner", "runner_name", "system_id"})
+	o.jobsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gitlab_runner_jobs_total", Help: "Total number of handled jobs"},
+		[]string{"runner", "runner_name", "system_id"})
 	o.stateWrite = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "state_write_duration_seconds",
 		Help:    "Time to make state changes durable: a journal append (fdatasync) or a snapshot (state file rewritten), by kind and result.",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}}, []string{"kind", "result"})
@@ -86,6 +117,8 @@ func (o *ops) runnerSeries(cfg *config.Config) {
 		o.provisioning.WithLabelValues(r.Executor)
 		o.decomLag.WithLabelValues(r.Executor)
 		o.launchFails.WithLabelValues(r.Executor, "runner_system_failure")
+		o.jobsTotal.WithLabelValues(r.ID(), r.DisplayName(), o.systemID)
+		o.jobDuration.WithLabelValues(r.ID(), r.DisplayName(), o.systemID)
 	}
 }
 
@@ -116,6 +149,9 @@ func (o *ops) Draining() {
 
 func (o *ops) Polled(r *dispatcher.Runner, answer string) {
 	o.acquisitions.WithLabelValues(r.ID, answer).Inc()
+	if answer == "job" {
+		o.jobsTotal.WithLabelValues(r.ID, r.Name, o.systemID).Inc()
+	}
 	if answer != "forbidden" && answer != "error" {
 		o.mu.Lock()
 		delete(o.paused, r.ID)
@@ -137,10 +173,22 @@ func (o *ops) LaunchFailed(r *dispatcher.Runner, reason string) {
 	o.launchFails.WithLabelValues(r.ExecutorName, reason).Inc()
 }
 
-func (o *ops) JobEnded(_ *dispatcher.Runner, k state.Key) {
+func (o *ops) JobEnded(r *dispatcher.Runner, k state.Key) {
+	now := time.Now()
 	o.mu.Lock()
-	o.ended[k] = time.Now()
+	o.ended[k] = now
+	d := o.d
 	o.mu.Unlock()
+	if d == nil {
+		return
+	}
+	// (the dispatcher calls this holding none of its locks)
+	for _, j := range d.Jobs() {
+		if j.Runner == k.Runner && j.JobID == k.ID && !j.AcquiredAt.IsZero() {
+			o.jobDuration.WithLabelValues(r.ID, r.Name, o.systemID).Observe(now.Sub(j.AcquiredAt).Seconds())
+			return
+		}
+	}
 }
 
 func (o *ops) HostRemoved(r *dispatcher.Runner, k state.Key) {
@@ -303,7 +351,10 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 	if o.reloader != nil {
 		reg.MustRegister(o.reloader.collectors()...)
 	}
-	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.stateWrite, &jobsCollector{o: o, d: d})
+	if o.logErrors != nil {
+		reg.MustRegister(o.logErrors)
+	}
+	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.jobDuration, o.paasStatuses, o.paasDuration, o.paasErrors, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -389,10 +440,12 @@ type jobsCollector struct {
 }
 
 var (
+	// gitlab-runner's names and labels (commands/builds_helper.go,
+	// commands/multi.go); stage and executor_stage are the lifecycle state
 	glJobsDesc = prometheus.NewDesc("gitlab_runner_jobs",
-		"The current number of running builds.", []string{"runner", "system_id", "state", "executor_stage"}, nil)
+		"The current number of running builds.", []string{"runner", "runner_name", "system_id", "state", "stage", "executor_stage"}, nil)
 	glConcurrentDesc = prometheus.NewDesc("gitlab_runner_concurrent", "The current value of concurrent setting", nil, nil)
-	glLimitDesc      = prometheus.NewDesc("gitlab_runner_limit", "The current value of limit setting", []string{"runner", "system_id"}, nil)
+	glLimitDesc      = prometheus.NewDesc("gitlab_runner_limit", "The current value of limit setting", []string{"runner", "runner_name", "system_id"}, nil)
 	jobsByStateDesc  = prometheus.NewDesc("paas_runner_jobs_by_state",
 		"Jobs in the daemon's care, by runner, executor and lifecycle state.", []string{"runner", "executor", "state"}, nil)
 	hostsAliveDesc = prometheus.NewDesc("paas_runner_hosts_alive",
@@ -425,8 +478,10 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	gl := map[[3]string]int{}
 	alive := map[string]int{}
 	execOf := map[string]string{}
+	nameOf := map[string]string{}
 	for _, r := range cfg.Runners {
 		execOf[r.ID()] = r.Executor
+		nameOf[r.ID()] = r.DisplayName()
 		for _, p := range []state.Phase{state.Acquired, state.Provisioning, state.Launching, state.Launched, state.Decommissioning} {
 			byState[key{r.ID(), r.Executor, string(p)}] += 0
 			gl[[3]string{r.ID(), gitlabState(p), string(p)}] += 0
@@ -439,6 +494,9 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 			ex = execOf[j.Runner]
 		}
 		byState[key{j.Runner, ex, string(j.Phase)}]++
+		if _, ok := nameOf[j.Runner]; !ok { // a runner a reload removed
+			nameOf[j.Runner] = firstOf(j.RunnerName, j.Runner)
+		}
 		gl[[3]string{j.Runner, gitlabState(j.Phase), string(j.Phase)}]++
 		if j.Phase != state.Acquired {
 			alive[ex]++
@@ -448,7 +506,7 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(jobsByStateDesc, prometheus.GaugeValue, float64(n), k.runner, k.executor, k.state)
 	}
 	for k, n := range gl {
-		ch <- prometheus.MustNewConstMetric(glJobsDesc, prometheus.GaugeValue, float64(n), k[0], c.o.systemID, k[1], k[2])
+		ch <- prometheus.MustNewConstMetric(glJobsDesc, prometheus.GaugeValue, float64(n), k[0], nameOf[k[0]], c.o.systemID, k[1], k[2], k[2])
 	}
 	for ex, n := range alive {
 		ch <- prometheus.MustNewConstMetric(hostsAliveDesc, prometheus.GaugeValue, float64(n), ex)
@@ -462,7 +520,7 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.o.mu.Unlock()
 	for _, r := range cfg.Runners {
-		ch <- prometheus.MustNewConstMetric(glLimitDesc, prometheus.GaugeValue, float64(r.Limit), r.ID(), c.o.systemID)
+		ch <- prometheus.MustNewConstMetric(glLimitDesc, prometheus.GaugeValue, float64(r.Limit), r.ID(), r.DisplayName(), c.o.systemID)
 		v := 0.0
 		if paused[r.ID()] {
 			v = 1
@@ -486,16 +544,79 @@ func (o *ops) wrapTransport(runner string) func(http.RoundTripper) http.RoundTri
 		return roundTripFunc(func(req *http.Request) (*http.Response, error) {
 			start := time.Now()
 			resp, err := next.RoundTrip(req)
-			ep := endpointOf(req.Method, req.URL.Path)
-			status := "error"
-			if err == nil {
-				status = strconv.Itoa(resp.StatusCode)
-				o.apiStatuses.WithLabelValues(runner, o.systemID, ep, status).Inc()
+			ep, method := endpointOf(req.Method, req.URL.Path), strings.ToLower(req.Method)
+			if err != nil {
+				o.apiErrors.WithLabelValues(runner, ep, method).Inc()
+				return resp, err
 			}
-			o.apiDuration.WithLabelValues(runner, ep, status).Observe(time.Since(start).Seconds())
+			o.apiStatuses.WithLabelValues(runner, o.systemID, ep, strconv.Itoa(resp.StatusCode), method).Inc()
+			o.apiDuration.WithLabelValues(runner, o.systemID, ep, statusClass(resp.StatusCode), method).Observe(time.Since(start).Seconds())
 			return resp, err
 		})
 	}
+}
+
+// paasClient is the HTTP client of executor's PaaS API at apiURL: its
+// requests to that host are counted by endpoint (paasEndpoint), status and
+// method; others (GitLab's group attributes) pass through uncounted. nil
+// without ops (tools).
+func (o *ops) paasClient(executor, apiURL string) *http.Client {
+	if o == nil {
+		return nil
+	}
+	base, err := url.Parse(apiURL)
+	if err != nil {
+		return nil
+	}
+	next := http.DefaultTransport
+	rt := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.URL.Host != base.Host {
+			return next.RoundTrip(req)
+		}
+		start := time.Now()
+		resp, err := next.RoundTrip(req)
+		ep := paasEndpoint(req.Method, strings.TrimPrefix(req.URL.Path, strings.TrimRight(base.Path, "/")))
+		method := strings.ToLower(req.Method)
+		if err != nil {
+			o.paasErrors.WithLabelValues(executor, ep, method).Inc()
+			return resp, err
+		}
+		o.paasStatuses.WithLabelValues(executor, ep, strconv.Itoa(resp.StatusCode), method).Inc()
+		o.paasDuration.WithLabelValues(executor, ep, statusClass(resp.StatusCode), method).Observe(time.Since(start).Seconds())
+		return resp, err
+	})
+	return &http.Client{Timeout: 60 * time.Second, Transport: rt}
+}
+
+// paasEndpoint names a Clever Cloud API call (path below the API's base).
+func paasEndpoint(method, path string) string {
+	seg := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case len(seg) == 2 && seg[0] == "products":
+		return "products_" + seg[1]
+	case len(seg) >= 3 && seg[0] == "organisations" && seg[2] == "applications":
+		switch {
+		case len(seg) == 3 && method == http.MethodGet:
+			return "list_applications"
+		case len(seg) == 3 && method == http.MethodPost:
+			return "create_application"
+		case len(seg) == 4 && method == http.MethodGet:
+			return "get_application"
+		case len(seg) == 4 && method == http.MethodDelete:
+			return "delete_application"
+		case len(seg) == 5 && seg[4] == "env":
+			return "set_application_env"
+		}
+	}
+	return "other"
+}
+
+// statusClass is gitlab-runner's status_class label: 2xx, 4xx, …
+func statusClass(code int) string {
+	if code < 100 || code > 599 {
+		return "unknown"
+	}
+	return strconv.Itoa(code/100) + "xx"
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
@@ -529,4 +650,35 @@ func endpointOf(method, path string) string {
 		}
 	}
 	return "other"
+}
+
+// logErrors is gitlab-runner's gitlab_runner_errors_total{level}: the
+// warning and error lines logged (helpers/prometheus/log_hook.go). Its hook
+// goes on the daemon's logger (zap.Hooks).
+type logErrors struct {
+	warning, err, fatal, panic atomic.Int64
+}
+
+var logErrorsDesc = prometheus.NewDesc("gitlab_runner_errors_total", "The number of caught errors.", []string{"level"}, nil)
+
+func (l *logErrors) hook(e zapcore.Entry) error {
+	switch {
+	case e.Level == zapcore.WarnLevel:
+		l.warning.Add(1)
+	case e.Level == zapcore.ErrorLevel:
+		l.err.Add(1)
+	case e.Level == zapcore.FatalLevel:
+		l.fatal.Add(1)
+	case e.Level > zapcore.ErrorLevel: // DPanic, Panic
+		l.panic.Add(1)
+	}
+	return nil
+}
+
+func (l *logErrors) Describe(ch chan<- *prometheus.Desc) { ch <- logErrorsDesc }
+
+func (l *logErrors) Collect(ch chan<- prometheus.Metric) {
+	for level, n := range map[string]*atomic.Int64{"panic": &l.panic, "fatal": &l.fatal, "error": &l.err, "warning": &l.warning} {
+		ch <- prometheus.MustNewConstMetric(logErrorsDesc, prometheus.CounterValue, float64(n.Load()), level)
+	}
 }

@@ -112,17 +112,22 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 	m := scrape()
 	for _, re := range []string{
 		`paas_runner_jobs_by_state\{executor="test-dir",runner="[^"]+",state="provisioning"\} 1$`,
-		`gitlab_runner_jobs\{executor_stage="provisioning",runner="[^"]+",state="pending",system_id="r_[^"]+"\} 1$`,
+		`gitlab_runner_jobs\{executor_stage="provisioning",runner="[^"]+",runner_name="proc",stage="provisioning",state="pending",system_id="r_[^"]+"\} 1$`,
 		`paas_runner_acquisitions_total\{answer="job",runner="[^"]+"\} 1$`,
 		`paas_runner_acquisitions_total\{answer="no_job",runner="[^"]+"\} \d+`,
-		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",runner="[^"]+",status="201",system_id="r_[^"]+"\} 1$`,
-		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",runner="[^"]+",status="204",system_id="r_[^"]+"\} \d+`,
+		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",method="post",runner="[^"]+",status="201",system_id="r_[^"]+"\} 1$`,
+		`gitlab_runner_api_request_statuses_total\{endpoint="request_job",method="post",runner="[^"]+",status="204",system_id="r_[^"]+"\} \d+`,
+		`gitlab_runner_api_request_duration_seconds_count\{endpoint="request_job",method="post",runner="[^"]+",status_class="2xx",system_id="r_[^"]+"\} \d+`,
+		`gitlab_runner_jobs_total\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 1$`,
 		`gitlab_runner_concurrent 10$`,
-		`gitlab_runner_limit\{runner="[^"]+",system_id="r_[^"]+"\} 0$`,
+		`gitlab_runner_errors_total\{level="warning"\} \d+$`,
+		`gitlab_runner_limit\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 0$`,
 		`paas_runner_hosts_alive\{executor="test-dir"\} 1$`,
 		`paas_runner_state_write_duration_seconds_count\{kind="journal",result="ok"\} [1-9]`,
 		`paas_runner_provisioning_duration_seconds_count\{executor="test-dir"\} 0$`,
-		`paas_runner_jobs 1$`, // the original names keep working
+		// the original names keep working (paas_runner_jobs counts the
+		// slot a job request in flight reserves: 1 or 2 here)
+		`paas_runner_jobs [12]$`,
 	} {
 		if !metricHas(m, re) {
 			t.Fatalf("metrics while provisioning lack %s:\n%s", re, m)
@@ -136,7 +141,7 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 		m := scrape()
 		return len(doc.Jobs) == 1 && doc.Jobs[0].State == "launched" &&
 			metricHas(m, `paas_runner_provisioning_duration_seconds_count\{executor="test-dir"\} 1$`) &&
-			metricHas(m, `gitlab_runner_jobs\{executor_stage="launched",runner="[^"]+",state="running",system_id="r_[^"]+"\} 1$`), body + m
+			metricHas(m, `gitlab_runner_jobs\{executor_stage="launched",runner="[^"]+",runner_name="proc",stage="launched",state="running",system_id="r_[^"]+"\} 1$`), body + m
 	})
 	e.gl.Finish(j.ID, "success")
 	eventually(t, "the host removed in /debug/jobs and /metrics", func() (bool, string) {
@@ -144,6 +149,7 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 		m := scrape()
 		return len(doc.Jobs) == 0 &&
 			metricHas(m, `paas_runner_decommission_lag_seconds_count\{executor="test-dir"\} 1$`) &&
+			metricHas(m, `gitlab_runner_job_duration_seconds_count\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 1$`) &&
 			metricHas(m, `paas_runner_hosts_alive\{executor="test-dir"\} 0$`) &&
 			metricHas(m, `paas_runner_jobs_by_state\{executor="test-dir",runner="[^"]+",state="launched"\} 0$`), body + m
 	})

@@ -85,6 +85,9 @@ func newCleverDocker(ctx context.Context, r *config.Runner, env executorEnv, log
 		RunnerID: r.ID(), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, TLSCAFile: r.TLSCAFile, SystemID: env.SystemID,
 		UserAgent: version.UserAgent(), Logger: log,
 	}
+	if !(c.MultiTenant && r.TLSCAFile != "") { // (else the executor's own client trusts the CA for GitLab)
+		opts.HTTPClient = env.ops.paasClient(r.Executor, c.APIURL) // PaaS API metrics
+	}
 	testCleverOverrides(&opts) // test builds only: fast retries
 	var err error
 	if opts.Cache, err = s3Presigner(r); err != nil {

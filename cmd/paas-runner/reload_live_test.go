@@ -31,7 +31,7 @@ func TestReloadLive(t *testing.T) {
 	}
 	eventually(t, "the new values in /metrics", func() (bool, string) {
 		m := scrape()
-		return metricHas(m, `gitlab_runner_concurrent 3$`) && metricHas(m, `gitlab_runner_limit\{runner="[^"]+",system_id="r_[^"]+"\} 2$`) &&
+		return metricHas(m, `gitlab_runner_concurrent 3$`) && metricHas(m, `gitlab_runner_limit\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 2$`) &&
 			metricHas(m, `paas_runner_config_reloads_total\{result="ok"\} 1$`), m
 	})
 	if !regexp.MustCompile(`"msg":"configuration reloaded".*"log_level":"debug"`).MatchString(p.log()) {
@@ -49,7 +49,7 @@ func TestReloadLive(t *testing.T) {
 	if !strings.Contains(log, "configuration reload failed") || !strings.Contains(log, ": bogus_key") || !strings.Contains(log, ": concurrent") {
 		t.Fatalf("refused reload errors not all logged:\n%s", log)
 	}
-	if m := scrape(); !metricHas(m, `gitlab_runner_concurrent 3$`) || !metricHas(m, `paas_runner_jobs 1$`) {
+	if m := scrape(); !metricHas(m, `gitlab_runner_concurrent 3$`) || !metricHas(m, `paas_runner_jobs_by_state\{executor="test-dir",runner="[^"]+",state="launched"\} 1$`) {
 		t.Fatalf("the refused file changed something:\n%s", m)
 	}
 

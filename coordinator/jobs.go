@@ -295,3 +295,16 @@ func Checksum(data []byte) string { return Checksum32(crc32.ChecksumIEEE(data)) 
 
 // Checksum32 renders a CRC32 (IEEE) as a trace checksum.
 func Checksum32(crc uint32) string { return fmt.Sprintf("crc32:%08x", crc) }
+
+// WriteTraceAt writes data to the job's log at offset without following
+// GitLab's end: on 416 nothing is written and have is GitLab's log length
+// (have is -1 when data was written). next is the log's end after the
+// write. For a writer that must know whether someone else wrote meanwhile.
+func (c *Client) WriteTraceAt(ctx context.Context, id int64, jobToken string, offset int64, data []byte) (next, have int64, jobStatus string, err error) {
+	res, err := c.PatchTrace(ctx, id, jobToken, offset, data)
+	var re *RangeError
+	if errors.As(err, &re) {
+		return offset, re.Have, res.JobStatus, nil
+	}
+	return res.Offset, -1, res.JobStatus, err
+}

@@ -132,6 +132,10 @@ type Config struct {
 	// by 1.5 WaitingInterval, so a waiting job costs one request a minute
 	// in steady state (its log line).
 	WaitingInterval time.Duration
+	// LogHold is how long, at most, the daemon holds its progress lines
+	// in a job's log to send them together or hand them to the inner
+	// runner (default 3 s, GitLab's usual log update interval).
+	LogHold time.Duration
 	// KeepFinished: do not remove hosts of finished jobs.
 	KeepFinished bool
 	// DecommissionLaunchFailures: remove hosts of jobs that failed to launch.
@@ -192,6 +196,9 @@ func (c *Config) defaults() {
 	}
 	if c.WaitingInterval <= 0 {
 		c.WaitingInterval = time.Minute
+	}
+	if c.LogHold <= 0 {
+		c.LogHold = 3 * time.Second
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 60 * time.Second

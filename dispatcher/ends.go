@@ -61,6 +61,11 @@ func (d *Dispatcher) hostEnded(ctx context.Context, r *runnerState, e executors.
 		return
 	}
 	d.stats.hostEnds.Add(1)
+	if e.Reported {
+		// its inner runner exited saying GitLab has the job's final state
+		d.finished(t, "the host stopped after the job reported its end")
+		return
+	}
 	detail := fmt.Sprintf("exit status %d", e.ExitCode)
 	if e.Detail != "" {
 		detail += ": " + e.Detail

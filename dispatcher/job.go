@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +44,9 @@ type tracked struct {
 	// waiting: the job waits for a guard (watched in the tracker's
 	// waiting lane, its log writes counting as checks).
 	waiting atomic.Bool
+	// logMu serialises the daemon's writes to the job log (joblog.go).
+	logMu sync.Mutex
+	log   jobLog
 	// granted: a guard gave the job its locks (Dispatcher.Granted) while
 	// it waits; parkedSlots: it gave its slots back to wait (both
 	// Dispatcher.mu). Granted and parked, it goes ahead of new
@@ -159,6 +161,7 @@ func (d *Dispatcher) launchJob(t *tracked, resumed bool) {
 		return
 	}
 	if d.work.Err() != nil || errors.Is(err, errDraining) {
+		d.flushHeld(t)
 		log.Info("launch interrupted by shutdown; it resumes at next start", zap.String("phase", string(t.phase())))
 		return
 	}
@@ -172,7 +175,6 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		return errStopped
 	}
 	ej := executors.Job{RunnerID: rec.RunnerID, ID: rec.JobID, Token: rec.Token, Payload: rec.Payload}
-	traced := make(chan struct{})
 	if rec.Phase == state.Acquired {
 		if len(d.cfg.Guards) > 0 {
 			// Guards may wait long: the job is durable meanwhile.
@@ -208,18 +210,13 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		}
 		// Only a confirmed job has a log: GitLab takes a job token
 		// (trace PATCH) only for a running job (Ci::AuthJobFinder), and
-		// answers 403 Job-Status: pending before. The line goes out while
-		// the launch is spaced.
-		go func() {
-			defer close(traced)
-			d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
-		}()
+		// answers 403 Job-Status: pending before. The line is held (sent
+		// with the next, or handed to the inner runner).
+		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 	} else {
-		d.traceLine(ctx, t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName), false)
-		close(traced)
+		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 	}
 	d.spaceLaunches(ctx)
-	<-traced // one writer of the log at a time
 	start := time.Now()
 	h, err := retry(ctx, d, t, "provision", func() (executors.Handle, error) { return ex.Provision(ctx, rec.Resource, ej) })
 	if err != nil {
@@ -233,24 +230,31 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 			return fmt.Errorf("saving state after provisioning: %w", err)
 		}
 	}
-	d.traceLine(ctx, t, fmt.Sprintf("paas-runner: host ready after %.1fs; starting the job on it", time.Since(start).Seconds()), false)
+	d.holdLine(t, fmt.Sprintf("paas-runner: host ready after %.1fs; starting the job on it", time.Since(start).Seconds()))
 	if why, _ := t.stopped(); why != "" {
 		return errStopped
 	}
-	cur := t.get()
-	ej.TraceOffset, ej.TraceCRC = cur.TraceOffset, cur.TraceCRC
-	h, err = retry(ctx, d, t, "launch", func() (executors.Handle, error) { return ex.Launch(ctx, rec.Resource, ej) })
+	h, err = retry(ctx, d, t, "launch", func() (executors.Handle, error) {
+		// the log's offset and checksum to go on from, and the daemon's
+		// last lines for the inner runner to send or written now
+		d.handOver(ctx, t, &ej)
+		return ex.Launch(ctx, rec.Resource, ej)
+	})
 	if err != nil {
 		return err
 	}
-	d.markLaunched(t, h)
+	d.markLaunched(t, h, true)
 	t.logger().Info("job launched", zap.Duration("provisioning", time.Since(start)), inCare(t.get()))
 	d.afterLaunch(t)
 	return nil
 }
 
-// markLaunched records that the job runs on its host h.
-func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle) {
+// markLaunched records that the job runs on its host h. launched: this
+// daemon launched it just now (its next check in GitLab is a full
+// interval away); else it was found running after a restart, and the
+// check due since its confirmation stays (what happened while the daemon
+// was down is looked at soon).
+func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle, launched bool) {
 	t.mu.Lock()
 	t.cancel = nil
 	t.mu.Unlock()
@@ -261,6 +265,9 @@ func (d *Dispatcher) markLaunched(t *tracked, h executors.Handle) {
 		j.LaunchedAt = time.Now().UTC()
 		j.Payload = nil
 	})
+	if launched {
+		d.tracker.launched(t)
+	}
 	d.leaveProvisioning()
 	d.stats.launched.Add(1)
 }
@@ -290,7 +297,7 @@ func (d *Dispatcher) alreadyRunning(ctx context.Context, t *tracked) bool {
 	if err != nil || !st.Exists || !st.Running {
 		return false
 	}
-	d.markLaunched(t, rec.Resource)
+	d.markLaunched(t, rec.Resource, false)
 	t.logger().Info("the job's host already runs it (launched before the restart): tracking it, not launching it again")
 	d.afterLaunch(t)
 	return true
@@ -599,57 +606,6 @@ const (
 	ansiRed   = "\x1b[31;1m"
 	ansiReset = "\x1b[0;m"
 )
-
-// traceLine writes one line to the job log (best effort). A job that is no
-// longer running stops provisioning.
-func (d *Dispatcher) traceLine(ctx context.Context, t *tracked, line string, isErr bool) {
-	if !t.isConfirmed() && t.phase().Pending() {
-		// not confirmed yet (two-phase commit): GitLab would answer 403
-		// Job-Status: pending, read as "the job is not running"
-		t.logger().Info("job log line kept back: the job is not confirmed to GitLab yet", zap.String("line", line))
-		return
-	}
-	if isErr {
-		line = ansiRed + line + ansiReset
-	}
-	rec := t.get()
-	data := []byte(line + "\n")
-	var off int64
-	var status string
-	var err error
-	if sw, ok := t.r.Source.(TraceStatusWriter); ok {
-		off, status, err = sw.WriteTraceStatus(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
-	} else {
-		off, err = t.r.Source.WriteTrace(ctx, rec.JobID, rec.Token, rec.TraceOffset, data)
-	}
-	switch {
-	case err == nil:
-		if status == job.StatusCanceling && t.phase().Pending() {
-			t.stopProvisioning("the job was canceled in GitLab", job.StatusCanceling)
-		} else {
-			d.tracker.touch(t) // GitLab answered: the job runs
-		}
-		t.update(d.store, func(j *state.Job) {
-			if j.TraceOffset == 0 && j.TraceCRC == nil {
-				zero := uint32(0)
-				j.TraceCRC = &zero
-			}
-			if j.TraceCRC != nil && off == j.TraceOffset+int64(len(data)) {
-				c := crc32.Update(*j.TraceCRC, crc32.IEEETable, data)
-				j.TraceCRC = &c
-			} else {
-				j.TraceCRC = nil // appended after someone else's output
-			}
-			j.TraceOffset = off
-		})
-	case errors.Is(err, job.ErrNotRunning):
-		if t.phase().Pending() {
-			t.stopProvisioning("the job is not running in GitLab any more", job.StatusCanceled)
-		}
-	case ctx.Err() == nil:
-		t.logger().Debug("could not write to the job log", zap.Error(err))
-	}
-}
 
 // failPending reports a launch failure to GitLab, then removes (or keeps)
 // the host. report=false: the failure was recorded before a restart.

@@ -116,6 +116,19 @@ func (tr *tracker) pushLocked(t *tracked, l int, first bool) {
 	tr.signalLocked()
 }
 
+// launched moves t, just launched, to the lane that fits it now, due a
+// full interval from now: a job launched on a host whose end the executor
+// reports is next asked about in a minute, not at the provisioning poll
+// left from before (spreading is for many jobs taken over at once).
+func (tr *tracker) launched(t *tracked) {
+	l := tr.laneOf(t)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if _, ok := tr.members[t]; ok {
+		tr.pushLocked(t, l, false)
+	}
+}
+
 // move puts t in the lane that fits it now (it started or stopped
 // waiting for a guard), if it is watched.
 func (tr *tracker) move(t *tracked) {

@@ -30,6 +30,18 @@ type Job struct {
 	TraceOffset int64
 	// TraceCRC is the CRC32 of the log up to TraceOffset, nil if unknown.
 	TraceCRC *uint32
+	// TraceLead is the daemon's own lines GitLab does not have yet (its
+	// log stops at TraceOffset): given only to executors that are
+	// LeadTakers, whose inner runner sends them first, at TraceOffset,
+	// with its own first log update (TraceCRC is of the log before them).
+	TraceLead []byte
+}
+
+// LeadTaker is implemented by executors whose inner runner sends the
+// daemon's last lines (Job.TraceLead) with its first log update: the
+// daemon then spends no request of its own on them.
+type LeadTaker interface {
+	TakesTraceLead() bool
 }
 
 // Executor provisions hosts. Every method takes the context first, is safe
@@ -63,6 +75,11 @@ type End struct {
 	ExitCode int
 	// Detail says why, for the job log ("OOM killed", "exit status 137").
 	Detail string
+	// Reported: the host's inner runner said, by how it exited, that GitLab
+	// accepted the job's final state (paas-runner's exec-fetched-job exits
+	// 0 only then): the dispatcher need not ask GitLab whether the job
+	// ended. False when unknown (another inner runner, a non-zero exit).
+	Reported bool
 }
 
 // EndWatcher is implemented by executors that notice by themselves when a

@@ -137,6 +137,9 @@ type Job struct {
 	// TraceCRC of the log up to TraceOffset; nil when the daemon could not
 	// know it (the final update then carries no checksum).
 	TraceCRC *uint32
+	// TraceLead is the daemon's last lines, not in GitLab yet: sent first,
+	// at TraceOffset, as they are (TraceCRC is of the log before them).
+	TraceLead []byte
 	// SystemID and RunnerID identify the daemon and the runner that
 	// handed the job over; they label everything the job creates. Empty
 	// when job.json does not say (a job.json made by Heptapod).
@@ -168,6 +171,7 @@ func LoadJob(path string) (*Job, error) {
 		PaasRunner struct {
 			TraceOffset int64                      `json:"trace_offset"`
 			TraceCRC    *uint32                    `json:"trace_crc32"`
+			TraceLead   string                     `json:"trace_lead"`
 			SystemID    string                     `json:"system_id"`
 			RunnerID    string                     `json:"runner_id"`
 			Cache       map[string]RemoteCacheURLs `json:"cache"`
@@ -175,7 +179,11 @@ func LoadJob(path string) (*Job, error) {
 	}
 	_ = json.Unmarshal(raw, &extra)
 	pr := extra.PaasRunner
-	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, SystemID: pr.SystemID, RunnerID: pr.RunnerID, RemoteCache: pr.Cache}, nil
+	var lead []byte
+	if pr.TraceLead != "" {
+		lead = []byte(pr.TraceLead)
+	}
+	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, TraceLead: lead, SystemID: pr.SystemID, RunnerID: pr.RunnerID, RemoteCache: pr.Cache}, nil
 }
 
 // labels are put on every container, network and volume the job creates,

@@ -115,6 +115,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	secrets = append(secrets, j.Token)
 	r.trace = NewTrace(gl, j.ID, j.Token, j.TraceOffset, j.TraceCRC, secrets, tokenPrefixes(j.Payload.Features.TokenMaskPrefixes), o.Config.OutputLimit*1024, o.TraceInterval, r.onStatus)
+	r.trace.Lead(j.TraceLead)
 	tctx, stopTrace := context.WithCancel(context.Background())
 	traceDone := make(chan struct{})
 	go func() { r.trace.Run(tctx); close(traceDone) }()

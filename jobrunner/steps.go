@@ -103,11 +103,17 @@ func (r *runner) runJob(ctx context.Context) result {
 	if maxAge <= 0 {
 		maxAge = DefaultCacheMaxAge
 	}
-	r.removeStaleCaches(hard, maxAge, time.Now())
 	if len(r.p.Cache) > 0 {
+		r.removeStaleCaches(hard, maxAge, time.Now()) // first: a stale cache is not restored
 		end = r.section("restore_cache", "Restoring cache")
 		r.restoreCaches(hard, img, srcDir)
 		end()
+	}
+	if len(r.p.Cache) == 0 {
+		// housekeeping only: done while the script starts, not before
+		swept := make(chan struct{})
+		go func() { defer close(swept); r.removeStaleCaches(hard, maxAge, time.Now()) }()
+		defer func() { <-swept }()
 	}
 	var script []string
 	var after []string

@@ -40,6 +40,7 @@ type Trace struct {
 	crcKnown  bool
 	total     int64 // bytes produced (sent or pending), for the final update
 	interval  time.Duration
+	linger    time.Duration // traceLinger; tests change it
 	closed    bool
 	limit     int64 // output limit; past it, output is dropped with a note
 	limited   bool
@@ -57,7 +58,7 @@ const (
 // secrets are replaced by [MASKED] wherever they appear, and so are the
 // characters of tokens that begin with one of tokenPrefixes.
 func NewTrace(client *coordinator.Client, id int64, token string, offset int64, crc *uint32, secrets, tokenPrefixes []string, limit int64, interval time.Duration, status func(string)) *Trace {
-	t := &Trace{client: client, id: id, token: token, offset: offset, total: offset, interval: interval, limit: limit, status: status,
+	t := &Trace{client: client, id: id, token: token, offset: offset, total: offset, interval: interval, linger: traceLinger, limit: limit, status: status,
 		masker: newMasker(secrets, tokenPrefixes), kick: make(chan struct{}, 1)}
 	switch {
 	case crc != nil:
@@ -68,6 +69,23 @@ func NewTrace(client *coordinator.Client, id int64, token string, offset int64, 
 	t.histStart, t.histCRC = offset, t.crc
 	t.cond = sync.NewCond(&t.mu)
 	return t
+}
+
+// Lead puts the daemon's last lines (job.json's trace_lead) first in the
+// log, as they are: the daemon wrote none of its lines masked, and they
+// go out with the first update, counted in the size and checksum.
+func (t *Trace) Lead(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pending = append(t.pending, p...)
+	t.total += int64(len(p))
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Write adds job output to the log.
@@ -83,9 +101,12 @@ func (t *Trace) Write(p []byte) (int, error) {
 	if t.sendErr != nil {
 		return len(p), nil // GitLab takes no more: the output goes nowhere
 	}
+	was := len(t.pending)
 	t.emit(t.masker.write(p))
 	t.lastWrite = time.Now()
-	if len(t.pending) >= maxPatch/2 {
+	if (was == 0 && len(t.pending) > 0) || len(t.pending) >= maxPatch/2 {
+		// output after a send, or much of it: the sender decides
+		// whether it goes now
 		select {
 		case t.kick <- struct{}{}:
 		default:
@@ -133,50 +154,85 @@ func appendInt(b []byte, n int64) []byte {
 	return append(b, byte('0'+n%10))
 }
 
+// How the log is sent: at most one PATCH per interval on average, as
+// GitLab asks (X-GitLab-Trace-Update-Interval), but not on a fixed tick:
+// a token bucket of traceBurst PATCHes, refilled one per interval, lets
+// output that comes after a quiet spell (the job's first lines, the
+// script's first line) go out after traceLinger instead of waiting for
+// the next tick; a busy log settles at one PATCH per interval. Much
+// pending output (half a PATCH) goes at once.
+const (
+	traceBurst  = 3
+	traceLinger = 100 * time.Millisecond // output gathered before a send
+)
+
 // Run sends the log until ctx ends; Close sends what is left. When there
 // was nothing to send for an interval, a keep-alive (PUT state=running)
 // asks GitLab how the job is, so that a silent job is still canceled.
 func (t *Trace) Run(ctx context.Context) {
-	last := time.Now()
-	timer := time.NewTimer(t.currentInterval())
+	tokens, counted := float64(traceBurst), time.Now()
+	lastContact := time.Now()
+	var since time.Time // when the pending output began to wait
+	timer := time.NewTimer(t.currentInterval() / 2)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.kick:
-			if t.flush(ctx) == nil {
-				last = time.Now()
-			}
-			continue
 		case <-timer.C:
 		}
 		iv := t.currentInterval()
-		timer.Reset(iv)
 		t.releaseHeld(iv / 2)
-		if t.hasPending() {
+		now := time.Now()
+		tokens = min(traceBurst, tokens+float64(now.Sub(counted))/float64(iv))
+		counted = now
+		pending, big := t.pendingSize()
+		if pending == 0 {
+			since = time.Time{}
+		} else if since.IsZero() {
+			since = now
+		}
+		next := iv / 2 // to release held output, or keep alive
+		switch {
+		case pending > 0 && (big || tokens >= 1 && now.Sub(since) >= t.linger):
+			tokens = max(0, tokens-1)
+			since = time.Time{}
 			if t.flush(ctx) == nil {
-				last = time.Now()
+				lastContact = time.Now()
 			}
-			continue
-		}
-		if time.Since(last) >= min(iv, 30*time.Second) {
+			if p, _ := t.pendingSize(); p > 0 {
+				next = 0 // written while sending: its own turn
+			}
+		case pending > 0 && tokens >= 1:
+			next = t.linger - now.Sub(since)
+		case pending > 0:
+			next = time.Duration((1 - tokens) * float64(iv))
+		case now.Sub(lastContact) >= min(iv, 30*time.Second):
 			t.keepAlive(ctx)
-			last = time.Now()
+			lastContact = time.Now()
 		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(max(next, time.Millisecond))
 	}
+}
+
+// pendingSize is how much is waiting to be sent, and whether it is much.
+func (t *Trace) pendingSize() (int, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pending), len(t.pending) >= maxPatch/2
 }
 
 func (t *Trace) currentInterval() time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.interval
-}
-
-func (t *Trace) hasPending() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.pending) > 0
 }
 
 func (t *Trace) keepAlive(ctx context.Context) {
@@ -194,17 +250,22 @@ func (t *Trace) keepAlive(ctx context.Context) {
 	}
 }
 
-// flush sends everything pending.
+// flush sends what is pending when it is called (output written while it
+// sends waits for the next send: a busy log is not sent as fast as GitLab
+// answers).
 func (t *Trace) flush(ctx context.Context) error {
 	ranges := 0
+	t.mu.Lock()
+	left := len(t.pending)
+	t.mu.Unlock()
 	for {
 		t.mu.Lock()
-		if len(t.pending) == 0 || t.sendErr != nil {
+		if len(t.pending) == 0 || left <= 0 || t.sendErr != nil {
 			err := t.sendErr
 			t.mu.Unlock()
 			return err
 		}
-		chunk := t.pending[:min(len(t.pending), maxPatch)]
+		chunk := t.pending[:min(len(t.pending), left, maxPatch)]
 		off := t.offset
 		t.mu.Unlock()
 
@@ -218,6 +279,7 @@ func (t *Trace) flush(ctx context.Context) error {
 			ranges++
 			t.mu.Lock()
 			t.resync(off, len(chunk), re.Have)
+			left = len(t.pending) // what GitLab lost is sent again too
 			t.mu.Unlock()
 			continue
 		case errors.Is(err, job.ErrNotRunning):
@@ -239,6 +301,7 @@ func (t *Trace) flush(ctx context.Context) error {
 		t.mu.Lock()
 		t.sent(chunk)
 		t.pending = t.pending[len(chunk):]
+		left -= len(chunk)
 		if len(t.pending) == 0 {
 			t.pending = nil // let the buffer go
 		}

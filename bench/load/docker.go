@@ -241,6 +241,21 @@ func (w *watcher) host(id int64, ended time.Time) (h hostTimes, ok bool) {
 	return hostTimes{}, false
 }
 
+// script tells when job id's script container (the last container the
+// inner runner made and started for it, not its host) was created and
+// started, ok false when there is none.
+func (w *watcher) script(id int64, host string) (created, started time.Time, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, b := range w.boxes[id] {
+		if b.ID == host || b.Started.IsZero() || b.Created.Before(created) {
+			continue
+		}
+		created, started, ok = b.Created, b.Started, true
+	}
+	return created, started, ok
+}
+
 // errors are the event streams' failures.
 func (w *watcher) errors() []error {
 	w.mu.Lock()

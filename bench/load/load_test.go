@@ -139,3 +139,35 @@ func TestBootClock(t *testing.T) {
 		t.Errorf("boot clock %.3f, /proc/uptime %.2f", now, up)
 	}
 }
+
+// The steady state is from the last host's start to the first job's end,
+// and only the daemon's requests in it count.
+func TestSteadyWindow(t *testing.T) {
+	at := func(s int) time.Time { return time.Unix(1000+int64(s), 0) }
+	from, to, ok := steadyWindow([]time.Time{at(1), at(5), at(3)}, []time.Time{at(40), at(35), at(38)})
+	if !ok || !from.Equal(at(5)) || !to.Equal(at(35)) {
+		t.Fatalf("window %v → %v (%v)", from, to, ok)
+	}
+	if _, _, ok := steadyWindow([]time.Time{at(1), at(36)}, []time.Time{at(35), at(40)}); ok {
+		t.Error("a job ended before the last host started, yet a steady state")
+	}
+	if _, _, ok := steadyWindow([]time.Time{at(1), {}}, []time.Time{at(35), at(40)}); ok {
+		t.Error("a host never started, yet a steady state")
+	}
+	reqs := []request{
+		{At: at(4), Route: "GET /api/v4/job", Daemon: true},
+		{At: at(6), Route: "GET /api/v4/job", Daemon: true},
+		{At: at(7), Route: "PATCH /api/v4/jobs/:id/trace", Daemon: false},
+		{At: at(35), Route: "PUT /api/v4/jobs/:id", Daemon: true},
+		{At: at(36), Route: "GET /api/v4/job", Daemon: true},
+	}
+	got := countDaemon(reqs, at(5), at(35))
+	if len(got) != 2 || got["GET /api/v4/job"] != 1 || got["PUT /api/v4/jobs/:id"] != 1 {
+		t.Errorf("counted %v", got)
+	}
+	r := &result{jobs: 2, variant: "sleep", perJob: map[string]float64{"PUT /api/v4/jobs/:id": 1, "POST /api/v4/jobs/request": 1.5},
+		steady: got, steadyFrom: at(5), steadyTo: at(35)}
+	if row := r.requests(); row != "| 2 | sleep | **2.50** (POST jobs/request 1.50; PUT jobs/:id 1.00) | 30.0 s | **0.07** (2: GET job 1; PUT jobs/:id 1) |" {
+		t.Errorf("row %q", row)
+	}
+}

@@ -6,7 +6,10 @@
 // a printed line → visible in GitLab, the daemon's own GitLab requests/s
 // by endpoint (told from the inner runners' by which process holds the
 // connection), job success → host container gone and → job image gone,
-// and the daemon's process tree's memory and CPU.
+// and the daemon's process tree's memory and CPU; then where the time to
+// the first line goes (breakdown), and the daemon's requests per job by
+// endpoint and in the steady state (every job running), the figure the
+// issue's daemon-requests goal is read on.
 //
 // It is bounded in time (-timeout), stops by itself, sends traffic only to
 // 127.0.0.1, and removes what it made (containers, images, networks,
@@ -67,6 +70,7 @@ type options struct {
 	runTimeout    time.Duration
 	timeout       time.Duration
 	header        bool
+	logs          string
 }
 
 func run(args []string) int {
@@ -82,6 +86,7 @@ func run(args []string) int {
 	fs.DurationVar(&o.runTimeout, "run-timeout", 10*time.Minute, "give up on one run after this long")
 	fs.DurationVar(&o.timeout, "timeout", 25*time.Minute, "give up on everything after this long")
 	fs.BoolVar(&o.header, "header", true, "print the table's header")
+	fs.StringVar(&o.logs, "logs", "", "write each job's log (as GitLab has it) to this directory, for diagnosis")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -148,6 +153,11 @@ func run(args []string) int {
 	fmt.Println(breakdownHeader)
 	for _, r := range results {
 		fmt.Println(r.breakdown())
+	}
+	fmt.Println()
+	fmt.Println(requestsHeader)
+	for _, r := range results {
+		fmt.Println(r.requests())
 	}
 	for _, r := range results {
 		fmt.Println()
@@ -267,25 +277,34 @@ type result struct {
 	toStarted     []time.Duration // handed out → host container started
 	toLine        []time.Duration // host started → first line in GitLab
 	toPrint       []time.Duration // host started → first line printed by the script
+	toScript      []time.Duration // host started → script container created (inner runner's start, image, volume, git fetch)
+	scriptStart   []time.Duration // script container created → started (sources copied in)
+	scriptToPrint []time.Duration // script container started → first line printed
 	queuedToPrint []time.Duration // queue → first line printed by the script
 	hostGone      []time.Duration // success → host container destroyed
 	imageGone     []time.Duration // success → per-job image deleted
 	jobImages     int             // hosts that ran an image of their own
 	succeeded     int
 
-	window     time.Duration      // queue → last job's end
-	daemonRPS  map[string]float64 // by route, in the window
-	innerRPS   float64
-	daemonUA   map[string]bool
-	innerUA    map[string]bool
-	rssPeakKiB int
-	rssEndKiB  int
-	procsPeak  int
-	cpuSeconds float64
-	cpuWindow  time.Duration // queue → every host gone
-	leftovers  string        // what the daemon left on the engine after it stopped
-	exit       string
-	logTail    string
+	window    time.Duration      // queue → last job's end
+	daemonRPS map[string]float64 // by route, in the window
+	// perJob: the daemon's requests by route, queue → every host gone,
+	// per job. steady: its requests by route from the last host's start
+	// to the first job's end (every job running), zero window if none.
+	perJob               map[string]float64
+	steady               map[string]int
+	steadyFrom, steadyTo time.Time
+	innerRPS             float64
+	daemonUA             map[string]bool
+	innerUA              map[string]bool
+	rssPeakKiB           int
+	rssEndKiB            int
+	procsPeak            int
+	cpuSeconds           float64
+	cpuWindow            time.Duration // queue → every host gone
+	leftovers            string        // what the daemon left on the engine after it stopped
+	exit                 string
+	logTail              string
 }
 
 func (b *bench) runOnce(parent context.Context, variant string) *result {
@@ -494,6 +513,7 @@ executor = "local-docker"
 		return true
 	})
 	hostCancel()
+	allGone := time.Now()
 	_, cpu1, _ := treeUsage(pid)
 	r.cpuWindow = time.Since(t0)
 	r.cpuSeconds = float64(cpu1-cpu0) / clockTicks
@@ -539,6 +559,23 @@ executor = "local-docker"
 	for _, e := range w.errors() {
 		r.problems = append(r.problems, e.Error())
 	}
+	// The daemon's requests: per job over the whole run (what each job
+	// costs once), and in the steady state, when every job runs.
+	for k, n := range countDaemon(allReqs, t0, allGone) {
+		if r.perJob == nil {
+			r.perJob = map[string]float64{}
+		}
+		r.perJob[k] = float64(n) / float64(b.o.jobs)
+	}
+	var starts, ends []time.Time
+	for _, id := range ids {
+		starts = append(starts, hs[id].Started)
+		ends = append(ends, ended[id].FinishedAt)
+	}
+	if from, to, ok := steadyWindow(starts, ends); ok {
+		r.steadyFrom, r.steadyTo = from, to
+		r.steady = countDaemon(allReqs, from, to)
+	}
 	for _, c := range allChunks {
 		if !jobs[c.JobID] {
 			continue
@@ -559,7 +596,20 @@ executor = "local-docker"
 				if h, ok := hs[c.JobID]; ok && !h.Started.IsZero() {
 					r.toLine = append(r.toLine, c.At.Sub(h.Started))
 					r.toPrint = append(r.toPrint, seconds(p.Uptime-b.boot.at(h.Started)))
+					if sc, ss, ok := w.script(c.JobID, h.Container); ok {
+						r.toScript = append(r.toScript, sc.Sub(h.Started))
+						r.scriptStart = append(r.scriptStart, ss.Sub(sc))
+						r.scriptToPrint = append(r.scriptToPrint, seconds(p.Uptime-b.boot.at(ss)))
+					}
 				}
+			}
+		}
+	}
+	if b.o.logs != "" {
+		for _, id := range ids {
+			path := filepath.Join(b.o.logs, fmt.Sprintf("%s-%d-job-%d.log", variant, b.o.jobs, id))
+			if err := os.WriteFile(path, ended[id].Trace, 0o600); err != nil {
+				r.problems = append(r.problems, err.Error())
 			}
 		}
 	}
@@ -716,13 +766,65 @@ func (r *result) row() string {
 		r.rssPeakKiB/1024, cpu, ok, r.cores, r.load, r.version)
 }
 
-const breakdownHeader = `| jobs | script | queue → handed out p50 / p90 | handed out → host started | host started → script's first line printed | queue → first line printed | host started → first line in GitLab | queue → last job end |
-|---|---|---|---|---|---|---|---|`
+const breakdownHeader = `| jobs | script | queue → handed out p50 / p90 | handed out → host started | host started → script's first line printed | … host started → script container created | … created → started | … started → line printed | queue → first line printed | host started → first line in GitLab | queue → last job end |
+|---|---|---|---|---|---|---|---|---|---|---|`
 
-// breakdown is where the time to the first line goes.
+// breakdown is where the time to the first line goes; the inner runner's
+// part is split by its script container's events: its start until it
+// creates the script container (configuration, Docker client, image
+// check, builds volume, git fetch), copying the sources in until the
+// container starts, and the shell until the script's first line.
 func (r *result) breakdown() string {
-	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %s | %s |", r.jobs, r.variant, pair(r.acquired, r.jobs), pair(r.toStarted, r.jobs),
-		pair(r.toPrint, r.succeeded), pair(r.queuedToPrint, r.succeeded), pair(r.toLine, r.succeeded), secs(r.window))
+	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", r.jobs, r.variant, pair(r.acquired, r.jobs), pair(r.toStarted, r.jobs),
+		pair(r.toPrint, r.succeeded), pair(r.toScript, r.succeeded), pair(r.scriptStart, r.succeeded), pair(r.scriptToPrint, r.succeeded),
+		pair(r.queuedToPrint, r.succeeded), pair(r.toLine, r.succeeded), secs(r.window))
+}
+
+const requestsHeader = `| jobs | script | daemon's requests per job, queue → every host gone (by endpoint) | steady state: last host started → first job end | daemon's req/s in the steady state (requests by endpoint) |
+|---|---|---|---|---|`
+
+// requests is what the daemon's GitLab requests cost: once per job, and
+// per second while every job runs.
+func (r *result) requests() string {
+	total := 0.0
+	for _, v := range r.perJob {
+		total += v
+	}
+	per := fmt.Sprintf("**%.2f** (%s)", total, byRoute(r.perJob, "%.2f"))
+	steady, rate := "none (a job ended before the last host started)", "–"
+	if d := r.steadyTo.Sub(r.steadyFrom); d > 0 {
+		n := 0
+		counts := map[string]float64{}
+		for k, v := range r.steady {
+			n += v
+			counts[k] = float64(v)
+		}
+		steady = secs(d)
+		rate = fmt.Sprintf("**%.2f** (%d: %s)", float64(n)/d.Seconds(), n, byRoute(counts, "%.0f"))
+	}
+	return fmt.Sprintf("| %d | %s | %s | %s | %s |", r.jobs, r.variant, per, steady, rate)
+}
+
+// byRoute lists m's routes, largest first: "PUT jobs/:id 1.00; …".
+func byRoute(m map[string]float64, format string) string {
+	var routes []string
+	for k := range m {
+		routes = append(routes, k)
+	}
+	sort.Slice(routes, func(i, j int) bool {
+		if m[routes[i]] != m[routes[j]] {
+			return m[routes[i]] > m[routes[j]]
+		}
+		return routes[i] < routes[j]
+	})
+	var by []string
+	for _, k := range routes {
+		by = append(by, shortRoute(k)+" "+fmt.Sprintf(format, m[k]))
+	}
+	if len(by) == 0 {
+		return "none"
+	}
+	return strings.Join(by, "; ")
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

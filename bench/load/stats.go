@@ -119,3 +119,37 @@ func route(method, path string) string {
 
 // shortRoute is route for a table cell: "PATCH jobs/:id/trace".
 func shortRoute(r string) string { return strings.Replace(r, "/api/v4/", "", 1) }
+
+// countDaemon counts the daemon's requests from from to to, by route.
+func countDaemon(reqs []request, from, to time.Time) map[string]int {
+	n := map[string]int{}
+	for _, q := range reqs {
+		if q.Daemon && !q.At.Before(from) && !q.At.After(to) {
+			n[q.Route]++
+		}
+	}
+	return n
+}
+
+// steadyWindow is when every job runs: from the last host's start to the
+// first job's end; ok false when a job ended before the last host
+// started, or a time is missing.
+func steadyWindow(started, ended []time.Time) (from, to time.Time, ok bool) {
+	for _, s := range started {
+		if s.IsZero() {
+			return from, to, false
+		}
+		if s.After(from) {
+			from = s
+		}
+	}
+	for _, e := range ended {
+		if e.IsZero() {
+			return from, to, false
+		}
+		if to.IsZero() || e.Before(to) {
+			to = e
+		}
+	}
+	return from, to, len(started) > 0 && to.After(from)
+}

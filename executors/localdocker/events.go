@@ -51,6 +51,11 @@ func (e *Executor) WatchEnds(ctx context.Context, fn func(executors.End)) error 
 				continue
 			}
 			code, _ := strconv.Atoi(m.Actor.Attributes["exitCode"])
+			if reportedEnd(m.Actor.Attributes, code, oom[m.Actor.ID]) {
+				// paas-runner's inner runner: GitLab has the job's end
+				fn(executors.End{JobID: jobID, ExitCode: 0, Reported: true})
+				continue
+			}
 			st := e.inspectID(ctx, m.Actor.ID)
 			if oom[m.Actor.ID] {
 				st.oom = true
@@ -59,6 +64,13 @@ func (e *Executor) WatchEnds(ctx context.Context, fn func(executors.End)) error 
 			fn(executors.End{JobID: jobID, ExitCode: code, Detail: st.detail(code)})
 		}
 	}
+}
+
+// reportedEnd tells whether a host's end says that GitLab accepted the
+// job's final state: paas-runner's inner runner (LabelInnerRunner)
+// exited 0, not killed for memory.
+func reportedEnd(attrs map[string]string, exitCode int, oom bool) bool {
+	return exitCode == 0 && !oom && attrs[LabelInnerRunner] == paasShape.Name
 }
 
 // hostOfEvent tells whether a container event is about one of this

@@ -84,6 +84,9 @@ func (e *Executor) Files(j executors.Job) (HostFiles, error) {
 // runner.toml at runnerTOML (the CA goes next to it).
 func (e *Executor) FilesFor(j executors.Job, runnerTOML string) (HostFiles, error) {
 	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID}
+	if len(j.TraceLead) > 0 {
+		extra["trace_lead"] = string(j.TraceLead)
+	}
 	inner := e.opts.Inner
 	if e.opts.Cache != nil {
 		// an S3 cache: the host gets presigned URLs, not the credentials
@@ -122,7 +125,11 @@ func (e *Executor) create(ctx context.Context, hd handle, j executors.Job) ([]st
 	} else {
 		env = append(env, "DOCKER_HOST="+e.opts.Host)
 	}
-	cfg := &container.Config{Image: ref.Image, Entrypoint: ref.Shape.Entrypoint, Cmd: []string{}, Labels: e.hostLabels(j.ID), Env: env}
+	l := e.hostLabels(j.ID)
+	if ref.Shape.Name == paasShape.Name {
+		l[LabelInnerRunner] = paasShape.Name
+	}
+	cfg := &container.Config{Image: ref.Image, Entrypoint: ref.Shape.Entrypoint, Cmd: []string{}, Labels: l, Env: env}
 	if _, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, hd.Container); err != nil {
 		if cerrdefs.IsConflict(err) {
 			return nil, executors.Transient("launch", fmt.Errorf("container %s appeared meanwhile: %w", hd.Container, err))

@@ -47,6 +47,11 @@ const (
 	// is paas-runner's (see images.go). Images without it are taken for
 	// Heptapod Runner images.
 	LabelHostImage = "paas-runner.host-image"
+	// LabelInnerRunner is on hosts whose main process is paas-runner's
+	// exec-fetched-job (value "paas-runner"), which exits 0 only once
+	// GitLab accepted the job's final state: such an exit is reported as
+	// executors.End.Reported.
+	LabelInnerRunner = "paas-runner.inner-runner"
 	// legacyLabelInstance held the system_id on hosts made by earlier
 	// versions: such a host is still recognised as this daemon's.
 	legacyLabelInstance = "paas-runner.instance"
@@ -115,6 +120,7 @@ type Executor struct {
 }
 
 var (
+	_ executors.LeadTaker  = (*Executor)(nil)
 	_ executors.Executor   = (*Executor)(nil)
 	_ executors.EndWatcher = (*Executor)(nil)
 	_ executors.Reaper     = (*Executor)(nil)
@@ -252,6 +258,12 @@ func (e *Executor) ours(l map[string]string) bool {
 	}
 	return l[labels.LabelSystemID] == e.opts.SystemID || (l[labels.LabelSystemID] == "" && l[legacyLabelInstance] == e.opts.SystemID)
 }
+
+// TakesTraceLead: hosts made from paas-runner's own base image run its
+// inner runner, which sends the daemon's last lines (job.json's
+// paas_runner.trace_lead) with its first log update. An inner_image may
+// run Heptapod Runner, which would not.
+func (e *Executor) TakesTraceLead() bool { return e.opts.InnerImage == "" }
 
 // Plan names the host's container after the runner and job.
 func (e *Executor) Plan(_ context.Context, j executors.Job) (executors.Handle, error) {

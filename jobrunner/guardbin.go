@@ -56,7 +56,12 @@ type guardShip struct {
 // job log, once per job.
 func (r *runner) shipGuard(ctx context.Context, id, img string) {
 	g := &r.guard
-	g.once.Do(func() { g.bin, g.why = guardBinary(r.o.GuardBinary) })
+	g.once.Do(func() {
+		if !r.callsGuard() {
+			return // nothing to ship, nothing to say: bin and why stay ""
+		}
+		g.bin, g.why = guardBinary(r.o.GuardBinary)
+	})
 	if g.bin == "" {
 		r.guardNote(g.why)
 		return
@@ -151,6 +156,43 @@ func (r *runner) guardPlatform(ctx context.Context, img string) string {
 	g.platform[img] = why
 	g.mu.Unlock()
 	return why
+}
+
+// VarShipGuard set to true ships the guard into a job whose scripts do not
+// name it (a script file of the repository calling it, for example).
+const VarShipGuard = "PAAS_SHIP_GUARD"
+
+// callsGuard tells whether the job may call the guard: one of its scripts
+// (steps, hooks) names gitlab-job-guard or paas-runner, or it sets
+// PAAS_SHIP_GUARD. Copying the 20 MB executable into every job container
+// costs seconds when many start at once on one engine (bench/load), so
+// jobs that never call it do not pay for it.
+func (r *runner) callsGuard() bool {
+	switch strings.ToLower(r.expanded.Get(VarShipGuard)) {
+	case "true", "1", "yes":
+		return true
+	case "false", "0", "no":
+		return false
+	}
+	names := func(lines []string) bool {
+		for _, l := range lines {
+			if strings.Contains(l, GuardName) || strings.Contains(l, GuardAlias) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, st := range r.p.Steps {
+		if names(st.Script) {
+			return true
+		}
+	}
+	for _, h := range r.p.Hooks {
+		if names(h.Script) {
+			return true
+		}
+	}
+	return false
 }
 
 // guardBinary is the executable to ship (spec, else this process's own),

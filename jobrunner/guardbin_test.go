@@ -146,6 +146,7 @@ func staticBinary(t *testing.T) (string, [32]byte, int64) {
 func runGuardFake(t *testing.T, g *guardFake, bin string) (string, []guardCopy) {
 	t.Helper()
 	j := runJobWith(t, jobSpec{script: []string{"echo script"}, after: []string{"echo after"},
+		vars:    []map[string]any{{"key": VarShipGuard, "value": "true", "public": true}},
 		options: func(o *Options) { o.GuardBinary = bin }}, g, g.root)
 	if j.Status != "success" {
 		t.Fatalf("job %s:\n%s", j.Status, j.Trace)
@@ -344,7 +345,8 @@ func BenchmarkGuardShip(b *testing.B) {
 			b.Fatal(err)
 		}
 		// no trace: a job log line (the guard not shipped) would panic
-		r := &runner{o: Options{GuardBinary: bin}, p: &job.Payload{}, docker: cli, log: zap.NewNop()}
+		r := &runner{o: Options{GuardBinary: bin}, p: &job.Payload{}, docker: cli, log: zap.NewNop(),
+			expanded: job.Variables{{Key: VarShipGuard, Value: "true"}}}
 		b.StartTimer()
 		r.shipGuard(ctx, c.ID, jobImage)
 		b.StopTimer()
@@ -359,4 +361,35 @@ func BenchmarkGuardShip(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(st.Size())/1e6, "MB")
+}
+
+// A job whose scripts never name the guard, and that does not set
+// PAAS_SHIP_GUARD, gets no copy (it costs seconds when many containers
+// start at once); PAAS_SHIP_GUARD=false refuses it even to one that does.
+func TestGuardShippedOnlyToJobsThatCallIt(t *testing.T) {
+	bin, _, _ := staticBinary(t)
+	for _, c := range []struct {
+		name   string
+		script string
+		vars   []map[string]any
+		want   bool
+	}{
+		{"plain", "echo script", nil, false},
+		{"calls it", "gitlab-job-guard -x || exit 1", nil, true},
+		{"calls paas-runner guard", "paas-runner guard -x", nil, true},
+		{"asked", "./deploy.sh", []map[string]any{{"key": VarShipGuard, "value": "true", "public": true}}, true},
+		{"refused", "gitlab-job-guard", []map[string]any{{"key": VarShipGuard, "value": "false", "public": true}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := newGuardFake(t)
+			j := runJobWith(t, jobSpec{script: []string{c.script}, vars: c.vars,
+				options: func(o *Options) { o.GuardBinary = bin }}, g, g.root)
+			if got := len(g.guardCopies()) > 0; got != c.want {
+				t.Fatalf("shipped %v, want %v:\n%s", got, c.want, j.Trace)
+			}
+			if strings.Contains(string(j.Trace), "not provided") {
+				t.Fatalf("a job log line about the guard:\n%s", j.Trace)
+			}
+		})
+	}
 }

@@ -341,11 +341,7 @@ func (rl *reloader) inForce(cfg *config.Config) *config.Config {
 // applies.
 func topRestartKeys(old, cfg *config.Config) []string {
 	var keys []string
-	diff := func(key string, a, b any) {
-		if !reflect.DeepEqual(a, b) {
-			keys = append(keys, key)
-		}
-	}
+	diff := keyDiffer(&keys, "")
 	diff("state_file", old.StateFile, cfg.StateFile)
 	diff("listen_address", old.ListenAddress, cfg.ListenAddress)
 	diff("log_format", old.LogFormat, cfg.LogFormat)
@@ -371,16 +367,20 @@ func topRestartKeys(old, cfg *config.Config) []string {
 // process_mode, supersede) and max_waiting_jobs change live.
 func guardRestartKeys(old, cfg config.Guards) []string {
 	var keys []string
-	if old.Backend != cfg.Backend {
-		keys = append(keys, "guards.backend")
-	}
-	if old.LeaseMargin != cfg.LeaseMargin {
-		keys = append(keys, "guards.lease_margin")
-	}
-	if !reflect.DeepEqual(old.Git, cfg.Git) {
-		keys = append(keys, "guards.git")
-	}
+	diff := keyDiffer(&keys, "")
+	diff("guards.backend", old.Backend, cfg.Backend)
+	diff("guards.lease_margin", old.LeaseMargin, cfg.LeaseMargin)
+	diff("guards.git", old.Git, cfg.Git)
 	return keys
+}
+
+// keyDiffer returns a func adding prefix+key to *keys when a and b differ.
+func keyDiffer(keys *[]string, prefix string) func(key string, a, b any) {
+	return func(key string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			*keys = append(*keys, prefix+key)
+		}
+	}
 }
 
 // runnerRestartKeys are the keys of a runner kept across the reload (same
@@ -388,12 +388,7 @@ func guardRestartKeys(old, cfg config.Guards) []string {
 // job source are kept as they were built. Only limit changes live.
 func runnerRestartKeys(old, rc config.Runner) []string {
 	var keys []string
-	name := fmt.Sprintf("runners[%q].", rc.DisplayName())
-	diff := func(key string, a, b any) {
-		if !reflect.DeepEqual(a, b) {
-			keys = append(keys, name+key)
-		}
-	}
+	diff := keyDiffer(&keys, fmt.Sprintf("runners[%q].", rc.DisplayName()))
 	diff("name", old.Name, rc.Name)
 	diff("url", old.URL, rc.URL)
 	diff("tls-ca-file", old.TLSCAFile, rc.TLSCAFile)

@@ -9,7 +9,9 @@ log=/tmp/paas-runner-dockerd.log
 up() { timeout 10 docker info >/dev/null 2>&1; }
 missing=()
 command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || missing+=(docker.io)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx cat || missing+=(busybox-static)
+# (no `--list | grep -q` here: under pipefail, grep quitting early makes
+# busybox die of SIGPIPE and the check fail at random)
+[ -x /bin/busybox ] && /bin/busybox cat </dev/null >/dev/null 2>&1 || missing+=(busybox-static)
 [ -x /usr/lib/git-core/git-http-backend ] || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

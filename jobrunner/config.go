@@ -148,6 +148,11 @@ type Job struct {
 	// RemoteCache has, by cache key, the presigned URLs of the S3 cache
 	// objects (the daemon's s3cache): keys without one use local volumes.
 	RemoteCache map[string]RemoteCacheURLs
+	// HostContainer is the name of the container this inner runner runs
+	// in, on the engine it drives (local-docker's host): the job's
+	// containers join its network namespace (see jobNetwork). Empty on a
+	// host that is not a container of that engine.
+	HostContainer string
 }
 
 // RemoteCacheURLs are one cache key's presigned URLs; Put is empty when the
@@ -175,6 +180,7 @@ func LoadJob(path string) (*Job, error) {
 			SystemID    string                     `json:"system_id"`
 			RunnerID    string                     `json:"runner_id"`
 			Cache       map[string]RemoteCacheURLs `json:"cache"`
+			Host        string                     `json:"host_container"`
 		} `json:"paas_runner"`
 	}
 	_ = json.Unmarshal(raw, &extra)
@@ -183,7 +189,7 @@ func LoadJob(path string) (*Job, error) {
 	if pr.TraceLead != "" {
 		lead = []byte(pr.TraceLead)
 	}
-	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, TraceLead: lead, SystemID: pr.SystemID, RunnerID: pr.RunnerID, RemoteCache: pr.Cache}, nil
+	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, TraceLead: lead, SystemID: pr.SystemID, RunnerID: pr.RunnerID, RemoteCache: pr.Cache, HostContainer: pr.Host}, nil
 }
 
 // labels are put on every container, network and volume the job creates,

@@ -108,6 +108,36 @@ func (r *runner) registryAuth(out io.Writer, ref string) string {
 	return a
 }
 
+// jobNetwork sets the network of a script container: the job's network
+// when it has services; else [runners.docker] network_mode when set; else,
+// on a host that is a container of the same engine (local-docker), that
+// container's network namespace. A job then has its host's network, as
+// its processes would on a PaaS host, and its containers start without a
+// network namespace and interface of their own, which is most of what a
+// container start costs on a busy engine (about 2 s down to 0.7 s each
+// with 20 starting at once on 2 cores; BENCHMARKS.md). Options Docker
+// refuses with a shared namespace (dns, dns_search, extra_hosts, net.*
+// sysctls) keep the engine's default network.
+func (r *runner) jobNetwork(hc *container.HostConfig) {
+	switch {
+	case r.network != "":
+		hc.NetworkMode = container.NetworkMode(r.network)
+	case hc.NetworkMode != "" || r.o.Job == nil || r.o.Job.HostContainer == "":
+	case len(hc.DNS) > 0 || len(hc.DNSSearch) > 0 || len(hc.ExtraHosts) > 0 || hasNetSysctl(hc.Sysctls):
+	default:
+		hc.NetworkMode = container.NetworkMode("container:" + r.o.Job.HostContainer)
+	}
+}
+
+func hasNetSysctl(s map[string]string) bool {
+	for k := range s {
+		if strings.HasPrefix(k, "net.") {
+			return true
+		}
+	}
+	return false
+}
+
 // runScript runs commands in a new container of img with the builds volume
 // at builds_dir; srcDir, when set, is copied into the project directory
 // first. graceful, when closed, stops the container (SIGTERM, then KILL).
@@ -134,9 +164,7 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 	hc := &jhc
 	hc.Mounts = []mount.Mount{{Type: mount.TypeVolume, Source: r.volume, Target: r.o.Config.BuildsDir}}
 	hc.Binds = binds
-	if r.network != "" {
-		hc.NetworkMode = container.NetworkMode(r.network)
-	}
+	r.jobNetwork(hc)
 	r.mu.Lock()
 	n := len(r.created)
 	r.mu.Unlock()

@@ -83,7 +83,9 @@ func (e *Executor) Files(j executors.Job) (HostFiles, error) {
 // FilesFor returns what the inner runner of j reads on a host that reads
 // runner.toml at runnerTOML (the CA goes next to it).
 func (e *Executor) FilesFor(j executors.Job, runnerTOML string) (HostFiles, error) {
-	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID}
+	// host_container: the job's containers join the host's network
+	// namespace (jobrunner's jobNetwork)
+	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID, "host_container": e.names(j.ID).Container}
 	if len(j.TraceLead) > 0 {
 		extra["trace_lead"] = string(j.TraceLead)
 	}

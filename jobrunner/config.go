@@ -153,6 +153,15 @@ type Job struct {
 	// containers join its network namespace (see jobNetwork). Empty on a
 	// host that is not a container of that engine.
 	HostContainer string
+	// BuildsVolume is the job's builds volume, when its host already has
+	// it (local-docker makes it with the host and mounts it there).
+	BuildsVolume BuildsVolume
+}
+
+// BuildsVolume names a builds volume and where this inner runner has it.
+type BuildsVolume struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
 }
 
 // RemoteCacheURLs are one cache key's presigned URLs; Put is empty when the
@@ -181,6 +190,7 @@ func LoadJob(path string) (*Job, error) {
 			RunnerID    string                     `json:"runner_id"`
 			Cache       map[string]RemoteCacheURLs `json:"cache"`
 			Host        string                     `json:"host_container"`
+			Builds      BuildsVolume               `json:"builds_volume"`
 		} `json:"paas_runner"`
 	}
 	_ = json.Unmarshal(raw, &extra)
@@ -189,7 +199,7 @@ func LoadJob(path string) (*Job, error) {
 	if pr.TraceLead != "" {
 		lead = []byte(pr.TraceLead)
 	}
-	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, TraceLead: lead, SystemID: pr.SystemID, RunnerID: pr.RunnerID, RemoteCache: pr.Cache, HostContainer: pr.Host}, nil
+	return &Job{Acquired: a, TraceOffset: pr.TraceOffset, TraceCRC: pr.TraceCRC, TraceLead: lead, SystemID: pr.SystemID, RunnerID: pr.RunnerID, RemoteCache: pr.Cache, HostContainer: pr.Host, BuildsVolume: pr.Builds}, nil
 }
 
 // labels are put on every container, network and volume the job creates,

@@ -178,7 +178,12 @@ func (r *runner) runScript(ctx context.Context, graceful <-chan struct{}, img st
 		r.script = c.ID
 		r.mu.Unlock()
 	}
-	if srcDir != "" {
+	if srcDir != "" && r.inHost {
+		// already in the builds volume: only the modes a copy would give
+		if err := openDirs(srcDir); err != nil {
+			return 0, fmt.Errorf("preparing the sources: %w", err)
+		}
+	} else if srcDir != "" {
 		t, err := tarDir(srcDir, r.projectDir())
 		if err != nil {
 			return 0, fmt.Errorf("packing the sources: %w", err)
@@ -278,7 +283,7 @@ func (r *runner) cleanup() {
 			r.log.Warn("removing a job volume failed", zap.String("volume", v), zap.Error(err))
 		}
 	}
-	if r.volume != "" {
+	if r.volume != "" && !r.inHost { // the host's is the daemon's to remove
 		if err := r.docker.VolumeRemove(ctx, r.volume, true); err != nil && !cerrdefs.IsNotFound(err) {
 			r.log.Warn("removing the builds volume failed", zap.Error(err))
 		}

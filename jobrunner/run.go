@@ -69,8 +69,12 @@ type runner struct {
 	abortCh   chan struct{} // closed on canceled / not running (hard)
 	created   []string      // containers to remove
 	volume    string
-	network   string // per-job network, when the job has services
-	script    string // the script container, for artifacts
+	// inHost: volume is the host's builds volume (job.json's
+	// builds_volume), mounted in this inner runner's container: the
+	// sources are written straight into it, and the daemon removes it
+	inHost  bool
+	network string // per-job network, when the job has services
+	script  string // the script container, for artifacts
 	// [runners.docker] volumes as binds, made once (volumeBinds), and the
 	// per-job volumes among them (disable_cache) to remove
 	binds      []string

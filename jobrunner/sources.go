@@ -190,6 +190,50 @@ func sameGitLab(origin *url.URL, raw string) bool {
 }
 
 // tarDir archives dir so that it unpacks at prefix (an absolute path).
+// hostBuildsDir is where the sources go when the host has the job's
+// builds volume mounted (job.json's builds_volume, a directory here): the
+// project directory in it. ok is false otherwise: they are fetched into
+// a temporary directory and copied into the script container.
+func (r *runner) hostBuildsDir() (dir string, ok bool) {
+	bv := r.o.Job.BuildsVolume
+	if bv.Name == "" || bv.Path == "" {
+		return "", false
+	}
+	if fi, err := os.Stat(bv.Path); err != nil || !fi.IsDir() {
+		return "", false
+	}
+	rel := strings.TrimPrefix(r.projectDir(), strings.TrimRight(r.o.Config.BuildsDir, "/"))
+	return filepath.Join(bv.Path, filepath.FromSlash(path.Clean("/"+rel))), true
+}
+
+// mkdirAllOpen makes dir and the directories between root and it, each
+// mode 0777 like the copy's (tarDir), so that a job running as another
+// user can write there; root itself is the builds directory.
+func mkdirAllOpen(root, dir string) error {
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o777); err != nil {
+			return err
+		}
+		if d == filepath.Clean(root) || d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
+
+// openDirs gives every directory under dir mode 0777, as tarDir's copy
+// does.
+func openDirs(dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		return os.Chmod(p, 0o777)
+	})
+}
+
 func tarDir(dir, prefix string) (*bytes.Buffer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)

@@ -62,12 +62,17 @@ func (r *runner) runJob(ctx context.Context) result {
 		r.printf("%sERROR: %v%s\n", ansiBoldRed, err, ansiReset)
 		return r.failure(jctx, ctx, failureReason(err, job.RunnerSystemFailure), 1)
 	}
-	vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: r.labels()})
-	if err != nil {
-		r.printf("%sERROR: creating the builds volume: %v%s\n", ansiBoldRed, err, ansiReset)
-		return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
+	srcDir, inHost := r.hostBuildsDir()
+	if inHost {
+		r.volume, r.inHost = r.o.Job.BuildsVolume.Name, true
+	} else {
+		vol, err := r.docker.VolumeCreate(hard, volume.CreateOptions{Name: r.name + "-builds", Labels: r.labels()})
+		if err != nil {
+			r.printf("%sERROR: creating the builds volume: %v%s\n", ansiBoldRed, err, ansiReset)
+			return r.failure(jctx, ctx, job.RunnerSystemFailure, 1)
+		}
+		r.volume = vol.Name
 	}
-	r.volume = vol.Name
 
 	end = r.section("get_sources", "Getting source from Git repository")
 	if code, herr := r.preGetSources(hard, img); herr != nil || code != 0 {
@@ -79,9 +84,12 @@ func (r *runner) runJob(ctx context.Context) result {
 		r.printf("%sERROR: Job failed: pre_get_sources_script: exit code %d%s\n", ansiBoldRed, code, ansiReset)
 		return r.failure(jctx, ctx, job.ScriptFailure, code)
 	}
-	srcDir, err := os.MkdirTemp("", "paas-runner-src")
-	if err == nil {
+	if inHost {
+		err = mkdirAllOpen(r.o.Job.BuildsVolume.Path, srcDir)
+	} else if srcDir, err = os.MkdirTemp("", "paas-runner-src"); err == nil {
 		defer os.RemoveAll(srcDir)
+	}
+	if err == nil {
 		err = fetchSources(hard, r.p, srcDir, r.o.Config.TLSCA, r.trace)
 	}
 	end()

@@ -11,6 +11,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 	"go.uber.org/zap"
@@ -67,6 +68,12 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 	return h, nil
 }
 
+// BuildsMount is where a host of paas-runner's image has its job's builds
+// volume.
+const BuildsMount = "/paas-builds"
+
+func buildsVolume(host string) string { return host + "-builds" }
+
 func started(info container.InspectResponse) bool {
 	if info.State == nil {
 		return false
@@ -85,7 +92,12 @@ func (e *Executor) Files(j executors.Job) (HostFiles, error) {
 func (e *Executor) FilesFor(j executors.Job, runnerTOML string) (HostFiles, error) {
 	// host_container: the job's containers join the host's network
 	// namespace (jobrunner's jobNetwork)
-	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID, "host_container": e.names(j.ID).Container}
+	host := e.names(j.ID).Container
+	extra := map[string]any{"system_id": e.opts.SystemID, "runner_id": e.opts.RunnerID, "host_container": host}
+	if runnerTOML == paasShape.Entrypoint[3] {
+		// the host has the builds volume (create)
+		extra["builds_volume"] = map[string]any{"name": buildsVolume(host), "path": BuildsMount}
+	}
 	if len(j.TraceLead) > 0 {
 		extra["trace_lead"] = string(j.TraceLead)
 	}
@@ -121,6 +133,21 @@ func (e *Executor) create(ctx context.Context, hd handle, j executors.Job) ([]st
 		return nil, err
 	}
 	hc := &container.HostConfig{NetworkMode: container.NetworkMode(e.opts.NetworkMode)}
+	if ref.Shape.Name == paasShape.Name {
+		// The job's builds volume, made here and mounted in the host so
+		// that the inner runner fetches the sources straight into it
+		// instead of copying them into the script container (a copy
+		// through the API costs the engine a mount and a process per
+		// container). Labelled as the inner runner's own resources, it
+		// goes with them (removeJobResources, reap).
+		vl := e.scope()
+		vl[labels.LabelJobID] = strconv.FormatInt(j.ID, 10)
+		vl[labels.LabelRole] = labels.RoleJob
+		if _, err := e.cli.VolumeCreate(ctx, volume.CreateOptions{Name: buildsVolume(hd.Container), Labels: vl}); err != nil {
+			return nil, executors.Transient("launch", fmt.Errorf("creating the builds volume of %s: %w", hd.Container, err))
+		}
+		hc.Mounts = []mount.Mount{{Type: mount.TypeVolume, Source: buildsVolume(hd.Container), Target: BuildsMount}}
+	}
 	env := append([]string(nil), ref.Shape.Env...)
 	if e.sockPath != "" {
 		hc.Binds = []string{e.sockPath + ":/var/run/docker.sock"}

@@ -69,6 +69,62 @@ func TestLastUpdateIsEchoed(t *testing.T) {
 	}
 }
 
+// A request Workhorse held and released with a 204 of its own (no
+// X-GitLab-Last-Update: the queue changed, or the hold ran out) says so
+// (LongPollReleased), so that the daemon asks again at once; a 204 from
+// Rails (with the header) or one that was not held (Workhorse's 50 ns
+// default hold) does not.
+func TestLongPollReleased(t *testing.T) {
+	longPolling := func(t *testing.T, hold, minHold time.Duration) (*coordinatortest.Server, *coordinator.Client) {
+		gl := coordinatortest.New(t)
+		gl.AddRunner(runnerToken)
+		gl.LongPoll = hold
+		c, err := coordinator.New(coordinator.Config{URL: gl.URL + "/", Token: runnerToken, LongPollMinHold: minHold,
+			Info: coordinator.Info{Name: "paas-runner", Executor: "docker"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j, err := c.RequestJob(ctx(t)); j != nil || err != nil || c.LongPollReleased() { // learns last_update
+			t.Fatalf("first request: %v %v, released %v", j, err, c.LongPollReleased())
+		}
+		return gl, c
+	}
+	t.Run("job queued while held", func(t *testing.T) {
+		gl, c := longPolling(t, time.Hour, time.Nanosecond)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if j, err := c.RequestJob(ctx(t)); j != nil || err != nil {
+				t.Errorf("held request: %v %v", j, err)
+			}
+		}()
+		gl.WaitFor(time.Minute, "the request held", func(s *coordinatortest.Server) bool { return s.Holding() == 1 })
+		q := gl.Enqueue(runnerToken, nil)
+		<-done
+		if !c.LongPollReleased() {
+			t.Fatal("a long poll let go is not reported")
+		}
+		if j, err := c.RequestJob(ctx(t)); err != nil || j == nil || j.ID != q.ID {
+			t.Fatalf("asked again: %v %v, want job %d", j, err, q.ID)
+		}
+		if c.LongPollReleased() {
+			t.Error("a 201 reported as a long poll let go")
+		}
+	})
+	t.Run("hold ran out", func(t *testing.T) {
+		_, c := longPolling(t, 20*time.Millisecond, time.Nanosecond)
+		if j, err := c.RequestJob(ctx(t)); j != nil || err != nil || !c.LongPollReleased() {
+			t.Fatalf("%v %v, released %v", j, err, c.LongPollReleased())
+		}
+	})
+	t.Run("not held: an ordinary 204", func(t *testing.T) {
+		_, c := longPolling(t, time.Nanosecond, 0)
+		if j, err := c.RequestJob(ctx(t)); j != nil || err != nil || c.LongPollReleased() {
+			t.Fatalf("%v %v, released %v (a 204 held under a second)", j, err, c.LongPollReleased())
+		}
+	})
+}
+
 func TestRequestJobErrors(t *testing.T) {
 	gl := coordinatortest.New(t)
 	gl.AddRunner(runnerToken)

@@ -23,21 +23,49 @@ type jobRequest struct {
 	Info       Info   `json:"info"`
 }
 
+// LongPollReleased tells whether the last RequestJob's "no job" was a long
+// poll let go (the queue changed, or the hold ran out): the next request
+// may be made at once.
+func (c *Client) LongPollReleased() bool { return c.released.Load() }
+
+// DefaultLongPollMinHold is how long a header-less 204 to a job request
+// must have been held for LongPollReleased to say so.
+const DefaultLongPollMinHold = time.Second
+
+func (c *Client) longPollMinHold() time.Duration {
+	if c.cfg.LongPollMinHold > 0 {
+		return c.cfg.LongPollMinHold
+	}
+	return DefaultLongPollMinHold
+}
+
 // RequestJob polls POST /jobs/request once. It returns (nil, nil) when
 // there is no job (204), the job when one was assigned (201), and an
 // *APIError or transport error otherwise. A 201 whose payload is unusable
 // is a *PayloadError, carrying the job id and token when they could be read.
+// A request that Workhorse held (long polling) and released with no job
+// sets LongPollReleased.
 func (c *Client) RequestJob(ctx context.Context) (*job.Acquired, error) {
 	c.mu.Lock()
 	lu := c.lastUp
 	c.mu.Unlock()
 	body, _ := json.Marshal(jobRequest{Token: c.cfg.Token, SystemID: c.cfg.SystemID, LastUpdate: lu, Info: c.cfg.Info})
 	const path = "jobs/request"
+	start := time.Now()
 	resp, err := c.do(ctx, request{method: http.MethodPost, path: path, body: body, jsonBody: true,
 		header: http.Header{"Accept": {"application/json"}, "Runner-Token": {c.cfg.Token}}})
 	if err != nil {
 		return nil, err
 	}
+	// Workhorse held the request (long polling) and let it go with a 204
+	// of its own, which has no X-GitLab-Last-Update: the queue changed, or
+	// the hold ran out. Asked again now, GitLab answers with the job
+	// queued meanwhile, instead of a check_interval later (gitlab-runner
+	// waits). A hold shorter than LongPollMinHold (Workhorse's 50 ns
+	// default) is an ordinary 204: no faster than one request a second.
+	released := resp.status == http.StatusNoContent && lu != "" && resp.header.Get("X-GitLab-Last-Update") == "" &&
+		time.Since(start) >= c.longPollMinHold()
+	c.released.Store(released)
 	switch resp.status {
 	case http.StatusNoContent:
 		return nil, nil

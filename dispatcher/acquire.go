@@ -65,6 +65,9 @@ func (d *Dispatcher) acquireLoop(ctx, retired context.Context, r *runnerState) {
 				d.requestFailed(r, err)
 			} else if err == nil {
 				r.forbidden = 0
+				if lp, ok := r.Source.(LongPoller); ok && lp.LongPollReleased() {
+					continue // the queue changed during a long poll: ask now
+				}
 			}
 			d.idle(ctx)
 			continue
@@ -73,6 +76,15 @@ func (d *Dispatcher) acquireLoop(ctx, retired context.Context, r *runnerState) {
 		d.accept(r, a)
 		// got one: poll again at once
 	}
+}
+
+// LongPoller is a JobSource whose "no job" answers may end a long poll
+// (GitLab Workhorse holds a job request until the runner's queue changes,
+// then answers 204): LongPollReleased says the last one did, and the next
+// request is made at once rather than after check_interval. The source
+// says so only of holds of a second or more, so this never spins.
+type LongPoller interface {
+	LongPollReleased() bool
 }
 
 // requestFailed logs a failed poll and disables the runner after too many

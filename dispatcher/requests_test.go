@@ -351,3 +351,32 @@ func TestQueuedJobsTakenWithoutWaitingAnInterval(t *testing.T) {
 		t.Fatalf("%d hosts provisioned at once, over paas_max_concurrent_provisioning = 3", m)
 	}
 }
+
+// Behind a long-polling GitLab (Workhorse holds a job request until the
+// runner's queue changes, then answers 204 with no X-GitLab-Last-Update),
+// a job queued while a request is held is asked for at once, not a
+// check_interval later: here check_interval is an hour.
+func TestLongPollReleaseAsksAtOnce(t *testing.T) {
+	h := newHarness(t, 1)
+	h.cfg.CheckInterval = time.Hour
+	h.gl.LongPoll = time.Hour
+	h.wrapRunner = func(i int, r *dispatcher.Runner) {
+		c, err := coordinator.New(coordinator.Config{URL: h.gl.URL, Token: h.tokens[i], SystemID: "r_000000000000",
+			Info:            coordinator.Info{Features: map[string]bool{"cancel_gracefully": true, "two_phase_job_commit": true}},
+			LongPollMinHold: time.Nanosecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// the first answer (with X-GitLab-Last-Update) learnt before the
+		// start: the daemon's first request is held
+		if j, err := c.RequestJob(context.Background()); j != nil || err != nil {
+			t.Fatalf("learning last_update: %v %v", j, err)
+		}
+		r.Source = c
+	}
+	h.start()
+	h.gl.WaitFor(wait, "a held job request", func(s *coordinatortest.Server) bool { return s.Holding() == 1 })
+	q := h.gl.Enqueue(h.tokens[0], nil)
+	name := h.hostName(h.tokens[0], q.ID)
+	h.waitFake("launch of "+name, func(f *executortest.Fake) bool { hh, ok := f.LiveLocked(name); return ok && hh.Launches == 1 })
+}

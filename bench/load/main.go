@@ -66,6 +66,7 @@ type options struct {
 	concurrent    int
 	variants      []string
 	checkInterval float64
+	longPoll      time.Duration
 	maxProv       int
 	runTimeout    time.Duration
 	timeout       time.Duration
@@ -82,6 +83,7 @@ func run(args []string) int {
 	fs.IntVar(&o.concurrent, "concurrent", 0, "the daemon's concurrent (default: -jobs)")
 	fs.StringVar(&vs, "variant", "sleep,print", "scripts to run, one run each: sleep (echo; sleep 30), print (echo A; sleep 12; echo B; sleep 12)")
 	fs.Float64Var(&o.checkInterval, "check-interval", config.DefaultCheckInterval, "the daemon's check_interval (seconds)")
+	fs.DurationVar(&o.longPoll, "long-poll", 0, "hold job requests as GitLab Workhorse does with apiCiLongPollingDuration (GitLab.com: 50s; 0: no long polling)")
 	fs.IntVar(&o.maxProv, "max-provisioning", 0, "the daemon's paas_max_concurrent_provisioning (0: its default)")
 	fs.DurationVar(&o.runTimeout, "run-timeout", 10*time.Minute, "give up on one run after this long")
 	fs.DurationVar(&o.timeout, "timeout", 25*time.Minute, "give up on everything after this long")
@@ -261,7 +263,16 @@ type request struct {
 }
 
 // result is one run's measurements.
+// label is the script's name, and the long poll when there is one.
+func (r *result) label() string {
+	if r.longPoll > 0 {
+		return fmt.Sprintf("%s, long poll %v", r.variant, r.longPoll)
+	}
+	return r.variant
+}
+
 type result struct {
+	longPoll time.Duration // the fake GitLab's long poll (0: none)
 	variant  string
 	jobs     int
 	conc     int
@@ -308,7 +319,7 @@ type result struct {
 }
 
 func (b *bench) runOnce(parent context.Context, variant string) *result {
-	r := &result{variant: variant, jobs: b.o.jobs, conc: b.o.concurrent, maxProv: b.o.maxProv, cores: runtime.NumCPU(), load: loadAvg(), version: b.version}
+	r := &result{variant: variant, longPoll: b.o.longPoll, jobs: b.o.jobs, conc: b.o.concurrent, maxProv: b.o.maxProv, cores: runtime.NumCPU(), load: loadAvg(), version: b.version}
 	ctx, cancel := context.WithTimeout(parent, b.o.runTimeout)
 	defer cancel()
 	fail := func(format string, args ...any) *result {
@@ -322,6 +333,7 @@ func (b *bench) runOnce(parent context.Context, variant string) *result {
 	runnerID := config.RunnerID(token)
 	gl := coordinatortest.New(b.prog)
 	gl.AddRunner(token)
+	gl.LongPoll = b.o.longPoll
 	u, _ := url.Parse(gl.URL)
 	glPort, _ := strconv.Atoi(u.Port())
 	runDir := filepath.Join(b.dir, variant)
@@ -761,7 +773,7 @@ func (r *result) row() string {
 		conc += fmt.Sprintf(", provisioning %d", r.maxProv)
 	}
 	return fmt.Sprintf("| %d (%s) | %s | %s | %s | **%.2f** (%s) | %.2f | %s | %s | %d MiB | %s | %s | %d, %s | %s |",
-		r.jobs, conc, r.variant, pair(r.firstLine, r.succeeded), pair(r.visible, r.succeeded*printedLines(r.variant)),
+		r.jobs, conc, r.label(), pair(r.firstLine, r.succeeded), pair(r.visible, r.succeeded*printedLines(r.variant)),
 		total, strings.Join(by, "; "), r.innerRPS, pair(r.hostGone, r.succeeded), images,
 		r.rssPeakKiB/1024, cpu, ok, r.cores, r.load, r.version)
 }
@@ -775,7 +787,7 @@ const breakdownHeader = `| jobs | script | queue → handed out p50 / p90 | hand
 // check, builds volume, git fetch), copying the sources in until the
 // container starts, and the shell until the script's first line.
 func (r *result) breakdown() string {
-	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", r.jobs, r.variant, pair(r.acquired, r.jobs), pair(r.toStarted, r.jobs),
+	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", r.jobs, r.label(), pair(r.acquired, r.jobs), pair(r.toStarted, r.jobs),
 		pair(r.toPrint, r.succeeded), pair(r.toScript, r.succeeded), pair(r.scriptStart, r.succeeded), pair(r.scriptToPrint, r.succeeded),
 		pair(r.queuedToPrint, r.succeeded), pair(r.toLine, r.succeeded), secs(r.window))
 }
@@ -802,7 +814,7 @@ func (r *result) requests() string {
 		steady = secs(d)
 		rate = fmt.Sprintf("**%.2f** (%d: %s)", float64(n)/d.Seconds(), n, byRoute(counts, "%.0f"))
 	}
-	return fmt.Sprintf("| %d | %s | %s | %s | %s |", r.jobs, r.variant, per, steady, rate)
+	return fmt.Sprintf("| %d | %s | %s | %s | %s |", r.jobs, r.label(), per, steady, rate)
 }
 
 // byRoute lists m's routes, largest first: "PUT jobs/:id 1.00; …".

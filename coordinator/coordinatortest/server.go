@@ -105,6 +105,10 @@ type Server struct {
 	queue       []int64
 	nextID      int64
 	lastUpdate  int
+	holding     int // job requests being held (long poll)
+	// queueTick is closed when lastUpdate changes: what lets a held job
+	// request go, as Workhorse watches the runner's queue key only
+	queueTick chan struct{}
 	injections  []*injection
 	counts      map[string]int // "METHOD route" → requests
 	changed     chan struct{}
@@ -161,7 +165,7 @@ func New(t TB) *Server {
 // or TLS: tls.go).
 func newServer(t TB, start func(*httptest.Server)) *Server {
 	s := &Server{t: t, runners: map[string]*Runner{}, jobs: map[int64]*Job{}, byToken: map[string]*Job{},
-		counts: map[string]int{}, changed: make(chan struct{}), nextID: idBase(), TraceUpdate: 3, AckTimeout: 2 * time.Minute,
+		counts: map[string]int{}, changed: make(chan struct{}), queueTick: make(chan struct{}), nextID: idBase(), TraceUpdate: 3, AckTimeout: 2 * time.Minute,
 		FailureReasons: slices.Clone(job.FailureReasons)}
 	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
 	start(s.Server)
@@ -240,6 +244,8 @@ func (s *Server) enqueueLocked(runnerToken string, extra map[string]any) *Job {
 	s.byToken[tok] = j
 	s.queue = append(s.queue, id)
 	s.lastUpdate++
+	close(s.queueTick)
+	s.queueTick = make(chan struct{})
 	s.notify()
 	return j
 }
@@ -409,6 +415,10 @@ func (s *Server) StatusOf(id int64) string { return s.jobs[id].Status }
 
 // TraceOf is a job's log (call inside WaitFor).
 func (s *Server) TraceOf(id int64) string { return string(s.jobs[id].Trace) }
+
+// Holding is how many job requests are being held (long poll; call
+// inside WaitFor).
+func (s *Server) Holding() int { return s.holding }
 
 // CountOf is Count for use inside WaitFor.
 func (s *Server) CountOf(route string) int { return s.counts[route] }
@@ -650,13 +660,19 @@ func (s *Server) requestJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.LastUpdate == lu {
-		ch := s.changed
+		s.holding++
+		s.notify()
+		ch := s.queueTick
 		s.mu.Unlock()
 		select {
 		case <-ch:
 		case <-time.After(s.LongPoll):
 		case <-r.Context().Done():
 		}
+		s.mu.Lock()
+		s.holding--
+		s.mu.Unlock()
+		w.Header().Set("Gitlab-Ci-Builds-Polling", "yes") // Workhorse's, on what it intercepts
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}

@@ -22,7 +22,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -65,10 +64,10 @@ type Config struct {
 	// artifact uploads and downloads (default 1 s doubling up to 5 s,
 	// gitlab-runner's); how many attempts is gitlab-runner's rule.
 	ArtifactRetryMin, ArtifactRetryMax time.Duration
-	// LongPollMinHold: a job request Workhorse held at least this long
-	// and released with no job is made again at once (RequestJob); 0 is
-	// DefaultLongPollMinHold.
-	LongPollMinHold time.Duration
+	// LongPollMinInterval: after a job request Workhorse held and let go
+	// with no job, the next one starts this long after it at the soonest
+	// (LongPollRelease); 0 is DefaultLongPollMinInterval.
+	LongPollMinInterval time.Duration
 }
 
 // RetryPolicy is an exponential backoff with full jitter.
@@ -110,8 +109,10 @@ type Client struct {
 	// payload listed it (features.failure_reasons; the same for every job
 	// of an instance), to map what FailJob sends.
 	reasons []string
-	// released: the last job request was a long poll let go (jobs.go)
-	released atomic.Bool
+	// released: the last job request, started at lastReq, was a long
+	// poll let go (jobs.go)
+	released bool
+	lastReq  time.Time
 }
 
 // APIError is a non-success answer from GitLab.

@@ -69,23 +69,25 @@ func TestLastUpdateIsEchoed(t *testing.T) {
 	}
 }
 
-// A request Workhorse held and released with a 204 of its own (no
+// A request Workhorse held and let go with a 204 of its own (no
 // X-GitLab-Last-Update: the queue changed, or the hold ran out) says so
-// (LongPollReleased), so that the daemon asks again at once; a 204 from
-// Rails (with the header) or one that was not held (Workhorse's 50 ns
-// default hold) does not.
-func TestLongPollReleased(t *testing.T) {
-	longPolling := func(t *testing.T, hold, minHold time.Duration) (*coordinatortest.Server, *coordinator.Client) {
+// (LongPollRelease), so that the daemon asks again at once, but never
+// sooner than LongPollMinInterval after the previous request started (a
+// 50 ns hold lets every request go at once); a 204 from Rails (with the
+// header) is an ordinary one.
+func TestLongPollRelease(t *testing.T) {
+	longPolling := func(t *testing.T, hold, minInterval time.Duration) (*coordinatortest.Server, *coordinator.Client) {
 		gl := coordinatortest.New(t)
 		gl.AddRunner(runnerToken)
 		gl.LongPoll = hold
-		c, err := coordinator.New(coordinator.Config{URL: gl.URL + "/", Token: runnerToken, LongPollMinHold: minHold,
+		c, err := coordinator.New(coordinator.Config{URL: gl.URL + "/", Token: runnerToken, LongPollMinInterval: minInterval,
 			Info: coordinator.Info{Name: "paas-runner", Executor: "docker"}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if j, err := c.RequestJob(ctx(t)); j != nil || err != nil || c.LongPollReleased() { // learns last_update
-			t.Fatalf("first request: %v %v, released %v", j, err, c.LongPollReleased())
+		j, err := c.RequestJob(ctx(t)) // learns last_update
+		if _, released := c.LongPollRelease(); j != nil || err != nil || released {
+			t.Fatalf("first request (Rails' 204): %v %v, released %v", j, err, released)
 		}
 		return gl, c
 	}
@@ -101,26 +103,33 @@ func TestLongPollReleased(t *testing.T) {
 		gl.WaitFor(time.Minute, "the request held", func(s *coordinatortest.Server) bool { return s.Holding() == 1 })
 		q := gl.Enqueue(runnerToken, nil)
 		<-done
-		if !c.LongPollReleased() {
-			t.Fatal("a long poll let go is not reported")
+		if wait, ok := c.LongPollRelease(); !ok || wait != 0 {
+			t.Fatalf("a long poll let go: released %v, wait %v", ok, wait)
 		}
 		if j, err := c.RequestJob(ctx(t)); err != nil || j == nil || j.ID != q.ID {
 			t.Fatalf("asked again: %v %v, want job %d", j, err, q.ID)
 		}
-		if c.LongPollReleased() {
+		if _, ok := c.LongPollRelease(); ok {
 			t.Error("a 201 reported as a long poll let go")
 		}
 	})
 	t.Run("hold ran out", func(t *testing.T) {
 		_, c := longPolling(t, 20*time.Millisecond, time.Nanosecond)
-		if j, err := c.RequestJob(ctx(t)); j != nil || err != nil || !c.LongPollReleased() {
-			t.Fatalf("%v %v, released %v", j, err, c.LongPollReleased())
+		j, err := c.RequestJob(ctx(t))
+		if _, ok := c.LongPollRelease(); j != nil || err != nil || !ok {
+			t.Fatalf("%v %v, released %v", j, err, ok)
 		}
 	})
-	t.Run("not held: an ordinary 204", func(t *testing.T) {
+	t.Run("let go at once: not sooner than a second after", func(t *testing.T) {
 		_, c := longPolling(t, time.Nanosecond, 0)
-		if j, err := c.RequestJob(ctx(t)); j != nil || err != nil || c.LongPollReleased() {
-			t.Fatalf("%v %v, released %v (a 204 held under a second)", j, err, c.LongPollReleased())
+		start := time.Now()
+		j, err := c.RequestJob(ctx(t))
+		wait, ok := c.LongPollRelease()
+		if j != nil || err != nil || !ok {
+			t.Fatalf("%v %v, released %v", j, err, ok)
+		}
+		if next := time.Since(start) + wait; next < coordinator.DefaultLongPollMinInterval-10*time.Millisecond {
+			t.Errorf("next request %v after the last one started, want %v", next, coordinator.DefaultLongPollMinInterval)
 		}
 	})
 }

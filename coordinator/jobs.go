@@ -23,28 +23,36 @@ type jobRequest struct {
 	Info       Info   `json:"info"`
 }
 
-// LongPollReleased tells whether the last RequestJob's "no job" was a long
-// poll let go (the queue changed, or the hold ran out): the next request
-// may be made at once.
-func (c *Client) LongPollReleased() bool { return c.released.Load() }
-
-// DefaultLongPollMinHold is how long a header-less 204 to a job request
-// must have been held for LongPollReleased to say so.
-const DefaultLongPollMinHold = time.Second
-
-func (c *Client) longPollMinHold() time.Duration {
-	if c.cfg.LongPollMinHold > 0 {
-		return c.cfg.LongPollMinHold
+// LongPollRelease tells whether the last RequestJob's "no job" was a long
+// poll let go (the queue changed, or the hold ran out), and then how long
+// to wait before the next request: what is left of LongPollMinInterval
+// since the last one started.
+func (c *Client) LongPollRelease() (wait time.Duration, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.released {
+		return 0, false
 	}
-	return DefaultLongPollMinHold
+	return max(0, time.Until(c.lastReq.Add(c.longPollMinInterval()))), true
+}
+
+// DefaultLongPollMinInterval is the shortest interval between the starts
+// of two job requests when the first was a long poll let go.
+const DefaultLongPollMinInterval = time.Second
+
+func (c *Client) longPollMinInterval() time.Duration {
+	if c.cfg.LongPollMinInterval > 0 {
+		return c.cfg.LongPollMinInterval
+	}
+	return DefaultLongPollMinInterval
 }
 
 // RequestJob polls POST /jobs/request once. It returns (nil, nil) when
 // there is no job (204), the job when one was assigned (201), and an
 // *APIError or transport error otherwise. A 201 whose payload is unusable
 // is a *PayloadError, carrying the job id and token when they could be read.
-// A request that Workhorse held (long polling) and released with no job
-// sets LongPollReleased.
+// A request that Workhorse held (long polling) and let go with no job is
+// told by LongPollRelease.
 func (c *Client) RequestJob(ctx context.Context) (*job.Acquired, error) {
 	c.mu.Lock()
 	lu := c.lastUp
@@ -58,14 +66,16 @@ func (c *Client) RequestJob(ctx context.Context) (*job.Acquired, error) {
 		return nil, err
 	}
 	// Workhorse held the request (long polling) and let it go with a 204
-	// of its own, which has no X-GitLab-Last-Update: the queue changed, or
-	// the hold ran out. Asked again now, GitLab answers with the job
-	// queued meanwhile, instead of a check_interval later (gitlab-runner
-	// waits). A hold shorter than LongPollMinHold (Workhorse's 50 ns
-	// default) is an ordinary 204: no faster than one request a second.
-	released := resp.status == http.StatusNoContent && lu != "" && resp.header.Get("X-GitLab-Last-Update") == "" &&
-		time.Since(start) >= c.longPollMinHold()
-	c.released.Store(released)
+	// of its own, which has no X-GitLab-Last-Update (Rails' always have
+	// one): the queue changed, or the hold ran out. Asked again now,
+	// GitLab answers with the job queued meanwhile, instead of a
+	// check_interval later (gitlab-runner waits). Not sooner than
+	// LongPollMinInterval after this one started, though: Workhorse's
+	// 50 ns default hold lets every request go at once.
+	c.mu.Lock()
+	c.released = resp.status == http.StatusNoContent && lu != "" && resp.header.Get("X-GitLab-Last-Update") == ""
+	c.lastReq = start
+	c.mu.Unlock()
 	switch resp.status {
 	case http.StatusNoContent:
 		return nil, nil

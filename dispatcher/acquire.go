@@ -65,8 +65,13 @@ func (d *Dispatcher) acquireLoop(ctx, retired context.Context, r *runnerState) {
 				d.requestFailed(r, err)
 			} else if err == nil {
 				r.forbidden = 0
-				if lp, ok := r.Source.(LongPoller); ok && lp.LongPollReleased() {
-					continue // the queue changed during a long poll: ask now
+				if lp, ok := r.Source.(LongPoller); ok {
+					if wait, ok := lp.LongPollRelease(); ok {
+						// a long poll let go: the queue changed, or
+						// the hold ran out; ask again now
+						_ = backoff.Sleep(ctx, wait)
+						continue
+					}
 				}
 			}
 			d.idle(ctx)
@@ -79,12 +84,13 @@ func (d *Dispatcher) acquireLoop(ctx, retired context.Context, r *runnerState) {
 }
 
 // LongPoller is a JobSource whose "no job" answers may end a long poll
-// (GitLab Workhorse holds a job request until the runner's queue changes,
-// then answers 204): LongPollReleased says the last one did, and the next
-// request is made at once rather than after check_interval. The source
-// says so only of holds of a second or more, so this never spins.
+// (GitLab Workhorse holds a job request until the runner's queue changes
+// or its hold runs out, then answers 204): LongPollRelease says the last
+// one did, and how long to wait before the next request (a moment at
+// most, so that Workhorse's 50 ns default hold cannot make the loop spin)
+// instead of check_interval.
 type LongPoller interface {
-	LongPollReleased() bool
+	LongPollRelease() (wait time.Duration, ok bool)
 }
 
 // requestFailed logs a failed poll and disables the runner after too many

@@ -362,8 +362,8 @@ func TestLongPollReleaseAsksAtOnce(t *testing.T) {
 	h.gl.LongPoll = time.Hour
 	h.wrapRunner = func(i int, r *dispatcher.Runner) {
 		c, err := coordinator.New(coordinator.Config{URL: h.gl.URL, Token: h.tokens[i], SystemID: "r_000000000000",
-			Info:            coordinator.Info{Features: map[string]bool{"cancel_gracefully": true, "two_phase_job_commit": true}},
-			LongPollMinHold: time.Nanosecond})
+			Info:                coordinator.Info{Features: map[string]bool{"cancel_gracefully": true, "two_phase_job_commit": true}},
+			LongPollMinInterval: time.Nanosecond})
 		if err != nil {
 			t.Fatal(err)
 		}

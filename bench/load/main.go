@@ -441,6 +441,13 @@ executor = "local-docker"
 	if !waitUntil(ctx, exited, func() bool { return gl.Count("POST /api/v4/jobs/request") > 0 }) {
 		return fail("the daemon never asked GitLab for a job")
 	}
+	if b.o.longPoll > 0 {
+		// A daemon running for a while behind a long-polling GitLab has a
+		// request held (its first one, with no last_update yet, is not).
+		if !waitUntil(ctx, exited, func() bool { return gl.Held() > 0 }) {
+			return fail("the daemon's job request was never held")
+		}
+	}
 	w, err := watch(ctx, b.cli, b.jobImage)
 	if err != nil {
 		return fail("%v", err)

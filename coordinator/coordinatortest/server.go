@@ -420,6 +420,13 @@ func (s *Server) TraceOf(id int64) string { return string(s.jobs[id].Trace) }
 // inside WaitFor).
 func (s *Server) Holding() int { return s.holding }
 
+// Held is Holding for use outside WaitFor.
+func (s *Server) Held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.holding
+}
+
 // CountOf is Count for use inside WaitFor.
 func (s *Server) CountOf(route string) int { return s.counts[route] }
 

@@ -98,17 +98,17 @@ type Server struct {
 	*httptest.Server
 	t TB
 
-	mu          sync.Mutex
-	runners     map[string]*Runner
-	jobs        map[int64]*Job
-	byToken     map[string]*Job
-	queue       []int64
-	nextID      int64
-	lastUpdate  int
-	holding     int // job requests being held (long poll)
+	mu         sync.Mutex
+	runners    map[string]*Runner
+	jobs       map[int64]*Job
+	byToken    map[string]*Job
+	queue      []int64
+	nextID     int64
+	lastUpdate int
+	holding    int // job requests being held (long poll)
 	// queueTick is closed when lastUpdate changes: what lets a held job
 	// request go, as Workhorse watches the runner's queue key only
-	queueTick chan struct{}
+	queueTick   chan struct{}
 	injections  []*injection
 	counts      map[string]int // "METHOD route" → requests
 	changed     chan struct{}

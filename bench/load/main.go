@@ -88,7 +88,7 @@ func run(args []string) int {
 	fs.DurationVar(&o.runTimeout, "run-timeout", 10*time.Minute, "give up on one run after this long")
 	fs.DurationVar(&o.timeout, "timeout", 25*time.Minute, "give up on everything after this long")
 	fs.BoolVar(&o.header, "header", true, "print the table's header")
-	fs.StringVar(&o.logs, "logs", "", "write each job's log (as GitLab has it) to this directory, for diagnosis")
+	fs.StringVar(&o.logs, "logs", "", "write each job's log (as GitLab has it) and the daemon's to this directory, for diagnosis")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -386,6 +386,10 @@ executor = "local-docker"
 	})
 
 	logPath := filepath.Join(runDir, "paas-runner.log")
+	if b.o.logs != "" {
+		// the daemon's log kept with the jobs' (-logs)
+		logPath = filepath.Join(b.o.logs, fmt.Sprintf("%s-%d-daemon.log", variant, b.o.jobs))
+	}
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return fail("%v", err)

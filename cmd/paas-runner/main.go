@@ -461,6 +461,7 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("paas-runner exec-fetched-job", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	cfgPath := fs.String("config", "", "runner.toml written by the executor")
+	fromStdin := fs.Bool(strings.TrimPrefix(localdocker.FilesFromStdin, "--"), false, "read runner.toml and job.json (a tar) from standard input first")
 	pos, err := cliflags.Parse(fs, args)
 	const usage = "usage: paas-runner exec-fetched-job --config runner.toml job.json"
 	switch {
@@ -479,6 +480,12 @@ func execFetchedJob(args []string, stderr io.Writer) int {
 	case len(pos) > 1:
 		fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: unexpected arguments after job.json: %s (%s)\n", strings.Join(pos[1:], " "), usage)
 		return exitUsage
+	}
+	if *fromStdin {
+		if err := localdocker.ReceiveFiles(os.Stdin, *cfgPath, pos[0]); err != nil {
+			fmt.Fprintf(stderr, "paas-runner: exec-fetched-job: the job's files did not arrive on standard input: %v\n", err)
+			return localdocker.ExitNoFiles
+		}
 	}
 	log, _ := logging.New(firstOf(os.Getenv("PAAS_RUNNER_LOG_LEVEL"), "info"), "text")
 	rc, err := jobrunner.LoadConfig(*cfgPath)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -183,6 +184,20 @@ func writeTar(w io.Writer, files ...tarFile) error {
 // tar puts the files where the host's entry point reads them, readable by
 // root only (they hold the job token), and the CA next to runner.toml.
 func (f HostFiles) tar(runnerTOML, jobJSON string) (*bytes.Buffer, error) {
+	return makeTar(f.tarFiles(runnerTOML, jobJSON)...)
+}
+
+// filesEnd is the last entry of the files sent on a host's standard input
+// (FilesFromStdin): archive/tar reads a stream cut between two entries as
+// a whole one, and this says it is whole.
+const filesEnd = "paas-runner-files-end"
+
+// stdinTar is tar's content for FilesFromStdin, filesEnd last.
+func (f HostFiles) stdinTar(runnerTOML, jobJSON string) (*bytes.Buffer, error) {
+	return makeTar(append(f.tarFiles(runnerTOML, jobJSON), tarFile{name: filesEnd, mode: 0o600})...)
+}
+
+func (f HostFiles) tarFiles(runnerTOML, jobJSON string) []tarFile {
 	files := []tarFile{
 		{name: strings.TrimPrefix(jobJSON, "/"), mode: 0o600, data: f.JobJSON},
 		{name: strings.TrimPrefix(runnerTOML, "/"), mode: 0o600, data: f.RunnerTOML},
@@ -190,5 +205,54 @@ func (f HostFiles) tar(runnerTOML, jobJSON string) (*bytes.Buffer, error) {
 	if f.CA != nil {
 		files = append(files, tarFile{name: strings.TrimPrefix(CAPath(runnerTOML), "/"), mode: 0o644, data: f.CA})
 	}
-	return makeTar(files...)
+	return files
+}
+
+// ReceiveFiles is the host's side of FilesFromStdin: it writes the files
+// of the tar r to their paths, which must be runnerTOML, jobJSON or the CA
+// next to runnerTOML, with the modes the tar gives (at most 0644). Both
+// runnerTOML and jobJSON must come, and the tar must be whole (filesEnd
+// last).
+func ReceiveFiles(r io.Reader, runnerTOML, jobJSON string) error {
+	allowed := map[string]bool{filepath.Clean(runnerTOML): true, filepath.Clean(jobJSON): true, filepath.Clean(CAPath(runnerTOML)): true}
+	got := map[string]bool{}
+	complete := false
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if hdr.Name == filesEnd {
+			complete = true
+			break
+		}
+		p := filepath.Clean("/" + hdr.Name)
+		if !allowed[p] || hdr.Typeflag != tar.TypeReg {
+			return fmt.Errorf("unexpected %s in the files", hdr.Name)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, data, os.FileMode(hdr.Mode)&0o644); err != nil {
+			return err
+		}
+		got[p] = true
+	}
+	if !complete {
+		return fmt.Errorf("cut short (%d files)", len(got))
+	}
+	for _, p := range []string{runnerTOML, jobJSON} {
+		if !got[filepath.Clean(p)] {
+			return fmt.Errorf("%s missing", p)
+		}
+	}
+	return nil
 }

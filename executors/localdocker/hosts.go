@@ -1,9 +1,11 @@
 package localdocker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 
@@ -42,10 +44,22 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 		if info.Config == nil || !e.ours(info.Config.Labels) || info.Config.Labels[labels.LabelJobID] != strconv.FormatInt(j.ID, 10) {
 			return nil, executors.Permanent("launch", fmt.Errorf("a container named %s exists but is not this daemon's host for job %d; remove it by hand", hd.Container, j.ID))
 		}
-		if started(info) {
+		if !started(info) {
+			entrypoint = info.Config.Entrypoint
+			break
+		}
+		if !filesFromStdin(info.Config.Entrypoint) || info.State == nil || info.State.Running || info.State.ExitCode != ExitNoFiles {
 			return h, nil // launched before a crash: never twice
 		}
-		entrypoint = info.Config.Entrypoint
+		// Its files never arrived (the daemon stopped while sending
+		// them): it ran nothing, and is made again.
+		e.log.Info("the host's files never reached it: making it again", zap.String("container", hd.Container))
+		if err := e.removeContainer(ctx, info.ID); err != nil {
+			return nil, executors.Transient("launch", fmt.Errorf("removing %s: %w", hd.Container, err))
+		}
+		if entrypoint, err = e.create(ctx, hd, j); err != nil {
+			return nil, err
+		}
 	case cerrdefs.IsNotFound(err):
 		if entrypoint, err = e.create(ctx, hd, j); err != nil {
 			return nil, err
@@ -55,6 +69,12 @@ func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.J
 		}
 	default:
 		return nil, executors.Transient("launch", fmt.Errorf("inspecting %s: %w", hd.Container, err))
+	}
+	if filesFromStdin(entrypoint) {
+		if err := e.startWithFiles(ctx, hd.Container, entrypoint, j); err != nil {
+			return nil, err
+		}
+		return h, nil
 	}
 	if err := e.copyFiles(ctx, hd.Container, entrypoint, j); err != nil {
 		return nil, err
@@ -159,6 +179,11 @@ func (e *Executor) create(ctx context.Context, hd handle, j executors.Job) ([]st
 		l[LabelInnerRunner] = paasShape.Name
 	}
 	cfg := &container.Config{Image: ref.Image, Entrypoint: ref.Shape.Entrypoint, Cmd: []string{}, Labels: l, Env: env}
+	if ref.Shape.Name == paasShape.Name && e.opts.InnerImage == "" {
+		// the daemon's own binary: its files come on its stdin
+		cfg.Entrypoint = stdinEntrypoint()
+		cfg.AttachStdin, cfg.OpenStdin, cfg.StdinOnce = true, true, true
+	}
 	if _, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, hd.Container); err != nil {
 		if cerrdefs.IsConflict(err) {
 			return nil, executors.Transient("launch", fmt.Errorf("container %s appeared meanwhile: %w", hd.Container, err))
@@ -169,22 +194,68 @@ func (e *Executor) create(ctx context.Context, hd handle, j executors.Job) ([]st
 		return nil, executors.Transient("launch", fmt.Errorf("creating %s from %s: %w", hd.Container, ref.Image, err))
 	}
 	e.log.Debug("created the host container", zap.String("container", hd.Container), zap.String("image", ref.Image), zap.String("shape", ref.Shape.Name))
-	return ref.Shape.Entrypoint, nil
+	return cfg.Entrypoint, nil
+}
+
+// filesTar is the tar of job.json and runner.toml (and the CA) at the
+// paths the entry point reads them from.
+func (e *Executor) filesTar(name string, entrypoint []string, j executors.Job) (*bytes.Buffer, error) {
+	return e.filesTarWith(name, entrypoint, j, HostFiles.tar)
+}
+
+func (e *Executor) filesTarWith(name string, entrypoint []string, j executors.Job, mk func(HostFiles, string, string) (*bytes.Buffer, error)) (*bytes.Buffer, error) {
+	tomlPath, jobPath, err := filePaths(entrypoint)
+	if err != nil {
+		return nil, executors.Permanent("launch", fmt.Errorf("host container %s: %w", name, err))
+	}
+	files, err := e.FilesFor(j, tomlPath)
+	if err != nil {
+		return nil, executors.Permanent("launch", err)
+	}
+	t, err := mk(files, tomlPath, jobPath)
+	if err != nil {
+		return nil, executors.Permanent("launch", err)
+	}
+	return t, nil
+}
+
+// startWithFiles starts a host whose entry point reads its files from its
+// standard input, and sends them there. Should sending fail, the host is
+// removed (its inner runner ran nothing) for the retry to make it again.
+func (e *Executor) startWithFiles(ctx context.Context, name string, entrypoint []string, j executors.Job) error {
+	t, err := e.filesTarWith(name, entrypoint, j, HostFiles.stdinTar)
+	if err != nil {
+		return err
+	}
+	att, err := e.cli.ContainerAttach(ctx, name, container.AttachOptions{Stream: true, Stdin: true})
+	if err != nil {
+		return executors.Transient("launch", fmt.Errorf("attaching to %s: %w", name, err))
+	}
+	defer att.Close()
+	if err := e.cli.ContainerStart(ctx, name, container.StartOptions{}); err != nil {
+		return executors.Transient("launch", fmt.Errorf("starting %s: %w", name, err))
+	}
+	if err := e.step("started"); err != nil {
+		return err // a crash here: the host reads no files, and exits ExitNoFiles
+	}
+	if _, err = io.Copy(att.Conn, t); err == nil {
+		err = att.CloseWrite()
+	}
+	if err != nil {
+		err = executors.Transient("launch", fmt.Errorf("sending the job's files to %s: %w", name, err))
+		if rerr := e.removeContainer(context.WithoutCancel(ctx), name); rerr != nil {
+			e.log.Warn("removing a host whose files did not reach it failed; the next launch makes it again", zap.String("container", name), zap.Error(rerr))
+		}
+		return err
+	}
+	return nil
 }
 
 // copyFiles puts job.json and runner.toml where the entry point reads them.
 func (e *Executor) copyFiles(ctx context.Context, name string, entrypoint []string, j executors.Job) error {
-	tomlPath, jobPath, err := filePaths(entrypoint)
+	t, err := e.filesTar(name, entrypoint, j)
 	if err != nil {
-		return executors.Permanent("launch", fmt.Errorf("host container %s: %w", name, err))
-	}
-	files, err := e.FilesFor(j, tomlPath)
-	if err != nil {
-		return executors.Permanent("launch", err)
-	}
-	t, err := files.tar(tomlPath, jobPath)
-	if err != nil {
-		return executors.Permanent("launch", err)
+		return err
 	}
 	if err := e.cli.CopyToContainer(ctx, name, "/", t, container.CopyToContainerOptions{}); err != nil {
 		return executors.Transient("launch", fmt.Errorf("copying the job's files into %s: %w", name, err))

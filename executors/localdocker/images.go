@@ -46,6 +46,36 @@ type shape struct {
 var paasShape = shape{Name: "paas-runner",
 	Entrypoint: []string{binaryInImage, "exec-fetched-job", "--config", confDir + "/runner.toml", confDir + "/job.json"}}
 
+// FilesFromStdin is the inner runner's flag (exec-fetched-job) that has it
+// read its files from its standard input, a tar, before it starts: the
+// executor sends them there as the host starts, rather than copying them
+// into the container through the API beforehand (a copy costs the engine
+// a mount of the container's file system and a process). Only hosts of
+// the default image, made from the daemon's own binary, get it.
+const FilesFromStdin = "--files-from-stdin"
+
+// ExitNoFiles is the inner runner's exit status when its files did not
+// arrive on its standard input (the daemon stopped while sending them):
+// it ran nothing, and its host may be made again.
+const ExitNoFiles = 75
+
+// stdinEntrypoint is paasShape's entry point reading its files from stdin.
+func stdinEntrypoint() []string {
+	ep := paasShape.Entrypoint
+	return append([]string{ep[0], ep[1], FilesFromStdin}, ep[2:]...)
+}
+
+// filesFromStdin tells whether a host's entry point reads its files from
+// its standard input.
+func filesFromStdin(entrypoint []string) bool {
+	for _, a := range entrypoint {
+		if a == FilesFromStdin {
+			return true
+		}
+	}
+	return false
+}
+
 // heptapodShape is Heptapod PAAS Runner's Dockerfile (§5.1 of the research
 // notes): ENV DEBUG="true", ENTRYPOINT gitlab-runner exec-fetched-job.
 var heptapodShape = shape{Name: "heptapod",

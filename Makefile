@@ -4,7 +4,8 @@ PKG         := gitlab.com/paas-runner/paas-runner
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/internal/version.Revision=$(REVISION)
-STATICCHECK_VERSION ?= 2026.2.2
+# staticcheck 2026.2.2 is module version v0.8.2 (the proxy serves semver only)
+STATICCHECK_VERSION ?= v0.8.2
 GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 # make install: PREFIX and DESTDIR as usual; systemd finds units, sysusers
 # and tmpfiles snippets under $(PREFIX)/lib for PREFIX /usr and /usr/local.

@@ -4,18 +4,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
-	"gitlab.com/paas-runner/paas-runner/executors"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 	"gitlab.com/paas-runner/paas-runner/internal/labels"
 )
@@ -33,31 +30,15 @@ func TestSourcesFetchedIntoTheHostsBuildsVolume(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	jobImage := fmt.Sprintf("paas-runner-test-busybox:src%d", time.Now().UnixNano())
-	if err := localdockertest.BuildBusyboxImage(ctx, cli, jobImage); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { localdockertest.RemoveImage(cli, jobImage) })
-	gl := coordinatortest.New(t)
-	runnerToken := "glrt-src-" + testID(t, 8)
-	gl.AddRunner(runnerToken)
-	e := newExec(t, func(o *Options) {
-		o.NetworkMode = "host"
-		o.RunnerURL = gl.URL
-		o.Inner = map[string]any{"docker": map[string]any{"pull_policy": "never", "user": "65534:65534"}}
-	})
-	q := gl.AddRunning(runnerToken)
-	repo, sha := localdockertest.GitServer(t, q.Token)
-	payload := map[string]any{}
-	for k, v := range q.Payload {
-		payload[k] = v
-	}
-	payload["image"] = map[string]any{"name": jobImage}
-	payload["git_info"] = map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 1,
-		"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}}
-	payload["steps"] = []map[string]any{{"name": "script", "script": []string{"cat README", "id -u", "echo made > made.txt", "cat made.txt"}, "timeout": 600, "when": "on_success"}}
-	p, _ := json.Marshal(payload)
-	job := executors.Job{RunnerID: e.opts.RunnerID, ID: q.ID, Token: q.Token, Payload: p}
+	jobImage := busyboxImage(t)
+	hj := newHostJob(t, map[string]any{"user": "65534:65534"}, jobImage, []string{"cat README", "id -u", "echo made > made.txt", "cat made.txt"},
+		func(p map[string]any, q *coordinatortest.Job) {
+			repo, sha := localdockertest.GitServer(t, q.Token)
+			p["git_info"] = map[string]any{"repo_url": repo, "ref": "main", "sha": sha, "ref_type": "branch", "depth": 1,
+				"refspecs": []string{"+refs/heads/main:refs/remotes/origin/main"}}
+			p["variables"] = q.Payload["variables"]
+		})
+	e, q := hj.e, hj.q
 
 	// copies into the job's containers, as they happen
 	evCtx, stopEvents := context.WithCancel(ctx)
@@ -66,16 +47,9 @@ func TestSourcesFetchedIntoTheHostsBuildsVolume(t *testing.T) {
 		filters.Arg("label", labels.LabelRole+"="+labels.RoleJob), filters.Arg("label", fmt.Sprintf("%s=%d", labels.LabelJobID, q.ID)))
 	msgs, errs := cli.Events(evCtx, events.ListOptions{Filters: f})
 
-	h, _ := e.Plan(ctx, job)
-	if _, err := e.Provision(ctx, h, job); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Decommission(context.Background(), h) })
-	if _, err := e.Launch(ctx, h, job); err != nil {
-		t.Fatal(err)
-	}
-	waitExited(t, e, h)
-	got := gl.Job(q.ID)
+	hj.provision(t)
+	got := hj.run(t)
+	h := hj.h
 	trace := string(got.Trace)
 	if got.Status != "success" || !strings.Contains(trace, "hello from the repository") || !strings.Contains(trace, "\n65534\n") || !strings.Contains(trace, "\nmade\n") {
 		t.Fatalf("job %s:\n%s", got.Status, trace)

@@ -2,41 +2,13 @@ package localdocker
 
 import (
 	"archive/tar"
-	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
-	"gitlab.com/paas-runner/paas-runner/executors"
-	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 )
-
-func busyboxImage(t *testing.T) string {
-	t.Helper()
-	cli, err := localdockertest.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	tag := fmt.Sprintf("paas-runner-test-busybox:stdin%d", time.Now().UnixNano())
-	if err := localdockertest.BuildBusyboxImage(ctxT(t), cli, tag); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := localdockertest.Client(); err == nil {
-			localdockertest.RemoveImage(c, tag)
-			c.Close()
-		}
-	})
-	return tag
-}
 
 // A host of the default image gets its files on its standard input as it
 // starts. A crash after the start and before they are sent leaves a host
@@ -44,30 +16,9 @@ func busyboxImage(t *testing.T) string {
 // again, with the files, and starts it once.
 func TestLaunchInterruptedBeforeTheFilesAreSent(t *testing.T) {
 	needDocker(t)
-	gl := coordinatortest.New(t)
-	runnerToken := "glrt-stdin-" + testID(t, 8)
-	gl.AddRunner(runnerToken)
-	e := newExec(t, func(o *Options) {
-		o.NetworkMode, o.RunnerURL = "host", gl.URL
-		o.Inner = map[string]any{"docker": map[string]any{"pull_policy": "never"}}
-	})
-	ctx := ctxT(t)
-	q := gl.AddRunning(runnerToken)
-	pl := map[string]any{}
-	for k, v := range q.Payload {
-		pl[k] = v
-	}
-	pl["image"] = map[string]any{"name": busyboxImage(t)}
-	pl["git_info"] = map[string]any{"repo_url": "", "ref": "main", "sha": "", "depth": 0}
-	pl["variables"] = append(q.Payload["variables"].([]map[string]any), map[string]any{"key": "GIT_STRATEGY", "value": "none", "public": true})
-	pl["steps"] = []map[string]any{{"name": "script", "script": []string{"echo made again"}, "timeout": 600, "when": "on_success"}}
-	p, _ := json.Marshal(pl)
-	j := executors.Job{RunnerID: e.opts.RunnerID, ID: q.ID, Token: q.Token, Payload: p, TraceOffset: 0}
-	h, _ := e.Plan(ctx, j)
-	if _, err := e.Provision(ctx, h, j); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Decommission(context.Background(), h) })
+	hj := newHostJob(t, nil, busyboxImage(t), []string{"echo made again"}, nil)
+	hj.provision(t)
+	e, h, j, ctx := hj.e, hj.h, hj.job, ctxT(t)
 	crash := errors.New("crash")
 	e.testStep = func(s string) error {
 		if s == "started" {
@@ -93,13 +44,11 @@ func TestLaunchInterruptedBeforeTheFilesAreSent(t *testing.T) {
 		t.Fatalf("what became of it: %q %v", st.Detail, err)
 	}
 	// restart: Launch makes it again and starts it, once
-	for i := 0; i < 2; i++ {
-		if _, err := e.Launch(ctx, h, j); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := e.Launch(ctx, h, j); err != nil {
+		t.Fatal(err)
 	}
-	waitExited(t, e, h)
-	if got := gl.Job(q.ID); got.Status != "success" || !strings.Contains(string(got.Trace), "made again") {
+	got := hj.run(t) // the second Launch of the restart: no new start
+	if got.Status != "success" || !strings.Contains(string(got.Trace), "made again") {
 		t.Fatalf("job %s:\n%s", got.Status, got.Trace)
 	}
 	again, err := e.cli.ContainerInspect(ctx, hd.Container)
@@ -117,13 +66,13 @@ func TestLaunchInterruptedBeforeTheFilesAreSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	data, _ := io.ReadAll(tr)
-	if hdr.FileInfo().Mode().Perm() != 0o600 || !strings.Contains(string(data), `"token":"`+q.Token+`"`) {
+	if hdr.FileInfo().Mode().Perm() != 0o600 || !strings.Contains(string(data), `"token":"`+hj.q.Token+`"`) {
 		t.Fatalf("job.json %v: %s", hdr.FileInfo().Mode(), data)
 	}
 }
 
 // The host's side: only the files its entry point names, both of them,
-// from a tar that ends cleanly.
+// from a tar that is whole (filesEnd last).
 func TestReceiveFiles(t *testing.T) {
 	dir := t.TempDir()
 	toml, job := filepath.Join(dir, "etc", "runner.toml"), filepath.Join(dir, "etc", "job.json")

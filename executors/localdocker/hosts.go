@@ -23,12 +23,15 @@ import (
 	"gitlab.com/paas-runner/paas-runner/internal/labels"
 )
 
-// Launch creates the host container from the host image, copies the job's
-// files into it and starts it. Each step can be interrupted by a crash and
-// is taken up again by the next Launch (the handle names the container
-// before it exists): a container created but not started gets the files
-// again and is started; one already started is never started again; one of
-// that name that is not this daemon's host for this job is refused.
+// Launch creates the host container from the host image, gives it the
+// job's files and starts it: a host of the default image gets them on its
+// standard input as it starts (FilesFromStdin), others by a copy before
+// the start. Each step can be interrupted by a crash and is taken up again
+// by the next Launch (the handle names the container before it exists): a
+// container created but not started gets the files again and is started;
+// one already started is never started again, except one that exited
+// ExitNoFiles (its files never came: it ran nothing), which is made again;
+// one of that name that is not this daemon's host for this job is refused.
 func (e *Executor) Launch(ctx context.Context, h executors.Handle, j executors.Job) (executors.Handle, error) {
 	hd, err := decodeHandle(h)
 	if err != nil {
@@ -198,12 +201,9 @@ func (e *Executor) create(ctx context.Context, hd handle, j executors.Job) ([]st
 }
 
 // filesTar is the tar of job.json and runner.toml (and the CA) at the
-// paths the entry point reads them from.
-func (e *Executor) filesTar(name string, entrypoint []string, j executors.Job) (*bytes.Buffer, error) {
-	return e.filesTarWith(name, entrypoint, j, HostFiles.tar)
-}
-
-func (e *Executor) filesTarWith(name string, entrypoint []string, j executors.Job, mk func(HostFiles, string, string) (*bytes.Buffer, error)) (*bytes.Buffer, error) {
+// paths the entry point reads them from, made by mk (HostFiles.tar or
+// stdinTar).
+func (e *Executor) filesTar(name string, entrypoint []string, j executors.Job, mk func(HostFiles, string, string) (*bytes.Buffer, error)) (*bytes.Buffer, error) {
 	tomlPath, jobPath, err := filePaths(entrypoint)
 	if err != nil {
 		return nil, executors.Permanent("launch", fmt.Errorf("host container %s: %w", name, err))
@@ -223,7 +223,7 @@ func (e *Executor) filesTarWith(name string, entrypoint []string, j executors.Jo
 // standard input, and sends them there. Should sending fail, the host is
 // removed (its inner runner ran nothing) for the retry to make it again.
 func (e *Executor) startWithFiles(ctx context.Context, name string, entrypoint []string, j executors.Job) error {
-	t, err := e.filesTarWith(name, entrypoint, j, HostFiles.stdinTar)
+	t, err := e.filesTar(name, entrypoint, j, HostFiles.stdinTar)
 	if err != nil {
 		return err
 	}
@@ -253,7 +253,7 @@ func (e *Executor) startWithFiles(ctx context.Context, name string, entrypoint [
 
 // copyFiles puts job.json and runner.toml where the entry point reads them.
 func (e *Executor) copyFiles(ctx context.Context, name string, entrypoint []string, j executors.Job) error {
-	t, err := e.filesTar(name, entrypoint, j)
+	t, err := e.filesTar(name, entrypoint, j, HostFiles.tar)
 	if err != nil {
 		return err
 	}

@@ -145,8 +145,13 @@ func TestOldestFirstNeverDeadlocks(t *testing.T) {
 	h.polls(1, 2)
 	chA, _ := h.start(context.Background(), a, Spec{})
 	// A's arrival wakes the poller, which waits MinGap, then polls: A (the
-	// older) proceeds, B keeps waiting.
-	h.clk.WaitPending(3, 10*time.Second)
+	// older) proceeds, B keeps waiting. Timers before the clock moves: both
+	// jobs' timeouts, the first interval and the MinGap wait (with 3, the
+	// clock could move before the poller had set its MinGap wait, which
+	// then never fired: a flake seen on a loaded CI).
+	if !h.clk.WaitPending(4, 10*time.Second) {
+		t.Fatalf("timers pending: %d, want 4", h.clk.Pending())
+	}
 	h.clk.Advance(MinGap)
 	if r := h.result(chA); r.err != nil || r.d.Verdict != Proceed {
 		t.Fatalf("A: %+v", r)

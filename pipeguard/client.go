@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -90,6 +91,11 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, toke
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
+	return c.doURL(ctx, method, u, path, token, out)
+}
+
+// doURL requests the absolute URL u; path names it in errors.
+func (c *Client) doURL(ctx context.Context, method, u, path, token string, out any) (http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
 		return nil, fmt.Errorf("guard API URL %q: %w", c.APIURL, err)
@@ -150,7 +156,10 @@ func redact(err error, token string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), token, "[token]"))
 }
 
-// list GETs every page of path (per_page=100), following X-Next-Page.
+// list GETs every page of path (per_page=100): it follows X-Next-Page
+// (GitLab's offset pagination), else the Link header's rel="next" (which
+// GitLab also sends, and alone for keyset pagination), on the API's own
+// origin only (the token goes nowhere else).
 func list[T any](ctx context.Context, c *Client, path string, q url.Values, token string) ([]T, error) {
 	maxPages := c.MaxPages
 	if maxPages == 0 {
@@ -158,27 +167,85 @@ func list[T any](ctx context.Context, c *Client, path string, q url.Values, toke
 	}
 	q.Set("per_page", "100")
 	var all []T
-	for page := 1; ; {
-		q.Set("page", strconv.Itoa(page))
+	page, u := 1, ""
+	for n := 1; ; n++ {
 		var batch []T
-		h, err := c.do(ctx, http.MethodGet, path, q, token, &batch)
+		var h http.Header
+		var err error
+		if u == "" {
+			q.Set("page", strconv.Itoa(page))
+			h, err = c.do(ctx, http.MethodGet, path, q, token, &batch)
+		} else {
+			h, err = c.doURL(ctx, http.MethodGet, u, path, token, &batch)
+		}
 		if err != nil {
 			return nil, err
 		}
 		all = append(all, batch...)
-		next := h.Get("X-Next-Page")
-		if next == "" || len(batch) == 0 {
+		if len(batch) == 0 {
 			return all, nil
 		}
-		n, err := strconv.Atoi(next)
-		if err != nil || n <= page {
-			return nil, fmt.Errorf("GET %s: bad X-Next-Page %q", path, next)
+		next, link := h.Get("X-Next-Page"), nextLink(h)
+		switch {
+		case next != "":
+			p, err := strconv.Atoi(next)
+			if err != nil || p <= page {
+				return nil, fmt.Errorf("GET %s: bad X-Next-Page %q", path, next)
+			}
+			page, u = p, ""
+		case link != "":
+			nu, err := c.sameOrigin(link)
+			if err != nil {
+				return nil, fmt.Errorf("GET %s: Link rel=\"next\": %w", path, err)
+			}
+			if nu == u {
+				return nil, fmt.Errorf("GET %s: Link rel=\"next\" is the page just read", path)
+			}
+			u = nu
+		default:
+			return all, nil
 		}
-		if n > maxPages {
+		if n >= maxPages {
 			return nil, fmt.Errorf("GET %s: more than %d pages; narrow the guard's status regex", path, maxPages)
 		}
-		page = n
 	}
+}
+
+// nextLink is the rel="next" target of an RFC 8288 Link header, or "".
+func nextLink(h http.Header) string {
+	for _, v := range h.Values("Link") {
+		for _, part := range strings.Split(v, ",") {
+			target, params, ok := strings.Cut(strings.TrimSpace(part), ";")
+			if !ok || !strings.HasPrefix(target, "<") || !strings.HasSuffix(target, ">") {
+				continue
+			}
+			for _, p := range strings.Split(params, ";") {
+				k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
+				if strings.EqualFold(strings.TrimSpace(k), "rel") && slices.Contains(strings.Fields(strings.Trim(strings.TrimSpace(val), `"`)), "next") {
+					return target[1 : len(target)-1]
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// sameOrigin resolves a Link target against the API URL and refuses one on
+// another scheme, host or port.
+func (c *Client) sameOrigin(link string) (string, error) {
+	base, err := url.Parse(c.APIURL)
+	if err != nil {
+		return "", err
+	}
+	ref, err := url.Parse(link)
+	if err != nil {
+		return "", err
+	}
+	u := base.ResolveReference(ref)
+	if u.Scheme != base.Scheme || u.Host != base.Host {
+		return "", fmt.Errorf("%s is not on %s://%s", u.Redacted(), base.Scheme, base.Host)
+	}
+	return u.String(), nil
 }
 
 // Pipelines lists the project's pipelines that q filters server-side (one

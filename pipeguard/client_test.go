@@ -2,10 +2,15 @@ package pipeguard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
@@ -215,5 +220,94 @@ func TestPollerDistinctQueries(t *testing.T) {
 	if !slices.Equal(ids(res[0].Decision.Blocking), []int64{run}) || !slices.Equal(ids(res[2].Decision.Blocking), []int64{run}) ||
 		len(res[1].Decision.Blocking) != 1 || res[1].Decision.Blocking[0].Status != "pending" {
 		t.Fatalf("%+v", res)
+	}
+}
+
+// linkOnlyGitLab is a pipelines API that paginates with the Link header
+// alone (no X-Next-Page, as GitLab's keyset pagination): each page's
+// rel="next" carries an opaque cursor. Pages of 2; project "g/p" only, by
+// its URL-encoded path. It records the requests it got.
+func linkOnlyGitLab(t *testing.T, pipelines []Pipeline, jobs []Job) (*httptest.Server, *[]string) {
+	var mu sync.Mutex
+	var got []string
+	var srv *httptest.Server
+	page := func(w http.ResponseWriter, r *http.Request, n int, item func(i int) any) {
+		from := 0
+		if c := r.URL.Query().Get("cursor"); c != "" {
+			from, _ = strconv.Atoi(strings.TrimPrefix(c, "c"))
+		}
+		to := min(from+2, n)
+		out := []any{}
+		for i := from; i < to; i++ {
+			out = append(out, item(i))
+		}
+		if to < n {
+			next := *r.URL
+			q := next.Query()
+			q.Set("cursor", fmt.Sprintf("c%d", to))
+			q.Del("page")
+			next.RawQuery = q.Encode()
+			w.Header().Set("Link", fmt.Sprintf(`<%s%s>; rel="next", <%s%s>; rel="first"`, srv.URL, next.RequestURI(), srv.URL, r.URL.Path))
+		}
+		_ = json.NewEncoder(w).Encode(out)
+	}
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Method+" "+r.URL.RequestURI())
+		mu.Unlock()
+		if r.Header.Get("Private-Token") != apiToken {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.EscapedPath() {
+		case "/api/v4/projects/g%2Fp/pipelines":
+			page(w, r, len(pipelines), func(i int) any { return pipelines[i] })
+		case "/api/v4/projects/g%2Fp/pipelines/9/jobs":
+			page(w, r, len(jobs), func(i int) any { return jobs[i] })
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &got
+}
+
+// Pages linked by the Link header only are all read, for pipelines and for
+// a pipeline's jobs, by the path the header gives.
+func TestClientFollowsLinkNext(t *testing.T) {
+	ps := []Pipeline{{ID: 9, Status: "running", Ref: "main"}, {ID: 8, Status: "running", Ref: "1-a"},
+		{ID: 7, Status: "running", Ref: "1-b"}, {ID: 6, Status: "running", Ref: "1-c"}, {ID: 5, Status: "running", Ref: "1-d"}}
+	js := []Job{{ID: 1, Name: "a"}, {ID: 2, Name: "b"}, {ID: 3, Name: "deploy", Status: "running"}}
+	srv, got := linkOnlyGitLab(t, ps, js)
+	c := &Client{APIURL: srv.URL + "/api/v4"}
+	out, err := c.Pipelines(context.Background(), apiToken, "g/p", Query{Statuses: []string{"running"}})
+	if err != nil || !slices.Equal(ids(out), []int64{9, 8, 7, 6, 5}) {
+		t.Fatalf("pipelines %v, %v; requests %q", ids(out), err, *got)
+	}
+	jobs, err := c.PipelineJobs(context.Background(), apiToken, "g/p", 9, []string{"running"})
+	if err != nil || len(jobs) != 3 || jobs[2].Name != "deploy" {
+		t.Fatalf("jobs %+v, %v; requests %q", jobs, err, *got)
+	}
+	if len(*got) != 5 || !strings.Contains((*got)[2], "cursor=c4") || !strings.Contains((*got)[4], "cursor=c2") {
+		t.Fatalf("requests %q: want 3 pages of pipelines then 2 of jobs, by the cursor links", *got)
+	}
+}
+
+// A Link rel="next" to another host is not followed: the token would go
+// there.
+func TestClientLinkToAnotherHostRefused(t *testing.T) {
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("request to another host, token %q", r.Header.Get("Private-Token"))
+	}))
+	defer elsewhere.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", fmt.Sprintf(`<%s/api/v4/projects/7/pipelines?page=2>; rel="next"`, elsewhere.URL))
+		_, _ = w.Write([]byte(`[{"id":1,"status":"running","ref":"1-a"}]`))
+	}))
+	defer srv.Close()
+	c := &Client{APIURL: srv.URL + "/api/v4"}
+	_, err := c.Pipelines(context.Background(), apiToken, "7", Query{})
+	if err == nil || !strings.Contains(err.Error(), "is not on http://127.0.0.1") {
+		t.Fatalf("err %v", err)
 	}
 }

@@ -143,16 +143,16 @@ func NewRule(s Spec) (*Rule, error) {
 	return r, nil
 }
 
+// compile checks expr as written, then compiles it (anchored: at the
+// start, as Python's re.match). Wrapping alone would accept an expression
+// with unbalanced parentheses, e.g. "running)|(x" as "^(?:running)|(x)",
+// with another meaning than Python's refusal.
 func compile(name, expr string, anchored bool) (*regexp.Regexp, error) {
-	src := expr
-	if anchored {
-		src = `^(?:` + expr + `)`
+	re, err := regexp.Compile(expr)
+	if err == nil && anchored {
+		re, err = regexp.Compile(`^(?:` + expr + `)`)
 	}
-	re, err := regexp.Compile(src)
 	if err != nil {
-		if _, err2 := regexp.Compile(expr); err2 != nil {
-			err = err2
-		}
 		return nil, fmt.Errorf("%s: %q is not a valid regular expression: %w", name, expr, err)
 	}
 	return re, nil

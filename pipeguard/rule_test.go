@@ -93,6 +93,7 @@ func TestRuleErrors(t *testing.T) {
 		{Spec{RefRegex: "(?=x)"}, "GUARD_REF_REGEX"},
 		{Spec{StatusRegex: "runing"}, "GUARD_STATUS_REGEX: \"runing\" matches no pipeline status"},
 		{Spec{StatusRegex: "("}, "GUARD_STATUS_REGEX"},
+		{Spec{StatusRegex: "running)|(x"}, "GUARD_STATUS_REGEX: \"running)|(x\" is not a valid regular expression: error parsing regexp: unexpected )"},
 		{Spec{JobRegex: "["}, "GUARD_JOB_REGEX"},
 		{Spec{StageRegex: "["}, "GUARD_STAGE_REGEX"},
 		{Spec{Order: "fifo"}, "GUARD_ORDER: \"fifo\""},

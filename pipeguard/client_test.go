@@ -311,3 +311,25 @@ func TestClientLinkToAnotherHostRefused(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// A status regex wider than maxServerStatuses but matching only statuses a
+// pipeline leaves is still filtered server-side: a project whose history
+// is longer than MaxPages pages is decided, in one small request per
+// status, not refused for its history.
+func TestPollerWideActiveStatusRegex(t *testing.T) {
+	srv, c := newGitLab(t)
+	c.MaxPages = 2
+	for i := range 300 {
+		srv.AddPipeline(7, fmt.Sprintf("%d-done", i), "success")
+	}
+	old := srv.AddPipeline(7, "1-old", "preparing")
+	own := srv.AddPipeline(7, "1-own", "running")
+	r := mustRule(t, Spec{StatusRegex: "running|pending|created|preparing|waiting_for_resource"})
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: own, Rule: r}})
+	if err != nil || res[0].Decision.Verdict != Wait || !slices.Equal(ids(res[0].Decision.Blocking), []int64{old}) {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 5 {
+		t.Fatalf("%d listing requests, want one per status (5)", n)
+	}
+}

@@ -80,9 +80,22 @@ type Query struct {
 // Key identifies the query: rules with equal keys share one request.
 func (q Query) Key() string { return strings.Join(q.Statuses, ",") + "|" + q.Ref }
 
-// maxServerStatuses: above this many matching statuses, one unfiltered
-// listing is cheaper than one request per status.
+// maxServerStatuses: above this many matching statuses, one of them a
+// finished one, one unfiltered listing is cheaper than one request per
+// status. A regex matching only statuses a pipeline leaves (running,
+// pending, created, …) is always filtered by status: unfiltered, the
+// listing would be the project's whole history, page after page (and
+// beyond Client.MaxPages, no decision at all).
 const maxServerStatuses = 4
+
+// finished: a pipeline in this status stays in it.
+func finished(status string) bool {
+	switch status {
+	case "success", "failed", "canceled", "skipped":
+		return true
+	}
+	return false
+}
 
 // NewRule checks and compiles a spec. Errors name the variable involved.
 func NewRule(s Spec) (*Rule, error) {
@@ -136,7 +149,7 @@ func NewRule(s Spec) (*Rule, error) {
 	if len(statuses) == 0 {
 		return nil, fmt.Errorf("GUARD_STATUS_REGEX: %q matches no pipeline status (%s)", s.StatusRegex, strings.Join(PipelineStatuses, ", "))
 	}
-	if len(statuses) <= maxServerStatuses {
+	if len(statuses) <= maxServerStatuses || !slices.ContainsFunc(statuses, finished) {
 		r.query.Statuses = statuses
 	}
 	r.query.Ref = exactLiteral(s.RefRegex)

@@ -75,6 +75,10 @@ func TestQueryDerivation(t *testing.T) {
 		{"^(?i)master$", "runn", []string{"running"}, ""},
 		{"^v1\\.0$", "wait", []string{"waiting_for_resource", "waiting_for_callback"}, "v1.0"},
 		{".+", ".*", nil, ""}, // every status: one unfiltered listing
+		{".+", "success|failed|canceled|skipped|running", nil, ""},
+		// only statuses a pipeline leaves: by status, however many
+		{".+", "running|pending|created|preparing|waiting_for_resource|scheduled",
+			[]string{"created", "waiting_for_resource", "preparing", "pending", "running", "scheduled"}, ""},
 		{".+", "canc", []string{"canceling", "canceled"}, ""},
 	} {
 		r := mustRule(t, Spec{RefRegex: c.ref, StatusRegex: c.status})

@@ -34,6 +34,34 @@ type APIError struct {
 	Status       int
 	Message      string // GitLab's message or error, when the body has one
 	Scope        string // insufficient_scope: the scope GitLab asks for
+	// RetryAfter is the Retry-After of a 429 or 503 (GitLab's rate
+	// limits), 0 when absent.
+	RetryAfter time.Duration
+}
+
+// RetryAfter is how long GitLab asked to wait before the next request (a
+// 429 or 503 with Retry-After), else 0.
+func RetryAfter(err error) time.Duration {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.RetryAfter
+	}
+	return 0
+}
+
+// retryAfter parses Retry-After: delay-seconds or an HTTP date.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		return time.Duration(max(n, 0)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
 }
 
 func (e *APIError) Error() string {
@@ -118,6 +146,9 @@ func (c *Client) doURL(ctx context.Context, method, u, path, token string, out a
 	}
 	if resp.StatusCode/100 != 2 {
 		ae := &APIError{Method: method, Path: path, Status: resp.StatusCode}
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			ae.RetryAfter = retryAfter(resp.Header, time.Now())
+		}
 		var e struct {
 			Message any    `json:"message"`
 			Error   string `json:"error"`

@@ -40,7 +40,8 @@ func JitterInterval() time.Duration {
 const MinGap = 3 * time.Second
 
 // ErrorBackoff is the wait after failed polls: doubling from 2 s, at most
-// 30 s, jittered.
+// 30 s, jittered; at least GitLab's Retry-After (up to 30 s) on a 429 or
+// 503.
 var ErrorBackoff = backoff.Policy{Min: 2 * time.Second, Max: 30 * time.Second}
 
 // ErrTimeout ends a wait that reached the rule's timeout.
@@ -371,7 +372,9 @@ func (w *Watcher) run(g *group) {
 			}
 			continue
 		case err != nil:
-			pause = pol.Wait(failures)
+			// GitLab's rate limit says when to come back (within the
+			// backoff's bound: a job log says when the next try is).
+			pause = max(pol.Wait(failures), min(RetryAfter(err), pol.Max))
 			failures++
 			w.mu.Lock()
 			for _, wt := range ws {

@@ -3,6 +3,7 @@ package pipeguard
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -300,5 +301,30 @@ func TestEventLines(t *testing.T) {
 	got = Event{Kind: EventAPIError, RetryIn: 4200 * time.Millisecond, Err: errors.New("GitLab answered 502")}.Lines(r)
 	if len(got) != 1 || got[0] != "pipeline guard: GitLab pipelines API error, retrying in 4s: GitLab answered 502" {
 		t.Fatalf("%q", got)
+	}
+}
+
+// A 429 with Retry-After (GitLab's rate limits): the next poll comes no
+// sooner than asked, within the 30 s bound.
+func TestRateLimitedWaitsRetryAfter(t *testing.T) {
+	for _, c := range []struct {
+		after string
+		want  time.Duration
+	}{{"20", 20 * time.Second}, {"600", 30 * time.Second}} {
+		h := newHarness(t)
+		own := h.srv.AddPipeline(7, "2-own", "running")
+		h.srv.Inject(`^GET /api/v4/projects/7/pipelines$`, 429, 1, http.Header{"Retry-After": {c.after}})
+		ch, _ := h.start(context.Background(), own, Spec{})
+		h.polls(1, 2)
+		if e := h.event(); e.Kind != EventAPIError || e.RetryIn != c.want || !strings.Contains(e.Err.Error(), "429") {
+			t.Fatalf("Retry-After %s: %+v", c.after, e)
+		}
+		if next := h.clk.Next(); next != c.want {
+			t.Fatalf("Retry-After %s: next poll in %v", c.after, next)
+		}
+		h.clk.Advance(c.want)
+		if r := h.result(ch); r.err != nil || r.d.Verdict != Proceed {
+			t.Fatalf("%+v", r)
+		}
 	}
 }

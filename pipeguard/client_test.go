@@ -333,3 +333,22 @@ func TestPollerWideActiveStatusRegex(t *testing.T) {
 		t.Fatalf("%d listing requests, want one per status (5)", n)
 	}
 }
+
+// A pipeline deleted between the listing and its cancel (404): gone, the
+// job goes on; the other waiters of the poll are not failed by it.
+func TestPollerCancelOfADeletedPipeline(t *testing.T) {
+	srv, c := newGitLab(t)
+	srv.AddPipeline(7, "1-a", "running")
+	srv.AddPipeline(7, "1-b", "running")
+	own := srv.AddPipeline(7, "1-c", "running")
+	srv.Inject(`^POST /api/v4/projects/7/pipelines/\d+/cancel$`, 404, -1, nil)
+	ws := []Waiter{{PipelineID: own, Rule: mustRule(t, Spec{Order: NewestWins, CancelOlder: true, StatusRegex: ".*"})},
+		{PipelineID: own + 1, Rule: mustRule(t, Spec{RefRegex: "^2-"})}}
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", ws)
+	if err != nil || res[0].Err != nil || res[0].Decision.Verdict != Proceed || res[1].Decision.Verdict != Proceed {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if n := srv.Count("POST /api/v4/projects/7/pipelines/" + strconv.FormatInt(own-1, 10) + "/cancel"); n != 1 {
+		t.Fatalf("%d cancels of the deleted pipeline", n)
+	}
+}

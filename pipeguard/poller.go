@@ -99,6 +99,12 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 					continue
 				}
 				got, cerr := p.Client.Cancel(ctx, token, project, c.ID)
+				if ae, isAPI := cerr.(*APIError); isAPI && ae.Status == 404 {
+					// deleted meanwhile: gone, not a conflict (a 404 is
+					// Permanent, and would end every waiter's wait)
+					cancelled[c.ID] = Pipeline{ID: c.ID}
+					continue
+				}
 				if cerr != nil {
 					if TokenRejected(cerr) {
 						err = fmt.Errorf("cannot cancel older pipeline %d: GUARD_CANCEL_OLDER needs a guard token with the api scope: %w", c.ID, cerr)
@@ -114,12 +120,15 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 			}
 			// Decide again on what GitLab answered to the cancels.
 			patched := *snaps[i]
-			patched.Pipelines = make([]Pipeline, len(snaps[i].Pipelines))
-			for k, pl := range snaps[i].Pipelines {
+			patched.Pipelines = make([]Pipeline, 0, len(snaps[i].Pipelines))
+			for _, pl := range snaps[i].Pipelines {
 				if got, ok := cancelled[pl.ID]; ok && got.ID == pl.ID {
+					if got.Status == "" {
+						continue // deleted
+					}
 					pl.Status = got.Status
 				}
-				patched.Pipelines[k] = pl
+				patched.Pipelines = append(patched.Pipelines, pl)
 			}
 			d = w.Rule.Evaluate(&patched, w.PipelineID)
 			if d.Verdict == Wait && w.Rule.NoWait {

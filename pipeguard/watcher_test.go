@@ -328,3 +328,39 @@ func TestRateLimitedWaitsRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// The pause between polls is gitlab-job-guard's random 3 to 15 s, and a
+// Watcher without an Interval uses it.
+func TestJitterInterval(t *testing.T) {
+	lo, hi := time.Hour, time.Duration(0)
+	for range 5000 {
+		d := JitterInterval()
+		if d < 3*time.Second || d > 15*time.Second {
+			t.Fatalf("%v outside 3-15 s", d)
+		}
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if lo > 4*time.Second || hi < 14*time.Second {
+		t.Fatalf("5000 draws within %v-%v: not spread over 3-15 s", lo, hi)
+	}
+	seen := map[time.Duration]bool{}
+	for range 3 {
+		h := newHarness(t)
+		h.w.Interval = nil
+		h.srv.AddPipeline(7, "1-old", "running")
+		own := h.srv.AddPipeline(7, "2-own", "running")
+		ctx, cancel := context.WithCancel(context.Background())
+		ch, _ := h.start(ctx, own, Spec{})
+		h.polls(1, 2)
+		next := h.clk.Next()
+		if next < 3*time.Second || next > 15*time.Second {
+			t.Fatalf("next poll in %v", next)
+		}
+		seen[next] = true
+		cancel()
+		h.result(ch)
+	}
+	if len(seen) < 2 {
+		t.Fatalf("the same pause three times: %v", seen)
+	}
+}

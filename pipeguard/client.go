@@ -190,19 +190,39 @@ func redact(err error, token string) error {
 // list GETs every page of path (per_page=100): it follows X-Next-Page
 // (GitLab's offset pagination), else the Link header's rel="next" (which
 // GitLab also sends, and alone for keyset pagination), on the API's own
-// origin only (the token goes nowhere else).
+// origin only (the token goes nowhere else). Offset pages shift when the
+// filtered set changes between two requests (a running pipeline finishes:
+// the next page's first one moves to the page already read, unseen), so a
+// listing whose X-Total changed on the way is read again, up to 3 times,
+// else it is an error (retried: the jobs keep waiting).
 func list[T any](ctx context.Context, c *Client, path string, q url.Values, token string) ([]T, error) {
+	for range listAttempts - 1 {
+		all, changed, err := listOnce[T](ctx, c, path, q, token)
+		if err != nil || !changed {
+			return all, err
+		}
+	}
+	all, changed, err := listOnce[T](ctx, c, path, q, token)
+	if err == nil && changed {
+		err = fmt.Errorf("GET %s: the list changed while its pages were read, %d times in a row", path, listAttempts)
+	}
+	return all, err
+}
+
+// listAttempts is how many times a listing is read while it changes.
+const listAttempts = 3
+
+// listOnce reads every page once; changed: X-Total differed between pages.
+func listOnce[T any](ctx context.Context, c *Client, path string, q url.Values, token string) (all []T, changed bool, err error) {
 	maxPages := c.MaxPages
 	if maxPages == 0 {
 		maxPages = 100
 	}
 	q.Set("per_page", "100")
-	var all []T
-	page, u := 1, ""
+	page, u, total := 1, "", ""
 	for n := 1; ; n++ {
 		var batch []T
 		var h http.Header
-		var err error
 		if u == "" {
 			q.Set("page", strconv.Itoa(page))
 			h, err = c.do(ctx, http.MethodGet, path, q, token, &batch)
@@ -210,34 +230,39 @@ func list[T any](ctx context.Context, c *Client, path string, q url.Values, toke
 			h, err = c.doURL(ctx, http.MethodGet, u, path, token, &batch)
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
+		}
+		if t := h.Get("X-Total"); n == 1 {
+			total = t
+		} else if t != "" && total != "" && t != total {
+			return all, true, nil
 		}
 		all = append(all, batch...)
 		if len(batch) == 0 {
-			return all, nil
+			return all, false, nil
 		}
 		next, link := h.Get("X-Next-Page"), nextLink(h)
 		switch {
 		case next != "":
 			p, err := strconv.Atoi(next)
 			if err != nil || p <= page {
-				return nil, fmt.Errorf("GET %s: bad X-Next-Page %q", path, next)
+				return nil, false, fmt.Errorf("GET %s: bad X-Next-Page %q", path, next)
 			}
 			page, u = p, ""
 		case link != "":
 			nu, err := c.sameOrigin(link)
 			if err != nil {
-				return nil, fmt.Errorf("GET %s: Link rel=\"next\": %w", path, err)
+				return nil, false, fmt.Errorf("GET %s: Link rel=\"next\": %w", path, err)
 			}
 			if nu == u {
-				return nil, fmt.Errorf("GET %s: Link rel=\"next\" is the page just read", path)
+				return nil, false, fmt.Errorf("GET %s: Link rel=\"next\" is the page just read", path)
 			}
 			u = nu
 		default:
-			return all, nil
+			return all, false, nil
 		}
 		if n >= maxPages {
-			return nil, fmt.Errorf("GET %s: more than %d pages; narrow the guard's status regex", path, maxPages)
+			return nil, false, fmt.Errorf("GET %s: more than %d pages; narrow the guard's status regex", path, maxPages)
 		}
 	}
 }

@@ -352,3 +352,43 @@ func TestPollerCancelOfADeletedPipeline(t *testing.T) {
 		t.Fatalf("%d cancels of the deleted pipeline", n)
 	}
 }
+
+// A pipeline of page 1 finishing while page 2 is asked for shifts the
+// offset pages: the older conflicting pipeline, first of page 2, moves to
+// page 1, already read. The listing's X-Total changed, so it is read again
+// and the conflict is seen.
+func TestPollerListingChangedBetweenPages(t *testing.T) {
+	srv, c := newGitLab(t)
+	for i := range 50 {
+		srv.AddPipeline(7, fmt.Sprintf("feature/o%d", i), "running")
+	}
+	old := srv.AddPipeline(7, "1-old", "running")
+	var newer []int64
+	for i := range 99 {
+		newer = append(newer, srv.AddPipeline(7, fmt.Sprintf("feature/n%d", i), "running"))
+	}
+	own := srv.AddPipeline(7, "2-own", "running") // old is the 101st newest: first of page 2
+	var once sync.Once
+	srv.Observe(coordinatortest.Observer{Request: func(r *http.Request) {
+		if r.URL.Query().Get("page") == "2" {
+			once.Do(func() { srv.SetPipelineStatus(newer[50], "success") })
+		}
+	}})
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: own, Rule: mustRule(t, Spec{})}})
+	if err != nil || res[0].Decision.Verdict != Wait || !slices.Equal(ids(res[0].Decision.Blocking), []int64{old}) {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 4 {
+		t.Fatalf("%d listing requests, want 2 pages twice", n)
+	}
+	// Changing at every read: an error, retried (the job keeps waiting).
+	srv.Observe(coordinatortest.Observer{Request: func(r *http.Request) {
+		if r.URL.Query().Get("page") == "2" {
+			srv.AddPipeline(7, "feature/more", "running")
+		}
+	}})
+	_, err = (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: own, Rule: mustRule(t, Spec{})}})
+	if err == nil || Permanent(err) || !strings.Contains(err.Error(), "the list changed while its pages were read, 3 times in a row") {
+		t.Fatalf("err %v", err)
+	}
+}

@@ -29,7 +29,13 @@ type Poller struct {
 	Client *Client
 	// Now stamps snapshots; nil = time.Now.
 	Now func() time.Time
+
+	listings map[string]*Snapshot // the last Poll's, by query key
 }
+
+// Listings are the last successful Poll's listings (no jobs), by query key
+// (Query.Key); nil after a failed one. Not safe during a Poll.
+func (p *Poller) Listings() map[string]*Snapshot { return p.listings }
 
 // Poll does one round for the waiters of project and returns their results
 // in order. A listing error is returned as is (the caller backs off, or,
@@ -39,6 +45,7 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 	if p.Now != nil {
 		now = p.Now
 	}
+	p.listings = nil
 	byQuery := map[string]*Snapshot{}
 	snaps := make([]*Snapshot, len(waiters))
 	for i, w := range waiters {
@@ -54,6 +61,7 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 		}
 		snaps[i] = s
 	}
+	listings := byQuery
 	// Jobs of the pipelines narrowed rules look at, each fetched once per
 	// snapshot and job scope.
 	jobsCache := map[string][]Job{}
@@ -138,5 +146,6 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 		}
 		results[i] = Result{Decision: d}
 	}
+	p.listings = listings
 	return results, nil
 }

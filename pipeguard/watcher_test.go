@@ -3,7 +3,9 @@ package pipeguard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -362,5 +364,86 @@ func TestJitterInterval(t *testing.T) {
 	}
 	if len(seen) < 2 {
 		t.Fatalf("the same pause three times: %v", seen)
+	}
+}
+
+// Jobs that start waiting while a conflict is known are answered from the
+// project's last listing, without a request nor waking the poller: 50 jobs
+// arriving one after the other cost no listing of their own; the next
+// interval's one listing answers them all.
+func TestJoiningJobsShareTheLastListing(t *testing.T) {
+	h := newHarness(t)
+	old := h.srv.AddPipeline(7, "1-old", "running")
+	var chs []<-chan waitResult
+	for i := range 50 {
+		own := h.srv.AddPipeline(7, fmt.Sprintf("feature/%d", i), "running")
+		ch, _ := h.start(context.Background(), own, Spec{})
+		chs = append(chs, ch)
+		if i == 0 {
+			h.polls(1, 2)
+		}
+		e := h.event() // without the clock moving
+		if e.Kind != EventPolled || !e.Changed || !slices.Equal(ids(e.Decision.Blocking), []int64{old}) {
+			t.Fatalf("job %d: %+v", i, e)
+		}
+	}
+	if n := h.srv.Count(listRoute); n != 1 {
+		t.Fatalf("%d listings for 50 jobs joining a wait, want 1", n)
+	}
+	if len(h.w.Waiting()) != 50 {
+		t.Fatalf("%d waiting", len(h.w.Waiting()))
+	}
+	// The jobs' timeouts and one poll interval: nothing else pending.
+	if !h.clk.WaitPending(51, 10*time.Second) || h.clk.Pending() != 51 {
+		t.Fatalf("timers pending: %d, want 51", h.clk.Pending())
+	}
+	h.srv.SetPipelineStatus(old, "success")
+	h.clk.Advance(5 * time.Second)
+	for i, ch := range chs {
+		if r := h.result(ch); r.err != nil || r.d.Verdict != Proceed {
+			t.Fatalf("job %d: %+v", i, r)
+		}
+	}
+	if n := h.srv.Count(listRoute); n != 2 {
+		t.Fatalf("%d listings, want 2", n)
+	}
+}
+
+// A job the last listing would let go is not answered from it (that
+// listing may be up to an interval old): it gets a fresh poll, MinGap after
+// the last one, which sees the conflict that began since.
+func TestJoiningJobFreeGetsAFreshPoll(t *testing.T) {
+	h := newHarness(t)
+	h.srv.AddPipeline(7, "1-old", "running")
+	b := h.srv.AddPipeline(7, "3-b", "running")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.start(ctx, b, Spec{})
+	h.polls(1, 2)
+	h.event()
+	// After that listing: a pipeline conflicting with a's rule (same
+	// query), older than a's.
+	conflict := h.srv.AddPipeline(7, "2-new", "running")
+	a := h.srv.AddPipeline(7, "feature/a", "running")
+	chA, _ := h.start(ctx, a, Spec{RefRegex: "^2-"})
+	if !h.clk.WaitPending(4, 10*time.Second) { // both timeouts, the interval, the MinGap wait
+		t.Fatalf("timers pending: %d, want 4", h.clk.Pending())
+	}
+	select {
+	case r := <-chA:
+		t.Fatalf("a answered from the last listing: %+v", r)
+	case e := <-h.events:
+		t.Fatalf("an event from the last listing: %+v", e)
+	default:
+	}
+	h.clk.Advance(MinGap)
+	for {
+		e := h.event()
+		if e.Kind == EventPolled && slices.Equal(ids(e.Decision.Blocking), []int64{conflict}) {
+			break // a's
+		}
+	}
+	if n := h.srv.Count(listRoute); n != 2 {
+		t.Fatalf("%d listings, want 2", n)
 	}
 }

@@ -247,3 +247,35 @@ func TestPipelineLine(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+// The regular expressions of gitlab-job-guard's documentation compile (Go's
+// RE2) and match what it says they match.
+func TestDocumentedExamples(t *testing.T) {
+	for _, c := range []struct {
+		ref     string
+		yes, no []string
+	}{
+		{`^v[0-9\.]+`, []string{"v1.2.3"}, []string{"main", "1.2"}},
+		{`^master$`, []string{"master"}, []string{"master-deployment", "feature/master"}},
+		{`^(master|dev(elop)?)$`, []string{"master", "dev", "develop"}, []string{"devel", "main"}},
+		{`^(feature|release|hotfix)/`, []string{"feature/x", "hotfix/1"}, []string{"features/x", "x/feature/y"}},
+		{`^[0-9]\-`, []string{"1-fix"}, []string{"12-fix", "fix-1"}},
+		{`^v?[\d.]+$`, []string{"v1.0.9", "2.0"}, []string{"v1.0-rc1", "main"}},
+		{`^environment/`, []string{"environment/dc1-prod"}, []string{"env/dc1"}},
+		{`^environment/dc1.+`, []string{"environment/dc1-prod"}, []string{"environment/dc1", "environment/dc2-prod"}},
+		{`master`, []string{"feature/master-document"}, []string{"main"}},
+		{`.+`, []string{"anything"}, nil},
+	} {
+		r := mustRule(t, Spec{RefRegex: c.ref, StatusRegex: "running|pending"})
+		for _, ref := range c.yes {
+			if len(r.Matching([]Pipeline{{ID: 1, Ref: ref, Status: "pending"}}, 9)) != 1 {
+				t.Errorf("%s should match %q", c.ref, ref)
+			}
+		}
+		for _, ref := range c.no {
+			if len(r.Matching([]Pipeline{{ID: 1, Ref: ref, Status: "running"}}, 9)) != 0 {
+				t.Errorf("%s should not match %q", c.ref, ref)
+			}
+		}
+	}
+}

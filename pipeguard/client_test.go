@@ -392,3 +392,65 @@ func TestPollerListingChangedBetweenPages(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// GUARD_CANCEL_OLDER on a GitLab that answers a cancel with "canceling"
+// (17.x: the jobs are still being stopped): the job waits until the
+// pipeline is canceled instead of going on beside its stopping jobs; the
+// canceling pipelines are asked for (status=canceling).
+func TestPollerCancelOlderWaitsWhileCanceling(t *testing.T) {
+	var mu sync.Mutex
+	status := "running"
+	var cancels int
+	var queried []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/api/v4/projects/7/pipelines/5/cancel":
+			cancels++
+			if status == "running" {
+				status = "canceling"
+			}
+			fmt.Fprintf(w, `{"id":5,"status":%q,"ref":"1-old"}`, status)
+		case r.URL.Path == "/api/v4/projects/7/pipelines":
+			st := r.URL.Query().Get("status")
+			queried = append(queried, st)
+			out := []Pipeline{{ID: 6, Status: "running", Ref: "1-own"}}
+			if st == status {
+				out = append(out, Pipeline{ID: 5, Status: status, Ref: "1-old"})
+			}
+			if st != "running" {
+				out = out[1:]
+			}
+			_ = json.NewEncoder(w).Encode(out)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	p := &Poller{Client: &Client{APIURL: srv.URL + "/api/v4"}}
+	for _, noWait := range []bool{false, true} {
+		mu.Lock()
+		status, cancels, queried = "running", 0, nil
+		mu.Unlock()
+		ws := []Waiter{{PipelineID: 6, Rule: mustRule(t, Spec{Order: NewestWins, CancelOlder: true, NoWait: noWait})}}
+		res, err := p.Poll(context.Background(), apiToken, "7", ws)
+		if err != nil || res[0].Err != nil || res[0].Decision.Verdict != Wait || !slices.Equal(ids(res[0].Decision.Blocking), []int64{5}) {
+			t.Fatalf("no-wait %v, after the cancel: %+v %v", noWait, res, err)
+		}
+		if !slices.Equal(queried, []string{"running", "canceling"}) {
+			t.Fatalf("statuses asked for: %q", queried)
+		}
+		res, err = p.Poll(context.Background(), apiToken, "7", ws)
+		if err != nil || res[0].Decision.Verdict != Wait || cancels != 1 {
+			t.Fatalf("no-wait %v, while canceling: %+v %v (%d cancels)", noWait, res, err, cancels)
+		}
+		mu.Lock()
+		status = "canceled"
+		mu.Unlock()
+		res, err = p.Poll(context.Background(), apiToken, "7", ws)
+		if err != nil || res[0].Decision.Verdict != Proceed {
+			t.Fatalf("no-wait %v, canceled: %+v %v", noWait, res, err)
+		}
+	}
+}

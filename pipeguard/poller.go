@@ -139,8 +139,8 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 				patched.Pipelines = append(patched.Pipelines, pl)
 			}
 			d = w.Rule.Evaluate(&patched, w.PipelineID)
-			if d.Verdict == Wait && w.Rule.NoWait {
-				d.Verdict = Conflict
+			if d.Verdict == Wait && w.Rule.NoWait && len(d.Cancel) > 0 {
+				d.Verdict = Conflict // still conflicting after the cancel
 			}
 			d.Cancel = nil
 		}

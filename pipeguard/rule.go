@@ -88,6 +88,10 @@ func (q Query) Key() string { return strings.Join(q.Statuses, ",") + "|" + q.Ref
 // beyond Client.MaxPages, no decision at all).
 const maxServerStatuses = 4
 
+// statusCanceling is GitLab's (17.x) status of a pipeline being cancelled:
+// its jobs are still being stopped.
+const statusCanceling = "canceling"
+
 // finished: a pipeline in this status stays in it.
 func finished(status string) bool {
 	switch status {
@@ -150,6 +154,10 @@ func NewRule(s Spec) (*Rule, error) {
 		return nil, fmt.Errorf("GUARD_STATUS_REGEX: %q matches no pipeline status (%s)", s.StatusRegex, strings.Join(PipelineStatuses, ", "))
 	}
 	if len(statuses) <= maxServerStatuses || !slices.ContainsFunc(statuses, finished) {
+		if s.CancelOlder && !slices.Contains(statuses, statusCanceling) {
+			// the pipelines it cancelled, while GitLab stops their jobs
+			statuses = append(slices.Clone(statuses), statusCanceling)
+		}
 		r.query.Statuses = statuses
 	}
 	r.query.Ref = exactLiteral(s.RefRegex)
@@ -428,6 +436,10 @@ type Decision struct {
 	// Cancel are older conflicting pipelines to cancel (newest_wins with
 	// CancelOlder); the job waits until they no longer match.
 	Cancel []Pipeline
+	// Stopping are older pipelines of a matching ref being cancelled
+	// (canceling: their jobs still stop) that a CancelOlder job waits for,
+	// whatever the status regex: they are in Blocking too.
+	Stopping []Pipeline
 }
 
 // Message is a one-line explanation for a job's log or failure.
@@ -477,12 +489,23 @@ func (r *Rule) Evaluate(snap *Snapshot, own int64) Decision {
 		d.Blocking = older
 		if r.CancelOlder {
 			d.Cancel = older
+			// Going on while the cancelled deploy still stops would
+			// overlap with it: wait until it is canceled.
+			for _, p := range snap.Pipelines {
+				if p.ID < own && p.Status == statusCanceling && r.ref.MatchString(p.Ref) && !slices.ContainsFunc(older, func(o Pipeline) bool { return o.ID == p.ID }) {
+					d.Stopping = append(d.Stopping, p)
+				}
+			}
+			if len(d.Stopping) > 0 {
+				d.Blocking = append(slices.Clone(older), d.Stopping...)
+				slices.SortFunc(d.Blocking, func(a, b Pipeline) int { return indexOf(snap, a.ID) - indexOf(snap, b.ID) })
+			}
 		}
 	}
 	switch {
 	case len(d.Blocking) == 0:
 		d.Verdict = Proceed
-	case r.NoWait && len(d.Cancel) == 0:
+	case r.NoWait && len(d.Cancel) == 0 && len(d.Stopping) < len(d.Blocking):
 		d.Verdict = Conflict
 	default:
 		d.Verdict = Wait

@@ -279,3 +279,24 @@ func TestDocumentedExamples(t *testing.T) {
 		}
 	}
 }
+
+// A canceling older pipeline blocks a GUARD_CANCEL_OLDER job (its jobs
+// still stop); without GUARD_CANCEL_OLDER the status regex alone decides,
+// as gitlab-job-guard.
+func TestCancelingPipelines(t *testing.T) {
+	snap := &Snapshot{Pipelines: []Pipeline{{ID: 9, Ref: "1-own", Status: "running"}, {ID: 5, Ref: "1-old", Status: "canceling"},
+		{ID: 4, Ref: "main", Status: "canceling"}}}
+	d := mustRule(t, Spec{Order: NewestWins, CancelOlder: true}).Evaluate(snap, 9)
+	if d.Verdict != Wait || !slices.Equal(ids(d.Blocking), []int64{5}) || len(d.Cancel) != 0 {
+		t.Fatalf("cancel older: %+v", d)
+	}
+	if d := mustRule(t, Spec{Order: NewestWins, CancelOlder: true, NoWait: true}).Evaluate(snap, 9); d.Verdict != Wait {
+		t.Fatalf("cancel older, no wait: %+v", d)
+	}
+	if d := mustRule(t, Spec{Order: NewestWins}).Evaluate(snap, 9); d.Verdict != Proceed {
+		t.Fatalf("newest_wins: %+v", d)
+	}
+	if q := mustRule(t, Spec{Order: NewestWins, CancelOlder: true}).Query(); !slices.Equal(q.Statuses, []string{"running", "canceling"}) {
+		t.Fatalf("query %+v", q)
+	}
+}

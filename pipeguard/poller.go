@@ -138,11 +138,18 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 				}
 				patched.Pipelines = append(patched.Pipelines, pl)
 			}
+			var done []Pipeline
+			for _, c := range d.Cancel {
+				if got := cancelled[c.ID]; got.ID == c.ID && got.Status != "" {
+					c.Status = got.Status
+					done = append(done, c)
+				}
+			}
 			d = w.Rule.Evaluate(&patched, w.PipelineID)
 			if d.Verdict == Wait && w.Rule.NoWait && len(d.Cancel) > 0 {
 				d.Verdict = Conflict // still conflicting after the cancel
 			}
-			d.Cancel = nil
+			d.Cancel, d.Cancelled = nil, done
 		}
 		results[i] = Result{Decision: d}
 	}

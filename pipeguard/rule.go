@@ -436,6 +436,9 @@ type Decision struct {
 	// Cancel are older conflicting pipelines to cancel (newest_wins with
 	// CancelOlder); the job waits until they no longer match.
 	Cancel []Pipeline
+	// Cancelled are the pipelines this poll cancelled for the job (as
+	// listed, with the status GitLab answered to the cancel), for its log.
+	Cancelled []Pipeline
 	// Stopping are older pipelines of a matching ref being cancelled
 	// (canceling: their jobs still stop) that a CancelOlder job waits for,
 	// whatever the status regex: they are in Blocking too.

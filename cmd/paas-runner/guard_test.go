@@ -330,8 +330,16 @@ func TestGuardOrderAndNarrowing(t *testing.T) {
 	// newest_wins + GUARD_CANCEL_OLDER: the newest cancels the older ones.
 	g.env = map[string]string{"CI_API_V4_URL": g.srv.URL + "/api/v4", "CI_PROJECT_ID": "7", "PRIVATE_TOKEN": guardToken,
 		"CI_PIPELINE_ID": fmt.Sprint(newer), "GUARD_ORDER": "newest_wins", "GUARD_CANCEL_OLDER": "true"}
-	if r := g.run("-x"); r.code != 0 || g.srv.PipelineOf(own).Status != "canceled" || g.srv.PipelineOf(old).Status != "canceled" {
+	r = g.run("-x")
+	if r.code != 0 || g.srv.PipelineOf(own).Status != "canceled" || g.srv.PipelineOf(old).Status != "canceled" {
 		t.Fatalf("cancel older: %+v", r)
+	}
+	want := ""
+	for _, id := range []int64{own, old} {
+		want += fmt.Sprintf("INFO Cancelled older Pipeline #%d canceled   %s %s\n", id, g.srv.PipelineOf(id).SHA, g.srv.PipelineOf(id).Ref)
+	}
+	if got := lines(r.stdout); got != want+"INFO No other conflicting pipelines detected, proceeding ...\n" {
+		t.Fatalf("cancel older's output:\n%s", got)
 	}
 }
 

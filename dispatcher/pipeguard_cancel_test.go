@@ -26,4 +26,5 @@ func TestPipelineGuardCancelOlder(t *testing.T) {
 	if st := h.gl.PipelineOf(old).Status; st != "canceled" {
 		t.Fatalf("older pipeline %s", st)
 	}
+	h.waitTrace(b.ID, fmt.Sprintf("paas-runner: pipeline guard: cancelled older pipeline #%d canceled %s main\n", old, h.gl.PipelineOf(old).SHA))
 }

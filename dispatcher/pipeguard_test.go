@@ -394,3 +394,32 @@ func TestPipelineGuardLogsElapsedWait(t *testing.T) {
 	}
 	h.noHost(a.ID)
 }
+
+// A bad rule variable fails the job at once, naming it, without a poll of
+// the pipelines API nor a host.
+func TestPipelineGuardBadVariables(t *testing.T) {
+	h := newPipeHarness(t, false)
+	h.start()
+	h.gl.AddPipeline(guardProj, "main", "running")
+	own := h.gl.AddPipeline(guardProj, "main", "running")
+	for _, c := range []struct {
+		kv   []string
+		want string
+	}{
+		{[]string{"GUARD_REF_REGEX", "(?=x)"}, `GUARD_REF_REGEX: "(?=x)" is not a valid regular expression`},
+		{[]string{"GUARD_STATUS_REGEX", "running)|(x"}, `GUARD_STATUS_REGEX: "running)|(x" is not a valid regular expression`},
+		{[]string{"GUARD_STATUS_REGEX", "runing"}, `GUARD_STATUS_REGEX: "runing" matches no pipeline status`},
+		{[]string{"GUARD_JOB_REGEX", "["}, `GUARD_JOB_REGEX: "[" is not a valid regular expression`},
+		{[]string{"GUARD_ORDER", "lifo"}, `GUARD_ORDER: "lifo" is not one of oldest_first, newest_wins, any`},
+		{[]string{"GUARD_TIMEOUT", "soon"}, `GUARD_TIMEOUT: "soon" is not a whole number of seconds`},
+		{[]string{"GUARD_NO_WAIT", "maybe"}, `GUARD_NO_WAIT: "maybe" is not true or false`},
+		{[]string{"GUARD_CANCEL_OLDER", "true"}, "GUARD_CANCEL_OLDER needs GUARD_ORDER=newest_wins"},
+		{[]string{"CI_API_V4_URL", ""}, "pipeline guard: CI_API_V4_URL is not set"},
+	} {
+		j := h.guardedJob(own, c.kv...)
+		h.failedWith(j.ID, c.want, "script_failure")
+	}
+	if n := h.gl.Count("GET /api/v4/projects/1/pipelines"); n != 0 {
+		t.Fatalf("%d pipelines listings for jobs with a bad rule", n)
+	}
+}

@@ -46,6 +46,8 @@ type pipeWaiter struct {
 	deadline time.Time
 	blocking []pipeguard.Pipeline
 	lastErr  string
+	// cancelled: GUARD_CANCEL_OLDER's cancels not in the job's log yet
+	cancelled []pipeguard.Pipeline
 }
 
 // NewPipelines makes the pipeline guard on core (shared with the locks
@@ -150,6 +152,7 @@ func (p *Pipelines) Admit(ctx context.Context, runnerID string, a *job.Acquired,
 		defer close(done)
 		d, err := p.Watcher.Wait(wctx, req, func(ev pipeguard.Event) {
 			p.mu.Lock()
+			pw.cancelled = append(pw.cancelled, ev.Decision.Cancelled...)
 			if ev.Kind == pipeguard.EventAPIError {
 				pw.lastErr = ev.Err.Error()
 			} else {
@@ -158,8 +161,22 @@ func (p *Pipelines) Admit(ctx context.Context, runnerID string, a *job.Acquired,
 			p.mu.Unlock()
 			publish(&pipelineEvent{ev: ev})
 		})
+		p.mu.Lock()
+		pw.cancelled = append(pw.cancelled, d.Cancelled...)
+		p.mu.Unlock()
 		publish(&pipelineEvent{final: true, d: d, err: err})
 	}()
+	// reportCancels writes the cancels made for the job into its log (from
+	// Check: the core's goroutine, which writes the log).
+	reportCancels := func() {
+		p.mu.Lock()
+		done := pw.cancelled
+		pw.cancelled = nil
+		p.mu.Unlock()
+		for _, c := range done {
+			jobLog(fmt.Sprintf("paas-runner: pipeline guard: cancelled older pipeline #%d %s %s %s", c.ID, c.Status, c.SHA, c.Ref))
+		}
+	}
 	defer func() { stop(); <-done }()
 
 	lastKey := ""
@@ -170,6 +187,7 @@ func (p *Pipelines) Admit(ctx context.Context, runnerID string, a *job.Acquired,
 			mu.Lock()
 			e := latest
 			mu.Unlock()
+			reportCancels()
 			if e == nil {
 				return false, fmt.Sprintf("pipeline guard: checking the other pipelines of project %s", jg.Project), "pending", nil
 			}

@@ -124,3 +124,82 @@ func simulate(b *testing.B, jobs int, perJobToken bool, span time.Duration) simR
 	slices.Sort(lat)
 	return simResult{perMinute: float64(requests) / elapsed.Minutes(), p50: lat[len(lat)/2], max: lat[len(lat)-1], wall: wall}
 }
+
+// BenchmarkWaiters100Arriving: the 100 jobs of BenchmarkWaiters100
+// ("shared") do not arrive at once but one every 2 s (simulated) while the
+// deploy pipeline runs, as GitLab hands them out; GitLab requests per
+// simulated minute over the 200 s of arrivals plus 10 minutes of waiting,
+// the first poll included. A job joining a wait in progress is answered
+// from the last listing: no request of its own.
+func BenchmarkWaiters100Arriving(b *testing.B) {
+	var perMin, arrivalPerMin float64
+	for range b.N {
+		all, arrival := simulateArriving(b, 100, 2*time.Second, 10*time.Minute)
+		perMin += all
+		arrivalPerMin += arrival
+	}
+	b.ReportMetric(perMin/float64(b.N), "requests/min")
+	b.ReportMetric(arrivalPerMin/float64(b.N), "arrival-requests/min")
+}
+
+func simulateArriving(b *testing.B, jobs int, every, span time.Duration) (perMin, arrivalPerMin float64) {
+	srv := coordinatortest.New(b)
+	clk := pipeguardtest.NewClock()
+	w := &Watcher{Clock: clk}
+	srv.AddPipeline(7, "deploy/old", "running")
+	srv.AddAPIToken("glpat-bench", "read_api")
+	rule, err := NewRule(Spec{RefRegex: "^deploy/"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	answered := make(chan struct{}, jobs)
+	asleep := func(n int) {
+		if !clk.WaitPending(n, time.Minute) {
+			b.Fatalf("pending timers %d, want %d", clk.Pending(), n)
+		}
+	}
+	// advance moves the clock by d, one due timer at a time, letting the
+	// poller go back to sleep (n timers pending) after each.
+	advance := func(d time.Duration, n int) {
+		target := clk.Now().Add(d)
+		for {
+			next := clk.Next()
+			if next <= 0 || clk.Now().Add(next).After(target) {
+				clk.Advance(target.Sub(clk.Now()))
+				return
+			}
+			clk.Advance(next)
+			asleep(n)
+		}
+	}
+	route := "GET /api/v4/projects/7/pipelines"
+	t0 := clk.Now()
+	for i := range jobs {
+		if i > 0 {
+			advance(every, i+1) // i jobs' timeouts, the poller's interval
+		}
+		own := srv.AddPipeline(7, fmt.Sprintf("feature/%d", i), "running")
+		first := true
+		go func() {
+			_, _ = w.Wait(ctx, Request{APIURL: srv.URL + "/api/v4", Project: "7", Token: "glpat-bench", PipelineID: own, Rule: rule},
+				func(Event) {
+					if first {
+						first = false
+						answered <- struct{}{}
+					}
+				})
+		}()
+		select {
+		case <-answered:
+		case <-time.After(time.Minute):
+			b.Fatalf("job %d not answered", i)
+		}
+		asleep(i + 2)
+	}
+	arrival := clk.Now().Sub(t0)
+	arrivalRequests := srv.Count(route)
+	advance(span, jobs+1)
+	return float64(srv.Count(route)) / clk.Now().Sub(t0).Minutes(), float64(arrivalRequests) / arrival.Minutes()
+}

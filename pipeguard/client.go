@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,34 @@ type APIError struct {
 	Status       int
 	Message      string // GitLab's message or error, when the body has one
 	Scope        string // insufficient_scope: the scope GitLab asks for
+	// RetryAfter is the Retry-After of a 429 or 503 (GitLab's rate
+	// limits), 0 when absent.
+	RetryAfter time.Duration
+}
+
+// RetryAfter is how long GitLab asked to wait before the next request (a
+// 429 or 503 with Retry-After), else 0.
+func RetryAfter(err error) time.Duration {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.RetryAfter
+	}
+	return 0
+}
+
+// retryAfter parses Retry-After: delay-seconds or an HTTP date.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		return time.Duration(max(n, 0)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
 }
 
 func (e *APIError) Error() string {
@@ -90,6 +119,11 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, toke
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
+	return c.doURL(ctx, method, u, path, token, out)
+}
+
+// doURL requests the absolute URL u; path names it in errors.
+func (c *Client) doURL(ctx context.Context, method, u, path, token string, out any) (http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
 		return nil, fmt.Errorf("guard API URL %q: %w", c.APIURL, err)
@@ -112,6 +146,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, toke
 	}
 	if resp.StatusCode/100 != 2 {
 		ae := &APIError{Method: method, Path: path, Status: resp.StatusCode}
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			ae.RetryAfter = retryAfter(resp.Header, time.Now())
+		}
 		var e struct {
 			Message any    `json:"message"`
 			Error   string `json:"error"`
@@ -150,35 +187,121 @@ func redact(err error, token string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), token, "[token]"))
 }
 
-// list GETs every page of path (per_page=100), following X-Next-Page.
+// list GETs every page of path (per_page=100): it follows X-Next-Page
+// (GitLab's offset pagination), else the Link header's rel="next" (which
+// GitLab also sends, and alone for keyset pagination), on the API's own
+// origin only (the token goes nowhere else). Offset pages shift when the
+// filtered set changes between two requests (a running pipeline finishes:
+// the next page's first one moves to the page already read, unseen), so a
+// listing whose X-Total changed on the way is read again, up to 3 times,
+// else it is an error (retried: the jobs keep waiting).
 func list[T any](ctx context.Context, c *Client, path string, q url.Values, token string) ([]T, error) {
+	for range listAttempts - 1 {
+		all, changed, err := listOnce[T](ctx, c, path, q, token)
+		if err != nil || !changed {
+			return all, err
+		}
+	}
+	all, changed, err := listOnce[T](ctx, c, path, q, token)
+	if err == nil && changed {
+		err = fmt.Errorf("GET %s: the list changed while its pages were read, %d times in a row", path, listAttempts)
+	}
+	return all, err
+}
+
+// listAttempts is how many times a listing is read while it changes.
+const listAttempts = 3
+
+// listOnce reads every page once; changed: X-Total differed between pages.
+func listOnce[T any](ctx context.Context, c *Client, path string, q url.Values, token string) (all []T, changed bool, err error) {
 	maxPages := c.MaxPages
 	if maxPages == 0 {
 		maxPages = 100
 	}
 	q.Set("per_page", "100")
-	var all []T
-	for page := 1; ; {
-		q.Set("page", strconv.Itoa(page))
+	page, u, total := 1, "", ""
+	for n := 1; ; n++ {
 		var batch []T
-		h, err := c.do(ctx, http.MethodGet, path, q, token, &batch)
+		var h http.Header
+		if u == "" {
+			q.Set("page", strconv.Itoa(page))
+			h, err = c.do(ctx, http.MethodGet, path, q, token, &batch)
+		} else {
+			h, err = c.doURL(ctx, http.MethodGet, u, path, token, &batch)
+		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
+		}
+		if t := h.Get("X-Total"); n == 1 {
+			total = t
+		} else if t != "" && total != "" && t != total {
+			return all, true, nil
 		}
 		all = append(all, batch...)
-		next := h.Get("X-Next-Page")
-		if next == "" || len(batch) == 0 {
-			return all, nil
+		if len(batch) == 0 {
+			return all, false, nil
 		}
-		n, err := strconv.Atoi(next)
-		if err != nil || n <= page {
-			return nil, fmt.Errorf("GET %s: bad X-Next-Page %q", path, next)
+		next, link := h.Get("X-Next-Page"), nextLink(h)
+		switch {
+		case next != "":
+			p, err := strconv.Atoi(next)
+			if err != nil || p <= page {
+				return nil, false, fmt.Errorf("GET %s: bad X-Next-Page %q", path, next)
+			}
+			page, u = p, ""
+		case link != "":
+			nu, err := c.sameOrigin(link)
+			if err != nil {
+				return nil, false, fmt.Errorf("GET %s: Link rel=\"next\": %w", path, err)
+			}
+			if nu == u {
+				return nil, false, fmt.Errorf("GET %s: Link rel=\"next\" is the page just read", path)
+			}
+			u = nu
+		default:
+			return all, false, nil
 		}
-		if n > maxPages {
-			return nil, fmt.Errorf("GET %s: more than %d pages; narrow the guard's status regex", path, maxPages)
+		if n >= maxPages {
+			return nil, false, fmt.Errorf("GET %s: more than %d pages; narrow the guard's status regex", path, maxPages)
 		}
-		page = n
 	}
+}
+
+// nextLink is the rel="next" target of an RFC 8288 Link header, or "".
+func nextLink(h http.Header) string {
+	for _, v := range h.Values("Link") {
+		for _, part := range strings.Split(v, ",") {
+			target, params, ok := strings.Cut(strings.TrimSpace(part), ";")
+			if !ok || !strings.HasPrefix(target, "<") || !strings.HasSuffix(target, ">") {
+				continue
+			}
+			for _, p := range strings.Split(params, ";") {
+				k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
+				if strings.EqualFold(strings.TrimSpace(k), "rel") && slices.Contains(strings.Fields(strings.Trim(strings.TrimSpace(val), `"`)), "next") {
+					return target[1 : len(target)-1]
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// sameOrigin resolves a Link target against the API URL and refuses one on
+// another scheme, host or port.
+func (c *Client) sameOrigin(link string) (string, error) {
+	base, err := url.Parse(c.APIURL)
+	if err != nil {
+		return "", err
+	}
+	ref, err := url.Parse(link)
+	if err != nil {
+		return "", err
+	}
+	u := base.ResolveReference(ref)
+	if u.Scheme != base.Scheme || u.Host != base.Host {
+		return "", fmt.Errorf("%s is not on %s://%s", u.Redacted(), base.Scheme, base.Host)
+	}
+	return u.String(), nil
 }
 
 // Pipelines lists the project's pipelines that q filters server-side (one

@@ -2,10 +2,15 @@ package pipeguard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
@@ -215,5 +220,237 @@ func TestPollerDistinctQueries(t *testing.T) {
 	if !slices.Equal(ids(res[0].Decision.Blocking), []int64{run}) || !slices.Equal(ids(res[2].Decision.Blocking), []int64{run}) ||
 		len(res[1].Decision.Blocking) != 1 || res[1].Decision.Blocking[0].Status != "pending" {
 		t.Fatalf("%+v", res)
+	}
+}
+
+// linkOnlyGitLab is a pipelines API that paginates with the Link header
+// alone (no X-Next-Page, as GitLab's keyset pagination): each page's
+// rel="next" carries an opaque cursor. Pages of 2; project "g/p" only, by
+// its URL-encoded path. It records the requests it got.
+func linkOnlyGitLab(t *testing.T, pipelines []Pipeline, jobs []Job) (*httptest.Server, *[]string) {
+	var mu sync.Mutex
+	var got []string
+	var srv *httptest.Server
+	page := func(w http.ResponseWriter, r *http.Request, n int, item func(i int) any) {
+		from := 0
+		if c := r.URL.Query().Get("cursor"); c != "" {
+			from, _ = strconv.Atoi(strings.TrimPrefix(c, "c"))
+		}
+		to := min(from+2, n)
+		out := []any{}
+		for i := from; i < to; i++ {
+			out = append(out, item(i))
+		}
+		if to < n {
+			next := *r.URL
+			q := next.Query()
+			q.Set("cursor", fmt.Sprintf("c%d", to))
+			q.Del("page")
+			next.RawQuery = q.Encode()
+			w.Header().Set("Link", fmt.Sprintf(`<%s%s>; rel="next", <%s%s>; rel="first"`, srv.URL, next.RequestURI(), srv.URL, r.URL.Path))
+		}
+		_ = json.NewEncoder(w).Encode(out)
+	}
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Method+" "+r.URL.RequestURI())
+		mu.Unlock()
+		if r.Header.Get("Private-Token") != apiToken {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.EscapedPath() {
+		case "/api/v4/projects/g%2Fp/pipelines":
+			page(w, r, len(pipelines), func(i int) any { return pipelines[i] })
+		case "/api/v4/projects/g%2Fp/pipelines/9/jobs":
+			page(w, r, len(jobs), func(i int) any { return jobs[i] })
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &got
+}
+
+// Pages linked by the Link header only are all read, for pipelines and for
+// a pipeline's jobs, by the path the header gives.
+func TestClientFollowsLinkNext(t *testing.T) {
+	ps := []Pipeline{{ID: 9, Status: "running", Ref: "main"}, {ID: 8, Status: "running", Ref: "1-a"},
+		{ID: 7, Status: "running", Ref: "1-b"}, {ID: 6, Status: "running", Ref: "1-c"}, {ID: 5, Status: "running", Ref: "1-d"}}
+	js := []Job{{ID: 1, Name: "a"}, {ID: 2, Name: "b"}, {ID: 3, Name: "deploy", Status: "running"}}
+	srv, got := linkOnlyGitLab(t, ps, js)
+	c := &Client{APIURL: srv.URL + "/api/v4"}
+	out, err := c.Pipelines(context.Background(), apiToken, "g/p", Query{Statuses: []string{"running"}})
+	if err != nil || !slices.Equal(ids(out), []int64{9, 8, 7, 6, 5}) {
+		t.Fatalf("pipelines %v, %v; requests %q", ids(out), err, *got)
+	}
+	jobs, err := c.PipelineJobs(context.Background(), apiToken, "g/p", 9, []string{"running"})
+	if err != nil || len(jobs) != 3 || jobs[2].Name != "deploy" {
+		t.Fatalf("jobs %+v, %v; requests %q", jobs, err, *got)
+	}
+	if len(*got) != 5 || !strings.Contains((*got)[2], "cursor=c4") || !strings.Contains((*got)[4], "cursor=c2") {
+		t.Fatalf("requests %q: want 3 pages of pipelines then 2 of jobs, by the cursor links", *got)
+	}
+}
+
+// A Link rel="next" to another host is not followed: the token would go
+// there.
+func TestClientLinkToAnotherHostRefused(t *testing.T) {
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("request to another host, token %q", r.Header.Get("Private-Token"))
+	}))
+	defer elsewhere.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", fmt.Sprintf(`<%s/api/v4/projects/7/pipelines?page=2>; rel="next"`, elsewhere.URL))
+		_, _ = w.Write([]byte(`[{"id":1,"status":"running","ref":"1-a"}]`))
+	}))
+	defer srv.Close()
+	c := &Client{APIURL: srv.URL + "/api/v4"}
+	_, err := c.Pipelines(context.Background(), apiToken, "7", Query{})
+	if err == nil || !strings.Contains(err.Error(), "is not on http://127.0.0.1") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+// A status regex wider than maxServerStatuses but matching only statuses a
+// pipeline leaves is still filtered server-side: a project whose history
+// is longer than MaxPages pages is decided, in one small request per
+// status, not refused for its history.
+func TestPollerWideActiveStatusRegex(t *testing.T) {
+	srv, c := newGitLab(t)
+	c.MaxPages = 2
+	for i := range 300 {
+		srv.AddPipeline(7, fmt.Sprintf("%d-done", i), "success")
+	}
+	old := srv.AddPipeline(7, "1-old", "preparing")
+	own := srv.AddPipeline(7, "1-own", "running")
+	r := mustRule(t, Spec{StatusRegex: "running|pending|created|preparing|waiting_for_resource"})
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: own, Rule: r}})
+	if err != nil || res[0].Decision.Verdict != Wait || !slices.Equal(ids(res[0].Decision.Blocking), []int64{old}) {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 5 {
+		t.Fatalf("%d listing requests, want one per status (5)", n)
+	}
+}
+
+// A pipeline deleted between the listing and its cancel (404): gone, the
+// job goes on; the other waiters of the poll are not failed by it.
+func TestPollerCancelOfADeletedPipeline(t *testing.T) {
+	srv, c := newGitLab(t)
+	srv.AddPipeline(7, "1-a", "running")
+	srv.AddPipeline(7, "1-b", "running")
+	own := srv.AddPipeline(7, "1-c", "running")
+	srv.Inject(`^POST /api/v4/projects/7/pipelines/\d+/cancel$`, 404, -1, nil)
+	ws := []Waiter{{PipelineID: own, Rule: mustRule(t, Spec{Order: NewestWins, CancelOlder: true, StatusRegex: ".*"})},
+		{PipelineID: own + 1, Rule: mustRule(t, Spec{RefRegex: "^2-"})}}
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", ws)
+	if err != nil || res[0].Err != nil || res[0].Decision.Verdict != Proceed || res[1].Decision.Verdict != Proceed {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if n := srv.Count("POST /api/v4/projects/7/pipelines/" + strconv.FormatInt(own-1, 10) + "/cancel"); n != 1 {
+		t.Fatalf("%d cancels of the deleted pipeline", n)
+	}
+}
+
+// A pipeline of page 1 finishing while page 2 is asked for shifts the
+// offset pages: the older conflicting pipeline, first of page 2, moves to
+// page 1, already read. The listing's X-Total changed, so it is read again
+// and the conflict is seen.
+func TestPollerListingChangedBetweenPages(t *testing.T) {
+	srv, c := newGitLab(t)
+	for i := range 50 {
+		srv.AddPipeline(7, fmt.Sprintf("feature/o%d", i), "running")
+	}
+	old := srv.AddPipeline(7, "1-old", "running")
+	var newer []int64
+	for i := range 99 {
+		newer = append(newer, srv.AddPipeline(7, fmt.Sprintf("feature/n%d", i), "running"))
+	}
+	own := srv.AddPipeline(7, "2-own", "running") // old is the 101st newest: first of page 2
+	var once sync.Once
+	srv.Observe(coordinatortest.Observer{Request: func(r *http.Request) {
+		if r.URL.Query().Get("page") == "2" {
+			once.Do(func() { srv.SetPipelineStatus(newer[50], "success") })
+		}
+	}})
+	res, err := (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: own, Rule: mustRule(t, Spec{})}})
+	if err != nil || res[0].Decision.Verdict != Wait || !slices.Equal(ids(res[0].Decision.Blocking), []int64{old}) {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if n := srv.Count("GET /api/v4/projects/7/pipelines"); n != 4 {
+		t.Fatalf("%d listing requests, want 2 pages twice", n)
+	}
+	// Changing at every read: an error, retried (the job keeps waiting).
+	srv.Observe(coordinatortest.Observer{Request: func(r *http.Request) {
+		if r.URL.Query().Get("page") == "2" {
+			srv.AddPipeline(7, "feature/more", "running")
+		}
+	}})
+	_, err = (&Poller{Client: c}).Poll(context.Background(), apiToken, "7", []Waiter{{PipelineID: own, Rule: mustRule(t, Spec{})}})
+	if err == nil || Permanent(err) || !strings.Contains(err.Error(), "the list changed while its pages were read, 3 times in a row") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+// GUARD_CANCEL_OLDER on a GitLab that answers a cancel with "canceling"
+// (17.x: the jobs are still being stopped): the job waits until the
+// pipeline is canceled instead of going on beside its stopping jobs; the
+// canceling pipelines are asked for (status=canceling).
+func TestPollerCancelOlderWaitsWhileCanceling(t *testing.T) {
+	var mu sync.Mutex
+	status := "running"
+	var cancels int
+	var queried []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/api/v4/projects/7/pipelines/5/cancel":
+			cancels++
+			if status == "running" {
+				status = "canceling"
+			}
+			fmt.Fprintf(w, `{"id":5,"status":%q,"ref":"1-old"}`, status)
+		case r.URL.Path == "/api/v4/projects/7/pipelines":
+			st := r.URL.Query().Get("status")
+			queried = append(queried, st)
+			out := []Pipeline{{ID: 6, Status: "running", Ref: "1-own"}}
+			if st == status {
+				out = append(out, Pipeline{ID: 5, Status: status, Ref: "1-old"})
+			}
+			if st != "running" {
+				out = out[1:]
+			}
+			_ = json.NewEncoder(w).Encode(out)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	p := &Poller{Client: &Client{APIURL: srv.URL + "/api/v4"}}
+	for _, noWait := range []bool{false, true} {
+		mu.Lock()
+		status, cancels, queried = "running", 0, nil
+		mu.Unlock()
+		ws := []Waiter{{PipelineID: 6, Rule: mustRule(t, Spec{Order: NewestWins, CancelOlder: true, NoWait: noWait})}}
+		res, err := p.Poll(context.Background(), apiToken, "7", ws)
+		if err != nil || res[0].Err != nil || res[0].Decision.Verdict != Wait || !slices.Equal(ids(res[0].Decision.Blocking), []int64{5}) {
+			t.Fatalf("no-wait %v, after the cancel: %+v %v", noWait, res, err)
+		}
+		if !slices.Equal(queried, []string{"running", "canceling"}) {
+			t.Fatalf("statuses asked for: %q", queried)
+		}
+		res, err = p.Poll(context.Background(), apiToken, "7", ws)
+		if err != nil || res[0].Decision.Verdict != Wait || cancels != 1 {
+			t.Fatalf("no-wait %v, while canceling: %+v %v (%d cancels)", noWait, res, err, cancels)
+		}
+		mu.Lock()
+		status = "canceled"
+		mu.Unlock()
+		res, err = p.Poll(context.Background(), apiToken, "7", ws)
+		if err != nil || res[0].Decision.Verdict != Proceed {
+			t.Fatalf("no-wait %v, canceled: %+v %v", noWait, res, err)
+		}
 	}
 }

@@ -29,7 +29,13 @@ type Poller struct {
 	Client *Client
 	// Now stamps snapshots; nil = time.Now.
 	Now func() time.Time
+
+	listings map[string]*Snapshot // the last Poll's, by query key
 }
+
+// Listings are the last successful Poll's listings (no jobs), by query key
+// (Query.Key); nil after a failed one. Not safe during a Poll.
+func (p *Poller) Listings() map[string]*Snapshot { return p.listings }
 
 // Poll does one round for the waiters of project and returns their results
 // in order. A listing error is returned as is (the caller backs off, or,
@@ -39,6 +45,7 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 	if p.Now != nil {
 		now = p.Now
 	}
+	p.listings = nil
 	byQuery := map[string]*Snapshot{}
 	snaps := make([]*Snapshot, len(waiters))
 	for i, w := range waiters {
@@ -54,6 +61,7 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 		}
 		snaps[i] = s
 	}
+	listings := byQuery
 	// Jobs of the pipelines narrowed rules look at, each fetched once per
 	// snapshot and job scope.
 	jobsCache := map[string][]Job{}
@@ -99,6 +107,12 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 					continue
 				}
 				got, cerr := p.Client.Cancel(ctx, token, project, c.ID)
+				if ae, isAPI := cerr.(*APIError); isAPI && ae.Status == 404 {
+					// deleted meanwhile: gone, not a conflict (a 404 is
+					// Permanent, and would end every waiter's wait)
+					cancelled[c.ID] = Pipeline{ID: c.ID}
+					continue
+				}
 				if cerr != nil {
 					if TokenRejected(cerr) {
 						err = fmt.Errorf("cannot cancel older pipeline %d: GUARD_CANCEL_OLDER needs a guard token with the api scope: %w", c.ID, cerr)
@@ -114,20 +128,31 @@ func (p *Poller) Poll(ctx context.Context, token, project string, waiters []Wait
 			}
 			// Decide again on what GitLab answered to the cancels.
 			patched := *snaps[i]
-			patched.Pipelines = make([]Pipeline, len(snaps[i].Pipelines))
-			for k, pl := range snaps[i].Pipelines {
+			patched.Pipelines = make([]Pipeline, 0, len(snaps[i].Pipelines))
+			for _, pl := range snaps[i].Pipelines {
 				if got, ok := cancelled[pl.ID]; ok && got.ID == pl.ID {
+					if got.Status == "" {
+						continue // deleted
+					}
 					pl.Status = got.Status
 				}
-				patched.Pipelines[k] = pl
+				patched.Pipelines = append(patched.Pipelines, pl)
+			}
+			var done []Pipeline
+			for _, c := range d.Cancel {
+				if got := cancelled[c.ID]; got.ID == c.ID && got.Status != "" {
+					c.Status = got.Status
+					done = append(done, c)
+				}
 			}
 			d = w.Rule.Evaluate(&patched, w.PipelineID)
-			if d.Verdict == Wait && w.Rule.NoWait {
-				d.Verdict = Conflict
+			if d.Verdict == Wait && w.Rule.NoWait && len(d.Cancel) > 0 {
+				d.Verdict = Conflict // still conflicting after the cancel
 			}
-			d.Cancel = nil
+			d.Cancel, d.Cancelled = nil, done
 		}
 		results[i] = Result{Decision: d}
 	}
+	p.listings = listings
 	return results, nil
 }

@@ -80,9 +80,26 @@ type Query struct {
 // Key identifies the query: rules with equal keys share one request.
 func (q Query) Key() string { return strings.Join(q.Statuses, ",") + "|" + q.Ref }
 
-// maxServerStatuses: above this many matching statuses, one unfiltered
-// listing is cheaper than one request per status.
+// maxServerStatuses: above this many matching statuses, one of them a
+// finished one, one unfiltered listing is cheaper than one request per
+// status. A regex matching only statuses a pipeline leaves (running,
+// pending, created, …) is always filtered by status: unfiltered, the
+// listing would be the project's whole history, page after page (and
+// beyond Client.MaxPages, no decision at all).
 const maxServerStatuses = 4
+
+// statusCanceling is GitLab's (17.x) status of a pipeline being cancelled:
+// its jobs are still being stopped.
+const statusCanceling = "canceling"
+
+// finished: a pipeline in this status stays in it.
+func finished(status string) bool {
+	switch status {
+	case "success", "failed", "canceled", "skipped":
+		return true
+	}
+	return false
+}
 
 // NewRule checks and compiles a spec. Errors name the variable involved.
 func NewRule(s Spec) (*Rule, error) {
@@ -136,23 +153,27 @@ func NewRule(s Spec) (*Rule, error) {
 	if len(statuses) == 0 {
 		return nil, fmt.Errorf("GUARD_STATUS_REGEX: %q matches no pipeline status (%s)", s.StatusRegex, strings.Join(PipelineStatuses, ", "))
 	}
-	if len(statuses) <= maxServerStatuses {
+	if len(statuses) <= maxServerStatuses || !slices.ContainsFunc(statuses, finished) {
+		if s.CancelOlder && !slices.Contains(statuses, statusCanceling) {
+			// the pipelines it cancelled, while GitLab stops their jobs
+			statuses = append(slices.Clone(statuses), statusCanceling)
+		}
 		r.query.Statuses = statuses
 	}
 	r.query.Ref = exactLiteral(s.RefRegex)
 	return r, nil
 }
 
+// compile checks expr as written, then compiles it (anchored: at the
+// start, as Python's re.match). Wrapping alone would accept an expression
+// with unbalanced parentheses, e.g. "running)|(x" as "^(?:running)|(x)",
+// with another meaning than Python's refusal.
 func compile(name, expr string, anchored bool) (*regexp.Regexp, error) {
-	src := expr
-	if anchored {
-		src = `^(?:` + expr + `)`
+	re, err := regexp.Compile(expr)
+	if err == nil && anchored {
+		re, err = regexp.Compile(`^(?:` + expr + `)`)
 	}
-	re, err := regexp.Compile(src)
 	if err != nil {
-		if _, err2 := regexp.Compile(expr); err2 != nil {
-			err = err2
-		}
 		return nil, fmt.Errorf("%s: %q is not a valid regular expression: %w", name, expr, err)
 	}
 	return re, nil
@@ -415,6 +436,13 @@ type Decision struct {
 	// Cancel are older conflicting pipelines to cancel (newest_wins with
 	// CancelOlder); the job waits until they no longer match.
 	Cancel []Pipeline
+	// Cancelled are the pipelines this poll cancelled for the job (as
+	// listed, with the status GitLab answered to the cancel), for its log.
+	Cancelled []Pipeline
+	// Stopping are older pipelines of a matching ref being cancelled
+	// (canceling: their jobs still stop) that a CancelOlder job waits for,
+	// whatever the status regex: they are in Blocking too.
+	Stopping []Pipeline
 }
 
 // Message is a one-line explanation for a job's log or failure.
@@ -464,12 +492,23 @@ func (r *Rule) Evaluate(snap *Snapshot, own int64) Decision {
 		d.Blocking = older
 		if r.CancelOlder {
 			d.Cancel = older
+			// Going on while the cancelled deploy still stops would
+			// overlap with it: wait until it is canceled.
+			for _, p := range snap.Pipelines {
+				if p.ID < own && p.Status == statusCanceling && r.ref.MatchString(p.Ref) && !slices.ContainsFunc(older, func(o Pipeline) bool { return o.ID == p.ID }) {
+					d.Stopping = append(d.Stopping, p)
+				}
+			}
+			if len(d.Stopping) > 0 {
+				d.Blocking = append(slices.Clone(older), d.Stopping...)
+				slices.SortFunc(d.Blocking, func(a, b Pipeline) int { return indexOf(snap, a.ID) - indexOf(snap, b.ID) })
+			}
 		}
 	}
 	switch {
 	case len(d.Blocking) == 0:
 		d.Verdict = Proceed
-	case r.NoWait && len(d.Cancel) == 0:
+	case r.NoWait && len(d.Cancel) == 0 && len(d.Stopping) < len(d.Blocking):
 		d.Verdict = Conflict
 	default:
 		d.Verdict = Wait

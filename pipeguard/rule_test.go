@@ -75,6 +75,10 @@ func TestQueryDerivation(t *testing.T) {
 		{"^(?i)master$", "runn", []string{"running"}, ""},
 		{"^v1\\.0$", "wait", []string{"waiting_for_resource", "waiting_for_callback"}, "v1.0"},
 		{".+", ".*", nil, ""}, // every status: one unfiltered listing
+		{".+", "success|failed|canceled|skipped|running", nil, ""},
+		// only statuses a pipeline leaves: by status, however many
+		{".+", "running|pending|created|preparing|waiting_for_resource|scheduled",
+			[]string{"created", "waiting_for_resource", "preparing", "pending", "running", "scheduled"}, ""},
 		{".+", "canc", []string{"canceling", "canceled"}, ""},
 	} {
 		r := mustRule(t, Spec{RefRegex: c.ref, StatusRegex: c.status})
@@ -93,6 +97,7 @@ func TestRuleErrors(t *testing.T) {
 		{Spec{RefRegex: "(?=x)"}, "GUARD_REF_REGEX"},
 		{Spec{StatusRegex: "runing"}, "GUARD_STATUS_REGEX: \"runing\" matches no pipeline status"},
 		{Spec{StatusRegex: "("}, "GUARD_STATUS_REGEX"},
+		{Spec{StatusRegex: "running)|(x"}, "GUARD_STATUS_REGEX: \"running)|(x\" is not a valid regular expression: error parsing regexp: unexpected )"},
 		{Spec{JobRegex: "["}, "GUARD_JOB_REGEX"},
 		{Spec{StageRegex: "["}, "GUARD_STAGE_REGEX"},
 		{Spec{Order: "fifo"}, "GUARD_ORDER: \"fifo\""},
@@ -240,5 +245,58 @@ func TestPipelineLine(t *testing.T) {
 	p := Pipeline{ID: 47, Status: "running", SHA: "a91957a8", Ref: "12-x"}
 	if got := p.String(); got != "Pipeline #47 running    a91957a8 12-x" {
 		t.Fatalf("%q", got)
+	}
+}
+
+// The regular expressions of gitlab-job-guard's documentation compile (Go's
+// RE2) and match what it says they match.
+func TestDocumentedExamples(t *testing.T) {
+	for _, c := range []struct {
+		ref     string
+		yes, no []string
+	}{
+		{`^v[0-9\.]+`, []string{"v1.2.3"}, []string{"main", "1.2"}},
+		{`^master$`, []string{"master"}, []string{"master-deployment", "feature/master"}},
+		{`^(master|dev(elop)?)$`, []string{"master", "dev", "develop"}, []string{"devel", "main"}},
+		{`^(feature|release|hotfix)/`, []string{"feature/x", "hotfix/1"}, []string{"features/x", "x/feature/y"}},
+		{`^[0-9]\-`, []string{"1-fix"}, []string{"12-fix", "fix-1"}},
+		{`^v?[\d.]+$`, []string{"v1.0.9", "2.0"}, []string{"v1.0-rc1", "main"}},
+		{`^environment/`, []string{"environment/dc1-prod"}, []string{"env/dc1"}},
+		{`^environment/dc1.+`, []string{"environment/dc1-prod"}, []string{"environment/dc1", "environment/dc2-prod"}},
+		{`master`, []string{"feature/master-document"}, []string{"main"}},
+		{`.+`, []string{"anything"}, nil},
+	} {
+		r := mustRule(t, Spec{RefRegex: c.ref, StatusRegex: "running|pending"})
+		for _, ref := range c.yes {
+			if len(r.Matching([]Pipeline{{ID: 1, Ref: ref, Status: "pending"}}, 9)) != 1 {
+				t.Errorf("%s should match %q", c.ref, ref)
+			}
+		}
+		for _, ref := range c.no {
+			if len(r.Matching([]Pipeline{{ID: 1, Ref: ref, Status: "running"}}, 9)) != 0 {
+				t.Errorf("%s should not match %q", c.ref, ref)
+			}
+		}
+	}
+}
+
+// A canceling older pipeline blocks a GUARD_CANCEL_OLDER job (its jobs
+// still stop); without GUARD_CANCEL_OLDER the status regex alone decides,
+// as gitlab-job-guard.
+func TestCancelingPipelines(t *testing.T) {
+	snap := &Snapshot{Pipelines: []Pipeline{{ID: 9, Ref: "1-own", Status: "running"}, {ID: 5, Ref: "1-old", Status: "canceling"},
+		{ID: 4, Ref: "main", Status: "canceling"}}}
+	d := mustRule(t, Spec{Order: NewestWins, CancelOlder: true}).Evaluate(snap, 9)
+	if d.Verdict != Wait || !slices.Equal(ids(d.Blocking), []int64{5}) || len(d.Cancel) != 0 {
+		t.Fatalf("cancel older: %+v", d)
+	}
+	if d := mustRule(t, Spec{Order: NewestWins, CancelOlder: true, NoWait: true}).Evaluate(snap, 9); d.Verdict != Wait {
+		t.Fatalf("cancel older, no wait: %+v", d)
+	}
+	if d := mustRule(t, Spec{Order: NewestWins}).Evaluate(snap, 9); d.Verdict != Proceed {
+		t.Fatalf("newest_wins: %+v", d)
+	}
+	if q := mustRule(t, Spec{Order: NewestWins, CancelOlder: true}).Query(); !slices.Equal(q.Statuses, []string{"running", "canceling"}) {
+		t.Fatalf("query %+v", q)
 	}
 }

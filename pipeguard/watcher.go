@@ -40,7 +40,8 @@ func JitterInterval() time.Duration {
 const MinGap = 3 * time.Second
 
 // ErrorBackoff is the wait after failed polls: doubling from 2 s, at most
-// 30 s, jittered.
+// 30 s, jittered; at least GitLab's Retry-After (up to 30 s) on a 429 or
+// 503.
 var ErrorBackoff = backoff.Policy{Min: 2 * time.Second, Max: 30 * time.Second}
 
 // ErrTimeout ends a wait that reached the rule's timeout.
@@ -115,6 +116,9 @@ type group struct {
 	waiters       map[*waiter]bool
 	wake          chan struct{}
 	lastPoll      time.Time
+	// listings: the last successful poll's, by query key (nil after a
+	// failed one), to answer a job that starts waiting (under Watcher.mu).
+	listings map[string]*Snapshot
 }
 
 type waiter struct {
@@ -255,10 +259,35 @@ func (w *Watcher) join(wt *waiter) {
 		return
 	}
 	g.waiters[wt] = true
+	if w.answerFromLast(g, wt) {
+		return
+	}
 	select {
 	case g.wake <- struct{}{}:
 	default:
 	}
+}
+
+// answerFromLast answers a job that starts waiting from the project's last
+// listing when that says it must wait (a conflicting pipeline was there at
+// the last poll: waiting until the next one is safe), so that jobs joining
+// a wait in progress cost no request of their own: one listing per
+// interval, however many jobs arrive. Any other verdict, a narrowed rule
+// (it needs jobs lists) or a cancel is left to a fresh poll (the wake,
+// MinGap after the last one). Called with w.mu held.
+func (w *Watcher) answerFromLast(g *group, wt *waiter) bool {
+	r := wt.req.Rule
+	snap := g.listings[r.Query().Key()]
+	if snap == nil || r.Narrowed() || r.CancelOlder {
+		return false
+	}
+	d := r.Evaluate(snap, wt.req.PipelineID)
+	if d.Verdict != Wait {
+		return false
+	}
+	wt.blocking, wt.polled = d.Blocking, snap.At
+	send(wt, outcome{d: d, at: w.clock().Now()})
+	return true
 }
 
 func (w *Watcher) leave(wt *waiter) {
@@ -362,6 +391,7 @@ func (w *Watcher) run(g *group) {
 		switch {
 		case err != nil && Permanent(err):
 			w.mu.Lock()
+			g.listings = nil
 			for _, wt := range ws {
 				delete(g.waiters, wt)
 			}
@@ -371,7 +401,12 @@ func (w *Watcher) run(g *group) {
 			}
 			continue
 		case err != nil:
-			pause = pol.Wait(failures)
+			w.mu.Lock()
+			g.listings = nil
+			w.mu.Unlock()
+			// GitLab's rate limit says when to come back (within the
+			// backoff's bound: a job log says when the next try is).
+			pause = max(pol.Wait(failures), min(RetryAfter(err), pol.Max))
 			failures++
 			w.mu.Lock()
 			for _, wt := range ws {
@@ -384,6 +419,7 @@ func (w *Watcher) run(g *group) {
 		default:
 			failures = 0
 			w.mu.Lock()
+			g.listings = poller.Listings()
 			for i, wt := range ws {
 				wt.polled, wt.lastErr, wt.blocking = g.lastPoll, nil, results[i].Decision.Blocking
 				if results[i].Err != nil || results[i].Decision.Verdict != Wait {

@@ -3,6 +3,9 @@ package pipeguard
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -300,5 +303,147 @@ func TestEventLines(t *testing.T) {
 	got = Event{Kind: EventAPIError, RetryIn: 4200 * time.Millisecond, Err: errors.New("GitLab answered 502")}.Lines(r)
 	if len(got) != 1 || got[0] != "pipeline guard: GitLab pipelines API error, retrying in 4s: GitLab answered 502" {
 		t.Fatalf("%q", got)
+	}
+}
+
+// A 429 with Retry-After (GitLab's rate limits): the next poll comes no
+// sooner than asked, within the 30 s bound.
+func TestRateLimitedWaitsRetryAfter(t *testing.T) {
+	for _, c := range []struct {
+		after string
+		want  time.Duration
+	}{{"20", 20 * time.Second}, {"600", 30 * time.Second}} {
+		h := newHarness(t)
+		own := h.srv.AddPipeline(7, "2-own", "running")
+		h.srv.Inject(`^GET /api/v4/projects/7/pipelines$`, 429, 1, http.Header{"Retry-After": {c.after}})
+		ch, _ := h.start(context.Background(), own, Spec{})
+		h.polls(1, 2)
+		if e := h.event(); e.Kind != EventAPIError || e.RetryIn != c.want || !strings.Contains(e.Err.Error(), "429") {
+			t.Fatalf("Retry-After %s: %+v", c.after, e)
+		}
+		if next := h.clk.Next(); next != c.want {
+			t.Fatalf("Retry-After %s: next poll in %v", c.after, next)
+		}
+		h.clk.Advance(c.want)
+		if r := h.result(ch); r.err != nil || r.d.Verdict != Proceed {
+			t.Fatalf("%+v", r)
+		}
+	}
+}
+
+// The pause between polls is gitlab-job-guard's random 3 to 15 s, and a
+// Watcher without an Interval uses it.
+func TestJitterInterval(t *testing.T) {
+	lo, hi := time.Hour, time.Duration(0)
+	for range 5000 {
+		d := JitterInterval()
+		if d < 3*time.Second || d > 15*time.Second {
+			t.Fatalf("%v outside 3-15 s", d)
+		}
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if lo > 4*time.Second || hi < 14*time.Second {
+		t.Fatalf("5000 draws within %v-%v: not spread over 3-15 s", lo, hi)
+	}
+	seen := map[time.Duration]bool{}
+	for range 3 {
+		h := newHarness(t)
+		h.w.Interval = nil
+		h.srv.AddPipeline(7, "1-old", "running")
+		own := h.srv.AddPipeline(7, "2-own", "running")
+		ctx, cancel := context.WithCancel(context.Background())
+		ch, _ := h.start(ctx, own, Spec{})
+		h.polls(1, 2)
+		next := h.clk.Next()
+		if next < 3*time.Second || next > 15*time.Second {
+			t.Fatalf("next poll in %v", next)
+		}
+		seen[next] = true
+		cancel()
+		h.result(ch)
+	}
+	if len(seen) < 2 {
+		t.Fatalf("the same pause three times: %v", seen)
+	}
+}
+
+// Jobs that start waiting while a conflict is known are answered from the
+// project's last listing, without a request nor waking the poller: 50 jobs
+// arriving one after the other cost no listing of their own; the next
+// interval's one listing answers them all.
+func TestJoiningJobsShareTheLastListing(t *testing.T) {
+	h := newHarness(t)
+	old := h.srv.AddPipeline(7, "1-old", "running")
+	var chs []<-chan waitResult
+	for i := range 50 {
+		own := h.srv.AddPipeline(7, fmt.Sprintf("feature/%d", i), "running")
+		ch, _ := h.start(context.Background(), own, Spec{})
+		chs = append(chs, ch)
+		if i == 0 {
+			h.polls(1, 2)
+		}
+		e := h.event() // without the clock moving
+		if e.Kind != EventPolled || !e.Changed || !slices.Equal(ids(e.Decision.Blocking), []int64{old}) {
+			t.Fatalf("job %d: %+v", i, e)
+		}
+	}
+	if n := h.srv.Count(listRoute); n != 1 {
+		t.Fatalf("%d listings for 50 jobs joining a wait, want 1", n)
+	}
+	if len(h.w.Waiting()) != 50 {
+		t.Fatalf("%d waiting", len(h.w.Waiting()))
+	}
+	// The jobs' timeouts and one poll interval: nothing else pending.
+	if !h.clk.WaitPending(51, 10*time.Second) || h.clk.Pending() != 51 {
+		t.Fatalf("timers pending: %d, want 51", h.clk.Pending())
+	}
+	h.srv.SetPipelineStatus(old, "success")
+	h.clk.Advance(5 * time.Second)
+	for i, ch := range chs {
+		if r := h.result(ch); r.err != nil || r.d.Verdict != Proceed {
+			t.Fatalf("job %d: %+v", i, r)
+		}
+	}
+	if n := h.srv.Count(listRoute); n != 2 {
+		t.Fatalf("%d listings, want 2", n)
+	}
+}
+
+// A job the last listing would let go is not answered from it (that
+// listing may be up to an interval old): it gets a fresh poll, MinGap after
+// the last one, which sees the conflict that began since.
+func TestJoiningJobFreeGetsAFreshPoll(t *testing.T) {
+	h := newHarness(t)
+	h.srv.AddPipeline(7, "1-old", "running")
+	b := h.srv.AddPipeline(7, "3-b", "running")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.start(ctx, b, Spec{})
+	h.polls(1, 2)
+	h.event()
+	// After that listing: a pipeline conflicting with a's rule (same
+	// query), older than a's.
+	conflict := h.srv.AddPipeline(7, "2-new", "running")
+	a := h.srv.AddPipeline(7, "feature/a", "running")
+	chA, _ := h.start(ctx, a, Spec{RefRegex: "^2-"})
+	if !h.clk.WaitPending(4, 10*time.Second) { // both timeouts, the interval, the MinGap wait
+		t.Fatalf("timers pending: %d, want 4", h.clk.Pending())
+	}
+	select {
+	case r := <-chA:
+		t.Fatalf("a answered from the last listing: %+v", r)
+	case e := <-h.events:
+		t.Fatalf("an event from the last listing: %+v", e)
+	default:
+	}
+	h.clk.Advance(MinGap)
+	for {
+		e := h.event()
+		if e.Kind == EventPolled && slices.Equal(ids(e.Decision.Blocking), []int64{conflict}) {
+			break // a's
+		}
+	}
+	if n := h.srv.Count(listRoute); n != 2 {
+		t.Fatalf("%d listings, want 2", n)
 	}
 }

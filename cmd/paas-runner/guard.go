@@ -372,12 +372,20 @@ func runGuard(ctx context.Context, args []string, env guardEnv, stdout, stderr i
 		}
 	}
 	dot := func() { fmt.Fprint(stderr, ".") }
+	// GUARD_CANCEL_OLDER's cancels, even with -q: they act on others'
+	// pipelines
+	cancelled := func(ps []pipeguard.Pipeline) {
+		for _, p := range ps {
+			log.line("INFO", "Cancelled older "+p.String())
+		}
+	}
 	d, err := w.Wait(ctx, pipeguard.Request{APIURL: vals["--ci-api-v4-url"], Project: vals["--ci-project-id"],
 		Token: vals["--private-token"], PipelineID: pipelineID, Rule: rule}, func(e pipeguard.Event) {
 		switch e.Kind {
 		case pipeguard.EventAPIError:
 			log.line("ERROR", fmt.Sprintf("GuardApiAccessException(\"Failed to retrieve project pipeline data, %v\")", e.Err))
 		case pipeguard.EventPolled:
+			cancelled(e.Decision.Cancelled)
 			if !silent {
 				if e.Changed {
 					printSummary(e.Decision.Blocking)
@@ -388,6 +396,7 @@ func runGuard(ctx context.Context, args []string, env guardEnv, stdout, stderr i
 			last = e.Decision.Blocking
 		}
 	})
+	cancelled(d.Cancelled)
 	var te *pipeguard.TimeoutError
 	switch {
 	case errors.As(err, &te):

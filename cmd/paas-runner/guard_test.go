@@ -330,8 +330,16 @@ func TestGuardOrderAndNarrowing(t *testing.T) {
 	// newest_wins + GUARD_CANCEL_OLDER: the newest cancels the older ones.
 	g.env = map[string]string{"CI_API_V4_URL": g.srv.URL + "/api/v4", "CI_PROJECT_ID": "7", "PRIVATE_TOKEN": guardToken,
 		"CI_PIPELINE_ID": fmt.Sprint(newer), "GUARD_ORDER": "newest_wins", "GUARD_CANCEL_OLDER": "true"}
-	if r := g.run("-x"); r.code != 0 || g.srv.PipelineOf(own).Status != "canceled" || g.srv.PipelineOf(old).Status != "canceled" {
+	r = g.run("-x")
+	if r.code != 0 || g.srv.PipelineOf(own).Status != "canceled" || g.srv.PipelineOf(old).Status != "canceled" {
 		t.Fatalf("cancel older: %+v", r)
+	}
+	want := ""
+	for _, id := range []int64{own, old} {
+		want += fmt.Sprintf("INFO Cancelled older Pipeline #%d canceled   %s %s\n", id, g.srv.PipelineOf(id).SHA, g.srv.PipelineOf(id).Ref)
+	}
+	if got := lines(r.stdout); got != want+"INFO No other conflicting pipelines detected, proceeding ...\n" {
+		t.Fatalf("cancel older's output:\n%s", got)
 	}
 }
 
@@ -356,4 +364,47 @@ func FuzzGuardArgs(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Every name gitlab-job-guard accepts (the list, and the long names
+// its env_var_as_arg derives from the variables: --guard-ref-regex,
+// --ci-api-v4-url, …) sets its option; each variable beats it.
+func TestGuardEveryFlagName(t *testing.T) {
+	for key, c := range map[string]struct {
+		env   string
+		names []string
+	}{
+		"--guard-ref-regex":    {"GUARD_REF_REGEX", []string{"-c", "--check", "--guard", "--guard-ref-regex"}},
+		"--guard-status-regex": {"GUARD_STATUS_REGEX", []string{"-s", "--status-regex", "--guard-status-regex"}},
+		"--ci-api-v4-url":      {"CI_API_V4_URL", []string{"-u", "--api-url", "--ci-api-v4-url"}},
+		"--ci-project-id":      {"CI_PROJECT_ID", []string{"-p", "--project-id", "--ci-project-id"}},
+		"--ci-pipeline-id":     {"CI_PIPELINE_ID", []string{"-i", "--pipeline-id", "--ci-pipeline-id"}},
+		"--private-token":      {"PRIVATE_TOKEN", []string{"-t", "--access-token", "--api-token", "--private-token"}},
+		"--guard-timeout":      {"GUARD_TIMEOUT", []string{"-w", "--timeout", "--guard-timeout"}},
+		"--no-wait":            {"", []string{"-x", "--no-wait", "--exit"}},
+		"--silent":             {"", []string{"-q", "--silent", "--quiet"}},
+	} {
+		for _, name := range c.names {
+			args := []string{name}
+			if c.env != "" {
+				args = append(args, "v-"+name)
+			}
+			none := func(string) (string, bool) { return "", false }
+			vals, _, err := parseGuardArgs(args, none)
+			want := "true"
+			if c.env != "" {
+				want = "v-" + name
+			}
+			if err != nil || len(vals) != 1 || vals[key] != want {
+				t.Errorf("%v: %v %v, want %s=%s", args, vals, err, key, want)
+			}
+			if c.env == "" {
+				continue
+			}
+			vals, _, err = parseGuardArgs(args, func(k string) (string, bool) { return "from-env", k == c.env })
+			if err != nil || vals[key] != "from-env" {
+				t.Errorf("%v with %s set: %v %v", args, c.env, vals, err)
+			}
+		}
+	}
 }

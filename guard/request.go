@@ -249,20 +249,26 @@ func ParseRequest(p *job.Payload, pol *Policy, ref JobRef, poolExists func(strin
 	fail := func(format string, a ...any) (*Request, error) {
 		return nil, &DeclarationError{Msg: fmt.Sprintf(format, a...)}
 	}
-	project := firstNonEmpty(vars.Get("CI_PROJECT_PATH"), p.JobInfo.ProjectFullPath)
-	ns := vars.Get("CI_PROJECT_ROOT_NAMESPACE")
+	// The scope (project, top-level namespace) and the order (pipeline)
+	// are GitLab's predefined variables, the first of their name in the
+	// payload: GitLab gives predefined variables the lowest precedence, so
+	// a job's own variables of the same name come after them, and they
+	// must not let a job of another namespace into a pool, take another
+	// project's lock or supersede its jobs.
+	project := firstNonEmpty(predefined(vars, "CI_PROJECT_PATH"), p.JobInfo.ProjectFullPath)
+	ns := predefined(vars, "CI_PROJECT_ROOT_NAMESPACE")
 	if ns == "" {
 		ns, _, _ = strings.Cut(project, "/")
 	}
 	ref.Project = project
 	if ref.PipelineID == 0 {
 		ref.PipelineID = p.JobInfo.PipelineID
-		if v, err := strconv.ParseInt(vars.Get("CI_PIPELINE_ID"), 10, 64); err == nil && ref.PipelineID == 0 {
+		if v, err := strconv.ParseInt(predefined(vars, "CI_PIPELINE_ID"), 10, 64); err == nil && ref.PipelineID == 0 {
 			ref.PipelineID = v
 		}
 	}
 	if ref.Ref == "" {
-		ref.Ref = firstNonEmpty(vars.Get("CI_COMMIT_REF_NAME"), p.GitInfo.Ref)
+		ref.Ref = firstNonEmpty(predefined(vars, "CI_COMMIT_REF_NAME"), p.GitInfo.Ref)
 	}
 	r := &Request{Job: ref, Namespace: ns, Timeout: DefaultTimeout, JobTimeout: time.Duration(p.RunnerInfo.Timeout) * time.Second}
 	if r.JobTimeout <= 0 {
@@ -399,6 +405,18 @@ func parseBool(key, s string) (bool, error) {
 		return true, nil
 	}
 	return false, &DeclarationError{Msg: fmt.Sprintf("%s: %q is not true or false", key, s)}
+}
+
+// predefined is the first variable named key: GitLab's predefined value
+// when the job also sets one of that name (GitLab sends both, predefined
+// first; the runner, and the job, see the last).
+func predefined(vars job.Variables, key string) string {
+	for _, v := range vars {
+		if v.Key == key {
+			return v.Value
+		}
+	}
+	return ""
 }
 
 func firstNonEmpty(vals ...string) string {

@@ -447,6 +447,18 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 				claims = c
 				return true, "", "", nil
 			}
+			if !synced {
+				// declared while the store had never answered (its pools
+				// unknown): checked again once it has, so that a pool
+				// that does not exist fails the job then, not at its
+				// lock timeout
+				m.mu.Lock()
+				synced = m.synced
+				m.mu.Unlock()
+				if _, err := validate(pol, st, true); synced && err != nil {
+					return false, "", "", &WaitError{Reason: "declaration", Msg: err.Error()}
+				}
+			}
 			if cur := m.pol(); cur != pol {
 				// reloaded: a pool or lock removed, or a namespace no
 				// longer allowed, fails the job (a held lock stays held)

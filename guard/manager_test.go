@@ -428,3 +428,57 @@ func TestLocalFileRefused(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
+
+// flaky is a backend that fails while down is set (a lock repository
+// that does not answer).
+type flaky struct {
+	Backend
+	down atomic.Bool
+}
+
+func (f *flaky) Update(ctx context.Context, fn func(*State) bool) (*State, error) {
+	if f.down.Load() {
+		return nil, errors.New("connection refused")
+	}
+	return f.Backend.Update(ctx, fn)
+}
+
+// A job declared while the shared store had never answered (its pools
+// unknown) is checked again once it answers: a pool that does not exist
+// fails it then, at once, instead of at its lock timeout; a pool that
+// exists is granted.
+func TestUnknownPoolFailsOnceTheStoreAnswers(t *testing.T) {
+	local, err := OpenLocal(filepath.Join(t.TempDir(), "state.json.guards"), map[string]map[string]string{"aws": {"env-1": "region=eu-west-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &flaky{Backend: local}
+	be.down.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// the git backend's policy: the pools are the store's
+	m, err := NewManager(ctx, be, Options{Daemon: "r_test", Policy: &Policy{DefaultMode: OldestFirst}, Refresh: 5 * time.Millisecond,
+		Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	e := &testEnv{t: t, m: m}
+	gone := &tjob{id: 1, pipeline: 1, vars: map[string]string{VarPool: "gcp", VarTimeout: "3600"}}
+	ok := &tjob{id: 2, pipeline: 2, vars: map[string]string{VarPool: "aws"}}
+	gch, och := e.admit(ctx, gone), e.admit(ctx, ok)
+	waitLine(t, gone, "the lock store is unreachable (connection refused)")
+	waitLine(t, ok, "the lock store is unreachable (connection refused)")
+	be.down.Store(false)
+	r := get(t, gch)
+	var we *WaitError
+	if !errors.As(r.err, &we) || we.Reason != "declaration" || !strings.Contains(r.err.Error(), `PAAS_POOL: pool "gcp" does not exist on this runner`) {
+		t.Fatalf("a job waiting for a pool the store does not have: %+v", r)
+	}
+	if r := get(t, och); r.err != nil || r.vars.Get("PAAS_POOL_AWS_NAME") != "env-1" {
+		t.Fatalf("%+v", r)
+	}
+	e.waitFor("the failed job gone from the queue", func(s *State) bool { return len(s.Waiters) == 0 })
+}

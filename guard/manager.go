@@ -379,14 +379,13 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	validate := func(pol *Policy, st *State, synced bool) (*Request, error) {
 		req, err := ParseRequest(a.Payload, pol, ref, func(pool string) bool {
 			if pol.Declared {
-				_, ok := pol.Pools[pool]
-				return ok
+				return pol.declaresPool(pool, st)
 			}
 			_, ok := st.Pools[pool]
 			return ok || !synced // pools unknown until the store answers
 		})
 		if err == nil && req != nil {
-			err = pol.checkDeclared(req.Demands)
+			err = pol.checkDeclared(req.Demands, st)
 		}
 		return req, err
 	}

@@ -212,9 +212,10 @@ func (p *Policy) declaredLocks() map[string]map[string]string {
 	return out
 }
 
-// checkDeclared reports a demand the declared pools do not have (nil with
-// the git backend, whose pools are the repository's, or for mutexes).
-func (p *Policy) checkDeclared(ds []Demand) error {
+// checkDeclared reports a demand the declared pools, and the locks added
+// to st with `paas-runner pool`, do not have (nil with the git backend,
+// whose pools are the repository's, or for mutexes).
+func (p *Policy) checkDeclared(ds []Demand, st *State) error {
 	if p == nil || !p.Declared {
 		return nil
 	}
@@ -222,15 +223,39 @@ func (p *Policy) checkDeclared(ds []Demand) error {
 		if IsMutex(d.Pool) {
 			continue
 		}
-		pp, ok := p.Pools[d.Pool]
-		if !ok {
+		if !p.declaresPool(d.Pool, st) {
 			return &DeclarationError{Msg: fmt.Sprintf("%s: pool %q does not exist on this runner", VarPool, d.Pool)}
 		}
-		if _, ok := pp.Locks[d.Lock]; d.Lock != "" && !ok {
+		if _, ok := p.Pools[d.Pool].Locks[d.Lock]; d.Lock != "" && !ok && !added(st, d.Pool, d.Lock) {
 			return &DeclarationError{Msg: fmt.Sprintf("%s: pool %q has no lock %q on this runner", VarPool, d.Pool, d.Lock)}
 		}
 	}
 	return nil
+}
+
+// declaresPool: a pool of the configuration, or one with a lock added
+// with `paas-runner pool` (local backend).
+func (p *Policy) declaresPool(pool string, st *State) bool {
+	if _, ok := p.Pools[pool]; ok {
+		return true
+	}
+	if st == nil || st.Pools[pool] == nil {
+		return false
+	}
+	for _, l := range st.Pools[pool].Locks {
+		if l.Added {
+			return true
+		}
+	}
+	return false
+}
+
+func added(st *State, pool, lock string) bool {
+	if st == nil || st.Pools[pool] == nil {
+		return false
+	}
+	l := st.Pools[pool].Locks[lock]
+	return l != nil && l.Added
 }
 
 func (p *Policy) defaultMode() Mode {

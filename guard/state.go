@@ -32,6 +32,9 @@ type Holder struct {
 type Lock struct {
 	Metadata string  `json:"metadata,omitempty"`
 	Holder   *Holder `json:"holder,omitempty"`
+	// Added: made by `paas-runner pool add` on the local backend, not
+	// declared in the configuration (which does not remove it).
+	Added bool `json:"added,omitempty"`
 }
 
 // Pool is a set of locks. A project or group lock is a one-lock pool.

@@ -45,11 +45,7 @@ func buildGuards(ctx context.Context, cfg *config.Config, store *state.Store, sy
 	var be guard.Backend
 	switch g.Backend {
 	case "local":
-		pools := map[string]map[string]string{}
-		for _, p := range g.Pools {
-			pools[p.Name] = p.Locks
-		}
-		l, err := guard.OpenLocal(guard.LocalPath(store.Path()), pools)
+		l, err := guard.OpenLocal(guard.LocalPath(store.Path()), declaredPools(cfg))
 		if err != nil {
 			return nil, err
 		}

@@ -338,7 +338,12 @@ func TestGitNotPoolLayout(t *testing.T) {
 	m, _ := NewManager(ctx, be, Options{Daemon: "r_x", Logger: zaptest.NewLogger(t)})
 	j := &tjob{id: 2, pipeline: 2, vars: map[string]string{VarLock: "x"}}
 	ch := (&gitDaemon{m: m, be: be}).admit(t, ctx, j)
-	waitLine(t, j, "none with claimed/ or unclaimed/ files: not in pool-resource layout")
+	waitLine(t, j, "its locks: the lock repository is not in pool-resource layout (fix it, or guards.git.url) (the lock repository has directories but none with claimed/ or unclaimed/ files: not in pool-resource layout); retrying")
+	for _, l := range j.lines() {
+		if strings.Contains(l, "unreachable") {
+			t.Fatalf("a repository that answers called unreachable: %q", l)
+		}
+	}
 	cancel()
 	get(t, ch)
 	_ = fmt.Sprint(os.Getpid())

@@ -118,7 +118,7 @@ func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) 
 	if _, err := m.update(ctx, func(*State) bool { return false }); err != nil {
 		// a shared store may be unreachable now: jobs without guards go
 		// on; guarded jobs wait, saying so, until it answers
-		m.log.Warn("guards: the lock store is unreachable; guarded jobs wait until it answers", zap.Error(err))
+		m.log.Warn("guards: "+storeProblem(err)+"; guarded jobs wait until it answers", zap.Error(err))
 	}
 	return m, nil
 }
@@ -437,7 +437,7 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 					if ctx.Err() != nil {
 						return false, "", "", ctx.Err()
 					}
-					return false, "its locks: the lock store is unreachable (" + shortErr(err) + "); retrying", "unreachable", nil
+					return false, "its locks: " + storeProblem(err) + " (" + shortErr(err) + "); retrying", "unreachable", nil
 				}
 				registered = true
 			}
@@ -479,7 +479,7 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 			bad := m.unsynced
 			m.mu.Unlock()
 			if bad != nil {
-				line += " (the lock store is unreachable: " + shortErr(bad) + "; retrying)"
+				line += " (" + storeProblem(bad) + ": " + shortErr(bad) + "; retrying)"
 				k += "unreachable"
 			}
 			return false, line, k, nil
@@ -502,6 +502,15 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	m.log.Info("guards passed", zap.Int64("job_id", a.ID), zap.String("runner", runnerID), zap.String("locks", describeClaims(claims)),
 		zap.Duration("waited", time.Since(since)))
 	return req.Variables(claims, md), nil
+}
+
+// storeProblem says what is wrong with the lock store: a repository that
+// answers but is not a lock repository is not "unreachable".
+func storeProblem(err error) string {
+	if errors.Is(err, ErrNotPoolLayout) {
+		return "the lock repository is not in pool-resource layout (fix it, or guards.git.url)"
+	}
+	return "the lock store is unreachable"
 }
 
 func shortErr(err error) string {

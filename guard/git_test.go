@@ -348,3 +348,32 @@ func TestGitNotPoolLayout(t *testing.T) {
 	get(t, ch)
 	_ = fmt.Sprint(os.Getpid())
 }
+
+// A pool added to the repository after the daemon's last fetch (by
+// `paas-runner pool add`, or Concourse) is usable at once: a daemon with
+// no waiting job does not fetch, so a pool it has not seen is looked up
+// in the repository before the job is failed for naming it.
+func TestGitPoolAddedSinceTheLastFetch(t *testing.T) {
+	g := newGitEnv(t, concourseRepo)
+	ctx := context.Background()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	op, err := OpenGit(ctx, GitOptions{URL: g.url, Username: "locks-bot", Password: "s3cret", Daemon: "operator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.Update(ctx, func(s *State) bool {
+		changed, _, err := PoolOp(s, "add", "gcp", "g-1", "zone=europe-west1-b", nil)
+		return err == nil && changed
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := get(t, d.admit(t, ctx, &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarPool: "gcp"}}))
+	if r.err != nil || r.vars.Get("PAAS_POOL_GCP_METADATA") != "zone=europe-west1-b" {
+		t.Fatalf("a job for a pool added since the daemon's last fetch: %+v", r)
+	}
+	// a pool that is in the repository neither
+	r = get(t, d.admit(t, ctx, &tjob{id: 2, pipeline: 2, timeout: 3600, vars: map[string]string{VarPool: "azure"}}))
+	if r.err == nil || !strings.Contains(r.err.Error(), `pool "azure" does not exist on this runner`) {
+		t.Fatalf("%+v", r)
+	}
+}

@@ -376,12 +376,14 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	m.mu.Unlock()
 	// validate reads the declaration against a policy: the pools are the
 	// policy's (local backend) or the store's (git).
+	missed := false // a pool the store's state did not have
 	validate := func(pol *Policy, st *State, synced bool) (*Request, error) {
 		req, err := ParseRequest(a.Payload, pol, ref, func(pool string) bool {
 			if pol.Declared {
 				return pol.declaresPool(pool, st)
 			}
 			_, ok := st.Pools[pool]
+			missed = missed || !ok
 			return ok || !synced // pools unknown until the store answers
 		})
 		if err == nil && req != nil {
@@ -390,6 +392,15 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 		return req, err
 	}
 	req, err := validate(pol, st, synced)
+	if err != nil && missed && !pol.Declared {
+		// a shared store is read only while this daemon has waiting
+		// jobs: a pool added since (pool add, Concourse) is looked up
+		// before the job is failed for naming it
+		if fresh, uerr := m.update(ctx, func(*State) bool { return false }); uerr == nil {
+			st = fresh
+			req, err = validate(pol, st, true)
+		}
+	}
 	if err != nil {
 		return nil, &WaitError{Reason: "declaration", Msg: err.Error()}
 	}

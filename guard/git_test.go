@@ -377,3 +377,90 @@ func TestGitPoolAddedSinceTheLastFetch(t *testing.T) {
 		t.Fatalf("%+v", r)
 	}
 }
+
+// concourse moves lock files in a clone of the repository with the git
+// CLI and pushes, as a Concourse pipeline (or an operator) would: no hold
+// file is touched.
+func (g *gitEnv) concourse(moves ...[2]string) {
+	g.t.Helper()
+	dir := filepath.Join(g.t.TempDir(), "clone")
+	run := func(args ...string) {
+		g.t.Helper()
+		cmd := exec.Command("git", append([]string{"-c", "user.name=concourse", "-c", "user.email=ci@example.invalid"}, args...)...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			g.t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	if out, err := exec.Command("git", "clone", "-q", "-b", "main", filepath.Join(g.root, "ops/locks.git"), dir).CombinedOutput(); err != nil {
+		g.t.Fatalf("git clone: %v\n%s", err, out)
+	}
+	for _, mv := range moves {
+		run("mv", mv[0], mv[1])
+		run("commit", "-q", "-m", "concourse: "+mv[0]+" -> "+mv[1])
+	}
+	run("push", "-q", "origin", "main")
+}
+
+// A lock claimed by paas-runner, released by hand (or by Concourse) and
+// then claimed by a Concourse pipeline, is Concourse's: the hold file
+// paas-runner left is stale. The job's release does not take Concourse's
+// claim away, its lease is not broken when it runs out, a daemon started
+// afterwards (a fresh clone) does not read the stale hold either, and the
+// stale file is removed in a commit that says so.
+func TestGitStaleHoldIsNotTaken(t *testing.T) {
+	g := newGitEnv(t, concourseRepo)
+	ctx := context.Background()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	if r := get(t, d.admit(t, ctx, &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarPool: "aws/env-1"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	g.show("show", "main:.paas-runner/holds/aws/env-1") // the hold file
+	g.concourse([2]string{"aws/claimed/env-1", "aws/unclaimed/env-1"}, [2]string{"aws/unclaimed/env-1", "aws/claimed/env-1"})
+	// a fresh clone (another daemon, or this one restarted) sees no hold
+	// of job 1: env-1 is held outside paas-runner
+	fresh, err := OpenGit(ctx, GitOptions{URL: g.url, Username: "locks-bot", Password: "s3cret", Daemon: "r_bbbbbbbbbbbb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := fresh.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := st.Pools["aws"].Locks["env-1"].Holder; h == nil || h.JobID != 0 {
+		t.Fatalf("after Concourse's claim, env-1 is held by %+v", h)
+	}
+	d.m.Release("runner1", 1)
+	d.m.Wait()
+	d.offset.Store(int64(2 * time.Hour)) // job 1's lease would have run out
+	if _, err := d.be.Update(ctx, func(*State) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	d.m.Nudge()
+	d.m.Wait()
+	tree := g.show("ls-tree", "-r", "--name-only", "main")
+	if !strings.Contains(tree, "aws/claimed/env-1\n") || strings.Contains(tree, "aws/unclaimed/env-1\n") {
+		t.Fatalf("Concourse's claim of env-1 was taken away:\n%s", tree)
+	}
+	if strings.Contains(tree, ".paas-runner/holds/aws/env-1") {
+		t.Fatalf("the stale hold file is still there:\n%s", tree)
+	}
+	if log := g.show("log", "--format=%B", "main"); !strings.Contains(log, "forgetting: .paas-runner/holds/aws/env-1 (its lock was claimed or released outside paas-runner since)") {
+		t.Fatalf("no commit removed the stale hold:\n%s", log)
+	}
+	// a paas-runner claim after Concourse's release is paas-runner's again
+	d.offset.Store(0)
+	g.concourse([2]string{"aws/claimed/env-1", "aws/unclaimed/env-1"})
+	r := get(t, d.admit(t, ctx, &tjob{id: 2, pipeline: 2, timeout: 3600, vars: map[string]string{VarPool: "aws/env-1"}}))
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if st, _ := d.m.Snapshot(); st.Pools["aws"].Locks["env-1"].Holder == nil || st.Pools["aws"].Locks["env-1"].Holder.JobID != 2 {
+		t.Fatalf("env-1 held by %+v, want job 2", st.Pools["aws"].Locks["env-1"].Holder)
+	}
+	d.m.Release("runner1", 2)
+	d.m.Wait()
+	if tree := g.show("ls-tree", "-r", "--name-only", "main"); !strings.Contains(tree, "aws/unclaimed/env-1\n") {
+		t.Fatalf("job 2's release not pushed:\n%s", tree)
+	}
+}

@@ -193,7 +193,7 @@ func readGuards(ctx context.Context, cfg *config.Config) (*guard.State, error) {
 	if err != nil {
 		return nil, err
 	}
-	return g.Update(ctx, func(*guard.State) bool { return false })
+	return g.Read(ctx)
 }
 
 // updateGuards changes the state: pushed to the repository (the daemons

@@ -605,18 +605,37 @@ func (m *Manager) release(key string) {
 		// the released job's slot is given back: the granted job gets it
 		return
 	}
+	// Retried until it is made, or until the leases it would end have run
+	// out (anyone may then break them): a store down for a minute must
+	// not keep a lock claimed for the rest of an hour-long lease.
+	until := m.opt.Now().Add(waiterGrace) // a waiter record only
+	for _, c := range st.HeldBy(key) {
+		if h := st.Pools[c.Pool].Locks[c.Lock].Holder; h.Expires.After(until) {
+			until = h.Expires
+		}
+	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
-		for attempt := 0; attempt < 20; attempt++ {
-			if err := do(); err == nil {
+		delay := m.opt.Refresh
+		for attempt := 0; ; attempt++ {
+			err := do()
+			if err == nil {
+				if attempt > 0 {
+					m.log.Info("guards: a job's locks released", zap.String("job", key), zap.Int("attempts", attempt+1))
+				}
 				return
-			} else if attempt == 0 {
+			}
+			if attempt == 0 {
 				m.log.Warn("guards: releasing a job's locks failed; retrying", zap.String("job", key), zap.Error(err))
 			}
-			time.Sleep(m.opt.Refresh)
+			if m.opt.Now().After(until) {
+				m.log.Error("guards: could not release a job's locks before their lease ran out; the lease frees them", zap.String("job", key), zap.Error(err))
+				return
+			}
+			time.Sleep(delay)
+			delay = min(2*delay, 30*m.opt.Refresh, time.Minute)
 		}
-		m.log.Error("guards: could not release a job's locks; its lease frees them", zap.String("job", key))
 	}()
 }
 

@@ -482,3 +482,56 @@ func TestUnknownPoolFailsOnceTheStoreAnswers(t *testing.T) {
 	}
 	e.waitFor("the failed job gone from the queue", func(s *State) bool { return len(s.Waiters) == 0 })
 }
+
+// counting is flaky that counts the updates refused while down.
+type counting struct {
+	flaky
+	refused atomic.Int32
+}
+
+func (c *counting) Update(ctx context.Context, fn func(*State) bool) (*State, error) {
+	if c.down.Load() {
+		c.refused.Add(1)
+	}
+	return c.flaky.Update(ctx, fn)
+}
+
+// A release the shared store refuses (it is down) is retried until the
+// store answers, not given up after a few tries: the lock would stay
+// claimed until its lease, the job's timeout plus lease_margin, ran out.
+func TestReleaseRetriedUntilTheStoreAnswers(t *testing.T) {
+	local, err := OpenLocal(filepath.Join(t.TempDir(), "state.json.guards"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &counting{flaky: flaky{Backend: local}}
+	ctx := context.Background()
+	m, err := NewManager(ctx, be, Options{Daemon: "r_test", Refresh: time.Millisecond, AsyncRelease: true, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEnv{t: t, m: m}
+	if r := get(t, e.admit(ctx, &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarLock: "production"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	be.down.Store(true)
+	m.Release("runner1", 1)
+	deadline := time.Now().Add(patience)
+	for be.refused.Load() < 40 { // well beyond the 20 tries it used to give up after
+		if time.Now().After(deadline) {
+			t.Fatalf("%d release attempts", be.refused.Load())
+		}
+		time.Sleep(time.Millisecond) // the attempts come from another goroutine, on a timer
+	}
+	be.down.Store(false)
+	done := make(chan struct{})
+	go func() { m.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(patience):
+		t.Fatal("the release was not retried once the store answered")
+	}
+	if st, _ := m.Snapshot(); len(st.HeldBy(JobRef{Daemon: "r_test", Runner: "runner1", JobID: 1}.Key())) != 0 {
+		t.Fatalf("still held: %s", dump(st))
+	}
+}

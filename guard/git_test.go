@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
@@ -462,5 +463,46 @@ func TestGitStaleHoldIsNotTaken(t *testing.T) {
 	d.m.Wait()
 	if tree := g.show("ls-tree", "-r", "--name-only", "main"); !strings.Contains(tree, "aws/unclaimed/env-1\n") {
 		t.Fatalf("job 2's release not pushed:\n%s", tree)
+	}
+}
+
+// The pool metrics of a daemon with no waiting job (which does not fetch
+// the repository otherwise) follow the repository: a scrape reads it
+// again in the background when what the daemon read is older than
+// retry_delay, so the next scrape shows a lock added meanwhile.
+func TestGitPoolMetricsFollowTheRepository(t *testing.T) {
+	g := newGitEnv(t, concourseRepo)
+	ctx := context.Background()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	reg := prometheus.NewPedanticRegistry()
+	for _, c := range d.m.Collectors() {
+		reg.MustRegister(c)
+	}
+	if got := gather(t, reg); !contains(got, `resource_pool_num_available_locks{branch="main",pool="aws"} 1`) {
+		t.Fatalf("metrics: %v", got)
+	}
+	op, err := OpenGit(ctx, GitOptions{URL: g.url, Username: "locks-bot", Password: "s3cret", Daemon: "operator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.Update(ctx, func(s *State) bool {
+		changed, _, err := PoolOp(s, "add", "aws", "env-3", "region=eu-north-1", nil)
+		return err == nil && changed
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := `resource_pool_num_available_locks{branch="main",pool="aws"} 2`
+	deadline := time.After(patience)
+	for {
+		changed := d.m.Changed()
+		if contains(gather(t, reg), want) {
+			break
+		}
+		select {
+		case <-changed: // the background read published
+		case <-time.After(50 * time.Millisecond): // the next scrape
+		case <-deadline:
+			t.Fatalf("metrics never showed %s: %v", want, gather(t, reg))
+		}
 	}
 }

@@ -74,6 +74,9 @@ type Manager struct {
 	changed  chan struct{}
 	unsynced error // last backend error, shown to waiters
 	synced   bool  // the store answered once: pools are known
+	readAt   time.Time
+	// freshening: a read for the metrics or the report is under way
+	freshening atomic.Bool
 	// asked are the jobs that declared guards (Admit registered, or tried
 	// to register, them) and have not been released since: only they may
 	// have something in the store the snapshot does not show.
@@ -218,7 +221,7 @@ func (m *Manager) commit(batch []*pendingUpdate) {
 	if err != nil {
 		m.unsynced = err
 	} else {
-		m.unsynced, m.synced = nil, true
+		m.unsynced, m.synced, m.readAt = nil, true, time.Now()
 		m.st = st
 		m.dec = Decide(st, pol, m.opt.Now())
 		close(m.changed)
@@ -320,6 +323,30 @@ func (m *Manager) Nudge() {
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = m.update(ctx, func(*State) bool { return false })
+	}()
+}
+
+// freshen re-reads a shared store in the background when what this
+// daemon last read of it is older than Refresh: it reads the store only
+// while it has waiting jobs, and the pool metrics and the report must
+// not show, for hours, what the pools were when it last had one.
+func (m *Manager) freshen() {
+	if _, local := m.be.(*Local); local { // the snapshot is the state
+		return
+	}
+	m.mu.Lock()
+	old := time.Since(m.readAt) > m.opt.Refresh
+	m.mu.Unlock()
+	if !old || !m.freshening.CompareAndSwap(false, true) {
+		return
+	}
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		defer m.freshening.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		_, _ = m.update(ctx, func(*State) bool { return false })

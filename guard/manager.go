@@ -75,6 +75,8 @@ type Manager struct {
 	unsynced error // last backend error, shown to waiters
 	synced   bool  // the store answered once: pools are known
 	readAt   time.Time
+	// pendingForget: ForgetUnknown to do again once the store answers
+	pendingForget func(runnerID string, jobID int64) bool
 	// freshening: a read for the metrics or the report is under way
 	freshening atomic.Bool
 	// asked are the jobs that declared guards (Admit registered, or tried
@@ -222,6 +224,20 @@ func (m *Manager) commit(batch []*pendingUpdate) {
 		m.unsynced = err
 	} else {
 		m.unsynced, m.synced, m.readAt = nil, true, time.Now()
+		if known := m.pendingForget; known != nil {
+			m.pendingForget = nil
+			m.bg.Add(1)
+			go func() {
+				defer m.bg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := m.forgetUnknown(ctx, known); err != nil {
+					m.log.Warn("guards: could not release the locks of jobs no longer in the state file; their leases free them", zap.Error(err))
+				} else {
+					m.log.Info("guards: the lock store answers: the locks of jobs no longer in the state file are released")
+				}
+			}()
+		}
 		m.st = st
 		m.dec = Decide(st, pol, m.opt.Now())
 		close(m.changed)
@@ -686,8 +702,20 @@ func ownWaiterWants(st *State, key, daemon string) bool {
 }
 
 // ForgetUnknown releases holds and waiters of this daemon whose job is not
-// known any more (not in the state file after a restart).
+// known any more (not in the state file after a restart). When the store
+// does not answer, it is done once it does (in the background): known
+// must keep answering for the daemon's life.
 func (m *Manager) ForgetUnknown(ctx context.Context, known func(runnerID string, jobID int64) bool) error {
+	err := m.forgetUnknown(ctx, known)
+	if err != nil {
+		m.mu.Lock()
+		m.pendingForget = known
+		m.mu.Unlock()
+	}
+	return err
+}
+
+func (m *Manager) forgetUnknown(ctx context.Context, known func(runnerID string, jobID int64) bool) error {
 	_, err := m.update(ctx, func(s *State) bool {
 		changed := false
 		keys := map[string]JobRef{}

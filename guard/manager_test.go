@@ -535,3 +535,35 @@ func TestReleaseRetriedUntilTheStoreAnswers(t *testing.T) {
 		t.Fatalf("still held: %s", dump(st))
 	}
 }
+
+// Holds of jobs no longer in the state file are released at the start;
+// when the store does not answer then, they are released once it does
+// (not left until their lease runs out).
+func TestForgetUnknownOnceTheStoreAnswers(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if r := get(t, e.admit(ctx, &tjob{id: 5, pipeline: 5, timeout: 3600, vars: map[string]string{VarLock: "production"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	local, err := OpenLocal(e.path, e.pools) // the next start
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &flaky{Backend: local}
+	be.down.Store(true)
+	m, err := NewManager(ctx, be, Options{Daemon: "r_test", Policy: e.policy, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ForgetUnknown(ctx, func(string, int64) bool { return false }); err == nil {
+		t.Fatal("ForgetUnknown did not fail with the store down")
+	}
+	be.down.Store(false)
+	m.Nudge()
+	e.m = m
+	e.waitFor("job 5's hold released", func(s *State) bool {
+		return s.Pools["aws"] != nil && // read from the store, not the empty state before it answered
+			len(s.HeldBy(JobRef{Daemon: "r_test", Runner: "runner1", JobID: 5}.Key())) == 0 && s.Pools[projectPool("acme/web", "production")] == nil
+	})
+	m.Wait()
+}

@@ -303,7 +303,7 @@ func (m *Manager) settle(s *State, pol *Policy, now time.Time, granted *[]JobRef
 			lease = time.Hour
 		}
 		for _, c := range claims {
-			s.Pools[c.Pool].Locks[c.Lock].Holder = &Holder{JobRef: w.JobRef, Since: now, Expires: now.Add(lease + m.opt.LeaseMargin)}
+			s.Pools[c.Pool].Locks[c.Lock].Holder = &Holder{JobRef: w.JobRef, Since: now, Expires: now.Add(lease + m.opt.LeaseMargin), Supersede: w.Supersede}
 		}
 		delete(s.Waiters, k)
 		changed = true

@@ -567,3 +567,38 @@ func TestForgetUnknownOnceTheStoreAnswers(t *testing.T) {
 	})
 	m.Wait()
 }
+
+// Supersede holds against a newer job that already holds the lock: an
+// older job of the same project arriving afterwards would deploy older
+// code after it; it is failed at once. The pool rule does the same
+// without the variable; another project's older job is not touched.
+func TestSupersededByAHolder(t *testing.T) {
+	e := newEnv(t)
+	e.policy.Pools["aws"] = PoolPolicy{Namespaces: []string{"acme"}, Supersede: true}
+	ctx := context.Background()
+	if r := get(t, e.admit(ctx, &tjob{id: 5, pipeline: 5, vars: map[string]string{VarLock: "x", VarSupersede: "true"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	r := get(t, e.admit(ctx, &tjob{id: 4, pipeline: 4, vars: map[string]string{VarLock: "x"}}))
+	var we *WaitError
+	if !errors.As(r.err, &we) || we.Reason != "superseded" || r.err.Error() != "superseded by pipeline 5" {
+		t.Fatalf("an older job after a newer superseding holder: %+v", r)
+	}
+	other := e.admit(ctx, &tjob{id: 3, pipeline: 3, project: "acme/api", vars: map[string]string{VarLock: "x"}})
+	// the pool's rule: pipeline 9 holds aws/env-1, an older job wanting it gives way
+	if r := get(t, e.admit(ctx, &tjob{id: 9, pipeline: 9, vars: map[string]string{VarPool: "aws/env-1"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	r = get(t, e.admit(ctx, &tjob{id: 8, pipeline: 8, vars: map[string]string{VarPool: "aws/env-1"}}))
+	if !errors.As(r.err, &we) || r.err.Error() != "superseded by pipeline 9" {
+		t.Fatalf("pool rule: %+v", r)
+	}
+	// an older job wanting another lock of the pool is not in the way
+	if r := get(t, e.admit(ctx, &tjob{id: 7, pipeline: 7, vars: map[string]string{VarPool: "aws/env-2"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	e.m.Release("runner1", 5)
+	if r := get(t, other); r.err != nil {
+		t.Fatal(r.err)
+	}
+}

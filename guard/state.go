@@ -26,6 +26,9 @@ type Holder struct {
 	JobRef
 	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"` // lease end
+	// Supersede: the job asked PAAS_LOCK_SUPERSEDE: an older job of its
+	// project waiting for what it holds gives way.
+	Supersede bool `json:"supersede,omitempty"`
 }
 
 // Lock is one lock of a pool; Holder nil when it is free.
@@ -245,7 +248,25 @@ func Decide(s *State, pol *Policy, now time.Time) *Decision {
 		poolMode[pn], poolMixed[pn] = lockMode(pol, pn, as)
 	}
 	// supersede: on a pool whose rule (declared or asked) says so, a
-	// waiter of the same project and an older pipeline gives way.
+	// waiter of the same project and an older pipeline gives way to a
+	// newer one waiting for, or holding, what it wants (it would deploy
+	// older code after it).
+	for _, pn := range sortedKeys(s.Pools) {
+		for ln, l := range s.Pools[pn].Locks {
+			h := l.Holder
+			if h == nil || h.JobID == 0 || !(h.Supersede || anySupersede(pol, []Demand{{Pool: pn}})) {
+				continue
+			}
+			for _, o := range live {
+				if o.Project != h.Project || o.PipelineID >= h.PipelineID || !shares([]Demand{{Pool: pn, Lock: ln}}, o.Demands) {
+					continue
+				}
+				if cur, ok := d.Superseded[o.Key()]; !ok || h.PipelineID > cur {
+					d.Superseded[o.Key()] = h.PipelineID
+				}
+			}
+		}
+	}
 	for _, w := range live {
 		for _, o := range live {
 			if o == w || o.Project != w.Project || o.PipelineID >= w.PipelineID || !(w.Supersede || anySupersede(pol, w.Demands)) {

@@ -187,7 +187,13 @@ func openGit(ctx context.Context, cfg *config.Config) (*guard.Git, error) {
 // readGuards reads the state without changing it (the daemon may run).
 func readGuards(ctx context.Context, cfg *config.Config) (*guard.State, error) {
 	if cfg.Guards.Backend != "git" {
-		return guard.ReadLocal(guard.LocalPath(cfg.StateFile))
+		st, err := guard.ReadLocal(guard.LocalPath(cfg.StateFile))
+		if err == nil {
+			// the pools as the daemon has them with this configuration
+			// (it syncs them at its start and on reload): nothing written
+			guard.SyncPools(st, declaredPools(cfg))
+		}
+		return st, err
 	}
 	g, err := openGit(ctx, cfg)
 	if err != nil {

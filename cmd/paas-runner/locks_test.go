@@ -160,6 +160,14 @@ func TestLocksCommandsLocalNoStateFile(t *testing.T) {
 	if code, out, errs := runCLI(t, "locks", e.config); code != 0 || strings.Contains(out, "lock:") {
 		t.Fatalf("locks without a state file: exit %d\n%s%s", code, out, errs)
 	}
+	// the configuration's pools are shown before the daemon ever ran
+	e2 := newEnv(t, "[[guards.pools]]\nname = \"aws\"\n[guards.pools.locks]\nenv-1 = \"region=eu-west-1\"\nenv-2 = \"region=eu-central-1\"\n")
+	if code, out, errs := runCLI(t, "locks", e2.config); code != 0 || !regexp.MustCompile(`(?m)^aws\s+2\s+2$`).MatchString(out) {
+		t.Fatalf("locks of a configured pool without a state file: exit %d\n%s%s", code, out, errs)
+	}
+	if _, err := os.Stat(e2.state + ".guards"); err == nil {
+		t.Fatal("locks wrote the guards file")
+	}
 	if after := list(); after != before {
 		t.Fatalf("the state directory changed: %q → %q", before, after)
 	}

@@ -2,6 +2,8 @@ package guard
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -306,8 +308,25 @@ func isRejected(err error) bool {
 	return false
 }
 
-// MutexDir is the repository directory of a project or group lock.
-func MutexDir(pool string) string { return MutexDirPrefix + url.PathEscape(pool) }
+// MutexDir is the repository directory of a project or group lock:
+// MutexDirPrefix and the escaped id; one that would be longer than
+// maxDirName (a long project path or environment name: a checkout on a
+// real file system, Concourse's, refuses names over 255 bytes) is
+// MutexDirPrefix, "~" and a hash of the id, with the id in its file
+// idFile.
+func MutexDir(pool string) string {
+	d := MutexDirPrefix + url.PathEscape(pool)
+	if len(d) <= maxDirName {
+		return d
+	}
+	sum := sha256.Sum256([]byte(pool))
+	return MutexDirPrefix + "~" + hex.EncodeToString(sum[:16])
+}
+
+const (
+	maxDirName = 200
+	idFile     = "id"
+)
 
 func poolDir(pool string) string {
 	if IsMutex(pool) {
@@ -318,8 +337,6 @@ func poolDir(pool string) string {
 
 func keyFile(key string) string { return url.PathEscape(key) + ".json" }
 
-// readRepo builds the state from the worktree; files are the managed
-// paths and their contents.
 // Read fetches and reads the state without changing the repository (a
 // stale hold file is left for a daemon to remove).
 func (g *Git) Read(ctx context.Context) (*State, error) {
@@ -332,8 +349,9 @@ func (g *Git) Read(ctx context.Context) (*State, error) {
 	return st, err
 }
 
-// readRepo reads the worktree; stale are the hold files left from before
-// their lock's last foreign move (ignored).
+// readRepo builds the state from the worktree; files are the managed
+// paths and their contents, stale the hold files left from before their
+// lock's last foreign move (ignored).
 func readRepo(fs billy.Filesystem, foreign map[string]bool) (*State, map[string]string, []string, error) {
 	st := NewState()
 	files := map[string]string{}
@@ -343,6 +361,7 @@ func readRepo(fs billy.Filesystem, foreign map[string]bool) (*State, map[string]
 		return nil, nil, nil, err
 	}
 	pools, dirs := 0, 0
+	dirPool := map[string]string{} // directory → pool id
 	for _, fi := range top {
 		if !fi.IsDir() || strings.HasPrefix(fi.Name(), ".") {
 			continue
@@ -351,8 +370,14 @@ func readRepo(fs billy.Filesystem, foreign map[string]bool) (*State, map[string]
 		poolID := dir
 		if esc, ok := strings.CutPrefix(dir, MutexDirPrefix); ok {
 			id, err := url.PathUnescape(esc)
-			if err != nil || !IsMutex(id) {
+			if strings.HasPrefix(esc, "~") {
+				id, err = readFile(fs, dir+"/"+idFile)
+			}
+			if err != nil || !IsMutex(id) || MutexDir(id) != dir {
 				continue // not ours
+			}
+			if strings.HasPrefix(esc, "~") {
+				files[dir+"/"+idFile] = id
 			}
 			poolID = id
 		} else if ValidName(dir) != nil {
@@ -399,6 +424,7 @@ func readRepo(fs billy.Filesystem, foreign map[string]bool) (*State, map[string]
 			}
 		}
 		st.Pools[poolID] = p
+		dirPool[dir] = poolID
 	}
 	// holds
 	if hdirs, err := fs.ReadDir(holdsDir); err == nil {
@@ -411,10 +437,7 @@ func readRepo(fs billy.Filesystem, foreign map[string]bool) (*State, map[string]
 					return nil, nil, nil, err
 				}
 				files[fp] = data
-				pool := hd.Name()
-				if esc, ok := strings.CutPrefix(pool, MutexDirPrefix); ok {
-					pool, _ = url.PathUnescape(esc)
-				}
+				pool := dirPool[hd.Name()]
 				if foreign[hd.Name()+"/"+h.Name()] {
 					stale = append(stale, fp) // left from before the lock's last foreign move
 					continue
@@ -495,6 +518,9 @@ func (g *Git) write(files map[string]string, cur, next *State, stale []string) (
 		dir := poolDir(pn)
 		want[dir+"/claimed/"+gitkeep] = ""
 		want[dir+"/unclaimed/"+gitkeep] = ""
+		if IsMutex(pn) && strings.HasPrefix(dir, MutexDirPrefix+"~") {
+			want[dir+"/"+idFile] = pn
+		}
 		for ln, l := range p.Locks {
 			side := "unclaimed"
 			if l.Holder != nil {

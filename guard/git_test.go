@@ -506,3 +506,47 @@ func TestGitPoolMetricsFollowTheRepository(t *testing.T) {
 		}
 	}
 }
+
+// A project lock whose directory name would be too long for a checkout on
+// a real file system (a long project path or environment name; Linux
+// refuses names over 255 bytes, and Concourse's clone of the repository
+// with it) is named by a hash of its id, the id in the file beside
+// claimed/ and unclaimed/: claimed, read back by another daemon, and
+// released like any other.
+func TestGitLongMutexName(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"README.md": "locks\n"})
+	ctx := context.Background()
+	a, b := g.daemon("r_aaaaaaaaaaaa", ctx), g.daemon("r_bbbbbbbbbbbb", ctx)
+	long := "acme/" + strings.Repeat("a", 70) + "/" + strings.Repeat("b", 70) + "/" + strings.Repeat("c", 70)
+	j1 := &tjob{id: 1, pipeline: 1, timeout: 3600, project: long, vars: map[string]string{VarLock: "production"}}
+	if r := get(t, a.admit(t, ctx, j1)); r.err != nil {
+		t.Fatal(r.err)
+	}
+	tree := g.show("ls-tree", "-r", "--name-only", "main")
+	for _, p := range strings.Split(strings.TrimSpace(tree), "\n") {
+		for _, name := range strings.Split(p, "/") {
+			if len(name) > 255 {
+				t.Fatalf("a path component of %d bytes: %s", len(name), p)
+			}
+		}
+	}
+	dir := MutexDir(projectPool(long, "production"))
+	if !strings.HasPrefix(dir, MutexDirPrefix+"~") || !strings.Contains(tree, dir+"/claimed/lock\n") {
+		t.Fatalf("tree:\n%s", tree)
+	}
+	if id := g.show("show", "main:"+dir+"/id"); id != projectPool(long, "production") {
+		t.Fatalf("id file %q", id)
+	}
+	j2 := &tjob{id: 2, pipeline: 2, timeout: 3600, project: long, vars: map[string]string{VarLock: "production"}}
+	ch := b.admit(t, ctx, j2)
+	waitLine(t, j2, "waiting for lock production (held by job 1, pipeline 1 on main")
+	a.m.Release("runner1", 1)
+	if r := get(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+	b.m.Release("runner1", 2)
+	b.m.Wait()
+	if tree := g.show("ls-tree", "-r", "--name-only", "main"); strings.Contains(tree, dir) {
+		t.Fatalf("the free lock's directory left:\n%s", tree)
+	}
+}

@@ -249,8 +249,9 @@ func Decide(s *State, pol *Policy, now time.Time) *Decision {
 	}
 	// supersede: on a pool whose rule (declared or asked) says so, a
 	// waiter of the same project and an older pipeline gives way to a
-	// newer one waiting for, or holding, what it wants (it would deploy
-	// older code after it).
+	// newer one waiting for what it wants, or holding the very lock it
+	// names (it would deploy older code after it; one asking any lock of
+	// a pool may get another).
 	for _, pn := range sortedKeys(s.Pools) {
 		for ln, l := range s.Pools[pn].Locks {
 			h := l.Holder
@@ -258,7 +259,7 @@ func Decide(s *State, pol *Policy, now time.Time) *Decision {
 				continue
 			}
 			for _, o := range live {
-				if o.Project != h.Project || o.PipelineID >= h.PipelineID || !shares([]Demand{{Pool: pn, Lock: ln}}, o.Demands) {
+				if o.Project != h.Project || o.PipelineID >= h.PipelineID || !names(o.Demands, Claim{pn, ln}) {
 					continue
 				}
 				if cur, ok := d.Superseded[o.Key()]; !ok || h.PipelineID > cur {
@@ -434,6 +435,16 @@ func shares(a, b []Demand) bool {
 			if x.Pool == y.Pool && (x.Lock == "" || y.Lock == "" || x.Lock == y.Lock) {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// names tells whether demands ask for that very lock.
+func names(ds []Demand, c Claim) bool {
+	for _, d := range ds {
+		if d.Pool == c.Pool && d.Lock == c.Lock {
+			return true
 		}
 	}
 	return false

@@ -74,7 +74,14 @@ func ForceRelease(st *State, pool, lock string) (*Holder, bool) {
 // PoolOp is pool-resource's add, add_claimed, remove and update on state.
 // It reports whether it changed anything, or why it cannot be done now
 // (update of a claimed lock: wait = true).
-func PoolOp(st *State, op, pool, lock, metadata string) (changed, wait bool, err error) {
+//
+// declared is nil with the git backend (the pools are the repository's).
+// With the local backend it is the configuration's pools (pool → lock →
+// metadata): the locks it declares are the configuration's to change,
+// the others are added here (Lock.Added) and kept across restarts and
+// reloads; an update of a claimed lock fails at once (the daemon, which
+// would release it, is stopped while the guards file is changed).
+func PoolOp(st *State, op, pool, lock, metadata string, declared map[string]map[string]string) (changed, wait bool, err error) {
 	if err := ValidName(pool); err != nil {
 		return false, false, fmt.Errorf("pool: %w", err)
 	}
@@ -83,6 +90,11 @@ func PoolOp(st *State, op, pool, lock, metadata string) (changed, wait bool, err
 	}
 	if strings.HasPrefix(pool, MutexDirPrefix) {
 		return false, false, fmt.Errorf("pool %q: reserved name", pool)
+	}
+	local := declared != nil
+	if _, ok := declared[pool][lock]; ok && (op == "remove" || op == "update") {
+		return false, false, fmt.Errorf("lock %s/%s is declared in the configuration ([[guards.pools]] %q, [guards.pools.locks]): %s it there", pool, lock, pool,
+			map[string]string{"remove": "remove", "update": "change its metadata"}[op])
 	}
 	p := st.Pools[pool]
 	switch op {
@@ -94,7 +106,7 @@ func PoolOp(st *State, op, pool, lock, metadata string) (changed, wait bool, err
 			p = &Pool{Locks: map[string]*Lock{}}
 			st.Pools[pool] = p
 		}
-		l := &Lock{Metadata: metadata}
+		l := &Lock{Metadata: metadata, Added: local}
 		if op == "add-claimed" {
 			l.Holder = &Holder{} // held outside paas-runner, as pool-resource's add_claimed
 		}
@@ -105,12 +117,18 @@ func PoolOp(st *State, op, pool, lock, metadata string) (changed, wait bool, err
 			return false, false, fmt.Errorf("no lock %s/%s", pool, lock)
 		}
 		delete(p.Locks, lock)
+		if _, ok := declared[pool]; local && !ok && len(p.Locks) == 0 {
+			delete(st.Pools, pool) // its last lock: the pool is gone
+		}
 		return true, false, nil
 	case "update":
 		if p == nil || p.Locks[lock] == nil {
-			return PoolOp(st, "add", pool, lock, metadata)
+			return PoolOp(st, "add", pool, lock, metadata, declared)
 		}
 		l := p.Locks[lock]
+		if l.Holder != nil && local {
+			return false, false, fmt.Errorf("lock %s/%s is claimed (by %s): release it first (paas-runner locks release)", pool, lock, holderLine(*l.Holder))
+		}
 		if l.Holder != nil {
 			return false, true, nil
 		}

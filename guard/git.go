@@ -2,6 +2,8 @@ package guard
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,6 +51,12 @@ type Git struct {
 	fs   billy.Filesystem
 	// Commits counts pushed commits, Conflicts rejected pushes.
 	commits, conflicts int
+	// seen is the last head whose history foreign was updated from;
+	// foreign are the locks ("<dir>/<lock>") last claimed or released by
+	// a commit that did not write their hold file (Concourse, or a hand
+	// edit): a hold file left from before is not theirs (scan).
+	seen    plumbing.Hash
+	foreign map[string]bool
 }
 
 // GitOptions configure the git backend.
@@ -110,7 +118,81 @@ func (g *Git) connect(ctx context.Context) error {
 		return err
 	}
 	g.repo, g.wt, g.fs = repo, wt, fs
+	g.seen, g.foreign = plumbing.ZeroHash, nil
+	if head, err := repo.Head(); err == nil {
+		g.scan(head.Hash()) // the last maxScan commits
+	}
 	return nil
+}
+
+// maxScan bounds the commits scanned for foreign claims, at a clone and
+// at a fetch (a hold older than that is trusted as its file says).
+const maxScan = 1000
+
+// scan updates foreign from the commits between seen and to: a lock file
+// moved into or out of claimed/ by a commit that did not also write its
+// hold file was claimed or released outside paas-runner, so that a hold
+// file left behind (a paas-runner claim released by hand or by Concourse,
+// then claimed by Concourse) does not make paas-runner take the lock for
+// its own, nor break it as an expired lease.
+func (g *Git) scan(to plumbing.Hash) {
+	if g.seen == to {
+		return
+	}
+	var chain []*object.Commit
+	c, err := g.repo.CommitObject(to)
+	for n := 0; err == nil && c.Hash != g.seen && n < maxScan; n++ {
+		chain = append(chain, c)
+		if c.NumParents() == 0 {
+			break
+		}
+		c, err = c.Parent(0)
+	}
+	for i := len(chain) - 1; i >= 0; i-- { // oldest first: the last move decides
+		g.scanCommit(chain[i])
+	}
+	g.seen = to
+}
+
+// scanCommit applies one commit's lock moves to foreign.
+func (g *Git) scanCommit(c *object.Commit) {
+	if c.NumParents() == 0 {
+		return
+	}
+	p, err := c.Parent(0)
+	if err != nil {
+		return
+	}
+	pt, err1 := p.Tree()
+	ct, err2 := c.Tree()
+	if err1 != nil || err2 != nil {
+		return
+	}
+	changes, err := object.DiffTree(pt, ct)
+	if err != nil {
+		return
+	}
+	touched := map[string]bool{}
+	moved := map[string]bool{}
+	for _, ch := range changes {
+		for _, name := range []string{ch.From.Name, ch.To.Name} {
+			if hold, ok := strings.CutPrefix(name, holdsDir+"/"); ok {
+				touched[hold] = true
+			} else if parts := strings.Split(name, "/"); len(parts) == 3 && parts[1] == "claimed" && parts[2] != gitkeep {
+				moved[parts[0]+"/"+parts[2]] = true
+			}
+		}
+	}
+	for k := range moved {
+		if touched[k] {
+			delete(g.foreign, k)
+		} else {
+			if g.foreign == nil {
+				g.foreign = map[string]bool{}
+			}
+			g.foreign[k] = true
+		}
+	}
 }
 
 func redactURL(s string) string {
@@ -137,6 +219,7 @@ func (g *Git) sync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("lock repository branch %s: %w", g.opt.Branch, err)
 	}
+	g.scan(ref.Hash())
 	head, err := g.repo.Head()
 	if err == nil && head.Hash() == ref.Hash() {
 		return nil
@@ -166,29 +249,36 @@ func (g *Git) Update(ctx context.Context, fn func(*State) bool) (*State, error) 
 		if err := g.sync(ctx); err != nil {
 			return nil, err
 		}
-		cur, files, err := readRepo(g.fs)
+		cur, files, stale, err := readRepo(g.fs, g.foreign)
 		if err != nil {
 			return nil, err
 		}
 		next := cur.Clone()
-		if !fn(next) {
+		if !fn(next) && len(stale) == 0 {
 			return cur, nil
 		}
-		msg, err := g.write(files, cur, next)
+		// a stale hold file is removed with the change (or alone): a
+		// daemon that did not see the foreign move must not read it
+		msg, err := g.write(files, cur, next, stale)
 		if err != nil {
 			return nil, err
 		}
 		if msg == "" {
 			return next, nil
 		}
-		if _, err := g.wt.Commit(msg, &git.CommitOptions{All: true, AllowEmptyCommits: false,
-			Author: &object.Signature{Name: "paas-runner " + g.opt.Daemon, Email: g.opt.Daemon + "@paas-runner.invalid", When: time.Now()}}); err != nil {
+		hash, err := g.wt.Commit(msg, &git.CommitOptions{All: true, AllowEmptyCommits: false,
+			Author: &object.Signature{Name: "paas-runner " + g.opt.Daemon, Email: g.opt.Daemon + "@paas-runner.invalid", When: time.Now()}})
+		if err != nil {
 			return nil, fmt.Errorf("lock repository commit: %w", err)
 		}
 		err = g.repo.PushContext(ctx, &git.PushOptions{RemoteName: "origin", Auth: g.auth(),
 			RefSpecs: []gitconfig.RefSpec{gitconfig.RefSpec(g.branchRef().String() + ":" + g.branchRef().String())}})
 		if err == nil {
 			g.commits++
+			if c, cerr := g.repo.CommitObject(hash); cerr == nil {
+				g.scanCommit(c) // its claims wrote their hold files
+			}
+			g.seen = hash
 			return next, nil
 		}
 		if !isRejected(err) {
@@ -218,8 +308,25 @@ func isRejected(err error) bool {
 	return false
 }
 
-// MutexDir is the repository directory of a project or group lock.
-func MutexDir(pool string) string { return MutexDirPrefix + url.PathEscape(pool) }
+// MutexDir is the repository directory of a project or group lock:
+// MutexDirPrefix and the escaped id; one that would be longer than
+// maxDirName (a long project path or environment name: a checkout on a
+// real file system, Concourse's, refuses names over 255 bytes) is
+// MutexDirPrefix, "~" and a hash of the id, with the id in its file
+// idFile.
+func MutexDir(pool string) string {
+	d := MutexDirPrefix + url.PathEscape(pool)
+	if len(d) <= maxDirName {
+		return d
+	}
+	sum := sha256.Sum256([]byte(pool))
+	return MutexDirPrefix + "~" + hex.EncodeToString(sum[:16])
+}
+
+const (
+	maxDirName = 200
+	idFile     = "id"
+)
 
 func poolDir(pool string) string {
 	if IsMutex(pool) {
@@ -230,16 +337,31 @@ func poolDir(pool string) string {
 
 func keyFile(key string) string { return url.PathEscape(key) + ".json" }
 
+// Read fetches and reads the state without changing the repository (a
+// stale hold file is left for a daemon to remove).
+func (g *Git) Read(ctx context.Context) (*State, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.sync(ctx); err != nil {
+		return nil, err
+	}
+	st, _, _, err := readRepo(g.fs, g.foreign)
+	return st, err
+}
+
 // readRepo builds the state from the worktree; files are the managed
-// paths and their contents.
-func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
+// paths and their contents, stale the hold files left from before their
+// lock's last foreign move (ignored).
+func readRepo(fs billy.Filesystem, foreign map[string]bool) (*State, map[string]string, []string, error) {
 	st := NewState()
 	files := map[string]string{}
+	var stale []string
 	top, err := fs.ReadDir("/")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	pools, dirs := 0, 0
+	dirPool := map[string]string{} // directory → pool id
 	for _, fi := range top {
 		if !fi.IsDir() || strings.HasPrefix(fi.Name(), ".") {
 			continue
@@ -248,8 +370,14 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 		poolID := dir
 		if esc, ok := strings.CutPrefix(dir, MutexDirPrefix); ok {
 			id, err := url.PathUnescape(esc)
-			if err != nil || !IsMutex(id) {
+			if strings.HasPrefix(esc, "~") {
+				id, err = readFile(fs, dir+"/"+idFile)
+			}
+			if err != nil || !IsMutex(id) || MutexDir(id) != dir {
 				continue // not ours
+			}
+			if strings.HasPrefix(esc, "~") {
+				files[dir+"/"+idFile] = id
 			}
 			poolID = id
 		} else if ValidName(dir) != nil {
@@ -280,7 +408,7 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 				fp := dir + "/" + side.name + "/" + f.Name()
 				md, err := readFile(fs, fp)
 				if err != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
 				files[fp] = md
 				l := &Lock{Metadata: md}
@@ -296,6 +424,7 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 			}
 		}
 		st.Pools[poolID] = p
+		dirPool[dir] = poolID
 	}
 	// holds
 	if hdirs, err := fs.ReadDir(holdsDir); err == nil {
@@ -305,12 +434,13 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 				fp := holdsDir + "/" + hd.Name() + "/" + h.Name()
 				data, err := readFile(fs, fp)
 				if err != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
 				files[fp] = data
-				pool := hd.Name()
-				if esc, ok := strings.CutPrefix(pool, MutexDirPrefix); ok {
-					pool, _ = url.PathUnescape(esc)
+				pool := dirPool[hd.Name()]
+				if foreign[hd.Name()+"/"+h.Name()] {
+					stale = append(stale, fp) // left from before the lock's last foreign move
+					continue
 				}
 				var holder Holder
 				if json.Unmarshal([]byte(data), &holder) != nil {
@@ -330,7 +460,7 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 			fp := waitersDir + "/" + w.Name()
 			data, err := readFile(fs, fp)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			files[fp] = data
 			var wr Waiter
@@ -345,9 +475,9 @@ func readRepo(fs billy.Filesystem) (*State, map[string]string, error) {
 		// a repository with only files (a README) is fine: locks are
 		// made on demand; one with directories but no pool is not a lock
 		// repository
-		return nil, nil, fmt.Errorf("the lock repository has directories but none with claimed/ or unclaimed/ files: %w", ErrNotPoolLayout)
+		return nil, nil, nil, fmt.Errorf("the lock repository has directories but none with claimed/ or unclaimed/ files: %w", ErrNotPoolLayout)
 	}
-	return st, files, nil
+	return st, files, stale, nil
 }
 
 func hasFile(list []os.FileInfo) bool {
@@ -382,12 +512,15 @@ func readFile(fs billy.Filesystem, p string) (string, error) {
 
 // write makes the worktree match next and returns the commit message ("":
 // nothing to commit).
-func (g *Git) write(files map[string]string, cur, next *State) (string, error) {
+func (g *Git) write(files map[string]string, cur, next *State, stale []string) (string, error) {
 	want := map[string]string{}
 	for pn, p := range next.Pools {
 		dir := poolDir(pn)
 		want[dir+"/claimed/"+gitkeep] = ""
 		want[dir+"/unclaimed/"+gitkeep] = ""
+		if IsMutex(pn) && strings.HasPrefix(dir, MutexDirPrefix+"~") {
+			want[dir+"/"+idFile] = pn
+		}
 		for ln, l := range p.Locks {
 			side := "unclaimed"
 			if l.Holder != nil {
@@ -434,7 +567,7 @@ func (g *Git) write(files map[string]string, cur, next *State) (string, error) {
 	if err := g.wt.AddWithOptions(&git.AddOptions{All: true}); err != nil {
 		return "", fmt.Errorf("lock repository: %w", err)
 	}
-	return commitMessage(cur, next), nil
+	return commitMessage(cur, next, stale), nil
 }
 
 // managed: paths paas-runner may delete: its own metadata, lock files of
@@ -469,7 +602,7 @@ func writeRepoFile(fs billy.Filesystem, fp, body string) error {
 
 // commitMessage names what changed and who holds it: daemon, runner,
 // project, job, pipeline, lease expiry.
-func commitMessage(cur, next *State) string {
+func commitMessage(cur, next *State, stale []string) string {
 	var lines []string
 	for _, pn := range sortedKeys(union(cur.Pools, next.Pools)) {
 		var locks map[string]*Lock
@@ -509,6 +642,9 @@ func commitMessage(cur, next *State) string {
 		case w != nil && was != nil && w.SupersededBy != was.SupersededBy:
 			lines = append(lines, fmt.Sprintf("superseded: job %d by pipeline %d", w.JobID, w.SupersededBy))
 		}
+	}
+	for _, fp := range stale {
+		lines = append(lines, fmt.Sprintf("forgetting: %s (its lock was claimed or released outside paas-runner since)", fp))
 	}
 	if len(lines) == 0 {
 		lines = []string{"paas-runner: pool layout"}

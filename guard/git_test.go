@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
@@ -338,8 +339,214 @@ func TestGitNotPoolLayout(t *testing.T) {
 	m, _ := NewManager(ctx, be, Options{Daemon: "r_x", Logger: zaptest.NewLogger(t)})
 	j := &tjob{id: 2, pipeline: 2, vars: map[string]string{VarLock: "x"}}
 	ch := (&gitDaemon{m: m, be: be}).admit(t, ctx, j)
-	waitLine(t, j, "none with claimed/ or unclaimed/ files: not in pool-resource layout")
+	waitLine(t, j, "its locks: the lock repository is not in pool-resource layout (fix it, or guards.git.url) (the lock repository has directories but none with claimed/ or unclaimed/ files: not in pool-resource layout); retrying")
+	for _, l := range j.lines() {
+		if strings.Contains(l, "unreachable") {
+			t.Fatalf("a repository that answers called unreachable: %q", l)
+		}
+	}
 	cancel()
 	get(t, ch)
 	_ = fmt.Sprint(os.Getpid())
+}
+
+// A pool added to the repository after the daemon's last fetch (by
+// `paas-runner pool add`, or Concourse) is usable at once: a daemon with
+// no waiting job does not fetch, so a pool it has not seen is looked up
+// in the repository before the job is failed for naming it.
+func TestGitPoolAddedSinceTheLastFetch(t *testing.T) {
+	g := newGitEnv(t, concourseRepo)
+	ctx := context.Background()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	op, err := OpenGit(ctx, GitOptions{URL: g.url, Username: "locks-bot", Password: "s3cret", Daemon: "operator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.Update(ctx, func(s *State) bool {
+		changed, _, err := PoolOp(s, "add", "gcp", "g-1", "zone=europe-west1-b", nil)
+		return err == nil && changed
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := get(t, d.admit(t, ctx, &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarPool: "gcp"}}))
+	if r.err != nil || r.vars.Get("PAAS_POOL_GCP_METADATA") != "zone=europe-west1-b" {
+		t.Fatalf("a job for a pool added since the daemon's last fetch: %+v", r)
+	}
+	// a pool that is in the repository neither
+	r = get(t, d.admit(t, ctx, &tjob{id: 2, pipeline: 2, timeout: 3600, vars: map[string]string{VarPool: "azure"}}))
+	if r.err == nil || !strings.Contains(r.err.Error(), `pool "azure" does not exist on this runner`) {
+		t.Fatalf("%+v", r)
+	}
+}
+
+// concourse moves lock files in a clone of the repository with the git
+// CLI and pushes, as a Concourse pipeline (or an operator) would: no hold
+// file is touched.
+func (g *gitEnv) concourse(moves ...[2]string) {
+	g.t.Helper()
+	dir := filepath.Join(g.t.TempDir(), "clone")
+	run := func(args ...string) {
+		g.t.Helper()
+		cmd := exec.Command("git", append([]string{"-c", "user.name=concourse", "-c", "user.email=ci@example.invalid"}, args...)...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			g.t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	if out, err := exec.Command("git", "clone", "-q", "-b", "main", filepath.Join(g.root, "ops/locks.git"), dir).CombinedOutput(); err != nil {
+		g.t.Fatalf("git clone: %v\n%s", err, out)
+	}
+	for _, mv := range moves {
+		run("mv", mv[0], mv[1])
+		run("commit", "-q", "-m", "concourse: "+mv[0]+" -> "+mv[1])
+	}
+	run("push", "-q", "origin", "main")
+}
+
+// A lock claimed by paas-runner, released by hand (or by Concourse) and
+// then claimed by a Concourse pipeline, is Concourse's: the hold file
+// paas-runner left is stale. The job's release does not take Concourse's
+// claim away, its lease is not broken when it runs out, a daemon started
+// afterwards (a fresh clone) does not read the stale hold either, and the
+// stale file is removed in a commit that says so.
+func TestGitStaleHoldIsNotTaken(t *testing.T) {
+	g := newGitEnv(t, concourseRepo)
+	ctx := context.Background()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	if r := get(t, d.admit(t, ctx, &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarPool: "aws/env-1"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	g.show("show", "main:.paas-runner/holds/aws/env-1") // the hold file
+	g.concourse([2]string{"aws/claimed/env-1", "aws/unclaimed/env-1"}, [2]string{"aws/unclaimed/env-1", "aws/claimed/env-1"})
+	// a fresh clone (another daemon, or this one restarted) sees no hold
+	// of job 1: env-1 is held outside paas-runner
+	fresh, err := OpenGit(ctx, GitOptions{URL: g.url, Username: "locks-bot", Password: "s3cret", Daemon: "r_bbbbbbbbbbbb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := fresh.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := st.Pools["aws"].Locks["env-1"].Holder; h == nil || h.JobID != 0 {
+		t.Fatalf("after Concourse's claim, env-1 is held by %+v", h)
+	}
+	d.m.Release("runner1", 1)
+	d.m.Wait()
+	d.offset.Store(int64(2 * time.Hour)) // job 1's lease would have run out
+	if _, err := d.be.Update(ctx, func(*State) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	d.m.Nudge()
+	d.m.Wait()
+	tree := g.show("ls-tree", "-r", "--name-only", "main")
+	if !strings.Contains(tree, "aws/claimed/env-1\n") || strings.Contains(tree, "aws/unclaimed/env-1\n") {
+		t.Fatalf("Concourse's claim of env-1 was taken away:\n%s", tree)
+	}
+	if strings.Contains(tree, ".paas-runner/holds/aws/env-1") {
+		t.Fatalf("the stale hold file is still there:\n%s", tree)
+	}
+	if log := g.show("log", "--format=%B", "main"); !strings.Contains(log, "forgetting: .paas-runner/holds/aws/env-1 (its lock was claimed or released outside paas-runner since)") {
+		t.Fatalf("no commit removed the stale hold:\n%s", log)
+	}
+	// a paas-runner claim after Concourse's release is paas-runner's again
+	d.offset.Store(0)
+	g.concourse([2]string{"aws/claimed/env-1", "aws/unclaimed/env-1"})
+	r := get(t, d.admit(t, ctx, &tjob{id: 2, pipeline: 2, timeout: 3600, vars: map[string]string{VarPool: "aws/env-1"}}))
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if st, _ := d.m.Snapshot(); st.Pools["aws"].Locks["env-1"].Holder == nil || st.Pools["aws"].Locks["env-1"].Holder.JobID != 2 {
+		t.Fatalf("env-1 held by %+v, want job 2", st.Pools["aws"].Locks["env-1"].Holder)
+	}
+	d.m.Release("runner1", 2)
+	d.m.Wait()
+	if tree := g.show("ls-tree", "-r", "--name-only", "main"); !strings.Contains(tree, "aws/unclaimed/env-1\n") {
+		t.Fatalf("job 2's release not pushed:\n%s", tree)
+	}
+}
+
+// The pool metrics of a daemon with no waiting job (which does not fetch
+// the repository otherwise) follow the repository: a scrape reads it
+// again in the background when what the daemon read is older than
+// retry_delay, so the next scrape shows a lock added meanwhile.
+func TestGitPoolMetricsFollowTheRepository(t *testing.T) {
+	g := newGitEnv(t, concourseRepo)
+	ctx := context.Background()
+	d := g.daemon("r_aaaaaaaaaaaa", ctx)
+	reg := prometheus.NewPedanticRegistry()
+	for _, c := range d.m.Collectors() {
+		reg.MustRegister(c)
+	}
+	if got := gather(t, reg); !contains(got, `resource_pool_num_available_locks{branch="main",pool="aws"} 1`) {
+		t.Fatalf("metrics: %v", got)
+	}
+	op, err := OpenGit(ctx, GitOptions{URL: g.url, Username: "locks-bot", Password: "s3cret", Daemon: "operator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.Update(ctx, func(s *State) bool {
+		changed, _, err := PoolOp(s, "add", "aws", "env-3", "region=eu-north-1", nil)
+		return err == nil && changed
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := `resource_pool_num_available_locks{branch="main",pool="aws"} 2`
+	deadline := time.After(patience)
+	for {
+		changed := d.m.Changed()
+		if contains(gather(t, reg), want) {
+			break
+		}
+		select {
+		case <-changed: // the background read published
+		case <-time.After(50 * time.Millisecond): // the next scrape
+		case <-deadline:
+			t.Fatalf("metrics never showed %s: %v", want, gather(t, reg))
+		}
+	}
+}
+
+// A project lock whose directory name would be too long for a checkout on
+// a real file system (a long project path or environment name; Linux
+// refuses names over 255 bytes, and Concourse's clone of the repository
+// with it) is named by a hash of its id, the id in the file beside
+// claimed/ and unclaimed/: claimed, read back by another daemon, and
+// released like any other.
+func TestGitLongMutexName(t *testing.T) {
+	g := newGitEnv(t, map[string]string{"README.md": "locks\n"})
+	ctx := context.Background()
+	a, b := g.daemon("r_aaaaaaaaaaaa", ctx), g.daemon("r_bbbbbbbbbbbb", ctx)
+	long := "acme/" + strings.Repeat("a", 70) + "/" + strings.Repeat("b", 70) + "/" + strings.Repeat("c", 70)
+	j1 := &tjob{id: 1, pipeline: 1, timeout: 3600, project: long, vars: map[string]string{VarLock: "production"}}
+	if r := get(t, a.admit(t, ctx, j1)); r.err != nil {
+		t.Fatal(r.err)
+	}
+	tree := g.show("ls-tree", "-r", "--name-only", "main")
+	for _, p := range strings.Split(strings.TrimSpace(tree), "\n") {
+		for _, name := range strings.Split(p, "/") {
+			if len(name) > 255 {
+				t.Fatalf("a path component of %d bytes: %s", len(name), p)
+			}
+		}
+	}
+	dir := MutexDir(projectPool(long, "production"))
+	if !strings.HasPrefix(dir, MutexDirPrefix+"~") || !strings.Contains(tree, dir+"/claimed/lock\n") {
+		t.Fatalf("tree:\n%s", tree)
+	}
+	if id := g.show("show", "main:"+dir+"/id"); id != projectPool(long, "production") {
+		t.Fatalf("id file %q", id)
+	}
+	j2 := &tjob{id: 2, pipeline: 2, timeout: 3600, project: long, vars: map[string]string{VarLock: "production"}}
+	ch := b.admit(t, ctx, j2)
+	waitLine(t, j2, "waiting for lock production (held by job 1, pipeline 1 on main")
+	a.m.Release("runner1", 1)
+	if r := get(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+	b.m.Release("runner1", 2)
+	b.m.Wait()
+	if tree := g.show("ls-tree", "-r", "--name-only", "main"); strings.Contains(tree, dir) {
+		t.Fatalf("the free lock's directory left:\n%s", tree)
+	}
 }

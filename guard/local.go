@@ -37,7 +37,8 @@ func LocalPath(statePath string) string { return statePath + ".guards" }
 
 // OpenLocal loads (or starts) the file at path and makes the pools
 // declared in pools (name → lock → metadata) exist: new locks are added,
-// metadata updated, locks no longer declared removed once free.
+// metadata updated, locks no longer declared (nor added with `paas-runner
+// pool`) removed once free.
 func OpenLocal(path string, pools map[string]map[string]string) (*Local, error) {
 	l := &Local{path: path, st: NewState()}
 	data, err := os.ReadFile(path)
@@ -69,7 +70,9 @@ func OpenLocal(path string, pools map[string]map[string]string) (*Local, error) 
 	return l, nil
 }
 
-// SyncPools makes s's admin pools those declared (mutex pools untouched).
+// SyncPools makes s's admin pools those declared (mutex pools untouched),
+// and the locks added with `paas-runner pool` (Lock.Added): a lock
+// neither declared nor added goes once it is free.
 func SyncPools(s *State, pools map[string]map[string]string) bool {
 	changed := false
 	for name, locks := range pools {
@@ -84,13 +87,14 @@ func SyncPools(s *State, pools map[string]map[string]string) bool {
 			case l == nil:
 				p.Locks[ln] = &Lock{Metadata: md}
 				changed = true
-			case l.Metadata != md:
-				l.Metadata = md
+			case l.Metadata != md || l.Added:
+				// declared now: the configuration's
+				l.Metadata, l.Added = md, false
 				changed = true
 			}
 		}
 		for ln, l := range p.Locks {
-			if _, ok := locks[ln]; !ok && l.Holder == nil {
+			if _, ok := locks[ln]; !ok && l.Holder == nil && !l.Added {
 				delete(p.Locks, ln)
 				changed = true
 			}
@@ -101,7 +105,7 @@ func SyncPools(s *State, pools map[string]map[string]string) bool {
 			continue
 		}
 		for ln, l := range p.Locks {
-			if l.Holder == nil {
+			if l.Holder == nil && !l.Added {
 				delete(p.Locks, ln)
 				changed = true
 			}

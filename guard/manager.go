@@ -74,6 +74,11 @@ type Manager struct {
 	changed  chan struct{}
 	unsynced error // last backend error, shown to waiters
 	synced   bool  // the store answered once: pools are known
+	readAt   time.Time
+	// pendingForget: ForgetUnknown to do again once the store answers
+	pendingForget func(runnerID string, jobID int64) bool
+	// freshening: a read for the metrics or the report is under way
+	freshening atomic.Bool
 	// asked are the jobs that declared guards (Admit registered, or tried
 	// to register, them) and have not been released since: only they may
 	// have something in the store the snapshot does not show.
@@ -118,7 +123,7 @@ func NewManager(ctx context.Context, be Backend, opt Options) (*Manager, error) 
 	if _, err := m.update(ctx, func(*State) bool { return false }); err != nil {
 		// a shared store may be unreachable now: jobs without guards go
 		// on; guarded jobs wait, saying so, until it answers
-		m.log.Warn("guards: the lock store is unreachable; guarded jobs wait until it answers", zap.Error(err))
+		m.log.Warn("guards: "+storeProblem(err)+"; guarded jobs wait until it answers", zap.Error(err))
 	}
 	return m, nil
 }
@@ -218,7 +223,21 @@ func (m *Manager) commit(batch []*pendingUpdate) {
 	if err != nil {
 		m.unsynced = err
 	} else {
-		m.unsynced, m.synced = nil, true
+		m.unsynced, m.synced, m.readAt = nil, true, time.Now()
+		if known := m.pendingForget; known != nil {
+			m.pendingForget = nil
+			m.bg.Add(1)
+			go func() {
+				defer m.bg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := m.forgetUnknown(ctx, known); err != nil {
+					m.log.Warn("guards: could not release the locks of jobs no longer in the state file; their leases free them", zap.Error(err))
+				} else {
+					m.log.Info("guards: the lock store answers: the locks of jobs no longer in the state file are released")
+				}
+			}()
+		}
 		m.st = st
 		m.dec = Decide(st, pol, m.opt.Now())
 		close(m.changed)
@@ -284,7 +303,7 @@ func (m *Manager) settle(s *State, pol *Policy, now time.Time, granted *[]JobRef
 			lease = time.Hour
 		}
 		for _, c := range claims {
-			s.Pools[c.Pool].Locks[c.Lock].Holder = &Holder{JobRef: w.JobRef, Since: now, Expires: now.Add(lease + m.opt.LeaseMargin)}
+			s.Pools[c.Pool].Locks[c.Lock].Holder = &Holder{JobRef: w.JobRef, Since: now, Expires: now.Add(lease + m.opt.LeaseMargin), Supersede: w.Supersede}
 		}
 		delete(s.Waiters, k)
 		changed = true
@@ -320,6 +339,30 @@ func (m *Manager) Nudge() {
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = m.update(ctx, func(*State) bool { return false })
+	}()
+}
+
+// freshen re-reads a shared store in the background when what this
+// daemon last read of it is older than Refresh: it reads the store only
+// while it has waiting jobs, and the pool metrics and the report must
+// not show, for hours, what the pools were when it last had one.
+func (m *Manager) freshen() {
+	if _, local := m.be.(*Local); local { // the snapshot is the state
+		return
+	}
+	m.mu.Lock()
+	old := time.Since(m.readAt) > m.opt.Refresh
+	m.mu.Unlock()
+	if !old || !m.freshening.CompareAndSwap(false, true) {
+		return
+	}
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		defer m.freshening.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		_, _ = m.update(ctx, func(*State) bool { return false })
@@ -376,21 +419,31 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	m.mu.Unlock()
 	// validate reads the declaration against a policy: the pools are the
 	// policy's (local backend) or the store's (git).
+	missed := false // a pool the store's state did not have
 	validate := func(pol *Policy, st *State, synced bool) (*Request, error) {
 		req, err := ParseRequest(a.Payload, pol, ref, func(pool string) bool {
 			if pol.Declared {
-				_, ok := pol.Pools[pool]
-				return ok
+				return pol.declaresPool(pool, st)
 			}
 			_, ok := st.Pools[pool]
+			missed = missed || !ok
 			return ok || !synced // pools unknown until the store answers
 		})
 		if err == nil && req != nil {
-			err = pol.checkDeclared(req.Demands)
+			err = pol.checkDeclared(req.Demands, st)
 		}
 		return req, err
 	}
 	req, err := validate(pol, st, synced)
+	if err != nil && missed && !pol.Declared {
+		// a shared store is read only while this daemon has waiting
+		// jobs: a pool added since (pool add, Concourse) is looked up
+		// before the job is failed for naming it
+		if fresh, uerr := m.update(ctx, func(*State) bool { return false }); uerr == nil {
+			st = fresh
+			req, err = validate(pol, st, true)
+		}
+	}
 	if err != nil {
 		return nil, &WaitError{Reason: "declaration", Msg: err.Error()}
 	}
@@ -438,7 +491,7 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 					if ctx.Err() != nil {
 						return false, "", "", ctx.Err()
 					}
-					return false, "its locks: the lock store is unreachable (" + shortErr(err) + "); retrying", "unreachable", nil
+					return false, "its locks: " + storeProblem(err) + " (" + shortErr(err) + "); retrying", "unreachable", nil
 				}
 				registered = true
 			}
@@ -446,6 +499,18 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 			if c, ok := matchClaims(req.Demands, st.HeldBy(key)); ok {
 				claims = c
 				return true, "", "", nil
+			}
+			if !synced {
+				// declared while the store had never answered (its pools
+				// unknown): checked again once it has, so that a pool
+				// that does not exist fails the job then, not at its
+				// lock timeout
+				m.mu.Lock()
+				synced = m.synced
+				m.mu.Unlock()
+				if _, err := validate(pol, st, true); synced && err != nil {
+					return false, "", "", &WaitError{Reason: "declaration", Msg: err.Error()}
+				}
 			}
 			if cur := m.pol(); cur != pol {
 				// reloaded: a pool or lock removed, or a namespace no
@@ -468,7 +533,7 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 			bad := m.unsynced
 			m.mu.Unlock()
 			if bad != nil {
-				line += " (the lock store is unreachable: " + shortErr(bad) + "; retrying)"
+				line += " (" + storeProblem(bad) + ": " + shortErr(bad) + "; retrying)"
 				k += "unreachable"
 			}
 			return false, line, k, nil
@@ -491,6 +556,15 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 	m.log.Info("guards passed", zap.Int64("job_id", a.ID), zap.String("runner", runnerID), zap.String("locks", describeClaims(claims)),
 		zap.Duration("waited", time.Since(since)))
 	return req.Variables(claims, md), nil
+}
+
+// storeProblem says what is wrong with the lock store: a repository that
+// answers but is not a lock repository is not "unreachable".
+func storeProblem(err error) string {
+	if errors.Is(err, ErrNotPoolLayout) {
+		return "the lock repository is not in pool-resource layout (fix it, or guards.git.url)"
+	}
+	return "the lock store is unreachable"
 }
 
 func shortErr(err error) string {
@@ -574,18 +648,37 @@ func (m *Manager) release(key string) {
 		// the released job's slot is given back: the granted job gets it
 		return
 	}
+	// Retried until it is made, or until the leases it would end have run
+	// out (anyone may then break them): a store down for a minute must
+	// not keep a lock claimed for the rest of an hour-long lease.
+	until := m.opt.Now().Add(waiterGrace) // a waiter record only
+	for _, c := range st.HeldBy(key) {
+		if h := st.Pools[c.Pool].Locks[c.Lock].Holder; h.Expires.After(until) {
+			until = h.Expires
+		}
+	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
-		for attempt := 0; attempt < 20; attempt++ {
-			if err := do(); err == nil {
+		delay := m.opt.Refresh
+		for attempt := 0; ; attempt++ {
+			err := do()
+			if err == nil {
+				if attempt > 0 {
+					m.log.Info("guards: a job's locks released", zap.String("job", key), zap.Int("attempts", attempt+1))
+				}
 				return
-			} else if attempt == 0 {
+			}
+			if attempt == 0 {
 				m.log.Warn("guards: releasing a job's locks failed; retrying", zap.String("job", key), zap.Error(err))
 			}
-			time.Sleep(m.opt.Refresh)
+			if m.opt.Now().After(until) {
+				m.log.Error("guards: could not release a job's locks before their lease ran out; the lease frees them", zap.String("job", key), zap.Error(err))
+				return
+			}
+			time.Sleep(delay)
+			delay = min(2*delay, 30*m.opt.Refresh, time.Minute)
 		}
-		m.log.Error("guards: could not release a job's locks; its lease frees them", zap.String("job", key))
 	}()
 }
 
@@ -609,8 +702,20 @@ func ownWaiterWants(st *State, key, daemon string) bool {
 }
 
 // ForgetUnknown releases holds and waiters of this daemon whose job is not
-// known any more (not in the state file after a restart).
+// known any more (not in the state file after a restart). When the store
+// does not answer, it is done once it does (in the background): known
+// must keep answering for the daemon's life.
 func (m *Manager) ForgetUnknown(ctx context.Context, known func(runnerID string, jobID int64) bool) error {
+	err := m.forgetUnknown(ctx, known)
+	if err != nil {
+		m.mu.Lock()
+		m.pendingForget = known
+		m.mu.Unlock()
+	}
+	return err
+}
+
+func (m *Manager) forgetUnknown(ctx context.Context, known func(runnerID string, jobID int64) bool) error {
 	_, err := m.update(ctx, func(s *State) bool {
 		changed := false
 		keys := map[string]JobRef{}

@@ -428,3 +428,177 @@ func TestLocalFileRefused(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
+
+// flaky is a backend that fails while down is set (a lock repository
+// that does not answer).
+type flaky struct {
+	Backend
+	down atomic.Bool
+}
+
+func (f *flaky) Update(ctx context.Context, fn func(*State) bool) (*State, error) {
+	if f.down.Load() {
+		return nil, errors.New("connection refused")
+	}
+	return f.Backend.Update(ctx, fn)
+}
+
+// A job declared while the shared store had never answered (its pools
+// unknown) is checked again once it answers: a pool that does not exist
+// fails it then, at once, instead of at its lock timeout; a pool that
+// exists is granted.
+func TestUnknownPoolFailsOnceTheStoreAnswers(t *testing.T) {
+	local, err := OpenLocal(filepath.Join(t.TempDir(), "state.json.guards"), map[string]map[string]string{"aws": {"env-1": "region=eu-west-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &flaky{Backend: local}
+	be.down.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// the git backend's policy: the pools are the store's
+	m, err := NewManager(ctx, be, Options{Daemon: "r_test", Policy: &Policy{DefaultMode: OldestFirst}, Refresh: 5 * time.Millisecond,
+		Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	e := &testEnv{t: t, m: m}
+	gone := &tjob{id: 1, pipeline: 1, vars: map[string]string{VarPool: "gcp", VarTimeout: "3600"}}
+	ok := &tjob{id: 2, pipeline: 2, vars: map[string]string{VarPool: "aws"}}
+	gch, och := e.admit(ctx, gone), e.admit(ctx, ok)
+	waitLine(t, gone, "the lock store is unreachable (connection refused)")
+	waitLine(t, ok, "the lock store is unreachable (connection refused)")
+	be.down.Store(false)
+	r := get(t, gch)
+	var we *WaitError
+	if !errors.As(r.err, &we) || we.Reason != "declaration" || !strings.Contains(r.err.Error(), `PAAS_POOL: pool "gcp" does not exist on this runner`) {
+		t.Fatalf("a job waiting for a pool the store does not have: %+v", r)
+	}
+	if r := get(t, och); r.err != nil || r.vars.Get("PAAS_POOL_AWS_NAME") != "env-1" {
+		t.Fatalf("%+v", r)
+	}
+	e.waitFor("the failed job gone from the queue", func(s *State) bool { return len(s.Waiters) == 0 })
+}
+
+// counting is flaky that counts the updates refused while down.
+type counting struct {
+	flaky
+	refused atomic.Int32
+}
+
+func (c *counting) Update(ctx context.Context, fn func(*State) bool) (*State, error) {
+	if c.down.Load() {
+		c.refused.Add(1)
+	}
+	return c.flaky.Update(ctx, fn)
+}
+
+// A release the shared store refuses (it is down) is retried until the
+// store answers, not given up after a few tries: the lock would stay
+// claimed until its lease, the job's timeout plus lease_margin, ran out.
+func TestReleaseRetriedUntilTheStoreAnswers(t *testing.T) {
+	local, err := OpenLocal(filepath.Join(t.TempDir(), "state.json.guards"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &counting{flaky: flaky{Backend: local}}
+	ctx := context.Background()
+	m, err := NewManager(ctx, be, Options{Daemon: "r_test", Refresh: time.Millisecond, AsyncRelease: true, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEnv{t: t, m: m}
+	if r := get(t, e.admit(ctx, &tjob{id: 1, pipeline: 1, timeout: 3600, vars: map[string]string{VarLock: "production"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	be.down.Store(true)
+	m.Release("runner1", 1)
+	deadline := time.Now().Add(patience)
+	for be.refused.Load() < 40 { // well beyond the 20 tries it used to give up after
+		if time.Now().After(deadline) {
+			t.Fatalf("%d release attempts", be.refused.Load())
+		}
+		time.Sleep(time.Millisecond) // the attempts come from another goroutine, on a timer
+	}
+	be.down.Store(false)
+	done := make(chan struct{})
+	go func() { m.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(patience):
+		t.Fatal("the release was not retried once the store answered")
+	}
+	if st, _ := m.Snapshot(); len(st.HeldBy(JobRef{Daemon: "r_test", Runner: "runner1", JobID: 1}.Key())) != 0 {
+		t.Fatalf("still held: %s", dump(st))
+	}
+}
+
+// Holds of jobs no longer in the state file are released at the start;
+// when the store does not answer then, they are released once it does
+// (not left until their lease runs out).
+func TestForgetUnknownOnceTheStoreAnswers(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if r := get(t, e.admit(ctx, &tjob{id: 5, pipeline: 5, timeout: 3600, vars: map[string]string{VarLock: "production"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	local, err := OpenLocal(e.path, e.pools) // the next start
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &flaky{Backend: local}
+	be.down.Store(true)
+	m, err := NewManager(ctx, be, Options{Daemon: "r_test", Policy: e.policy, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ForgetUnknown(ctx, func(string, int64) bool { return false }); err == nil {
+		t.Fatal("ForgetUnknown did not fail with the store down")
+	}
+	be.down.Store(false)
+	m.Nudge()
+	e.m = m
+	e.waitFor("job 5's hold released", func(s *State) bool {
+		return s.Pools["aws"] != nil && // read from the store, not the empty state before it answered
+			len(s.HeldBy(JobRef{Daemon: "r_test", Runner: "runner1", JobID: 5}.Key())) == 0 && s.Pools[projectPool("acme/web", "production")] == nil
+	})
+	m.Wait()
+}
+
+// Supersede holds against a newer job that already holds the lock: an
+// older job of the same project arriving afterwards would deploy older
+// code after it; it is failed at once. The pool rule does the same
+// without the variable; another project's older job is not touched.
+func TestSupersededByAHolder(t *testing.T) {
+	e := newEnv(t)
+	e.policy.Pools["aws"] = PoolPolicy{Namespaces: []string{"acme"}, Supersede: true}
+	ctx := context.Background()
+	if r := get(t, e.admit(ctx, &tjob{id: 5, pipeline: 5, vars: map[string]string{VarLock: "x", VarSupersede: "true"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	r := get(t, e.admit(ctx, &tjob{id: 4, pipeline: 4, vars: map[string]string{VarLock: "x"}}))
+	var we *WaitError
+	if !errors.As(r.err, &we) || we.Reason != "superseded" || r.err.Error() != "superseded by pipeline 5" {
+		t.Fatalf("an older job after a newer superseding holder: %+v", r)
+	}
+	other := e.admit(ctx, &tjob{id: 3, pipeline: 3, project: "acme/api", vars: map[string]string{VarLock: "x"}})
+	// the pool's rule: pipeline 9 holds aws/env-1, an older job wanting it gives way
+	if r := get(t, e.admit(ctx, &tjob{id: 9, pipeline: 9, vars: map[string]string{VarPool: "aws/env-1"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	r = get(t, e.admit(ctx, &tjob{id: 8, pipeline: 8, vars: map[string]string{VarPool: "aws/env-1"}}))
+	if !errors.As(r.err, &we) || r.err.Error() != "superseded by pipeline 9" {
+		t.Fatalf("pool rule: %+v", r)
+	}
+	// an older job wanting another lock of the pool is not in the way
+	if r := get(t, e.admit(ctx, &tjob{id: 7, pipeline: 7, vars: map[string]string{VarPool: "aws/env-2"}})); r.err != nil {
+		t.Fatal(r.err)
+	}
+	e.m.Release("runner1", 5)
+	if r := get(t, other); r.err != nil {
+		t.Fatal(r.err)
+	}
+}

@@ -55,6 +55,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
+	c.m.freshen() // for the next scrape
 	st, _ := c.m.Snapshot()
 	branch := c.m.be.Branch()
 	for _, pn := range sortedKeys(st.Pools) {
@@ -100,8 +101,10 @@ type PoolInfo struct {
 	Available int    `json:"available"`
 }
 
-// Report describes the current state.
+// Report describes the current state (as last read; a shared store is
+// read again in the background when that is older than Refresh).
 func (m *Manager) Report() Report {
+	m.freshen()
 	st, dec := m.Snapshot()
 	return buildReport(st, dec, m.be.Branch())
 }

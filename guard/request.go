@@ -212,9 +212,10 @@ func (p *Policy) declaredLocks() map[string]map[string]string {
 	return out
 }
 
-// checkDeclared reports a demand the declared pools do not have (nil with
-// the git backend, whose pools are the repository's, or for mutexes).
-func (p *Policy) checkDeclared(ds []Demand) error {
+// checkDeclared reports a demand the declared pools, and the locks added
+// to st with `paas-runner pool`, do not have (nil with the git backend,
+// whose pools are the repository's, or for mutexes).
+func (p *Policy) checkDeclared(ds []Demand, st *State) error {
 	if p == nil || !p.Declared {
 		return nil
 	}
@@ -222,15 +223,39 @@ func (p *Policy) checkDeclared(ds []Demand) error {
 		if IsMutex(d.Pool) {
 			continue
 		}
-		pp, ok := p.Pools[d.Pool]
-		if !ok {
+		if !p.declaresPool(d.Pool, st) {
 			return &DeclarationError{Msg: fmt.Sprintf("%s: pool %q does not exist on this runner", VarPool, d.Pool)}
 		}
-		if _, ok := pp.Locks[d.Lock]; d.Lock != "" && !ok {
+		if _, ok := p.Pools[d.Pool].Locks[d.Lock]; d.Lock != "" && !ok && !added(st, d.Pool, d.Lock) {
 			return &DeclarationError{Msg: fmt.Sprintf("%s: pool %q has no lock %q on this runner", VarPool, d.Pool, d.Lock)}
 		}
 	}
 	return nil
+}
+
+// declaresPool: a pool of the configuration, or one with a lock added
+// with `paas-runner pool` (local backend).
+func (p *Policy) declaresPool(pool string, st *State) bool {
+	if _, ok := p.Pools[pool]; ok {
+		return true
+	}
+	if st == nil || st.Pools[pool] == nil {
+		return false
+	}
+	for _, l := range st.Pools[pool].Locks {
+		if l.Added {
+			return true
+		}
+	}
+	return false
+}
+
+func added(st *State, pool, lock string) bool {
+	if st == nil || st.Pools[pool] == nil {
+		return false
+	}
+	l := st.Pools[pool].Locks[lock]
+	return l != nil && l.Added
 }
 
 func (p *Policy) defaultMode() Mode {
@@ -249,20 +274,26 @@ func ParseRequest(p *job.Payload, pol *Policy, ref JobRef, poolExists func(strin
 	fail := func(format string, a ...any) (*Request, error) {
 		return nil, &DeclarationError{Msg: fmt.Sprintf(format, a...)}
 	}
-	project := firstNonEmpty(vars.Get("CI_PROJECT_PATH"), p.JobInfo.ProjectFullPath)
-	ns := vars.Get("CI_PROJECT_ROOT_NAMESPACE")
+	// The scope (project, top-level namespace) and the order (pipeline)
+	// are GitLab's predefined variables, the first of their name in the
+	// payload: GitLab gives predefined variables the lowest precedence, so
+	// a job's own variables of the same name come after them, and they
+	// must not let a job of another namespace into a pool, take another
+	// project's lock or supersede its jobs.
+	project := firstNonEmpty(predefined(vars, "CI_PROJECT_PATH"), p.JobInfo.ProjectFullPath)
+	ns := predefined(vars, "CI_PROJECT_ROOT_NAMESPACE")
 	if ns == "" {
 		ns, _, _ = strings.Cut(project, "/")
 	}
 	ref.Project = project
 	if ref.PipelineID == 0 {
 		ref.PipelineID = p.JobInfo.PipelineID
-		if v, err := strconv.ParseInt(vars.Get("CI_PIPELINE_ID"), 10, 64); err == nil && ref.PipelineID == 0 {
+		if v, err := strconv.ParseInt(predefined(vars, "CI_PIPELINE_ID"), 10, 64); err == nil && ref.PipelineID == 0 {
 			ref.PipelineID = v
 		}
 	}
 	if ref.Ref == "" {
-		ref.Ref = firstNonEmpty(vars.Get("CI_COMMIT_REF_NAME"), p.GitInfo.Ref)
+		ref.Ref = firstNonEmpty(predefined(vars, "CI_COMMIT_REF_NAME"), p.GitInfo.Ref)
 	}
 	r := &Request{Job: ref, Namespace: ns, Timeout: DefaultTimeout, JobTimeout: time.Duration(p.RunnerInfo.Timeout) * time.Second}
 	if r.JobTimeout <= 0 {
@@ -399,6 +430,18 @@ func parseBool(key, s string) (bool, error) {
 		return true, nil
 	}
 	return false, &DeclarationError{Msg: fmt.Sprintf("%s: %q is not true or false", key, s)}
+}
+
+// predefined is the first variable named key: GitLab's predefined value
+// when the job also sets one of that name (GitLab sends both, predefined
+// first; the runner, and the job, see the last).
+func predefined(vars job.Variables, key string) string {
+	for _, v := range vars {
+		if v.Key == key {
+			return v.Value
+		}
+	}
+	return ""
 }
 
 func firstNonEmpty(vals ...string) string {

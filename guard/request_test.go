@@ -137,3 +137,30 @@ func TestVariables(t *testing.T) {
 		t.Errorf("%+v", vs)
 	}
 }
+
+// A job cannot choose its scope: GitLab sends a job's own variable of a
+// predefined name after the predefined one (predefined variables have the
+// lowest precedence), and the scope is the predefined value. A job of
+// namespace evil naming itself acme/web gets neither acme's pool nor
+// acme/web's project lock, nor a place before acme/web's pipelines.
+func TestParseRequestScopeIsGitLabs(t *testing.T) {
+	p := &job.Payload{ID: 10}
+	p.Variables = job.Variables{
+		{Key: "CI_PROJECT_PATH", Value: "evil/x"}, {Key: "CI_PROJECT_ROOT_NAMESPACE", Value: "evil"}, {Key: "CI_PIPELINE_ID", Value: "7"},
+		{Key: "CI_PROJECT_PATH", Value: "acme/web"}, {Key: "CI_PROJECT_ROOT_NAMESPACE", Value: "acme"}, {Key: "CI_PIPELINE_ID", Value: "1"},
+		{Key: VarPool, Value: "aws"},
+	}
+	_, err := ParseRequest(p, testPolicy, JobRef{}, exists)
+	if err == nil || !strings.Contains(err.Error(), `pool "aws" is not open to namespace "evil"`) {
+		t.Fatalf("a job of namespace evil overriding its CI_PROJECT_* variables: %v", err)
+	}
+	p.Variables[len(p.Variables)-1] = job.Variable{Key: VarLock, Value: "production,group:deploy"}
+	r, err := ParseRequest(p, testPolicy, JobRef{}, exists)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Demands[0].Pool != projectPool("evil/x", "production") || r.Demands[1].Pool != groupPool("evil", "deploy") ||
+		r.Job.Project != "evil/x" || r.Job.PipelineID != 7 {
+		t.Fatalf("scope taken from the job's own variables: %+v %+v", r.Demands, r.Job)
+	}
+}

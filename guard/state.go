@@ -26,12 +26,18 @@ type Holder struct {
 	JobRef
 	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"` // lease end
+	// Supersede: the job asked PAAS_LOCK_SUPERSEDE: an older job of its
+	// project waiting for what it holds gives way.
+	Supersede bool `json:"supersede,omitempty"`
 }
 
 // Lock is one lock of a pool; Holder nil when it is free.
 type Lock struct {
 	Metadata string  `json:"metadata,omitempty"`
 	Holder   *Holder `json:"holder,omitempty"`
+	// Added: made by `paas-runner pool add` on the local backend, not
+	// declared in the configuration (which does not remove it).
+	Added bool `json:"added,omitempty"`
 }
 
 // Pool is a set of locks. A project or group lock is a one-lock pool.
@@ -242,7 +248,26 @@ func Decide(s *State, pol *Policy, now time.Time) *Decision {
 		poolMode[pn], poolMixed[pn] = lockMode(pol, pn, as)
 	}
 	// supersede: on a pool whose rule (declared or asked) says so, a
-	// waiter of the same project and an older pipeline gives way.
+	// waiter of the same project and an older pipeline gives way to a
+	// newer one waiting for what it wants, or holding the very lock it
+	// names (it would deploy older code after it; one asking any lock of
+	// a pool may get another).
+	for _, pn := range sortedKeys(s.Pools) {
+		for ln, l := range s.Pools[pn].Locks {
+			h := l.Holder
+			if h == nil || h.JobID == 0 || !(h.Supersede || anySupersede(pol, []Demand{{Pool: pn}})) {
+				continue
+			}
+			for _, o := range live {
+				if o.Project != h.Project || o.PipelineID >= h.PipelineID || !names(o.Demands, Claim{pn, ln}) {
+					continue
+				}
+				if cur, ok := d.Superseded[o.Key()]; !ok || h.PipelineID > cur {
+					d.Superseded[o.Key()] = h.PipelineID
+				}
+			}
+		}
+	}
 	for _, w := range live {
 		for _, o := range live {
 			if o == w || o.Project != w.Project || o.PipelineID >= w.PipelineID || !(w.Supersede || anySupersede(pol, w.Demands)) {
@@ -410,6 +435,16 @@ func shares(a, b []Demand) bool {
 			if x.Pool == y.Pool && (x.Lock == "" || y.Lock == "" || x.Lock == y.Lock) {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// names tells whether demands ask for that very lock.
+func names(ds []Demand, c Claim) bool {
+	for _, d := range ds {
+		if d.Pool == c.Pool && d.Lock == c.Lock {
+			return true
 		}
 	}
 	return false

@@ -45,11 +45,7 @@ func buildGuards(ctx context.Context, cfg *config.Config, store *state.Store, sy
 	var be guard.Backend
 	switch g.Backend {
 	case "local":
-		pools := map[string]map[string]string{}
-		for _, p := range g.Pools {
-			pools[p.Name] = p.Locks
-		}
-		l, err := guard.OpenLocal(guard.LocalPath(store.Path()), pools)
+		l, err := guard.OpenLocal(guard.LocalPath(store.Path()), declaredPools(cfg))
 		if err != nil {
 			return nil, err
 		}
@@ -73,7 +69,7 @@ func buildGuards(ctx context.Context, cfg *config.Config, store *state.Store, sy
 		_, ok := store.Get(state.Key{Runner: runnerID, ID: jobID})
 		return ok
 	}); err != nil {
-		log.Warn("guards: could not release the locks of jobs no longer in the state file; their leases free them", zap.Error(err))
+		log.Warn("guards: could not release the locks of jobs no longer in the state file yet; done once the lock store answers", zap.Error(err))
 	}
 	return m, nil
 }

@@ -178,3 +178,68 @@ func TestLockKilledWhileProvisioning(t *testing.T) {
 		t.Fatalf("a lock still held: %s", guards)
 	}
 }
+
+// What a new user gets wrong, through the real daemon and GitLab: each
+// job fails at once, with the failure reason GitLab shows and a one-line
+// message naming the variable in its log; a lock timeout is
+// stuck_or_timeout_failure; an older waiting job superseded says by
+// which pipeline. None of them is ever given a host.
+func TestGuardDeclarationsFailInGitLab(t *testing.T) {
+	e := newEnv(t, "[[guards.pools]]\nname = \"aws\"\nnamespaces = [\"acme\"]\n[guards.pools.locks]\nenv-1 = \"region=eu-west-1\"\n")
+	p := e.start("")
+	holder := guardedJob(e.gl, e.token, 10, "PAAS_LOCK", "production")
+	e.waitFile(filepath.Join(e.hosts, e.hostName(holder.ID)+".launched"))
+	type want struct {
+		job    *coordinatortest.Job
+		reason string
+		log    string
+	}
+	many := strings.TrimSuffix(strings.Repeat("l,", 100), ",")
+	cases := []want{
+		{guardedJob(e.gl, e.token, 11, "PAAS_LOCK", "a,,b"), "script_failure", `PAAS_LOCK: name 2 of "a,,b" is empty`},
+		{guardedJob(e.gl, e.token, 12, "PAAS_LOCK", "prod uction"), "script_failure", `PAAS_LOCK: "prod uction": name "prod uction" has the character ' '`},
+		{guardedJob(e.gl, e.token, 13, "PAAS_LOCK", many), "script_failure", "PAAS_LOCK names 100 locks: at most 16"},
+		{guardedJob(e.gl, e.token, 14, "PAAS_POOL", "gcp"), "script_failure", `PAAS_POOL: pool "gcp" does not exist on this runner`},
+		{guardedJob(e.gl, e.token, 15, "PAAS_LOCK", "production", "PAAS_PROCESS_MODE", "oldest-first"), "script_failure",
+			`PAAS_PROCESS_MODE: unknown process mode "oldest-first"`},
+		{guardedJob(e.gl, e.token, 16, "PAAS_LOCK", "production", "PAAS_LOCK_TIMEOUT", "soon"), "script_failure", `PAAS_LOCK_TIMEOUT: "soon" is not a number of seconds`},
+		{guardedJob(e.gl, e.token, 17, "PAAS_LOCK", "production", "PAAS_LOCK_NO_WAIT", "true"), "script_failure",
+			"locks not free and PAAS_LOCK_NO_WAIT is set: waiting for lock production (held by job " + strconv.FormatInt(holder.ID, 10) + ", pipeline 10 on main"},
+		{guardedJob(e.gl, e.token, 18, "PAAS_LOCK", "production", "PAAS_LOCK_TIMEOUT", "1"), "stuck_or_timeout_failure",
+			"gave up after waiting 1s (timeout 1s): still waiting for lock production (held by job " + strconv.FormatInt(holder.ID, 10)},
+	}
+	other := e.gl.Enqueue(e.token, map[string]any{
+		"job_info": map[string]any{"name": "deploy", "project_id": 2, "pipeline_id": 19, "project_full_path": "beta/app"},
+		"variables": []map[string]any{{"key": "CI_PROJECT_PATH", "value": "beta/app", "public": true},
+			{"key": "CI_PROJECT_ROOT_NAMESPACE", "value": "beta", "public": true}, {"key": "PAAS_POOL", "value": "aws", "public": true}}})
+	cases = append(cases, want{other, "script_failure", `PAAS_POOL: pool "aws" is not open to namespace "beta" (allowed: acme)`})
+	check := func(cases []want) {
+		t.Helper()
+		for _, c := range cases {
+			e.gl.WaitFor(procWait, "a bad declaration failed", func(s *coordinatortest.Server) bool { return s.StatusOf(c.job.ID) == "failed" })
+			got := e.gl.Job(c.job.ID)
+			if got.FailureReason != c.reason || !strings.Contains(string(got.Trace), c.log) {
+				t.Errorf("job %d: failure reason %q, log:\n%s\nwant %q and %q", c.job.ID, got.FailureReason, got.Trace, c.reason, c.log)
+			}
+			if _, err := os.Stat(filepath.Join(e.hosts, e.hostName(c.job.ID)+".host")); err == nil || e.launches()[launchKey(e, c.job)] != 0 {
+				t.Errorf("job %d was given a host", c.job.ID)
+			}
+		}
+	}
+	check(cases)
+	// supersede: pipeline 20 waits; pipeline 21, asking to supersede, makes it give way
+	older := guardedJob(e.gl, e.token, 20, "PAAS_LOCK", "production")
+	e.gl.WaitFor(procWait, "pipeline 20 waiting", func(s *coordinatortest.Server) bool {
+		return s.TraceContains(older.ID, "waiting for lock production (held by job "+strconv.FormatInt(holder.ID, 10)+", pipeline 10 on main, since ")
+	})
+	newer := guardedJob(e.gl, e.token, 21, "PAAS_LOCK", "production", "PAAS_LOCK_SUPERSEDE", "true")
+	check([]want{{older, "script_failure", "superseded by pipeline 21"}})
+	e.gl.Finish(holder.ID, "success")
+	e.waitFile(filepath.Join(e.hosts, e.hostName(newer.ID)+".launched"))
+	e.gl.Finish(newer.ID, "success")
+	e.waitNoHost()
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}

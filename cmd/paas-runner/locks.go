@@ -23,6 +23,7 @@ const locksUsage = `usage:
   paas-runner locks [--json] CONFIG                 holders, waiters in order, leases
   paas-runner locks release CONFIG NAME --yes       force-release one lock (as locks shows it)
   paas-runner pool add|add-claimed|remove|update CONFIG POOL LOCK [--metadata-file F]
+                                                    pool-resource's operations (local backend: with the daemon stopped)
 `
 
 // locksCmd is `paas-runner locks …`.
@@ -85,7 +86,7 @@ func locksCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	name := pos[1]
 	var freed *guard.Holder
-	err = updateGuards(ctx, cfg, func(s *guard.State) (bool, error) {
+	err = updateGuards(ctx, cfg, false, func(s *guard.State) (bool, error) {
 		pool, lock, err := guard.ResolveLock(s, name)
 		if err != nil {
 			return false, err
@@ -128,10 +129,6 @@ func poolCmd(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, prefixLines("paas-runner: ", err.Error()))
 		return exitUsage
 	}
-	if cfg.Guards.Backend != "git" {
-		fmt.Fprintf(stderr, "paas-runner: pool %s: with the local backend the pools are [[guards.pools]] in %s: edit it and restart the daemon\n", op, cfgPath)
-		return exitUsage
-	}
 	var md string
 	if *mdFile != "" {
 		b, err := os.ReadFile(*mdFile)
@@ -143,10 +140,14 @@ func poolCmd(args []string, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
+	var declared map[string]map[string]string // local: the configuration's pools
+	if cfg.Guards.Backend != "git" {
+		declared = declaredPools(cfg)
+	}
 	for {
 		wait := false
-		err := updateGuards(ctx, cfg, func(s *guard.State) (bool, error) {
-			changed, w, err := guard.PoolOp(s, op, pool, lock, md)
+		err := updateGuards(ctx, cfg, declared != nil, func(s *guard.State) (bool, error) {
+			changed, w, err := guard.PoolOp(s, op, pool, lock, md, declared)
 			wait = w
 			return changed, err
 		})
@@ -186,19 +187,27 @@ func openGit(ctx context.Context, cfg *config.Config) (*guard.Git, error) {
 // readGuards reads the state without changing it (the daemon may run).
 func readGuards(ctx context.Context, cfg *config.Config) (*guard.State, error) {
 	if cfg.Guards.Backend != "git" {
-		return guard.ReadLocal(guard.LocalPath(cfg.StateFile))
+		st, err := guard.ReadLocal(guard.LocalPath(cfg.StateFile))
+		if err == nil {
+			// the pools as the daemon has them with this configuration
+			// (it syncs them at its start and on reload): nothing written
+			guard.SyncPools(st, declaredPools(cfg))
+		}
+		return st, err
 	}
 	g, err := openGit(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return g.Update(ctx, func(*guard.State) bool { return false })
+	return g.Read(ctx)
 }
 
 // updateGuards changes the state: pushed to the repository (the daemons
 // read it at their next fetch), or written to the local file while the
-// daemon is stopped (it owns the file while it runs).
-func updateGuards(ctx context.Context, cfg *config.Config, fn func(*guard.State) (bool, error)) error {
+// daemon is stopped (it owns the file while it runs; it reads it at its
+// start). Without the daemon's files the local backend's are made only
+// when create is set (a pool's lock added before the first start).
+func updateGuards(ctx context.Context, cfg *config.Config, create bool, fn func(*guard.State) (bool, error)) error {
 	var ferr error
 	apply := func(s *guard.State) bool {
 		changed, err := fn(s)
@@ -217,7 +226,7 @@ func updateGuards(ctx context.Context, cfg *config.Config, fn func(*guard.State)
 	}
 	// Nothing to change without the daemon's files: opening the store
 	// would create them.
-	if missing(cfg.StateFile) && missing(guard.LocalPath(cfg.StateFile)) {
+	if !create && missing(cfg.StateFile) && missing(guard.LocalPath(cfg.StateFile)) {
 		return fmt.Errorf("no state file %s: no lock is held (the daemon has not run with this configuration)", cfg.StateFile)
 	}
 	store, err := state.Open(cfg.StateFile)
@@ -225,11 +234,7 @@ func updateGuards(ctx context.Context, cfg *config.Config, fn func(*guard.State)
 		return fmt.Errorf("%w (with the local backend, stop the daemon first: it owns its guards file while it runs)", err)
 	}
 	defer store.Close()
-	pools := map[string]map[string]string{}
-	for _, p := range cfg.Guards.Pools {
-		pools[p.Name] = p.Locks
-	}
-	l, err := guard.OpenLocal(guard.LocalPath(store.Path()), pools)
+	l, err := guard.OpenLocal(guard.LocalPath(store.Path()), declaredPools(cfg))
 	if err != nil {
 		return err
 	}
@@ -237,6 +242,16 @@ func updateGuards(ctx context.Context, cfg *config.Config, fn func(*guard.State)
 		return err
 	}
 	return ferr
+}
+
+// declaredPools are the local backend's configured pools (pool → lock →
+// metadata).
+func declaredPools(cfg *config.Config) map[string]map[string]string {
+	pools := map[string]map[string]string{}
+	for _, p := range cfg.Guards.Pools {
+		pools[p.Name] = p.Locks
+	}
+	return pools
 }
 
 // missing: path does not exist (another error is left to the open).

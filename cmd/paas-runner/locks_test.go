@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
+	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
 	"gitlab.com/paas-runner/paas-runner/guard"
 	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
 	"gitlab.com/paas-runner/paas-runner/job"
@@ -123,9 +126,6 @@ func TestLocksCommandLocal(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "lock:acme/web:production") || !strings.Contains(out, "job 7 (pipeline 70, project acme/web, runner t1234567, daemon r_cli)") {
 		t.Fatalf("locks: %d\n%s\n%s", code, out, errs)
 	}
-	if code, _, errs := runCLI(t, "pool", "add", e.config, "aws", "x"); code != 2 || !strings.Contains(errs, "[[guards.pools]]") {
-		t.Fatalf("local pool add: %d %s", code, errs)
-	}
 	if code, _, errs := runCLI(t, "locks", "release", e.config, "lock:acme/web:production", "--yes"); code != 0 {
 		t.Fatalf("release: %d %s", code, errs)
 	}
@@ -136,8 +136,9 @@ func TestLocksCommandLocal(t *testing.T) {
 }
 
 // With the local backend and no state file (the daemon never ran), the
-// locks and pool verbs create nothing: release says there is no state file
-// and fails, locks shows nothing held, pool is refused.
+// locks verbs create nothing: release says there is no state file and
+// fails, locks shows nothing held. (pool add makes the files: see
+// TestPoolCommandsLocal.)
 func TestLocksCommandsLocalNoStateFile(t *testing.T) {
 	e := newEnv(t, "")
 	list := func() string {
@@ -159,10 +160,93 @@ func TestLocksCommandsLocalNoStateFile(t *testing.T) {
 	if code, out, errs := runCLI(t, "locks", e.config); code != 0 || strings.Contains(out, "lock:") {
 		t.Fatalf("locks without a state file: exit %d\n%s%s", code, out, errs)
 	}
-	if code, _, _ := runCLI(t, "pool", "add", e.config, "aws", "x"); code != 2 {
-		t.Fatalf("local pool add: exit %d", code)
+	// the configuration's pools are shown before the daemon ever ran
+	e2 := newEnv(t, "[[guards.pools]]\nname = \"aws\"\n[guards.pools.locks]\nenv-1 = \"region=eu-west-1\"\nenv-2 = \"region=eu-central-1\"\n")
+	if code, out, errs := runCLI(t, "locks", e2.config); code != 0 || !regexp.MustCompile(`(?m)^aws\s+2\s+2$`).MatchString(out) {
+		t.Fatalf("locks of a configured pool without a state file: exit %d\n%s%s", code, out, errs)
+	}
+	if _, err := os.Stat(e2.state + ".guards"); err == nil {
+		t.Fatal("locks wrote the guards file")
 	}
 	if after := list(); after != before {
 		t.Fatalf("the state directory changed: %q → %q", before, after)
+	}
+}
+
+// pool-resource's operations on the local backend, with the daemon
+// stopped: a pool and locks added before the first start (the files are
+// made), a lock added to a configured pool, add-claimed; a job gets an
+// added lock with its metadata and never the lock claimed outside
+// paas-runner; the configuration's locks are the configuration's to
+// change; a claimed lock is not updated; the added locks stay across
+// restarts until removed, and a pool whose last lock is removed is gone.
+func TestPoolCommandsLocal(t *testing.T) {
+	e := newEnv(t, "[[guards.pools]]\nname = \"aws\"\n[guards.pools.locks]\nenv-1 = \"region=eu-west-1\"\n")
+	md := filepath.Join(e.dir, "md")
+	os.WriteFile(md, []byte("zone=europe-west1-b"), 0o600)
+	cli := func(wantCode int, wantErr string, args ...string) {
+		t.Helper()
+		code, _, errs := runCLI(t, append([]string{"pool"}, args...)...)
+		if code != wantCode || !strings.Contains(errs, wantErr) {
+			t.Fatalf("pool %v: exit %d, %q; want %d and %q", args, code, errs, wantCode, wantErr)
+		}
+	}
+	cli(0, "", "add", e.config, "gcp", "g-1", "--metadata-file", md)
+	cli(0, "", "add-claimed", e.config, "gcp", "g-2")
+	cli(0, "", "add", e.config, "aws", "env-9")
+	cli(1, "lock gcp/g-1 exists", "add", e.config, "gcp", "g-1")
+	cli(1, `lock aws/env-1 is declared in the configuration ([[guards.pools]] "aws", [guards.pools.locks]): remove it there`, "remove", e.config, "aws", "env-1")
+	cli(1, "lock aws/env-1 is declared in the configuration", "update", e.config, "aws", "env-1")
+	cli(1, "lock gcp/g-2 is claimed (by someone outside paas-runner): release it first", "update", e.config, "gcp", "g-2")
+	os.WriteFile(md, []byte("zone=europe-west1-c"), 0o600)
+	cli(0, "", "update", e.config, "gcp", "g-1", "--metadata-file", md)
+	if code, out, errs := runCLI(t, "locks", e.config); code != 0 || !regexp.MustCompile(`(?m)^aws\s+2\s+2$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^gcp\s+2\s+1$`).MatchString(out) || !strings.Contains(out, "pool:gcp/g-2") {
+		t.Fatalf("locks: %d\n%s%s", code, out, errs)
+	}
+
+	p := e.start("")
+	a := guardedJob(e.gl, e.token, 600, "PAAS_POOL", "gcp")
+	b := guardedJob(e.gl, e.token, 601, "PAAS_POOL", "aws/env-9")
+	e.waitFile(filepath.Join(e.hosts, e.hostName(a.ID)+".launched"))
+	e.waitFile(filepath.Join(e.hosts, e.hostName(b.ID)+".launched"))
+	text := e.durableText()
+	for _, v := range []string{`"key":"PAAS_POOL_GCP_NAME","value":"g-1"`, `"key":"PAAS_POOL_GCP_METADATA","value":"zone=europe-west1-c"`,
+		`"key":"PAAS_POOL_AWS_NAME","value":"env-9"`} {
+		if !strings.Contains(text, v) {
+			t.Fatalf("a job was not handed %s:\n%s", v, text)
+		}
+	}
+	c := guardedJob(e.gl, e.token, 602, "PAAS_POOL", "gcp")
+	e.gl.WaitFor(procWait, "c waiting", func(s *coordinatortest.Server) bool {
+		return s.TraceContains(c.ID, "waiting for pool gcp (2 of 2 locks claimed; 0 jobs ahead; oldest_first)")
+	})
+	e.gl.Finish(a.ID, "success")
+	e.waitFile(filepath.Join(e.hosts, e.hostName(c.ID)+".launched"))
+	e.gl.Finish(b.ID, "success")
+	e.gl.Finish(c.ID, "success")
+	e.waitNoHost()
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	cli(0, "", "remove", e.config, "gcp", "g-1")
+	cli(0, "", "remove", e.config, "gcp", "g-2")
+	cli(0, "", "remove", e.config, "aws", "env-9")
+	p = e.start("")
+	d := guardedJob(e.gl, e.token, 603, "PAAS_POOL", "gcp")
+	f := guardedJob(e.gl, e.token, 604, "PAAS_POOL", "aws/env-9")
+	for _, j := range []struct {
+		id   int64
+		want string
+	}{{d.ID, `PAAS_POOL: pool "gcp" does not exist on this runner`}, {f.ID, `PAAS_POOL: pool "aws" has no lock "env-9" on this runner`}} {
+		e.gl.WaitFor(procWait, "a job for a removed lock failed", func(s *coordinatortest.Server) bool { return s.StatusOf(j.id) == "failed" })
+		if got := e.gl.Job(j.id); got.FailureReason != "script_failure" || !strings.Contains(string(got.Trace), j.want) {
+			t.Fatalf("job %d: %s\n%s", j.id, got.FailureReason, got.Trace)
+		}
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
 	}
 }

@@ -51,7 +51,7 @@ Commands (each has --help):
   status [--json] CONFIG          the tracked jobs, from the daemon or the state file
   locks [--json] CONFIG           deployment locks: holders, waiters, pools
   locks release CONFIG NAME --yes force-release one lock
-  pool add|add-claimed|remove|update CONFIG POOL LOCK   git-backend pools
+  pool add|add-claimed|remove|update CONFIG POOL LOCK   pool-resource's operations on a pool
   guard [flags]                   wait for conflicting pipelines (gitlab-job-guard)
   host-image                      build local-docker's host base image
   exec-fetched-job --config runner.toml job.json   the inner runner (on a job's host)

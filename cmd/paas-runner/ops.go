@@ -625,7 +625,8 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 
 var jobPath = regexp.MustCompile(`/api/v4/jobs/\d+(/[a-z_]+)?$`)
 
-// endpointOf names a runner API call as gitlab-runner does.
+// endpointOf names a runner API call as gitlab-runner does (job_status,
+// GET /job, is paas-runner's: gitlab-runner does not make it).
 func endpointOf(method, path string) string {
 	switch {
 	case strings.HasSuffix(path, "/api/v4/jobs/request"):
@@ -636,6 +637,10 @@ func endpointOf(method, path string) string {
 		return "register_runner"
 	case strings.HasSuffix(path, "/api/v4/runners") && method == http.MethodDelete:
 		return "unregister_runner"
+	case strings.HasSuffix(path, "/api/v4/job") && method == http.MethodGet:
+		// paas-runner's own: watching a launched job (job token), the
+		// bulk of its requests once jobs run
+		return "job_status"
 	}
 	if m := jobPath.FindStringSubmatch(path); m != nil {
 		switch {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/internal/version"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
 
@@ -354,6 +356,7 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 	if o.logErrors != nil {
 		reg.MustRegister(o.logErrors)
 	}
+	reg.MustRegister(versionInfo())
 	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.jobDuration, o.paasStatuses, o.paasDuration, o.paasErrors, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -373,6 +376,17 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(debugJobs{SystemID: o.systemID, Jobs: jobs})
 	})
+}
+
+// versionInfo is gitlab-runner's gitlab_runner_version_info (constant 1,
+// the build in its labels), which dashboards use to list runner managers
+// and template on them. branch and built_at are not recorded here: empty.
+func versionInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gitlab_runner_version_info",
+		Help: "Constant 1, labelled with the build: name, version, revision, branch, go_version, built_at, os, architecture."},
+		[]string{"name", "version", "revision", "branch", "go_version", "built_at", "os", "architecture"})
+	g.WithLabelValues(version.Name, version.Version, version.Revision, "", runtime.Version(), "", runtime.GOOS, runtime.GOARCH).Set(1)
+	return g
 }
 
 // jobs are d's tracked jobs, sorted, with the guards they wait for.

@@ -120,6 +120,7 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 		`gitlab_runner_api_request_duration_seconds_count\{endpoint="request_job",method="post",runner="[^"]+",status_class="2xx",system_id="r_[^"]+"\} \d+`,
 		`gitlab_runner_jobs_total\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 1$`,
 		`gitlab_runner_concurrent 10$`,
+		`gitlab_runner_version_info\{architecture="[^"]+",branch="",built_at="",go_version="go[^"]+",name="paas-runner",os="[^"]+",revision="[^"]*",version="[^"]+"\} 1$`,
 		`gitlab_runner_errors_total\{level="warning"\} \d+$`,
 		`gitlab_runner_limit\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 0$`,
 		`paas_runner_hosts_alive\{executor="test-dir"\} 1$`,

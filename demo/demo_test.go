@@ -225,3 +225,28 @@ func TestGuardProblems(t *testing.T) {
 		t.Fatalf("problems %v, want the shared pool lock and no wait", p)
 	}
 }
+
+// A run that went wrong (here a daemon that exits at once) keeps the
+// daemon's log, says where, and removes the rest.
+func TestDemoFailedKeepsTheDaemonLog(t *testing.T) {
+	cli := engine(t)
+	fake := filepath.Join(t.TempDir(), "paas-runner")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho the fake daemon gives up\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := runDemo([]string{"--binary", fake}, &out, &errb, nil); code != 1 {
+		t.Fatalf("exit %d, want 1\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	m := regexp.MustCompile(`the daemon's log is kept in (\S+)`).FindStringSubmatch(errb.String())
+	if m == nil {
+		t.Fatalf("stderr does not say where the daemon's log is:\n%s", errb.String())
+	}
+	t.Cleanup(func() { os.Remove(m[1]) })
+	if b, err := os.ReadFile(m[1]); err != nil || !strings.Contains(string(b), "the fake daemon gives up") {
+		t.Fatalf("kept log %s: %v %q", m[1], err, b)
+	}
+	if left := leftovers(t, cli, runID); len(left) > 0 {
+		t.Errorf("the failed demo left %v", left)
+	}
+}

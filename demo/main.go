@@ -250,10 +250,18 @@ func runDemo(args []string, stdout, stderr io.Writer, secrets *[]string) int {
 		return 2
 	}
 	ok, err := d.runPipeline(ctx)
+	// A run that went wrong keeps the daemon's log (its directory goes).
+	kept := ""
+	if (err != nil || !ok) && !wasInterrupted() {
+		kept = d.keepLog()
+	}
 	d.cleanup()
 	if wasInterrupted() {
 		fmt.Fprintln(stderr, "demo: interrupted; everything the demo made is removed")
 		return 130
+	}
+	if kept != "" {
+		defer fmt.Fprintf(stderr, "demo: the daemon's log is kept in %s\n", kept)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
@@ -418,7 +426,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 		select {
 		case <-ctx.Done():
 			_ = stopDaemon()
-			return false, fmt.Errorf("the pipeline did not end in time; daemon log: %s", logPath)
+			return false, errors.New("the pipeline did not end in time")
 		case err := <-exited:
 			return false, fmt.Errorf("paas-runner exited early (%v); its log:\n%s", err, tail(logPath, 20))
 		case <-tick.C:
@@ -664,6 +672,19 @@ func (d *demo) cleanup() {
 	if d.dir != "" {
 		os.RemoveAll(d.dir)
 	}
+}
+
+// keepLog moves the daemon's log out of the demo's directory, which
+// cleanup removes, and returns where it is now ("" when there is none).
+func (d *demo) keepLog() string {
+	if d.dir == "" {
+		return ""
+	}
+	kept := filepath.Join(filepath.Dir(d.dir), "paas-runner-demo-"+runID+".log")
+	if err := os.Rename(filepath.Join(d.dir, "paas-runner.log"), kept); err != nil {
+		return ""
+	}
+	return kept
 }
 
 // hostImages are the IDs of the engine's local-docker host base images.

@@ -41,6 +41,9 @@ type ops struct {
 	started  bool
 	draining bool
 	paused   map[string]time.Time // runner ID → no polling before
+	// refused are the runners whose last job request GitLab answered 403
+	// (paused or not: with unhealthy_requests_limit = 0 they never are)
+	refused map[string]bool
 	ended    map[state.Key]time.Time
 	d        *dispatcher.Dispatcher
 	// guardWaits, when set, names what waiting jobs wait for (guards).
@@ -65,7 +68,7 @@ type ops struct {
 }
 
 func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
-	o := &ops{log: log, systemID: systemID, cfg: cfg, paused: map[string]time.Time{}, ended: map[state.Key]time.Time{}}
+	o := &ops{log: log, systemID: systemID, cfg: cfg, paused: map[string]time.Time{}, refused: map[string]bool{}, ended: map[state.Key]time.Time{}}
 	o.acquisitions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "acquisitions_total",
 		Help: "Job requests to GitLab, by answer: job, no_job, forbidden (403), error."}, []string{"runner", "answer"})
 	buckets := []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600}
@@ -154,9 +157,16 @@ func (o *ops) Polled(r *dispatcher.Runner, answer string) {
 	if answer == "job" {
 		o.jobsTotal.WithLabelValues(r.ID, r.Name, o.systemID).Inc()
 	}
-	if answer != "forbidden" && answer != "error" {
+	switch answer {
+	case "forbidden":
+		o.mu.Lock()
+		o.refused[r.ID] = true
+		o.mu.Unlock()
+	case "error": // no answer: nothing learnt
+	default:
 		o.mu.Lock()
 		delete(o.paused, r.ID)
+		delete(o.refused, r.ID)
 		o.mu.Unlock()
 	}
 }
@@ -300,7 +310,11 @@ func (o *ops) readiness() error {
 	now := time.Now()
 	for _, r := range o.cfg.Runners {
 		if until, ok := o.paused[r.ID()]; ok && now.Before(until) {
-			paused = append(paused, fmt.Sprintf("%s until %s", r.DisplayName(), until.UTC().Format(time.RFC3339)))
+			paused = append(paused, fmt.Sprintf("%s paused until %s", r.DisplayName(), until.UTC().Format(time.RFC3339)))
+			continue
+		}
+		if o.refused[r.ID()] {
+			paused = append(paused, fmt.Sprintf("%s (its last job request)", r.DisplayName()))
 			continue
 		}
 		return nil

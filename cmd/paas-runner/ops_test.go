@@ -173,9 +173,9 @@ func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
 		return code == 200, body
 	})
 	e.gl.RemoveRunner(e.token)
-	eventually(t, "/readyz 503 naming the 403s", func() (bool, string) {
+	eventually(t, "/readyz 503 naming the 403s and the pause", func() (bool, string) {
 		code, body := get(t, "http://"+addr+"/readyz")
-		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc"), body
+		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc paused until"), body
 	})
 	if _, m := get(t, "http://"+addr+"/metrics"); !metricHas(m, `paas_runner_runner_paused\{runner="[^"]+"\} 1$`) ||
 		!metricHas(m, `paas_runner_acquisitions_total\{answer="forbidden",runner="[^"]+"\} 2$`) {
@@ -184,6 +184,36 @@ func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
 	if code, _ := get(t, "http://"+addr+"/healthz"); code != 200 {
 		t.Fatalf("/healthz %d: alive while not ready", code)
 	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// A runner that never pauses (unhealthy_requests_limit = 0) but whose
+// token GitLab refuses cannot poll either: /readyz says so from its first
+// 403, and is ready again once GitLab takes the token.
+func TestReadyzFalseWhileTheTokenIsRefused(t *testing.T) {
+	e := newEnv(t, "listen_address = \"127.0.0.1:0\"")
+	f, _ := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("unhealthy_requests_limit = 0\n")
+	f.Close()
+	p := e.start("", "--log-format", "json")
+	addr := p.metricsAddr(t)
+	eventually(t, "/readyz 200", func() (bool, string) {
+		code, body := get(t, "http://"+addr+"/readyz")
+		return code == 200, body
+	})
+	e.gl.RemoveRunner(e.token)
+	eventually(t, "/readyz 503 naming the 403", func() (bool, string) {
+		code, body := get(t, "http://"+addr+"/readyz")
+		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc (its last job request)"), body
+	})
+	e.gl.AddRunner(e.token)
+	eventually(t, "/readyz 200 again", func() (bool, string) {
+		code, body := get(t, "http://"+addr+"/readyz")
+		return code == 200, body
+	})
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)

@@ -44,8 +44,8 @@ type ops struct {
 	// refused are the runners whose last job request GitLab answered 403
 	// (paused or not: with unhealthy_requests_limit = 0 they never are)
 	refused map[string]bool
-	ended    map[state.Key]time.Time
-	d        *dispatcher.Dispatcher
+	ended   map[state.Key]time.Time
+	d       *dispatcher.Dispatcher
 	// guardWaits, when set, names what waiting jobs wait for (guards).
 	guardWaits func() map[state.Key]string
 	reloader   *reloader

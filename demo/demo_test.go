@@ -78,7 +78,7 @@ func TestDemoInterrupted(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 	imageRe := regexp.MustCompile(`building the job image paas-runner-demo-busybox:([0-9a-f]+)`)
-	dirRe := regexp.MustCompile(`log (\S+)/paas-runner\.log\)`)
+	dirRe := regexp.MustCompile(`log (\S+)/paas-runner\.log, kept`)
 	var id, dir string
 	var out strings.Builder
 	sc := bufio.NewScanner(stdout)

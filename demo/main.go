@@ -403,7 +403,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 	if err := cmd.Start(); err != nil {
 		return false, err
 	}
-	d.logf("started paas-runner (pid %d, log %s)", cmd.Process.Pid, logPath)
+	d.logf("started paas-runner (pid %d, log %s, kept if the run goes wrong)", cmd.Process.Pid, logPath)
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	stopDaemon := func() error {

@@ -23,6 +23,7 @@ import (
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/executors/localdocker/localdockertest"
 )
 
@@ -32,6 +33,7 @@ import (
 func TestDemo(t *testing.T) {
 	cli := engine(t)
 	bin := buildDaemon(t)
+	hostTag := newHostImage(t, cli, bin)
 	var out, errb bytes.Buffer
 	var secrets []string
 	code := runDemo([]string{"--binary", bin}, &out, &errb, &secrets)
@@ -49,7 +51,7 @@ func TestDemo(t *testing.T) {
 	if l := leaked(out.String()+errb.String(), secrets); len(l) > 0 {
 		t.Errorf("%d tokens in the demo's output:\n%s", len(l), out.String())
 	}
-	if left := leftovers(t, cli, runID); len(left) > 0 {
+	if left := leftovers(t, cli, runID, hostTag); len(left) > 0 {
 		t.Errorf("the demo left %v", left)
 	}
 }
@@ -61,6 +63,7 @@ func TestDemo(t *testing.T) {
 func TestDemoInterrupted(t *testing.T) {
 	cli := engine(t)
 	bin := buildDaemon(t)
+	hostTag := newHostImage(t, cli, bin)
 	demoBin := filepath.Join(t.TempDir(), "demo")
 	if out, err := exec.Command("go", "build", "-o", demoBin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("building the demo: %v\n%s", err, out)
@@ -116,7 +119,7 @@ func TestDemoInterrupted(t *testing.T) {
 	if !strings.Contains(errb.String(), "everything the demo made is removed") {
 		t.Errorf("stderr does not say it cleaned up:\n%s", errb.String())
 	}
-	if left := leftovers(t, cli, id); len(left) > 0 {
+	if left := leftovers(t, cli, id, hostTag); len(left) > 0 {
 		t.Errorf("the interrupted demo left %v", left)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -148,9 +151,21 @@ func buildDaemon(t *testing.T) string {
 	return bin
 }
 
+// newHostImage is the tag of the host base image the daemon bin builds,
+// "" when it is there already (another run's: not the demo's to remove).
+func newHostImage(t *testing.T, cli *client.Client, bin string) string {
+	t.Helper()
+	tag := localdocker.BaseImageTag("demo-test", bin)
+	if _, err := cli.ImageInspect(context.Background(), tag); err == nil {
+		return ""
+	}
+	return tag
+}
+
 // leftovers lists what the demo run id left on the engine: containers,
-// volumes and networks of its runner, its job image.
-func leftovers(t *testing.T, cli *client.Client, id string) []string {
+// volumes and networks of its runner, its job image, and the host base
+// image hostTag (when not "").
+func leftovers(t *testing.T, cli *client.Client, id, hostTag string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -183,6 +198,11 @@ func leftovers(t *testing.T, cli *client.Client, id string) []string {
 	}
 	for _, im := range imgs {
 		left = append(left, "image "+strings.Join(im.RepoTags, ","))
+	}
+	if hostTag != "" {
+		if _, err := cli.ImageInspect(ctx, hostTag); err == nil {
+			left = append(left, "image "+hostTag)
+		}
 	}
 	return left
 }
@@ -246,7 +266,7 @@ func TestDemoFailedKeepsTheDaemonLog(t *testing.T) {
 	if b, err := os.ReadFile(m[1]); err != nil || !strings.Contains(string(b), "the fake daemon gives up") {
 		t.Fatalf("kept log %s: %v %q", m[1], err, b)
 	}
-	if left := leftovers(t, cli, runID); len(left) > 0 {
+	if left := leftovers(t, cli, runID, ""); len(left) > 0 {
 		t.Errorf("the failed demo left %v", left)
 	}
 }

@@ -286,9 +286,11 @@ type demo struct {
 	git   *gitserve.Server
 	cfg   string
 	sha   string
-	// hostImagesBefore are the host base images (local-docker's) there
-	// before the run: one made during it was built by the demo's daemon
-	// (on first use) and is removed at the end.
+	// hostTag is the tag of the host base image the demo's daemon builds
+	// on first use (local-docker's, named after its version and binary);
+	// hostImagesBefore are the host base images there before the run: an
+	// image of that tag made during the run is removed at the end.
+	hostTag          string
 	hostImagesBefore map[string]bool
 }
 
@@ -303,6 +305,12 @@ func (d *demo) setup(ctx context.Context) error {
 	}
 	if d.hostImagesBefore, err = d.hostImages(ctx); err != nil {
 		return err
+	}
+	// paas-runner VERSION (revision …)
+	if out, err := exec.CommandContext(ctx, d.bin, "--version").Output(); err == nil {
+		if f := strings.Fields(string(out)); len(f) > 1 {
+			d.hostTag = localdocker.BaseImageTag(f[1], d.bin)
+		}
 	}
 	d.logf("building the job image %s (FROM scratch + Debian's busybox-static)", jobImage)
 	if err := buildBusybox(ctx, d.cli); err != nil {
@@ -651,10 +659,11 @@ func (d *demo) cleanup() {
 	}
 	imgs, _ := d.cli.ImageList(ctx, image.ListOptions{All: true})
 	for _, im := range imgs {
-		// the host base image, when the demo's daemon built it: made
-		// during the run, and no container (another daemon's, on a shared
-		// engine) uses it
-		builtHere := d.hostImagesBefore != nil && im.Labels[hostImageLabel] != "" && !d.hostImagesBefore[im.ID] && !d.imageInUse(ctx, im.ID)
+		// the host base image, when the demo's daemon built it: its tag,
+		// made during the run, and no container (another daemon's, on a
+		// shared engine) uses it
+		builtHere := d.hostTag != "" && slices.Contains(im.RepoTags, d.hostTag) && im.Labels[hostImageLabel] != "" &&
+			d.hostImagesBefore != nil && !d.hostImagesBefore[im.ID] && !d.imageInUse(ctx, im.ID)
 		if im.Labels[demoLabel] == runID || im.Labels["paas-runner.runner"] == runnerID() || builtHere {
 			if _, err := d.cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err != nil && !cerrdefs.IsNotFound(err) {
 				left = append(left, "image "+strings.Join(im.RepoTags, ","))

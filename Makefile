@@ -28,10 +28,17 @@ build:
 test: docker-up test-tools
 	PAAS_RUNNER_REQUIRE_DOCKER=1 $(GO) test -race -count=1 -timeout 20m ./...
 
+# The race detector needs cgo, hence a C compiler: Debian's gcc (and
+# libc6-dev), installed as root when missing; else make test stops saying so.
 # packaging/'s tests check the unit and snippets with systemd-analyze
 # verify, systemd-sysusers and systemd-tmpfiles: Debian's systemd package,
 # installed as root when missing (else those tests are skipped).
 test-tools:
+	@command -v gcc >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "test-tools: installing Debian's gcc (go test -race needs cgo)" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; \
+	  else echo "test-tools: no C compiler, and go test -race needs cgo: sudo apt-get install gcc" >&2; exit 1; fi; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "test-tools: installing Debian's systemd (systemd-analyze verify)" >&2; \

@@ -69,3 +69,19 @@ func TestDockerUpNotRootSaysWhatToDo(t *testing.T) {
 		})
 	}
 }
+
+// .ci/run on a machine without make: not root, it says what to install
+// and stops before anything else.
+func TestCIRunWantsMake(t *testing.T) {
+	id := `case "$1" in -u) echo 1000;; *) echo alice;; esac`
+	script, _ := filepath.Abs("../.ci/run")
+	cmd := exec.Command("bash", script)
+	cmd.Env = []string{"PATH=" + fakeBin(t, []string{"bash", "dirname"}, map[string]string{"id": id, "go": "echo go ran"}), "HOME=" + t.TempDir()}
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want 1:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "make is missing and this user is not root: sudo apt-get install make") || strings.Contains(string(out), "go ran") {
+		t.Fatalf("output:\n%s", out)
+	}
+}

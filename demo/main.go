@@ -6,7 +6,9 @@
 // then every job's log and a summary, and removes all it created.
 //
 // Exit status: 0 when every job ended as the sample expects, 1 otherwise,
-// 2 when something it needs is missing (it says what to do).
+// 2 when something it needs is missing (it says what to do), 130 when
+// interrupted (Ctrl-C, SIGTERM, SIGHUP: it stops the daemon and removes
+// what it made first).
 package main
 
 import (
@@ -24,11 +26,13 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -38,11 +42,15 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/coordinator/coordinatortest"
+	"gitlab.com/paas-runner/paas-runner/executors/localdocker"
 	"gitlab.com/paas-runner/paas-runner/internal/gitserve"
+	"gitlab.com/paas-runner/paas-runner/internal/labels"
 )
 
 // What the demo makes is named per run: demos, and their tests in other
@@ -55,6 +63,10 @@ var (
 
 // demoLabel marks the demo's job image; its value is the run's runID.
 const demoLabel = "paas-runner.demo"
+
+// hostImageLabel marks local-docker's host base image
+// (localdocker.LabelHostImage).
+const hostImageLabel = localdocker.LabelHostImage
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -196,6 +208,22 @@ func runDemo(args []string, stdout, stderr io.Writer, secrets *[]string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	// Interrupted (Ctrl-C reaches the daemon too: it drains), the demo
+	// stops the daemon and removes what it made before it exits.
+	var interrupted atomic.Value
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			interrupted.Store(s)
+			fmt.Fprintf(stderr, "demo: %v: stopping paas-runner and removing what the demo made\n", s)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	wasInterrupted := func() bool { return interrupted.Load() != nil }
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err == nil {
 		_, err = cli.Ping(ctx)
@@ -213,12 +241,28 @@ func runDemo(args []string, stdout, stderr io.Writer, secrets *[]string) int {
 		defer func() { *secrets = d.secrets() }()
 	}
 	if err := d.setup(ctx); err != nil {
-		fmt.Fprintf(stderr, "demo: %v\n", err)
 		d.cleanup()
+		if wasInterrupted() {
+			fmt.Fprintln(stderr, "demo: interrupted; everything the demo made is removed")
+			return 130
+		}
+		fmt.Fprintf(stderr, "demo: %v\n", err)
 		return 2
 	}
 	ok, err := d.runPipeline(ctx)
+	// A run that went wrong keeps the daemon's log (its directory goes).
+	kept := ""
+	if (err != nil || !ok) && !wasInterrupted() {
+		kept = d.keepLog()
+	}
 	d.cleanup()
+	if wasInterrupted() {
+		fmt.Fprintln(stderr, "demo: interrupted; everything the demo made is removed")
+		return 130
+	}
+	if kept != "" {
+		defer fmt.Fprintf(stderr, "demo: the daemon's log is kept in %s\n", kept)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
 		return 1
@@ -242,23 +286,12 @@ type demo struct {
 	git   *gitserve.Server
 	cfg   string
 	sha   string
-	// hostImages are the images the daemon's hosts ran (its base image):
-	// removed at the end if the demo's daemon built them.
-	hostImages map[string]bool
-}
-
-// noteHostImages records the images of the runner's host containers.
-func (d *demo) noteHostImages(ctx context.Context) {
-	cs, err := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: runnerFilter()})
-	if err != nil {
-		return
-	}
-	if d.hostImages == nil {
-		d.hostImages = map[string]bool{}
-	}
-	for _, c := range cs {
-		d.hostImages[c.ImageID] = true
-	}
+	// hostTag is the tag of the host base image the demo's daemon builds
+	// on first use (local-docker's, named after its version and binary);
+	// hostImagesBefore are the host base images there before the run: an
+	// image of that tag made during the run is removed at the end.
+	hostTag          string
+	hostImagesBefore map[string]bool
 }
 
 func (d *demo) logf(format string, args ...any) {
@@ -269,6 +302,15 @@ func (d *demo) setup(ctx context.Context) error {
 	var err error
 	if d.dir, err = os.MkdirTemp("", "paas-runner-demo"); err != nil {
 		return err
+	}
+	if d.hostImagesBefore, err = d.hostImages(ctx); err != nil {
+		return err
+	}
+	// paas-runner VERSION (revision …)
+	if out, err := exec.CommandContext(ctx, d.bin, "--version").Output(); err == nil {
+		if f := strings.Fields(string(out)); len(f) > 1 {
+			d.hostTag = localdocker.BaseImageTag(f[1], d.bin)
+		}
 	}
 	d.logf("building the job image %s (FROM scratch + Debian's busybox-static)", jobImage)
 	if err := buildBusybox(ctx, d.cli); err != nil {
@@ -369,7 +411,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 	if err := cmd.Start(); err != nil {
 		return false, err
 	}
-	d.logf("started paas-runner (pid %d, log %s)", cmd.Process.Pid, logPath)
+	d.logf("started paas-runner (pid %d, log %s, kept if the run goes wrong)", cmd.Process.Pid, logPath)
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	stopDaemon := func() error {
@@ -392,7 +434,7 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 		select {
 		case <-ctx.Done():
 			_ = stopDaemon()
-			return false, fmt.Errorf("the pipeline did not end in time; daemon log: %s", logPath)
+			return false, errors.New("the pipeline did not end in time")
 		case err := <-exited:
 			return false, fmt.Errorf("paas-runner exited early (%v); its log:\n%s", err, tail(logPath, 20))
 		case <-tick.C:
@@ -425,7 +467,6 @@ func (d *demo) runPipeline(ctx context.Context) (bool, error) {
 			if !ready[id] {
 				if p := provisioning(string(j.Trace)); p != "" {
 					ready[id] = true
-					d.noteHostImages(ctx)
 					d.logf("job #%d %-18s host ready after %s", id, jobs[i].name, p)
 				}
 			}
@@ -579,28 +620,59 @@ func (d *demo) waitNoHosts(ctx context.Context) error {
 	}
 }
 
-// cleanup removes what the demo made: containers and images of its runner
-// (had the daemon left any), the job image it built, the host base image
-// if the demo's daemon built it, and its temporary directory.
+// cleanup removes what the demo made: containers, volumes, networks and
+// images of its runner (had the daemon left any: an interrupted run
+// leaves its jobs' hosts, their builds volumes and service networks), the
+// job image it built, the host base image if the demo's daemon built it,
+// and its temporary directory.
 func (d *demo) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, _ := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: runnerFilter()})
-	for _, c := range cs {
-		_ = d.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	// Hosts first: a host still running makes job containers (with the
+	// engine's socket) while the others are removed; then what they made.
+	for pass := 0; pass < 5; pass++ {
+		cs, err := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: runnerFilter()})
+		if err != nil || len(cs) == 0 {
+			break
+		}
+		sort.SliceStable(cs, func(i, k int) bool {
+			return cs[i].Labels[labels.LabelRole] == labels.RoleHost && cs[k].Labels[labels.LabelRole] != labels.RoleHost
+		})
+		for _, c := range cs {
+			_ = d.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		}
+	}
+	var left []string
+	if nws, err := d.cli.NetworkList(ctx, network.ListOptions{Filters: runnerFilter()}); err == nil {
+		for _, n := range nws {
+			if err := d.cli.NetworkRemove(ctx, n.ID); err != nil && !cerrdefs.IsNotFound(err) {
+				left = append(left, "network "+n.Name)
+			}
+		}
+	}
+	if vs, err := d.cli.VolumeList(ctx, volume.ListOptions{Filters: runnerFilter()}); err == nil {
+		for _, v := range vs.Volumes {
+			if err := d.cli.VolumeRemove(ctx, v.Name, true); err != nil && !cerrdefs.IsNotFound(err) {
+				left = append(left, "volume "+v.Name)
+			}
+		}
 	}
 	imgs, _ := d.cli.ImageList(ctx, image.ListOptions{All: true})
-	var left []string
 	for _, im := range imgs {
-		if im.Labels[demoLabel] == runID || im.Labels["paas-runner.runner"] == runnerID() || (d.hostImages[im.ID] && time.Unix(im.Created, 0).After(d.start.Add(-time.Second))) {
+		// the host base image, when the demo's daemon built it: its tag,
+		// made during the run, and no container (another daemon's, on a
+		// shared engine) uses it
+		builtHere := d.hostTag != "" && slices.Contains(im.RepoTags, d.hostTag) && im.Labels[hostImageLabel] != "" &&
+			d.hostImagesBefore != nil && !d.hostImagesBefore[im.ID] && !d.imageInUse(ctx, im.ID)
+		if im.Labels[demoLabel] == runID || im.Labels["paas-runner.runner"] == runnerID() || builtHere {
 			if _, err := d.cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err != nil && !cerrdefs.IsNotFound(err) {
-				left = append(left, strings.Join(im.RepoTags, ","))
+				left = append(left, "image "+strings.Join(im.RepoTags, ","))
 			}
 		}
 	}
 	sort.Strings(left)
 	if len(left) > 0 {
-		fmt.Fprintf(d.out, "could not remove images: %s\n", strings.Join(left, " "))
+		fmt.Fprintf(d.out, "could not remove: %s\n", strings.Join(left, ", "))
 	}
 	if d.git != nil {
 		d.git.Close()
@@ -609,6 +681,38 @@ func (d *demo) cleanup() {
 	if d.dir != "" {
 		os.RemoveAll(d.dir)
 	}
+}
+
+// keepLog moves the daemon's log out of the demo's directory, which
+// cleanup removes, and returns where it is now ("" when there is none).
+func (d *demo) keepLog() string {
+	if d.dir == "" {
+		return ""
+	}
+	kept := filepath.Join(filepath.Dir(d.dir), "paas-runner-demo-"+runID+".log")
+	if err := os.Rename(filepath.Join(d.dir, "paas-runner.log"), kept); err != nil {
+		return ""
+	}
+	return kept
+}
+
+// hostImages are the IDs of the engine's local-docker host base images.
+func (d *demo) hostImages(ctx context.Context) (map[string]bool, error) {
+	imgs, err := d.cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", hostImageLabel))})
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]bool{}
+	for _, im := range imgs {
+		ids[im.ID] = true
+	}
+	return ids, nil
+}
+
+// imageInUse: a container of the engine was made from image id.
+func (d *demo) imageInUse(ctx context.Context, id string) bool {
+	cs, err := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("ancestor", id))})
+	return err != nil || len(cs) > 0
 }
 
 func buildBusybox(ctx context.Context, cli *client.Client) error {

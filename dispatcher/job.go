@@ -213,6 +213,7 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 		// answers 403 Job-Status: pending before. The line is held (sent
 		// with the next, or handed to the inner runner).
 		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
+		t.logger().Info("provisioning a host", inCare(rec))
 	} else {
 		d.holdLine(t, fmt.Sprintf("paas-runner: provisioning a %s host for this job…", r.ExecutorName))
 	}
@@ -222,9 +223,11 @@ func (d *Dispatcher) provisionAndLaunch(ctx context.Context, t *tracked) error {
 	if err != nil {
 		return err
 	}
-	d.obs().Provisioned(r.Runner, time.Since(start))
+	took := time.Since(start)
+	d.obs().Provisioned(r.Runner, took)
 	changed := !bytes.Equal(h, rec.Resource)
 	rec = t.update(d.store, func(j *state.Job) { j.Resource = h; j.Phase = state.Launching })
+	t.logger().Info("host ready: launching the job", zap.Duration("provisioning", took), inCare(rec))
 	if changed {
 		if err := d.store.Sync(ctx); err != nil {
 			return fmt.Errorf("saving state after provisioning: %w", err)

@@ -150,3 +150,23 @@ func TestSysusersAndTmpfiles(t *testing.T) {
 		}
 	}
 }
+
+// make test runs go test -race, which needs cgo: on a machine without a C
+// compiler, test-tools installs Debian's gcc as root and otherwise stops,
+// saying what to install (instead of go test failing on -race).
+func TestTestToolsWantsACCompiler(t *testing.T) {
+	mk, err := exec.LookPath("make")
+	if err != nil {
+		t.Skip("make is not installed")
+	}
+	bin := t.TempDir() // no gcc, no apt-get; id says a user
+	if err := os.WriteFile(filepath.Join(bin, "id"), []byte("#!/bin/sh\necho 1000\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(mk, "-s", "-C", root(t), "test-tools")
+	cmd.Env = []string{"PATH=" + bin, "HOME=" + t.TempDir()}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "go test -race needs cgo: sudo apt-get install gcc") {
+		t.Fatalf("make test-tools without a C compiler: %v\n%s", err, out)
+	}
+}

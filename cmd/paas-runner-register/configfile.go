@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -123,8 +124,12 @@ func appendRunner(existing []byte, r runnerSection) []byte {
 // atomically, mode 0600: it holds runner tokens. A file readable by its
 // group only (0640 root:<the daemon's group>, systemd's
 // ConfigurationDirectory setup) keeps that mode and group, or the daemon
-// could no longer read it. tightened is the old mode when it let others
-// read the file (0 otherwise), for the caller to say so.
+// could no longer read it. Run as root, the file keeps its owner and group
+// (the daemon's user, under systemd), and a new file gets those of its
+// directory when that is not root's (/etc/paas-runner, made by the
+// tmpfiles.d snippet): a root-owned 0600 file is one the daemon cannot
+// read. tightened is the old mode when it let others read the file (0
+// otherwise), for the caller to say so.
 func writeConfig(path string, data []byte) (tightened os.FileMode, err error) {
 	if _, err := config.Parse(path, data, config.Options{}); err != nil {
 		var es config.Errors
@@ -133,19 +138,28 @@ func writeConfig(path string, data []byte) (tightened os.FileMode, err error) {
 			return 0, fmt.Errorf("the resulting configuration would be invalid:\n%w", err)
 		}
 	}
-	perm, gid := os.FileMode(0o600), -1
+	perm, uid, gid := os.FileMode(0o600), -1, -1
+	root := os.Geteuid() == 0
 	if fi, err := os.Stat(path); err == nil {
+		st, _ := fi.Sys().(*syscall.Stat_t)
 		switch m := fi.Mode().Perm(); {
 		case m&0o004 == 0 && m&0o040 != 0:
 			perm = 0o640
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			if st != nil {
 				gid = int(st.Gid)
 			}
 		case m&0o077 != 0:
 			tightened = m
 		}
+		if root && st != nil {
+			uid, gid = int(st.Uid), int(st.Gid)
+		}
+	} else if dir, err := os.Stat(filepath.Dir(path)); err == nil && root {
+		if st, ok := dir.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+			uid, gid = int(st.Uid), int(st.Gid)
+		}
 	}
-	return tightened, atomicfile.WriteFileGroup(path, data, perm, gid)
+	return tightened, atomicfile.WriteFileOwner(path, data, perm, uid, gid)
 }
 
 // modeNote tells that writeConfig made path private.
@@ -214,4 +228,35 @@ func removeRunner(data []byte, index int) ([]byte, error) {
 func isBlankOrComment(l string) bool {
 	t := strings.TrimSpace(l)
 	return t == "" || strings.HasPrefix(t, "#")
+}
+
+// giveToDirOwner gives the files of paths that root owns to the owner of
+// dir when that is not root: run as root, registration must not leave in
+// the daemon's state directory (/var/lib/paas-runner, owned by its user)
+// files the daemon cannot open (systemd does not chown a StateDirectory
+// whose top is owned right). Not root, or dir root's, it does nothing.
+func giveToDirOwner(dir string, paths []string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	d, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || d.Uid == 0 {
+		return nil
+	}
+	for _, p := range paths {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid == 0 && fi.Mode().IsRegular() {
+			if err := os.Chown(p, int(d.Uid), int(d.Gid)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

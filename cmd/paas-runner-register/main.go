@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -329,7 +330,9 @@ func register(f *regFlags, path string, p *prompter, stdout io.Writer) (int, err
 	}
 	fmt.Fprint(stdout, modeNote(path, oldMode))
 	if freshID {
-		_, sysErr = systemid.Store(stateFile, sysID)
+		if _, sysErr = systemid.Store(stateFile, sysID); sysErr == nil {
+			sysErr = giveToDirOwner(filepath.Dir(stateFile), systemid.Paths(stateFile))
+		}
 	}
 	if sysErr != nil {
 		fmt.Fprintf(stdout, "Note: the system id could not be stored next to the state file (%v); paas-runner creates it at first start.\n", sysErr)

@@ -389,3 +389,82 @@ func TestAppendKeepsGroupReadableMode(t *testing.T) {
 		t.Errorf("mode %v gid %d, want 0640 and gid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid, gid)
 	}
 }
+
+// Run as root (sudo, under systemd), registration leaves the file to the
+// daemon's user: an existing file keeps its owner and group, a new one
+// gets its directory's (/etc/paas-runner, the tmpfiles.d snippet's). A
+// file made root's, mode 0600, is one the daemon (User=paas-runner) can no
+// longer read: its reload fails, and so does its next start.
+func TestRegisterAsRootKeepsTheDaemonsOwnership(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("giving a file to another user needs root")
+	}
+	const uid, gid = 4243, 4244 // the daemon's user and group
+	owner := func(p string) (int, int, os.FileMode) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return int(st.Uid), int(st.Gid), fi.Mode().Perm()
+	}
+	gl, dir := setup(t)
+	gl.AddRunner("glrt-other-0123456789")
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(strings.Replace(existing, "STATE", filepath.Join(dir, "state.json"), 1)), 0o600)
+	if err := os.Chown(cfg, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	r := runReg("", "--non-interactive", "--url", gl.URL, "--token", "glrt-good-0123456789", "--name", "two", "--executor", "local-docker", cfg)
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	if u, g, m := owner(cfg); u != uid || g != gid || m != 0o600 {
+		t.Errorf("appended: owner %d:%d mode %04o, want %d:%d 0600", u, g, m, uid, gid)
+	}
+	if r := runReg("", "unregister", "--name", "two", cfg); r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	if u, g, _ := owner(cfg); u != uid || g != gid {
+		t.Errorf("unregistered: owner %d:%d, want %d:%d", u, g, uid, gid)
+	}
+
+	// /etc/paas-runner and /var/lib/paas-runner as tmpfiles.d makes them
+	etc, lib := filepath.Join(dir, "etc-paas-runner"), filepath.Join(dir, "var-lib-paas-runner")
+	for _, d := range []string{etc, lib} {
+		os.Mkdir(d, 0o700)
+		if err := os.Chown(d, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fresh := filepath.Join(etc, "config.toml")
+	r = runReg("", "--non-interactive", "--url", gl.URL, "--token", "glrt-other-0123456789", "--name", "one", "--executor", "local-docker",
+		"--state-file", filepath.Join(lib, "state.json"), fresh)
+	if r.code != 0 || strings.Contains(r.stdout, "could not be stored") {
+		t.Fatalf("%+v", r)
+	}
+	if u, g, m := owner(fresh); u != uid || g != gid || m != 0o600 {
+		t.Errorf("new file: owner %d:%d mode %04o, want its directory's %d:%d, 0600", u, g, m, uid, gid)
+	}
+	// the system id files in the state directory are the daemon's too (it
+	// exits 2 when it cannot open them)
+	ents, _ := os.ReadDir(lib)
+	if len(ents) == 0 {
+		t.Fatal("no system id stored")
+	}
+	for _, e := range ents {
+		if u, g, _ := owner(filepath.Join(lib, e.Name())); u != uid || g != gid {
+			t.Errorf("%s: owner %d:%d, want %d:%d", e.Name(), u, g, uid, gid)
+		}
+	}
+	// in a directory of root's, a new file stays root's
+	own := filepath.Join(dir, "own.toml")
+	gl.AddRunner("glrt-third-0123456789")
+	if r := runReg("", "--non-interactive", "--url", gl.URL, "--token", "glrt-third-0123456789", "--name", "three", "--executor", "local-docker",
+		"--state-file", filepath.Join(dir, "state3.json"), own); r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	if u, _, _ := owner(own); u != 0 {
+		t.Errorf("new file in root's directory: owner %d, want root", u)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -52,6 +53,39 @@ func queriedMetrics(exprs []string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// undocumentedMetrics are the metric families of a scrape (Go's and the
+// process's aside) that readme's "Metrics, health and status" section does
+// not name (`…_x` stands for paas_runner_x).
+func undocumentedMetrics(scrape, readme string) []string {
+	sec := readme
+	if i := strings.Index(sec, "\n## Metrics, health and status"); i >= 0 {
+		sec = sec[i:]
+		if j := strings.Index(sec[1:], "\n## "); j >= 0 {
+			sec = sec[:j+1]
+		}
+	}
+	named := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(paas_runner|gitlab_runner|resource_pool|…)_[a-z0-9_]+`).FindAllString(sec, -1) {
+		named[strings.Replace(m, "…", "paas_runner", 1)] = true
+	}
+	var out []string
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (\S+) `).FindAllStringSubmatch(scrape, -1) {
+		if f := m[1]; !named[f] && !strings.HasPrefix(f, "go_") && !strings.HasPrefix(f, "process_") && !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestUndocumentedMetrics(t *testing.T) {
+	scrape := "# HELP a x\n# TYPE paas_runner_a gauge\n# TYPE paas_runner_b_total counter\n# TYPE gitlab_runner_c gauge\n# TYPE go_goroutines gauge\n"
+	readme := "# paas-runner\n## Metrics, health and status\n`gitlab_runner_c{x}`, `…_b_total`\n## Troubleshooting\n`paas_runner_a`\n"
+	if got := undocumentedMetrics(scrape, readme); strings.Join(got, " ") != "paas_runner_a" {
+		t.Fatalf("got %v", got)
+	}
 }
 
 type dashboard struct {
@@ -156,6 +190,14 @@ func TestDashboardMetricsExist(t *testing.T) {
 	}
 	if len(missing) > 0 {
 		t.Fatalf("the dashboard queries metrics the daemon does not export: %v\nscrape:\n%s", missing, scrape)
+	}
+	// and the README's Metrics section names every metric of the scrape
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := undocumentedMetrics(scrape, string(readme)); len(u) > 0 {
+		t.Errorf("metrics the daemon exports that README's Metrics section does not name: %v", u)
 	}
 	p.signal(syscall.SIGTERM)
 	p.wait(t)

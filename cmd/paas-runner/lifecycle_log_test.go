@@ -36,7 +36,9 @@ func TestLifecycleLogLines(t *testing.T) {
 		}
 	}
 	var last time.Duration
-	for _, msg := range []string{"job acquired", "job launched", "job finished", "host removed"} {
+	// acquired → provisioning → launching → launched → decommissioning →
+	// removed
+	for _, msg := range []string{"job acquired", "provisioning a host", "host ready: launching the job", "job launched", "job finished", "host removed"} {
 		m, ok := lines[msg]
 		if !ok {
 			t.Fatalf("no %q line:\n%s", msg, p.log())

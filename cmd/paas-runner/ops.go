@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"gitlab.com/paas-runner/paas-runner/config"
 	"gitlab.com/paas-runner/paas-runner/dispatcher"
 	"gitlab.com/paas-runner/paas-runner/guard"
+	"gitlab.com/paas-runner/paas-runner/internal/version"
 	"gitlab.com/paas-runner/paas-runner/state"
 )
 
@@ -39,8 +41,11 @@ type ops struct {
 	started  bool
 	draining bool
 	paused   map[string]time.Time // runner ID → no polling before
-	ended    map[state.Key]time.Time
-	d        *dispatcher.Dispatcher
+	// refused are the runners whose last job request GitLab answered 403
+	// (paused or not: with unhealthy_requests_limit = 0 they never are)
+	refused map[string]bool
+	ended   map[state.Key]time.Time
+	d       *dispatcher.Dispatcher
 	// guardWaits, when set, names what waiting jobs wait for (guards).
 	guardWaits func() map[state.Key]string
 	reloader   *reloader
@@ -63,7 +68,7 @@ type ops struct {
 }
 
 func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
-	o := &ops{log: log, systemID: systemID, cfg: cfg, paused: map[string]time.Time{}, ended: map[state.Key]time.Time{}}
+	o := &ops{log: log, systemID: systemID, cfg: cfg, paused: map[string]time.Time{}, refused: map[string]bool{}, ended: map[state.Key]time.Time{}}
 	o.acquisitions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "acquisitions_total",
 		Help: "Job requests to GitLab, by answer: job, no_job, forbidden (403), error."}, []string{"runner", "answer"})
 	buckets := []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600}
@@ -152,9 +157,16 @@ func (o *ops) Polled(r *dispatcher.Runner, answer string) {
 	if answer == "job" {
 		o.jobsTotal.WithLabelValues(r.ID, r.Name, o.systemID).Inc()
 	}
-	if answer != "forbidden" && answer != "error" {
+	switch answer {
+	case "forbidden":
+		o.mu.Lock()
+		o.refused[r.ID] = true
+		o.mu.Unlock()
+	case "error": // no answer: nothing learnt
+	default:
 		o.mu.Lock()
 		delete(o.paused, r.ID)
+		delete(o.refused, r.ID)
 		o.mu.Unlock()
 	}
 }
@@ -298,7 +310,11 @@ func (o *ops) readiness() error {
 	now := time.Now()
 	for _, r := range o.cfg.Runners {
 		if until, ok := o.paused[r.ID()]; ok && now.Before(until) {
-			paused = append(paused, fmt.Sprintf("%s until %s", r.DisplayName(), until.UTC().Format(time.RFC3339)))
+			paused = append(paused, fmt.Sprintf("%s paused until %s", r.DisplayName(), until.UTC().Format(time.RFC3339)))
+			continue
+		}
+		if o.refused[r.ID()] {
+			paused = append(paused, fmt.Sprintf("%s (its last job request)", r.DisplayName()))
 			continue
 		}
 		return nil
@@ -354,6 +370,7 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 	if o.logErrors != nil {
 		reg.MustRegister(o.logErrors)
 	}
+	reg.MustRegister(versionInfo())
 	reg.MustRegister(o.acquisitions, o.provisioning, o.decomLag, o.launchFails, o.apiStatuses, o.apiDuration, o.apiErrors, o.jobsTotal, o.jobDuration, o.paasStatuses, o.paasDuration, o.paasErrors, o.stateWrite, &jobsCollector{o: o, d: d})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -373,6 +390,17 @@ func (o *ops) register(reg *prometheus.Registry, mux *http.ServeMux, d *dispatch
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(debugJobs{SystemID: o.systemID, Jobs: jobs})
 	})
+}
+
+// versionInfo is gitlab-runner's gitlab_runner_version_info (constant 1,
+// the build in its labels), which dashboards use to list runner managers
+// and template on them. branch and built_at are not recorded here: empty.
+func versionInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gitlab_runner_version_info",
+		Help: "Constant 1, labelled with the build: name, version, revision, branch, go_version, built_at, os, architecture."},
+		[]string{"name", "version", "revision", "branch", "go_version", "built_at", "os", "architecture"})
+	g.WithLabelValues(version.Name, version.Version, version.Revision, "", runtime.Version(), "", runtime.GOOS, runtime.GOARCH).Set(1)
+	return g
 }
 
 // jobs are d's tracked jobs, sorted, with the guards they wait for.
@@ -625,7 +653,8 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 
 var jobPath = regexp.MustCompile(`/api/v4/jobs/\d+(/[a-z_]+)?$`)
 
-// endpointOf names a runner API call as gitlab-runner does.
+// endpointOf names a runner API call as gitlab-runner does (job_status,
+// GET /job, is paas-runner's: gitlab-runner does not make it).
 func endpointOf(method, path string) string {
 	switch {
 	case strings.HasSuffix(path, "/api/v4/jobs/request"):
@@ -636,6 +665,10 @@ func endpointOf(method, path string) string {
 		return "register_runner"
 	case strings.HasSuffix(path, "/api/v4/runners") && method == http.MethodDelete:
 		return "unregister_runner"
+	case strings.HasSuffix(path, "/api/v4/job") && method == http.MethodGet:
+		// paas-runner's own: watching a launched job (job token), the
+		// bulk of its requests once jobs run
+		return "job_status"
 	}
 	if m := jobPath.FindStringSubmatch(path); m != nil {
 		switch {

@@ -12,6 +12,8 @@ func TestEndpointNames(t *testing.T) {
 		{"POST", "/gitlab/api/v4/runners/verify", "verify_runner"},
 		{"POST", "/api/v4/runners", "register_runner"},
 		{"DELETE", "/api/v4/runners", "unregister_runner"},
+		{"GET", "/api/v4/job", "job_status"},
+		{"GET", "/gitlab/api/v4/job", "job_status"},
 		{"GET", "/api/v4/projects/1/pipelines", "other"},
 	} {
 		if got := endpointOf(c.method, c.path); got != c.want {

@@ -120,6 +120,7 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 		`gitlab_runner_api_request_duration_seconds_count\{endpoint="request_job",method="post",runner="[^"]+",status_class="2xx",system_id="r_[^"]+"\} \d+`,
 		`gitlab_runner_jobs_total\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 1$`,
 		`gitlab_runner_concurrent 10$`,
+		`gitlab_runner_version_info\{architecture="[^"]+",branch="",built_at="",go_version="go[^"]+",name="paas-runner",os="[^"]+",revision="[^"]*",version="[^"]+"\} 1$`,
 		`gitlab_runner_errors_total\{level="warning"\} \d+$`,
 		`gitlab_runner_limit\{runner="[^"]+",runner_name="proc",system_id="r_[^"]+"\} 0$`,
 		`paas_runner_hosts_alive\{executor="test-dir"\} 1$`,
@@ -172,9 +173,9 @@ func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
 		return code == 200, body
 	})
 	e.gl.RemoveRunner(e.token)
-	eventually(t, "/readyz 503 naming the 403s", func() (bool, string) {
+	eventually(t, "/readyz 503 naming the 403s and the pause", func() (bool, string) {
 		code, body := get(t, "http://"+addr+"/readyz")
-		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc"), body
+		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc paused until"), body
 	})
 	if _, m := get(t, "http://"+addr+"/metrics"); !metricHas(m, `paas_runner_runner_paused\{runner="[^"]+"\} 1$`) ||
 		!metricHas(m, `paas_runner_acquisitions_total\{answer="forbidden",runner="[^"]+"\} 2$`) {
@@ -183,6 +184,36 @@ func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
 	if code, _ := get(t, "http://"+addr+"/healthz"); code != 200 {
 		t.Fatalf("/healthz %d: alive while not ready", code)
 	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// A runner that never pauses (unhealthy_requests_limit = 0) but whose
+// token GitLab refuses cannot poll either: /readyz says so from its first
+// 403, and is ready again once GitLab takes the token.
+func TestReadyzFalseWhileTheTokenIsRefused(t *testing.T) {
+	e := newEnv(t, "listen_address = \"127.0.0.1:0\"")
+	f, _ := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("unhealthy_requests_limit = 0\n")
+	f.Close()
+	p := e.start("", "--log-format", "json")
+	addr := p.metricsAddr(t)
+	eventually(t, "/readyz 200", func() (bool, string) {
+		code, body := get(t, "http://"+addr+"/readyz")
+		return code == 200, body
+	})
+	e.gl.RemoveRunner(e.token)
+	eventually(t, "/readyz 503 naming the 403", func() (bool, string) {
+		code, body := get(t, "http://"+addr+"/readyz")
+		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc (its last job request)"), body
+	})
+	e.gl.AddRunner(e.token)
+	eventually(t, "/readyz 200 again", func() (bool, string) {
+		code, body := get(t, "http://"+addr+"/readyz")
+		return code == 200, body
+	})
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("exit %d", code)

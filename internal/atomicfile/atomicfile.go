@@ -20,6 +20,13 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 // process's) before it replaces path, so that readers through that group
 // never see it unreadable.
 func WriteFileGroup(path string, data []byte, perm os.FileMode, gid int) (err error) {
+	return WriteFileOwner(path, data, perm, -1, gid)
+}
+
+// WriteFileOwner is WriteFile giving the new file owner uid and group gid
+// (-1: the process's) before it replaces path (another owner than the
+// process's needs root).
+func WriteFileOwner(path string, data []byte, perm os.FileMode, uid, gid int) (err error) {
 	if fi, statErr := os.Lstat(path); statErr == nil && !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s: not a regular file", path)
 	}
@@ -38,8 +45,8 @@ func WriteFileGroup(path string, data []byte, perm os.FileMode, gid int) (err er
 	if _, err = f.Write(data); err != nil {
 		return err
 	}
-	if gid >= 0 {
-		if err = f.Chown(-1, gid); err != nil {
+	if uid >= 0 || gid >= 0 {
+		if err = f.Chown(uid, gid); err != nil {
 			return err
 		}
 	}

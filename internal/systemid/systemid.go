@@ -49,6 +49,13 @@ func Store(statePath, id string) (string, error) {
 	return claim(statePath, func() (string, error) { return id, nil })
 }
 
+// Paths are the files next to statePath that Store and ForStateFile may
+// write for it.
+func Paths(statePath string) []string {
+	dir, name := filepath.Dir(statePath), filepath.Base(statePath)
+	return []string{filepath.Join(dir, FileName), filepath.Join(dir, ownerFile), filepath.Join(dir, "."+name+FileName)}
+}
+
 // Peek returns the system_id ForStateFile would return for statePath
 // without creating or claiming any file: the stored one (fresh false), or
 // one newly generated (fresh true) for the caller to Store once it has

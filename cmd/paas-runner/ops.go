@@ -89,7 +89,7 @@ func newOps(cfg *config.Config, systemID string, log *zap.Logger) *ops {
 		Help: "GitLab API requests that got no answer (connection refused, timeout, TLS error), by runner, endpoint and method."},
 		[]string{"runner", "endpoint", "method"})
 	o.paasStatuses = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "paas_runner", Name: "paas_api_request_statuses_total",
-		Help: "PaaS API requests (Clever Cloud's for clever-docker) that got an answer, by executor, endpoint, status and method; retries count."},
+		Help: "PaaS API requests (Clever Cloud's for clever-docker, the Docker engine's for local-docker) that got an answer, by executor, endpoint, status and method; retries count."},
 		[]string{"executor", "endpoint", "status", "method"})
 	o.paasDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "paas_runner", Name: "paas_api_request_duration_seconds",
 		Help:    "Latency of PaaS API requests that got an answer, by executor, endpoint, status_class and method.",
@@ -596,24 +596,105 @@ func (o *ops) paasClient(executor, apiURL string) *http.Client {
 	if err != nil {
 		return nil
 	}
-	next := http.DefaultTransport
-	rt := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+	prefix := strings.TrimRight(base.Path, "/")
+	rt := o.paasTransport(executor, func(req *http.Request) string {
 		if req.URL.Host != base.Host {
-			return next.RoundTrip(req)
+			return ""
 		}
-		start := time.Now()
-		resp, err := next.RoundTrip(req)
-		ep := paasEndpoint(req.Method, strings.TrimPrefix(req.URL.Path, strings.TrimRight(base.Path, "/")))
-		method := strings.ToLower(req.Method)
-		if err != nil {
-			o.paasErrors.WithLabelValues(executor, ep, method).Inc()
-			return resp, err
-		}
-		o.paasStatuses.WithLabelValues(executor, ep, strconv.Itoa(resp.StatusCode), method).Inc()
-		o.paasDuration.WithLabelValues(executor, ep, statusClass(resp.StatusCode), method).Observe(time.Since(start).Seconds())
-		return resp, err
-	})
+		return paasEndpoint(req.Method, strings.TrimPrefix(req.URL.Path, prefix))
+	})(http.DefaultTransport)
 	return &http.Client{Timeout: 60 * time.Second, Transport: rt}
+}
+
+// engineTransport counts local-docker's Docker engine API requests, the
+// PaaS API of that executor (localdocker.Options.WrapTransport); nil
+// without ops.
+func (o *ops) engineTransport(executor string) func(http.RoundTripper) http.RoundTripper {
+	if o == nil {
+		return nil
+	}
+	return o.paasTransport(executor, func(req *http.Request) string {
+		return engineEndpoint(req.Method, req.URL.Path)
+	})
+}
+
+// paasTransport wraps a transport so that the requests endpoint names
+// are counted in the paas_api_* metrics; endpoint "" passes uncounted.
+func (o *ops) paasTransport(executor string, endpoint func(*http.Request) string) func(http.RoundTripper) http.RoundTripper {
+	return func(next http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			ep := endpoint(req)
+			if ep == "" {
+				return next.RoundTrip(req)
+			}
+			start := time.Now()
+			resp, err := next.RoundTrip(req)
+			method := strings.ToLower(req.Method)
+			if err != nil {
+				o.paasErrors.WithLabelValues(executor, ep, method).Inc()
+				return resp, err
+			}
+			o.paasStatuses.WithLabelValues(executor, ep, strconv.Itoa(resp.StatusCode), method).Inc()
+			o.paasDuration.WithLabelValues(executor, ep, statusClass(resp.StatusCode), method).Observe(time.Since(start).Seconds())
+			return resp, err
+		})
+	}
+}
+
+var engineVersion = regexp.MustCompile(`^v[0-9]+\.[0-9]+$`)
+
+// engineActions are the Docker engine API's operations on one object
+// (/containers/{id}/start, /images/{name}/json, …) that name an endpoint;
+// another last segment is an object's name or id.
+var engineActions = map[string]bool{
+	"attach": true, "changes": true, "connect": true, "disconnect": true, "exec": true,
+	"export": true, "get": true, "history": true, "kill": true, "logs": true, "pause": true,
+	"push": true, "rename": true, "resize": true, "restart": true, "start": true,
+	"stats": true, "stop": true, "tag": true, "top": true, "unpause": true,
+	"update": true, "wait": true,
+}
+
+// engineEndpoint names a Docker engine API call by object kind and
+// operation (container_start, image_inspect, volume_remove, events…),
+// never by an object's name, so that the label stays bounded.
+func engineEndpoint(method, path string) string {
+	seg := strings.Split(strings.Trim(path, "/"), "/")
+	if len(seg) > 0 && engineVersion.MatchString(seg[0]) {
+		seg = seg[1:]
+	}
+	if len(seg) == 0 || seg[0] == "" {
+		return "other"
+	}
+	kind := strings.TrimSuffix(seg[0], "s")
+	switch seg[0] {
+	case "_ping":
+		return "ping"
+	case "info", "version", "events", "build":
+		return seg[0]
+	case "containers", "images", "volumes", "networks", "exec":
+	default:
+		return "other"
+	}
+	last := seg[len(seg)-1]
+	switch {
+	case len(seg) == 1 && method == http.MethodGet:
+		return kind + "_list"
+	case len(seg) == 2 && last == "json":
+		return kind + "_list"
+	case len(seg) == 2 && (last == "create" || last == "prune" || last == "load"):
+		return kind + "_" + last
+	case len(seg) >= 3 && last == "json":
+		return kind + "_inspect"
+	case len(seg) >= 3 && last == "archive":
+		return kind + "_archive_" + strings.ToLower(method)
+	case len(seg) >= 3 && engineActions[last]:
+		return kind + "_" + last
+	case len(seg) >= 2 && method == http.MethodDelete:
+		return kind + "_remove"
+	case len(seg) >= 2 && method == http.MethodGet:
+		return kind + "_inspect"
+	}
+	return kind + "_other"
 }
 
 // paasEndpoint names a Clever Cloud API call (path below the API's base).

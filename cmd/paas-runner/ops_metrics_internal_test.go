@@ -130,6 +130,51 @@ func TestPaaSRequestMetrics(t *testing.T) {
 	}
 }
 
+// local-docker's PaaS API is the Docker engine's: its calls are named by
+// object kind and operation, never by an object's name or id.
+func TestEngineEndpoint(t *testing.T) {
+	for _, c := range []struct{ method, path, want string }{
+		{"GET", "/_ping", "ping"},
+		{"HEAD", "/v1.41/_ping", "ping"},
+		{"GET", "/v1.41/info", "info"},
+		{"GET", "/v1.41/events", "events"},
+		{"POST", "/v1.41/containers/create", "container_create"},
+		{"GET", "/v1.41/containers/json", "container_list"},
+		{"GET", "/v1.41/containers/paas-job-t1-42/json", "container_inspect"},
+		{"POST", "/v1.41/containers/abc/start", "container_start"},
+		{"POST", "/v1.41/containers/abc/wait", "container_wait"},
+		{"POST", "/v1.41/containers/abc/attach", "container_attach"},
+		{"PUT", "/v1.41/containers/abc/archive", "container_archive_put"},
+		{"HEAD", "/v1.41/containers/abc/archive", "container_archive_head"},
+		{"POST", "/v1.41/containers/abc/exec", "container_exec"},
+		{"DELETE", "/v1.41/containers/abc", "container_remove"},
+		{"POST", "/v1.41/containers/prune", "container_prune"},
+		{"GET", "/v1.41/images/paas-runner-host:1.2/json", "image_inspect"},
+		{"GET", "/v1.41/images/registry.example.com/group/img:tag/json", "image_inspect"},
+		{"DELETE", "/v1.41/images/registry.example.com/group/img:tag", "image_remove"},
+		{"POST", "/v1.41/images/create", "image_create"},
+		{"POST", "/v1.41/images/load", "image_load"},
+		{"GET", "/v1.41/images/json", "image_list"},
+		{"POST", "/v1.41/volumes/create", "volume_create"},
+		{"GET", "/v1.41/volumes", "volume_list"},
+		{"GET", "/v1.41/volumes/paas-job-t1-42-builds", "volume_inspect"},
+		{"DELETE", "/v1.41/volumes/paas-job-t1-42-builds", "volume_remove"},
+		{"POST", "/v1.41/networks/create", "network_create"},
+		{"POST", "/v1.41/networks/n1/connect", "network_connect"},
+		{"DELETE", "/v1.41/networks/n1", "network_remove"},
+		{"POST", "/v1.41/exec/e1/start", "exec_start"},
+		{"GET", "/v1.41/exec/e1/json", "exec_inspect"},
+		{"POST", "/v1.41/build", "build"},
+		{"GET", "/v1.41/swarm", "other"},
+		{"GET", "/", "other"},
+		{"POST", "/v1.41/containers/abc/frobnicate", "container_other"},
+	} {
+		if got := engineEndpoint(c.method, c.path); got != c.want {
+			t.Errorf("%s %s: %s, want %s", c.method, c.path, got, c.want)
+		}
+	}
+}
+
 // gitlab_runner_errors_total counts the warning and error lines of the
 // logger its hook is on, by gitlab-runner's level names.
 func TestLogErrorsCounted(t *testing.T) {

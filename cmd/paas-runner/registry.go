@@ -59,6 +59,7 @@ func newLocalDocker(ctx context.Context, r *config.Runner, env executorEnv, log 
 		Host: r.LocalDocker.Host, NetworkMode: r.LocalDocker.NetworkMode, InnerImage: r.InnerImage,
 		RunnerID: r.ID(), LegacyRunnerIDs: legacyIDs(r), RunnerLabel: r.Name, RunnerURL: r.URL, Inner: r.Inner, TLSCAFile: r.TLSCAFile,
 		SystemID: env.SystemID, Version: version.Version, Logger: log,
+		WrapTransport: env.ops.engineTransport(r.Executor), // PaaS API metrics: the engine's
 	})
 	if err != nil {
 		return nil, err

@@ -197,7 +197,7 @@ func newBaseImage(cli *client.Client, version, binPath, caPath string, log *zap.
 // from binary (default: the running executable) unless it exists, and
 // returns its tag.
 func BuildBaseImage(ctx context.Context, host, version, binary string, log *zap.Logger) (string, error) {
-	cli, _, err := connect(host)
+	cli, _, err := connect(host, nil)
 	if err != nil {
 		return "", err
 	}

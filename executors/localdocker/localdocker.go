@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -103,6 +104,11 @@ type Options struct {
 	// Version tags the base image.
 	Version string
 	Logger  *zap.Logger
+	// WrapTransport, when set, wraps the HTTP transport of the engine's
+	// API client (the daemon counts the engine's API requests with it);
+	// attach and exec streams, which hijack their connection, are not
+	// seen by it.
+	WrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 // Executor is the local-docker executor.
@@ -145,7 +151,7 @@ func New(opts Options) (*Executor, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, sock, err := connect(opts.Host)
+	cli, sock, err := connect(opts.Host, opts.WrapTransport)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +166,7 @@ func New(opts Options) (*Executor, error) {
 
 // connect makes a client for host (default: $DOCKER_HOST, else the local
 // socket) and returns the socket path to bind into hosts ("" for tcp).
-func connect(host string) (*client.Client, string, error) {
+func connect(host string, wrap func(http.RoundTripper) http.RoundTripper) (*client.Client, string, error) {
 	if host == "" {
 		host = os.Getenv("DOCKER_HOST")
 	}
@@ -175,7 +181,16 @@ func connect(host string) (*client.Client, string, error) {
 	default:
 		return nil, "", fmt.Errorf("docker host %q: only unix:// and tcp:// are supported", host)
 	}
-	cli, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+	opts := []client.Opt{client.WithHost(host), client.WithAPIVersionNegotiation()}
+	if wrap != nil {
+		// WithHost sets the dialer of the transport it is given, so the
+		// transport is handed over first and wrapped once it dials the
+		// engine (the SDK's own defaults for a long-lived client).
+		tr := &http.Transport{MaxIdleConns: 6, IdleConnTimeout: 30 * time.Second}
+		opts = append([]client.Opt{client.WithHTTPClient(&http.Client{Transport: tr})}, opts...)
+		opts = append(opts, client.WithHTTPClient(&http.Client{Transport: wrap(tr)}))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, "", fmt.Errorf("docker client for %s: %w", host, err)
 	}

@@ -504,7 +504,7 @@ cc_deployment_repo_timeout = 60
 		"a job in status": "RUNNER", "lock in /debug/locks": `"holders"`,
 		"the pipeline guard (guard API token) used": "pipeline guard passed", "the locks repository used": "pool:envs/env-",
 		"the S3 cache used": "Created cache", "the masked values masked": "key [MASKED], token [MASKED]", "a clever-docker job": "Clever Cloud application ready", "the multi-tenant orga": orgB,
-		"the PaaS API metrics": `paas_runner_paas_api_request_statuses_total{endpoint="create_application",executor="clever-docker",method="post",status="200"}`,
+		"the PaaS API metrics":          `paas_runner_paas_api_request_statuses_total{endpoint="create_application",executor="clever-docker",method="post",status="200"}`,
 		"the Docker engine API metrics": `paas_runner_paas_api_request_statuses_total{endpoint="container_start",executor="local-docker",method="post",status="204"}`} {
 		if !strings.Contains(logs.String()+scraped.String()+string(gl.Job(jobs[0].job.ID).Trace), sub) {
 			t.Errorf("the collected output lacks %s (%q)", what, sub)

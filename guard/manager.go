@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -480,8 +481,14 @@ func (m *Manager) Admit(ctx context.Context, runnerID string, a *job.Acquired, j
 		})
 	}
 	var claims []Claim
+	var labels []string
+	for _, d := range req.Demands {
+		if l := GuardLabel(d.Pool); !slices.Contains(labels, l) {
+			labels = append(labels, l)
+		}
+	}
 	err = m.core.Wait(ctx, Wait{
-		Guard: "locks", Since: since, Deadline: since.Add(req.Timeout), NoWait: req.NoWait,
+		Guard: "locks", Labels: labels, Since: since, Deadline: since.Add(req.Timeout), NoWait: req.NoWait,
 		Log: jobLog, Changed: m.Changed, Blocking: blocking,
 		Check: func(ctx context.Context) (bool, string, string, error) {
 			var st *State

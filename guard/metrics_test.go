@@ -50,7 +50,7 @@ func TestMetricsAndReport(t *testing.T) {
 	}
 	e.m.Release("runner1", 1)
 	get(t, ch)
-	if got := gather(t, reg); !contains(got, "paas_runner_guard_wait_seconds_count 1") {
+	if got := gather(t, reg); !contains(got, `paas_runner_guard_wait_seconds{guard="lock:acme/web:production"}_count 1`) {
 		t.Fatalf("wait histogram: %v", got)
 	}
 }

@@ -181,7 +181,7 @@ func (p *Pipelines) Admit(ctx context.Context, runnerID string, a *job.Acquired,
 
 	lastKey := ""
 	err = p.Core.Wait(ctx, Wait{
-		Guard: "pipeline guard", Passed: "pipeline guard: no conflicting pipeline left, going on", Since: coreSince, Log: jobLog, Blocking: blocking,
+		Guard: "pipeline guard", Labels: []string{pw.guard}, Passed: "pipeline guard: no conflicting pipeline left, going on", Since: coreSince, Log: jobLog, Blocking: blocking,
 		Changed: func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return changed },
 		Check: func(ctx context.Context) (bool, string, string, error) {
 			mu.Lock()

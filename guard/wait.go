@@ -28,6 +28,10 @@ type Check func(ctx context.Context) (done bool, line, key string, err error)
 type Wait struct {
 	// Guard names the kind of guard in messages ("lock", "pipelines").
 	Guard string
+	// Labels are the guards the job waits for, as the gauges' guard label
+	// (lock:…, pool:…, pipelines:…): a blocked wait is observed in the
+	// wait histogram once under each.
+	Labels []string
 	// Passed is the log line's start when the job goes on ("" = "<Guard>
 	// acquired").
 	Passed string
@@ -49,7 +53,7 @@ type Wait struct {
 // core serves paas_runner_guard_waiting_jobs{guard} and
 // paas_runner_guard_held{guard} for all of them, and the wait histogram.
 type Core struct {
-	waitSeconds prometheus.Histogram
+	waitSeconds *prometheus.HistogramVec
 
 	mu      sync.Mutex
 	sources []Source
@@ -103,11 +107,11 @@ func (g coreGauges) Collect(ch chan<- prometheus.Metric) {
 
 // NewCore makes the shared waiting machinery.
 func NewCore() *Core {
-	return &Core{waitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+	return &Core{waitSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "paas_runner", Name: "guard_wait_seconds",
-		Help:    "Time jobs waited for their guards before they went on or were failed.",
+		Help:    "Time jobs waited for a guard before they went on or were failed, by guard (a job waiting for two locks counts on both); jobs that did not wait are not counted.",
 		Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200},
-	})}
+	}, []string{"guard"})}
 }
 
 // Collectors are the core's metrics.
@@ -138,7 +142,10 @@ func (c *Core) Wait(ctx context.Context, w Wait) error {
 	blocked := false
 	defer func() {
 		if blocked {
-			c.waitSeconds.Observe(time.Since(w.Since).Seconds())
+			waited := time.Since(w.Since).Seconds()
+			for _, l := range w.Labels {
+				c.waitSeconds.WithLabelValues(l).Observe(waited)
+			}
 		}
 	}()
 	for {

@@ -27,7 +27,7 @@ func TestCoreWaitsForAnotherKindOfGuard(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- c.Wait(context.Background(), Wait{
-			Guard: "pipelines", Since: time.Now(), Deadline: time.Now().Add(time.Hour),
+			Guard: "pipelines", Labels: []string{"pipelines:acme/web"}, Since: time.Now(), Deadline: time.Now().Add(time.Hour),
 			Log:      func(l string) { mu.Lock(); lines = append(lines, l); mu.Unlock() },
 			Blocking: func() { blocked++ },
 			Changed:  func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return changed },
@@ -72,7 +72,7 @@ func TestCoreWaitsForAnotherKindOfGuard(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c.Collectors()...)
 	got := gather(t, reg)
-	if !contains(got, `paas_runner_guard_waiting_jobs{guard="pipelines:acme/web"} 1`) || !contains(got, "paas_runner_guard_wait_seconds_count 1") {
+	if !contains(got, `paas_runner_guard_waiting_jobs{guard="pipelines:acme/web"} 1`) || !contains(got, `paas_runner_guard_wait_seconds{guard="pipelines:acme/web"}_count 1`) {
 		t.Fatalf("%v", got)
 	}
 	// timeout and no-wait

@@ -160,11 +160,15 @@ func TestOpsEndpointsFollowAJob(t *testing.T) {
 	}
 }
 
-// A runner GitLab refuses (403) is paused and the daemon is not ready.
-func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
+// readyThenRefused starts a daemon with the runner keys extra (appended
+// to the runner's section) and a listen_address, waits for /readyz 200,
+// then has the fake GitLab refuse the runner's token; it returns the
+// environment, the process and the listen address.
+func readyThenRefused(t *testing.T, extra string) (*env, *proc, string) {
+	t.Helper()
 	e := newEnv(t, "listen_address = \"127.0.0.1:0\"")
 	f, _ := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
-	f.WriteString("unhealthy_requests_limit = 2\nunhealthy_interval = 3600\n")
+	f.WriteString(extra)
 	f.Close()
 	p := e.start("", "--log-format", "json")
 	addr := p.metricsAddr(t)
@@ -173,6 +177,12 @@ func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
 		return code == 200, body
 	})
 	e.gl.RemoveRunner(e.token)
+	return e, p, addr
+}
+
+// A runner GitLab refuses (403) is paused and the daemon is not ready.
+func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
+	_, p, addr := readyThenRefused(t, "unhealthy_requests_limit = 2\nunhealthy_interval = 3600\n")
 	eventually(t, "/readyz 503 naming the 403s and the pause", func() (bool, string) {
 		code, body := get(t, "http://"+addr+"/readyz")
 		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc paused until"), body
@@ -194,17 +204,7 @@ func TestReadyzFalseWhenEveryRunnerIsRefused(t *testing.T) {
 // token GitLab refuses cannot poll either: /readyz says so from its first
 // 403, and is ready again once GitLab takes the token.
 func TestReadyzFalseWhileTheTokenIsRefused(t *testing.T) {
-	e := newEnv(t, "listen_address = \"127.0.0.1:0\"")
-	f, _ := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
-	f.WriteString("unhealthy_requests_limit = 0\n")
-	f.Close()
-	p := e.start("", "--log-format", "json")
-	addr := p.metricsAddr(t)
-	eventually(t, "/readyz 200", func() (bool, string) {
-		code, body := get(t, "http://"+addr+"/readyz")
-		return code == 200, body
-	})
-	e.gl.RemoveRunner(e.token)
+	e, p, addr := readyThenRefused(t, "unhealthy_requests_limit = 0\n")
 	eventually(t, "/readyz 503 naming the 403", func() (bool, string) {
 		code, body := get(t, "http://"+addr+"/readyz")
 		return code == 503 && strings.Contains(body, "403") && strings.Contains(body, "proc (its last job request)"), body

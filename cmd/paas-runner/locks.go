@@ -70,7 +70,7 @@ func locksCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "paas-runner: locks: %v\n", err)
 			return exitFatal
 		}
-		rep := guard.ReportOf(st, pol, backendName(cfg))
+		rep := guard.ReportOf(st, pol, backendBranch(cfg))
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
@@ -171,11 +171,12 @@ func poolCmd(args []string, stderr io.Writer) int {
 	}
 }
 
-func backendName(cfg *config.Config) string {
+// backendBranch is the git backend's branch ("" with the local backend).
+func backendBranch(cfg *config.Config) string {
 	if cfg.Guards.Backend == "git" {
 		return cfg.Guards.Git.Branch
 	}
-	return "local"
+	return ""
 }
 
 func openGit(ctx context.Context, cfg *config.Config) (*guard.Git, error) {

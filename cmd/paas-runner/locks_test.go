@@ -169,6 +169,11 @@ func TestLocksCommandsLocalNoStateFile(t *testing.T) {
 	if code, out, errs := runCLI(t, "locks", e.config); code != 0 || strings.Contains(out, "lock:") {
 		t.Fatalf("locks without a state file: exit %d\n%s%s", code, out, errs)
 	}
+	// a mistyped subcommand is named as such, not taken for CONFIG
+	if code, _, errs := runCLI(t, "locks", "relase", e.config, "lock:acme/web:production", "--yes"); code != 2 ||
+		errs != "paas-runner: locks: unknown subcommand \"relase\" (the only one is release) (see paas-runner locks --help)\n" {
+		t.Fatalf("locks relase: exit %d, %q", code, errs)
+	}
 	// the configuration's pools are shown before the daemon ever ran
 	e2 := newEnv(t, "[[guards.pools]]\nname = \"aws\"\n[guards.pools.locks]\nenv-1 = \"region=eu-west-1\"\nenv-2 = \"region=eu-central-1\"\n")
 	if code, out, errs := runCLI(t, "locks", e2.config); code != 0 || !regexp.MustCompile(`(?m)^aws\s+2\s+2$`).MatchString(out) {

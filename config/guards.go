@@ -130,14 +130,15 @@ func (d *decoder) decodeGuards(prims map[string]toml.Primitive) Guards {
 			d.errKey("guards.git.branch", "must not be empty")
 		}
 	}
-	if g.Backend == "git" {
-		if g.Git.URL == "" {
+	// [guards.git] is checked with the local backend too (README)
+	if g.Git.URL == "" {
+		if g.Backend == "git" {
 			d.errKey("guards.git.url", "required with backend = \"git\": the lock repository's URL")
-		} else if u, err := url.Parse(g.Git.URL); err != nil || !oneOf(u.Scheme, "http", "https", "file") || (u.Scheme != "file" && u.Host == "") {
-			d.errKey("guards.git.url", fmt.Sprintf("%q is not an http://, https:// or file:// URL", g.Git.URL))
-		} else if u.User != nil {
-			d.errKey("guards.git.url", "put the credentials in username and password (or password_file), not in the URL")
 		}
+	} else if u, err := url.Parse(g.Git.URL); err != nil || !oneOf(u.Scheme, "http", "https", "file") || (u.Scheme != "file" && u.Host == "") {
+		d.errKey("guards.git.url", fmt.Sprintf("%q is not an http://, https:// or file:// URL", g.Git.URL))
+	} else if u.User != nil {
+		d.errKey("guards.git.url", "put the credentials in username and password (or password_file), not in the URL")
 	}
 	seen := map[string]int{}
 	for i, pp := range pools {
@@ -184,7 +185,9 @@ func (d *decoder) decodeGuards(prims map[string]toml.Primitive) Guards {
 				gp.Locks[k] = md
 			}
 		} else if g.Backend == "local" && gp.Name != "" {
-			d.errKey(p+".locks", "required with the local backend: the pool's locks (name = metadata)")
+			// no line of its own: the line of the pool's name
+			d.errs = append(d.errs, &Error{File: d.file, Line: d.lineOfKey(p + ".name"), Key: p + ".locks",
+				Msg: "required with the local backend: the pool's locks (name = metadata)"})
 		}
 		g.Pools = append(g.Pools, gp)
 	}

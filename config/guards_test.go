@@ -122,8 +122,15 @@ name = "gcp"
 	}
 	// local backend: a pool needs its locks
 	_, err = Load(write(t, minimal+"[[guards.pools]]\nname = \"aws\"\n"), execs)
-	if err == nil || !strings.Contains(err.Error(), "guards.pools[0].locks: required with the local backend") {
+	if err == nil || !strings.Contains(err.Error(), ":7: guards.pools[0].locks: required with the local backend") {
 		t.Fatalf("%v", err)
+	}
+	// [guards.git] is checked with the local backend too
+	for _, u := range []string{"https://bot:pw@h/locks.git", "ssh://git@h/locks.git"} {
+		_, err = Load(write(t, minimal+"[guards.git]\nurl = \""+u+"\"\n"), execs)
+		if err == nil || !strings.Contains(err.Error(), ":7: guards.git.url: ") || strings.Contains(err.Error(), "pw@") {
+			t.Errorf("%s with the local backend: %v", u, err)
+		}
 	}
 	_, err = Load(write(t, minimal+"[guards]\nbackend = \"git\"\n[guards.git]\nurl = \"https://bot:pw@h/locks.git\"\n"), execs)
 	if err == nil || !strings.Contains(err.Error(), "guards.git.url: put the credentials in username and password") || strings.Contains(err.Error(), "pw@") {

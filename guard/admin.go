@@ -37,9 +37,10 @@ func ReadLocal(path string) (*State, error) {
 	return f.State, nil
 }
 
-// ReportOf describes a state as Manager.Report does.
-func ReportOf(st *State, pol *Policy, backend string) Report {
-	return buildReport(st, Decide(st, pol, time.Now()), backend)
+// ReportOf describes a state as Manager.Report does (branch: the git
+// backend's).
+func ReportOf(st *State, pol *Policy, branch string) Report {
+	return buildReport(st, Decide(st, pol, time.Now()), pol, branch)
 }
 
 // ResolveLock finds the pool id and lock a name as `paas-runner locks`
@@ -93,8 +94,8 @@ func PoolOp(st *State, op, pool, lock, metadata string, declared map[string]map[
 	}
 	local := declared != nil
 	if _, ok := declared[pool][lock]; ok && (op == "remove" || op == "update") {
-		return false, false, fmt.Errorf("lock %s/%s is declared in the configuration ([[guards.pools]] %q, [guards.pools.locks]): %s it there", pool, lock, pool,
-			map[string]string{"remove": "remove", "update": "change its metadata"}[op])
+		return false, false, fmt.Errorf("lock %s/%s is declared in the configuration ([[guards.pools]] %q, [guards.pools.locks]): %s there", pool, lock, pool,
+			map[string]string{"remove": "remove it", "update": "change its metadata"}[op])
 	}
 	p := st.Pools[pool]
 	switch op {

@@ -623,8 +623,11 @@ func commitMessage(cur, next *State, stale []string) string {
 			}
 			name := poolDir(pn) + "/" + ln
 			switch {
-			case now != nil && was != nil && was.Key() != now.Key():
+			case now != nil && was != nil && was.Key() != now.Key() && leaseExpired(*was, now.Since):
 				lines = append(lines, fmt.Sprintf("claiming: %s for %s; the expired lease of %s is broken", name, holderLine(*now), holderLine(*was)))
+			case now != nil && was != nil && was.Key() != now.Key():
+				// released and granted in one commit (a hand-over)
+				lines = append(lines, fmt.Sprintf("claiming: %s for %s, released by %s", name, holderLine(*now), holderLine(*was)))
 			case now != nil && was == nil:
 				lines = append(lines, fmt.Sprintf("claiming: %s for %s", name, holderLine(*now)))
 			case now == nil && was != nil:
@@ -653,6 +656,12 @@ func commitMessage(cur, next *State, stale []string) string {
 		return lines[0] + "\n"
 	}
 	return fmt.Sprintf("%s (+%d more)\n\n%s\n", lines[0], len(lines)-1, strings.Join(lines, "\n"))
+}
+
+// leaseExpired tells whether h's lease had run out at t (a hold outside
+// paas-runner has none).
+func leaseExpired(h Holder, t time.Time) bool {
+	return h.JobID != 0 && !h.Expires.IsZero() && t.After(h.Expires)
 }
 
 func holderLine(h Holder) string {

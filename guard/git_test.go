@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,13 @@ func TestGitConcourseRepository(t *testing.T) {
 	d.m.Release("runner1", 4711)
 	if r := get(t, ch); r.err != nil || r.vars.Get("PAAS_POOL_AWS_NAME") != "env-1" {
 		t.Fatalf("%+v", r)
+	}
+	// the release handed env-1 over in the same commit: a live lease,
+	// released, not an expired one broken
+	log = g.show("log", "--format=%B", "main")
+	if strings.Contains(log, "is broken") || !strings.Contains(log, "claiming: aws/env-1 for job 4712 (pipeline 231") ||
+		!regexp.MustCompile(`claiming: aws/env-1 for job 4712 \([^)]*\), released by job 4711 `).MatchString(log) {
+		t.Fatalf("hand-over commit message:\n%s", log)
 	}
 	d.m.Release("runner1", 4712)
 	tree := g.show("ls-tree", "-r", "--name-only", "main")

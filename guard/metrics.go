@@ -77,7 +77,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // Report is what `paas-runner locks` and GET /debug/locks show: holders,
 // waiters in decision order, leases. No tokens are ever in the state.
 type Report struct {
+	// Backend is "local" or "git"; Branch the git backend's branch.
 	Backend string       `json:"backend"`
+	Branch  string       `json:"branch,omitempty"`
 	Holders []HolderInfo `json:"holders"`
 	Waiters []WaiterInfo `json:"waiters"`
 	Pools   []PoolInfo   `json:"pools"`
@@ -106,11 +108,16 @@ type PoolInfo struct {
 func (m *Manager) Report() Report {
 	m.freshen()
 	st, dec := m.Snapshot()
-	return buildReport(st, dec, m.be.Branch())
+	return buildReport(st, dec, m.pol(), m.be.Branch())
 }
 
-func buildReport(st *State, dec *Decision, backend string) Report {
-	r := Report{Backend: backend, Holders: holders(st), Waiters: []WaiterInfo{}, Pools: []PoolInfo{}}
+// buildReport: pol tells the backend (Declared: the local one), branch is
+// the git backend's.
+func buildReport(st *State, dec *Decision, pol *Policy, branch string) Report {
+	r := Report{Backend: "git", Branch: branch, Holders: holders(st), Waiters: []WaiterInfo{}, Pools: []PoolInfo{}}
+	if pol.Declared {
+		r.Backend, r.Branch = "local", ""
+	}
 	if r.Holders == nil {
 		r.Holders = []HolderInfo{}
 	}

@@ -309,7 +309,11 @@ func runGuard(ctx context.Context, args []string, env guardEnv, stdout, stderr i
 	var missing []string
 	for _, f := range guardFlags {
 		if f.defVal == "" && !f.bool && vals[f.names[0]] == "" {
-			missing = append(missing, strings.Join(f.names, "/")+" (or "+f.env+")")
+			envs := f.env
+			if f.names[0] == "--private-token" {
+				envs = pipeguard.VarGuardToken + " or " + f.env // GUARD_PRIVATE_TOKEN beats PRIVATE_TOKEN
+			}
+			missing = append(missing, strings.Join(f.names, "/")+" (or "+envs+")")
 		}
 	}
 	if len(missing) > 0 {
@@ -320,7 +324,7 @@ func runGuard(ctx context.Context, args []string, env guardEnv, stdout, stderr i
 	if t, ok := vals["--guard-timeout"]; ok {
 		n, err := strconv.Atoi(strings.TrimSpace(t))
 		if err != nil || n < 0 {
-			return usage(fmt.Errorf("argument -w/--timeout/--guard-timeout: invalid int value: %q", t))
+			return usage(fmt.Errorf("argument -w/--timeout/--guard-timeout (or GUARD_TIMEOUT): invalid int value: %q", t))
 		}
 		base.Timeout = time.Duration(n) * time.Second
 	}

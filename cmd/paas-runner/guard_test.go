@@ -244,8 +244,8 @@ func TestGuardUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "the following arguments are required: --ci-api-v4-url/-u/--api-url (or CI_API_V4_URL), --ci-project-id/-p/--project-id (or CI_PROJECT_ID), --ci-pipeline-id/-i/--pipeline-id (or CI_PIPELINE_ID), --private-token/-t/--access-token/--api-token (or PRIVATE_TOKEN)"},
-		{[]string{"-u", "x", "-p", "1", "-i", "2", "-t", "t", "-w", "soon"}, `argument -w/--timeout/--guard-timeout: invalid int value: "soon"`},
+		{nil, "the following arguments are required: --ci-api-v4-url/-u/--api-url (or CI_API_V4_URL), --ci-project-id/-p/--project-id (or CI_PROJECT_ID), --ci-pipeline-id/-i/--pipeline-id (or CI_PIPELINE_ID), --private-token/-t/--access-token/--api-token (or GUARD_PRIVATE_TOKEN or PRIVATE_TOKEN)"},
+		{[]string{"-u", "x", "-p", "1", "-i", "2", "-t", "t", "-w", "soon"}, `argument -w/--timeout/--guard-timeout (or GUARD_TIMEOUT): invalid int value: "soon"`},
 		{[]string{"--g", "x"}, "ambiguous option: --g could match --guard, --guard-ref-regex, --guard-status-regex, --guard-timeout"},
 		{[]string{"-u", "x", "-p", "1", "-i", "two", "-t", "t"}, `"two" is not a pipeline id`},
 		{[]string{"-u", "x", "-p", "1", "-i", "2", "-t", "t", "-s", "runing"}, `GUARD_STATUS_REGEX: "runing" matches no pipeline status`},
@@ -258,6 +258,12 @@ func TestGuardUsageErrors(t *testing.T) {
 			t.Errorf("%v: exit %d %q, want %q", c.args, r.code, r.stderr, c.want)
 		}
 	}
+	// a bad GUARD_TIMEOUT (it beats -w) is named
+	g.env["GUARD_TIMEOUT"] = "soon"
+	if r := g.run("-u", "x", "-p", "1", "-i", "2", "-t", "t"); r.code != 2 || !strings.Contains(r.stderr, `(or GUARD_TIMEOUT): invalid int value: "soon"`) {
+		t.Errorf("GUARD_TIMEOUT: %+v", r)
+	}
+	delete(g.env, "GUARD_TIMEOUT")
 	g.env["GUARD_ORDER"] = "lifo"
 	if r := g.run("-u", "x", "-p", "1", "-i", "2", "-t", "t"); r.code != 2 || !strings.Contains(r.stderr, "GUARD_ORDER") {
 		t.Errorf("GUARD_ORDER: %+v", r)

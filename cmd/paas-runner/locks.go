@@ -53,6 +53,9 @@ func locksCmd(args []string, stdout, stderr io.Writer) int {
 		return verbMistake(stderr, "locks", "release: missing NAME")
 	case release && len(pos) > 2:
 		return verbMistake(stderr, "locks", "release: unexpected arguments after NAME: "+strings.Join(pos[2:], " "))
+	case !release && len(pos) > 1 && !isFile(pos[0]):
+		// `locks relase CONFIG NAME`: a mistyped subcommand, not a CONFIG
+		return verbMistake(stderr, "locks", fmt.Sprintf("unknown subcommand %q (the only one is release)", pos[0]))
 	case !release && len(pos) > 1:
 		return verbMistake(stderr, "locks", "unexpected arguments after CONFIG: "+strings.Join(pos[1:], " "))
 	}
@@ -70,7 +73,7 @@ func locksCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "paas-runner: locks: %v\n", err)
 			return exitFatal
 		}
-		rep := guard.ReportOf(st, pol, backendName(cfg))
+		rep := guard.ReportOf(st, pol, backendBranch(cfg))
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
@@ -171,11 +174,12 @@ func poolCmd(args []string, stderr io.Writer) int {
 	}
 }
 
-func backendName(cfg *config.Config) string {
+// backendBranch is the git backend's branch ("" with the local backend).
+func backendBranch(cfg *config.Config) string {
 	if cfg.Guards.Backend == "git" {
 		return cfg.Guards.Git.Branch
 	}
-	return "local"
+	return ""
 }
 
 func openGit(ctx context.Context, cfg *config.Config) (*guard.Git, error) {
@@ -299,4 +303,10 @@ func printReport(w io.Writer, r guard.Report) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\n", p.Name, p.Locks, p.Available)
 	}
 	_ = tw.Flush()
+}
+
+// isFile tells whether path names an existing file.
+func isFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && !fi.IsDir()
 }

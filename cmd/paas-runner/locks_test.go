@@ -94,6 +94,11 @@ backend = "git"
 	if code != 0 || !strings.Contains(out, "pool:aws/env-2") || !strings.Contains(out, "someone outside paas-runner") || !strings.Contains(out, "aws   3") {
 		t.Fatalf("locks: %d\n%s\n%s", code, out, errs)
 	}
+	// --json names the backend, and the git backend's branch
+	code, out, errs = runCLI(t, "locks", "--json", cfg)
+	if code != 0 || !strings.Contains(out, `"backend": "git",`) || !strings.Contains(out, `"branch": "main",`) {
+		t.Fatalf("locks --json: %d\n%s\n%s", code, out, errs)
+	}
 	if code, _, errs := runCLI(t, "locks", "release", cfg, "pool:aws/env-2"); code != 2 || !strings.Contains(errs, "--yes") {
 		t.Fatalf("release without --yes: %d %s", code, errs)
 	}
@@ -125,6 +130,10 @@ func TestLocksCommandLocal(t *testing.T) {
 	code, out, errs := runCLI(t, "locks", e.config)
 	if code != 0 || !strings.Contains(out, "lock:acme/web:production") || !strings.Contains(out, "job 7 (pipeline 70, project acme/web, runner t1234567, daemon r_cli)") {
 		t.Fatalf("locks: %d\n%s\n%s", code, out, errs)
+	}
+	code, out, errs = runCLI(t, "locks", "--json", e.config)
+	if code != 0 || !strings.Contains(out, `"backend": "local",`) || strings.Contains(out, `"branch"`) {
+		t.Fatalf("locks --json: %d\n%s\n%s", code, out, errs)
 	}
 	if code, _, errs := runCLI(t, "locks", "release", e.config, "lock:acme/web:production", "--yes"); code != 0 {
 		t.Fatalf("release: %d %s", code, errs)
@@ -159,6 +168,11 @@ func TestLocksCommandsLocalNoStateFile(t *testing.T) {
 	}
 	if code, out, errs := runCLI(t, "locks", e.config); code != 0 || strings.Contains(out, "lock:") {
 		t.Fatalf("locks without a state file: exit %d\n%s%s", code, out, errs)
+	}
+	// a mistyped subcommand is named as such, not taken for CONFIG
+	if code, _, errs := runCLI(t, "locks", "relase", e.config, "lock:acme/web:production", "--yes"); code != 2 ||
+		errs != "paas-runner: locks: unknown subcommand \"relase\" (the only one is release) (see paas-runner locks --help)\n" {
+		t.Fatalf("locks relase: exit %d, %q", code, errs)
 	}
 	// the configuration's pools are shown before the daemon ever ran
 	e2 := newEnv(t, "[[guards.pools]]\nname = \"aws\"\n[guards.pools.locks]\nenv-1 = \"region=eu-west-1\"\nenv-2 = \"region=eu-central-1\"\n")
@@ -196,7 +210,7 @@ func TestPoolCommandsLocal(t *testing.T) {
 	cli(0, "", "add", e.config, "aws", "env-9")
 	cli(1, "lock gcp/g-1 exists", "add", e.config, "gcp", "g-1")
 	cli(1, `lock aws/env-1 is declared in the configuration ([[guards.pools]] "aws", [guards.pools.locks]): remove it there`, "remove", e.config, "aws", "env-1")
-	cli(1, "lock aws/env-1 is declared in the configuration", "update", e.config, "aws", "env-1")
+	cli(1, `lock aws/env-1 is declared in the configuration ([[guards.pools]] "aws", [guards.pools.locks]): change its metadata there`, "update", e.config, "aws", "env-1")
 	cli(1, "lock gcp/g-2 is claimed (by someone outside paas-runner): release it first", "update", e.config, "gcp", "g-2")
 	os.WriteFile(md, []byte("zone=europe-west1-c"), 0o600)
 	cli(0, "", "update", e.config, "gcp", "g-1", "--metadata-file", md)

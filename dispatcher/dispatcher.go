@@ -362,7 +362,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 	}()
 	d.resume()
-	d.reapAll(0)
+	// the start-up reap ends with a drain (SIGTERM) as well as with a
+	// forced stop: a PaaS API that does not answer must not hold the drain
+	reapCtx, stopReap := context.WithCancel(d.work)
+	stopReapOnDrain := context.AfterFunc(ctx, stopReap)
+	d.reapAll(reapCtx, 0)
+	stopReapOnDrain()
+	stopReap()
 
 	var bg sync.WaitGroup
 	bgCtx, stopBG := context.WithCancel(d.work)

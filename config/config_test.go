@@ -115,8 +115,9 @@ executor = "clever-docker"
 		p + ":9: runners[0].cc_token: only for executor clever-docker",
 		p + ":11: runners[0].local_docker.nope: unknown key",
 		p + ": state_file: required",
-		p + ": runners[0].token: required",
-		p + ": runners[1].cc_orga_id: required unless cc_multi_tenant = true",
+		// a required key that is missing: located at its entry's header
+		p + ":4: runners[0].token: required",
+		p + ":12: runners[1].cc_orga_id: required unless cc_multi_tenant = true",
 	}
 	got := err.Error()
 	for _, w := range want {

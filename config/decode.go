@@ -117,7 +117,19 @@ func (d *decoder) lineOf(p toml.Primitive) int {
 	return 0
 }
 
-func (d *decoder) lineOfKey(key string) int { return d.keys[key] }
+// lineOfKey is where key is defined; a key of a [[runners]] entry that is
+// not in the file (a required one missing) is located at its entry's header.
+func (d *decoder) lineOfKey(key string) int {
+	if n := d.keys[key]; n > 0 {
+		return n
+	}
+	if m := runnerKeyRe.FindStringSubmatch(key); m != nil && d.loc != nil {
+		if i, _ := strconv.Atoi(m[1]); i < len(d.loc.starts) {
+			return d.loc.starts[i] + 1
+		}
+	}
+	return 0
+}
 
 // note records that key is defined, and where.
 func (d *decoder) note(key string, p toml.Primitive) {

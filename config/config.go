@@ -55,6 +55,16 @@ type Config struct {
 	// [runners.docker] keys the inner runner does not honour), to log at
 	// start, in file order.
 	Warnings []Warning
+
+	// lines are the defined keys' lines (KeyError).
+	lines map[string]int
+}
+
+// KeyError is a problem with key found after loading (the state file's
+// directory missing, …), located as the loader's errors are:
+// `file:line: key: message`.
+func (c *Config) KeyError(key, msg string) *Error {
+	return &Error{File: c.Path, Line: c.lines[key], Key: key, Msg: msg}
 }
 
 // QuotaComputation is the [quota_computation] table (Heptapod's): the

@@ -55,6 +55,7 @@ func parse(file string, data []byte, opts Options, schema func(table string, fie
 	c.validate(d, opts)
 	sort.SliceStable(d.warns, func(i, j int) bool { return d.warns[i].Line < d.warns[j].Line })
 	c.Warnings = d.warns
+	c.lines = d.keys
 	if !d.ok() {
 		sortErrors(d.errs)
 		return nil, d.errs

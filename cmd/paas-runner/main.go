@@ -216,6 +216,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	store, err := state.Open(cfg.StateFile)
 	if err != nil {
+		if msg, ok := strings.CutPrefix(err.Error(), "state_file: "); ok {
+			// a problem of the path the file gives: located as its errors are
+			err = cfg.KeyError("state_file", msg)
+		}
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}

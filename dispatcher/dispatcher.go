@@ -557,10 +557,11 @@ func (d *Dispatcher) Stats() Stats {
 
 // JobInfo describes a tracked job for the debug signal (no token).
 type JobInfo struct {
-	Runner string
-	JobID  int64
-	Phase  state.Phase
-	Since  time.Time
+	Runner     string // the runner's ID
+	RunnerName string // its name, "" when it has none
+	JobID      int64
+	Phase      state.Phase
+	Since      time.Time
 }
 
 // Snapshot lists the tracked jobs.
@@ -574,7 +575,7 @@ func (d *Dispatcher) Snapshot() []JobInfo {
 		if !t.rec.LaunchedAt.IsZero() {
 			since = t.rec.LaunchedAt
 		}
-		out = append(out, JobInfo{Runner: k.Runner, JobID: k.ID, Phase: t.rec.Phase, Since: since})
+		out = append(out, JobInfo{Runner: k.Runner, RunnerName: t.r.Name, JobID: k.ID, Phase: t.rec.Phase, Since: since})
 		t.mu.Unlock()
 	}
 	return out

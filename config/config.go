@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -433,8 +434,13 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 		if !oneOf(c.AuthScheme, "token", "bearer") {
 			d.errKey(p+".cc_auth_scheme", fmt.Sprintf("%q: want token or bearer", c.AuthScheme))
 		}
+		if !uuidRe.MatchString(strings.ToLower(c.InstanceVariantUUID)) {
+			d.errKey(p+".cc_instance_variant_uuid", fmt.Sprintf("%q is not a UUID", c.InstanceVariantUUID))
+		}
 	}
 }
+
+var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 // ID identifies the runner in the state file, in host names and in labels.
 // It is unique per token and does not depend on the other runners of the

@@ -304,3 +304,20 @@ func TestGlrtrTokensDoNotCollide(t *testing.T) {
 		t.Errorf("same ID %q", c.Runners[0].ID())
 	}
 }
+
+// [[runners]] written another way — a gitlab-runner snippet pasted without
+// its [[runners]] header, [runners], runners = 5 — is one error at its
+// line, in TOML's words (not Go's "map[string]any, expected slice").
+func TestRunnersNotAnArrayOfTables(t *testing.T) {
+	for _, c := range []struct{ body, want string }{
+		{"state_file = \"/tmp/s.json\"\n\n[runners.docker]\nimage = \"x\"\n", ":3: runners: wrong type: the value is a table, expected [[runners]] entries"},
+		{"state_file = \"/tmp/s.json\"\n[runners]\nurl = \"http://x\"\n", ":2: runners: wrong type: the value is a table, expected [[runners]] entries"},
+		{"state_file = \"/tmp/s.json\"\nrunners = 5\n", ":2: runners: wrong type: the value is an integer, expected [[runners]] entries"},
+	} {
+		p := write(t, c.body)
+		_, err := Load(p, execs)
+		if err == nil || err.Error() != p+c.want+" (an array of tables: write [[runners]] above each runner's keys)" {
+			t.Errorf("%q: got %v, want %s%s…", c.body, err, p, c.want)
+		}
+	}
+}

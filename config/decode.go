@@ -257,6 +257,19 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"connection_max_age": new(any),
 		"sentry_dsn":         new(any),
 	}
+	if _, ok := top["runners"]; ok {
+		// [runners] or [runners.docker] alone (a gitlab-runner snippet
+		// pasted without its [[runners]] header), runners = 5: say what is
+		// expected, at the line, in TOML's words rather than Go's
+		if typ := d.md.Type("runners"); typ != "ArrayHash" && typ != "Array" {
+			d.note("runners", top["runners"])
+			if d.keys["runners"] == 0 {
+				d.keys["runners"] = d.loc.firstTable("runners")
+			}
+			d.errKey("runners", fmt.Sprintf("wrong type: the value is %s, expected [[runners]] entries (an array of tables: write [[runners]] above each runner's keys)", tomlTypeName(typ)))
+			delete(top, "runners")
+		}
+	}
 	d.decodeFields("", top, fields, nil)
 	for _, k := range sortedKeys(top) {
 		if msg, ok := ignoredTopKeys[k]; ok {
@@ -452,4 +465,16 @@ func (d *decoder) checkInnerDocker(i int, p string, v any) {
 		}
 		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: p + "." + pr.Key, Msg: pr.Msg})
 	}
+}
+
+// tomlTypeName is a TOML type as the specification names it ("" is a
+// table only implied by a sub-table's header, such as [runners.docker]).
+func tomlTypeName(typ string) string {
+	switch typ {
+	case "Hash", "":
+		return "a table"
+	case "Integer", "Array", "ArrayHash":
+		return "an " + strings.ToLower(typ)
+	}
+	return "a " + strings.ToLower(typ)
 }

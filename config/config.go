@@ -227,7 +227,7 @@ func (c *Config) validate(d *decoder, opts Options) {
 		}
 	}
 	c.validateQuota(d)
-	if c.StateFile == "" {
+	if c.StateFile == "" && !d.refused("state_file") {
 		d.errKey("state_file", "required: path of the JSON state file (kept across restarts)")
 	}
 	if a := c.ListenAddress; a != "" {

@@ -321,3 +321,23 @@ func TestRunnersNotAnArrayOfTables(t *testing.T) {
 		}
 	}
 }
+
+// A value of the wrong type is named in TOML's words, once.
+func TestWrongTypeInTOMLWords(t *testing.T) {
+	p := write(t, "state_file = 5\nconcurrent = nan\ncheck_interval = \"x\"\nlisten_address = [1]\n[quota_computation]\nreference_runner = true\nreference_flavor = \"M\"\nreference_jobs_count = 1\n[[runners]]\nurl = \"http://x\"\ntoken = \"glrt-x\"\nexecutor = \"local-docker\"\nlimit = \"3\"\n")
+	_, err := Load(p, execs)
+	if err == nil {
+		t.Fatal("loaded")
+	}
+	want := []string{
+		p + ":1: state_file: wrong type: the value is an integer, expected string",
+		p + ":2: concurrent: wrong type: the value is a float, expected integer",
+		p + ":3: check_interval: wrong type: the value is a string, expected float",
+		p + ":4: listen_address: wrong type: the value is an array, expected string",
+		p + ":6: quota_computation.reference_runner: wrong type: the value is a boolean, expected string",
+		p + ":13: runners[0].limit: wrong type: the value is a string, expected integer",
+	}
+	if got := err.Error(); got != strings.Join(want, "\n") {
+		t.Errorf("got:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+}

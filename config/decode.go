@@ -65,6 +65,17 @@ func parse(file string, data []byte, opts Options, schema func(table string, fie
 
 func (d *decoder) ok() bool { return len(d.errs) == 0 }
 
+// refused tells whether key has an error already (a wrong type): a check
+// of its value would only repeat it.
+func (d *decoder) refused(key string) bool {
+	for _, e := range d.errs {
+		if e.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *decoder) defined(key string) bool { _, ok := d.keys[key]; return ok }
 
 func (d *decoder) syntaxError(err error) *Error {
@@ -173,6 +184,7 @@ func (d *decoder) decodeValue(key string, p toml.Primitive, dst any) bool {
 		}
 		msg = strings.Replace(msg, "incompatible types: TOML value has type", "wrong type: the value is", 1)
 		msg = strings.Replace(msg, "; destination has type", ", expected", 1)
+		msg = goTypeNames.Replace(msg)
 		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: key, Msg: msg})
 		return false
 	}
@@ -466,6 +478,24 @@ func (d *decoder) checkInnerDocker(i int, p string, v any) {
 		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: p + "." + pr.Key, Msg: pr.Msg})
 	}
 }
+
+// goTypeNames puts the TOML decoder's Go names of a value's type in TOML's
+// words ("the value is string, expected integer", not "int64", "float64",
+// "map[string]any").
+var goTypeNames = strings.NewReplacer(
+	"the value is int64,", "the value is an integer,",
+	"the value is float64,", "the value is a float,",
+	"the value is string,", "the value is a string,",
+	"the value is bool,", "the value is a boolean,",
+	"the value is map[string]any,", "the value is a table,",
+	"the value is map[string]interface {},", "the value is a table,",
+	"the value is []any,", "the value is an array,",
+	"the value is []interface {},", "the value is an array,",
+	"the value is []map[string]any,", "the value is an array of tables,",
+	"the value is time.Time,", "the value is a date-time,",
+	", expected slice", ", expected an array",
+	", expected map", ", expected a table",
+)
 
 // tomlTypeName is a TOML type as the specification names it ("" is a
 // table only implied by a sub-table's header, such as [runners.docker]).

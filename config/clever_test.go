@@ -66,6 +66,8 @@ func TestCleverBadInput(t *testing.T) {
 		{"inner_image = \"i\"\ncc_orga_id = \"o\"\ncc_token = \"t\"\ncc_api_url = \"api.clever-cloud.com\"\n", `:9: runners[0].cc_api_url: "api.clever-cloud.com" is not an http:// or https:// URL`},
 		{"inner_image = \"i\"\ncc_orga_id = \"o\"\ncc_token = \"t\"\ncc_zone = \"\"\n", ":9: runners[0].cc_zone: must not be empty"},
 		{"inner_image = \"i\"\ncc_orga_id = \"o\"\ncc_token = \"t\"\ncc_auth_scheme = \"basic\"\n", `runners[0].cc_auth_scheme: "basic": want token or bearer`},
+		// README: "a UUID"; refused with the other errors, at its line
+		{"inner_image = \"i\"\ncc_orga_id = \"o\"\ncc_token = \"t\"\ncc_instance_variant_uuid = \"nope\"\n", `:9: runners[0].cc_instance_variant_uuid: "nope" is not a UUID`},
 	} {
 		_, p, err := loadClever(t, c.body)
 		var es Errors

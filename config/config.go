@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,6 +56,16 @@ type Config struct {
 	// [runners.docker] keys the inner runner does not honour), to log at
 	// start, in file order.
 	Warnings []Warning
+
+	// lines are the defined keys' lines (KeyError).
+	lines map[string]int
+}
+
+// KeyError is a problem with key found after loading (the state file's
+// directory missing, …), located as the loader's errors are:
+// `file:line: key: message`.
+func (c *Config) KeyError(key, msg string) *Error {
+	return &Error{File: c.Path, Line: c.lines[key], Key: key, Msg: msg}
 }
 
 // QuotaComputation is the [quota_computation] table (Heptapod's): the
@@ -216,7 +227,7 @@ func (c *Config) validate(d *decoder, opts Options) {
 		}
 	}
 	c.validateQuota(d)
-	if c.StateFile == "" {
+	if c.StateFile == "" && !d.refused("state_file") {
 		d.errKey("state_file", "required: path of the JSON state file (kept across restarts)")
 	}
 	if a := c.ListenAddress; a != "" {
@@ -423,8 +434,13 @@ func (r *Runner) validateExecutorKeys(d *decoder, p string) {
 		if !oneOf(c.AuthScheme, "token", "bearer") {
 			d.errKey(p+".cc_auth_scheme", fmt.Sprintf("%q: want token or bearer", c.AuthScheme))
 		}
+		if !uuidRe.MatchString(strings.ToLower(c.InstanceVariantUUID)) {
+			d.errKey(p+".cc_instance_variant_uuid", fmt.Sprintf("%q is not a UUID", c.InstanceVariantUUID))
+		}
 	}
 }
+
+var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 // ID identifies the runner in the state file, in host names and in labels.
 // It is unique per token and does not depend on the other runners of the

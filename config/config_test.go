@@ -115,8 +115,9 @@ executor = "clever-docker"
 		p + ":9: runners[0].cc_token: only for executor clever-docker",
 		p + ":11: runners[0].local_docker.nope: unknown key",
 		p + ": state_file: required",
-		p + ": runners[0].token: required",
-		p + ": runners[1].cc_orga_id: required unless cc_multi_tenant = true",
+		// a required key that is missing: located at its entry's header
+		p + ":4: runners[0].token: required",
+		p + ":12: runners[1].cc_orga_id: required unless cc_multi_tenant = true",
 	}
 	got := err.Error()
 	for _, w := range want {
@@ -301,5 +302,42 @@ func TestGlrtrTokensDoNotCollide(t *testing.T) {
 	}
 	if c.Runners[0].ID() == c.Runners[1].ID() {
 		t.Errorf("same ID %q", c.Runners[0].ID())
+	}
+}
+
+// [[runners]] written another way — a gitlab-runner snippet pasted without
+// its [[runners]] header, [runners], runners = 5 — is one error at its
+// line, in TOML's words (not Go's "map[string]any, expected slice").
+func TestRunnersNotAnArrayOfTables(t *testing.T) {
+	for _, c := range []struct{ body, want string }{
+		{"state_file = \"/tmp/s.json\"\n\n[runners.docker]\nimage = \"x\"\n", ":3: runners: wrong type: the value is a table, expected [[runners]] entries"},
+		{"state_file = \"/tmp/s.json\"\n[runners]\nurl = \"http://x\"\n", ":2: runners: wrong type: the value is a table, expected [[runners]] entries"},
+		{"state_file = \"/tmp/s.json\"\nrunners = 5\n", ":2: runners: wrong type: the value is an integer, expected [[runners]] entries"},
+	} {
+		p := write(t, c.body)
+		_, err := Load(p, execs)
+		if err == nil || err.Error() != p+c.want+" (an array of tables: write [[runners]] above each runner's keys)" {
+			t.Errorf("%q: got %v, want %s%s…", c.body, err, p, c.want)
+		}
+	}
+}
+
+// A value of the wrong type is named in TOML's words, once.
+func TestWrongTypeInTOMLWords(t *testing.T) {
+	p := write(t, "state_file = 5\nconcurrent = nan\ncheck_interval = \"x\"\nlisten_address = [1]\n[quota_computation]\nreference_runner = true\nreference_flavor = \"M\"\nreference_jobs_count = 1\n[[runners]]\nurl = \"http://x\"\ntoken = \"glrt-x\"\nexecutor = \"local-docker\"\nlimit = \"3\"\n")
+	_, err := Load(p, execs)
+	if err == nil {
+		t.Fatal("loaded")
+	}
+	want := []string{
+		p + ":1: state_file: wrong type: the value is an integer, expected string",
+		p + ":2: concurrent: wrong type: the value is a float, expected integer",
+		p + ":3: check_interval: wrong type: the value is a string, expected float",
+		p + ":4: listen_address: wrong type: the value is an array, expected string",
+		p + ":6: quota_computation.reference_runner: wrong type: the value is a boolean, expected string",
+		p + ":13: runners[0].limit: wrong type: the value is a string, expected integer",
+	}
+	if got := err.Error(); got != strings.Join(want, "\n") {
+		t.Errorf("got:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 }

@@ -55,6 +55,7 @@ func parse(file string, data []byte, opts Options, schema func(table string, fie
 	c.validate(d, opts)
 	sort.SliceStable(d.warns, func(i, j int) bool { return d.warns[i].Line < d.warns[j].Line })
 	c.Warnings = d.warns
+	c.lines = d.keys
 	if !d.ok() {
 		sortErrors(d.errs)
 		return nil, d.errs
@@ -63,6 +64,17 @@ func parse(file string, data []byte, opts Options, schema func(table string, fie
 }
 
 func (d *decoder) ok() bool { return len(d.errs) == 0 }
+
+// refused tells whether key has an error already (a wrong type): a check
+// of its value would only repeat it.
+func (d *decoder) refused(key string) bool {
+	for _, e := range d.errs {
+		if e.Key == key {
+			return true
+		}
+	}
+	return false
+}
 
 func (d *decoder) defined(key string) bool { _, ok := d.keys[key]; return ok }
 
@@ -117,7 +129,19 @@ func (d *decoder) lineOf(p toml.Primitive) int {
 	return 0
 }
 
-func (d *decoder) lineOfKey(key string) int { return d.keys[key] }
+// lineOfKey is where key is defined; a key of a [[runners]] entry that is
+// not in the file (a required one missing) is located at its entry's header.
+func (d *decoder) lineOfKey(key string) int {
+	if n := d.keys[key]; n > 0 {
+		return n
+	}
+	if m := runnerKeyRe.FindStringSubmatch(key); m != nil && d.loc != nil {
+		if i, _ := strconv.Atoi(m[1]); i < len(d.loc.starts) {
+			return d.loc.starts[i] + 1
+		}
+	}
+	return 0
+}
 
 // note records that key is defined, and where.
 func (d *decoder) note(key string, p toml.Primitive) {
@@ -160,6 +184,7 @@ func (d *decoder) decodeValue(key string, p toml.Primitive, dst any) bool {
 		}
 		msg = strings.Replace(msg, "incompatible types: TOML value has type", "wrong type: the value is", 1)
 		msg = strings.Replace(msg, "; destination has type", ", expected", 1)
+		msg = goTypeNames.Replace(msg)
 		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: key, Msg: msg})
 		return false
 	}
@@ -243,6 +268,19 @@ func (d *decoder) decodeTop(top map[string]toml.Primitive, c *Config) {
 		"session_server":     &ignoredTables,
 		"connection_max_age": new(any),
 		"sentry_dsn":         new(any),
+	}
+	if _, ok := top["runners"]; ok {
+		// [runners] or [runners.docker] alone (a gitlab-runner snippet
+		// pasted without its [[runners]] header), runners = 5: say what is
+		// expected, at the line, in TOML's words rather than Go's
+		if typ := d.md.Type("runners"); typ != "ArrayHash" && typ != "Array" {
+			d.note("runners", top["runners"])
+			if d.keys["runners"] == 0 {
+				d.keys["runners"] = d.loc.firstTable("runners")
+			}
+			d.errKey("runners", fmt.Sprintf("wrong type: the value is %s, expected [[runners]] entries (an array of tables: write [[runners]] above each runner's keys)", tomlTypeName(typ)))
+			delete(top, "runners")
+		}
 	}
 	d.decodeFields("", top, fields, nil)
 	for _, k := range sortedKeys(top) {
@@ -439,4 +477,34 @@ func (d *decoder) checkInnerDocker(i int, p string, v any) {
 		}
 		d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: p + "." + pr.Key, Msg: pr.Msg})
 	}
+}
+
+// goTypeNames puts the TOML decoder's Go names of a value's type in TOML's
+// words ("the value is string, expected integer", not "int64", "float64",
+// "map[string]any").
+var goTypeNames = strings.NewReplacer(
+	"the value is int64,", "the value is an integer,",
+	"the value is float64,", "the value is a float,",
+	"the value is string,", "the value is a string,",
+	"the value is bool,", "the value is a boolean,",
+	"the value is map[string]any,", "the value is a table,",
+	"the value is map[string]interface {},", "the value is a table,",
+	"the value is []any,", "the value is an array,",
+	"the value is []interface {},", "the value is an array,",
+	"the value is []map[string]any,", "the value is an array of tables,",
+	"the value is time.Time,", "the value is a date-time,",
+	", expected slice", ", expected an array",
+	", expected map", ", expected a table",
+)
+
+// tomlTypeName is a TOML type as the specification names it ("" is a
+// table only implied by a sub-table's header, such as [runners.docker]).
+func tomlTypeName(typ string) string {
+	switch typ {
+	case "Hash", "":
+		return "a table"
+	case "Integer", "Array", "ArrayHash":
+		return "an " + strings.ToLower(typ)
+	}
+	return "a " + strings.ToLower(typ)
 }

@@ -140,7 +140,9 @@ cc_token = "cc-secret"
 		{name: "cc_orga_id_attribute", head: clever, key: `cc_orga_id_attribute = "orga"`, check: func(c *Config) bool { return r0(c).Clever.OrgaIDAttribute == "orga" }},
 		{name: "cc_orga_token_attribute", head: clever, key: `cc_orga_token_attribute = "tok"`, check: func(c *Config) bool { return r0(c).Clever.OrgaTokenAttribute == "tok" }},
 		{name: "cc_auth_user", head: clever, key: `cc_auth_user = "bot"`, check: func(c *Config) bool { return r0(c).Clever.AuthUser == "bot" }},
-		{name: "cc_instance_variant_uuid", head: clever, key: `cc_instance_variant_uuid = "v-1"`, check: func(c *Config) bool { return r0(c).Clever.InstanceVariantUUID == "v-1" }},
+		{name: "cc_instance_variant_uuid", head: clever, key: `cc_instance_variant_uuid = "0b4a1b6e-7c1d-4e5f-9a2b-3c4d5e6f7a8b"`, check: func(c *Config) bool {
+			return r0(c).Clever.InstanceVariantUUID == "0b4a1b6e-7c1d-4e5f-9a2b-3c4d5e6f7a8b"
+		}},
 		{name: "cc_flavor_context", head: clever, key: `cc_flavor_context = "ctx"`, check: func(c *Config) bool {
 			return r0(c).Clever.FlavorContext == "ctx" && r0(c).Clever.FlavorNamePrefix == "ctx-"
 		}},

@@ -62,3 +62,15 @@ func (l *runnerLocator) line(i int, path []string) int {
 }
 
 var runnerKeyRe = regexp.MustCompile(`^runners\[(\d+)\]\.(.+)$`)
+
+// firstTable is the 1-based line of the first table header [name] or
+// [name.…], or 0.
+func (l *runnerLocator) firstTable(name string) int {
+	re := regexp.MustCompile(`^\s*\[\s*` + regexp.QuoteMeta(name) + `\s*[.\]]`)
+	for n, line := range l.lines {
+		if re.MatchString(line) {
+			return n + 1
+		}
+	}
+	return 0
+}

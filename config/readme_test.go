@@ -366,7 +366,7 @@ func readmeConfig(t *testing.T, table, line string) *Config {
 		t.Errorf("%s = …: the loader refuses it: %v", fullKey(table, line), err)
 		return nil
 	}
-	c.Path = ""
+	c.Path, c.lines = "", nil
 	return c
 }
 

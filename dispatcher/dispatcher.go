@@ -362,7 +362,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 	}()
 	d.resume()
-	d.reapAll(0)
+	// the start-up reap ends with a drain (SIGTERM) as well as with a
+	// forced stop: a PaaS API that does not answer must not hold the drain
+	reapCtx, stopReap := context.WithCancel(d.work)
+	stopReapOnDrain := context.AfterFunc(ctx, stopReap)
+	d.reapAll(reapCtx, 0)
+	stopReapOnDrain()
+	stopReap()
 
 	var bg sync.WaitGroup
 	bgCtx, stopBG := context.WithCancel(d.work)
@@ -551,10 +557,11 @@ func (d *Dispatcher) Stats() Stats {
 
 // JobInfo describes a tracked job for the debug signal (no token).
 type JobInfo struct {
-	Runner string
-	JobID  int64
-	Phase  state.Phase
-	Since  time.Time
+	Runner     string // the runner's ID
+	RunnerName string // its name, "" when it has none
+	JobID      int64
+	Phase      state.Phase
+	Since      time.Time
 }
 
 // Snapshot lists the tracked jobs.
@@ -568,7 +575,7 @@ func (d *Dispatcher) Snapshot() []JobInfo {
 		if !t.rec.LaunchedAt.IsZero() {
 			since = t.rec.LaunchedAt
 		}
-		out = append(out, JobInfo{Runner: k.Runner, JobID: k.ID, Phase: t.rec.Phase, Since: since})
+		out = append(out, JobInfo{Runner: k.Runner, RunnerName: t.r.Name, JobID: k.ID, Phase: t.rec.Phase, Since: since})
 		t.mu.Unlock()
 	}
 	return out

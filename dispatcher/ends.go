@@ -122,8 +122,9 @@ func (d *Dispatcher) inspectResumed(ctx context.Context, t *tracked, in executor
 }
 
 // reapAll removes untracked hosts of every runner whose executor can list
-// its own.
-func (d *Dispatcher) reapAll(grace time.Duration) {
+// its own. ctx ends it: a drain does not wait for a PaaS API that does not
+// answer (the orphans are looked for again at the next start).
+func (d *Dispatcher) reapAll(ctx context.Context, grace time.Duration) {
 	all := d.store.Jobs()
 	for _, r := range d.runnerList() {
 		rp, ok := r.Executor.(executors.Reaper)
@@ -136,11 +137,14 @@ func (d *Dispatcher) reapAll(grace time.Duration) {
 				keep = append(keep, j.Resource)
 			}
 		}
-		removed, err := rp.Reap(d.work, keep, grace)
+		removed, err := rp.Reap(ctx, keep, grace)
 		for _, name := range removed {
 			r.log.Warn("removed a host no job owns (left by a crash?)", zap.String("host", name))
 		}
-		if err != nil && d.work.Err() == nil {
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
 			r.log.Warn("looking for orphan hosts failed", zap.Error(err))
 		}
 	}
@@ -154,7 +158,7 @@ func (d *Dispatcher) reapLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.reapAll(d.cfg.ReapGrace)
+			d.reapAll(ctx, d.cfg.ReapGrace)
 		}
 	}
 }

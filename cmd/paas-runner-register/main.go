@@ -133,6 +133,10 @@ func checkURL(s string) error {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("%q is not an http:// or https:// URL", s)
 	}
+	if strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/api/v4") {
+		// as the daemon's loader: requests would go to …/api/v4/api/v4/…
+		return fmt.Errorf("%q: give GitLab's own URL, without /api/v4", s)
+	}
 	return nil
 }
 

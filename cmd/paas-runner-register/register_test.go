@@ -104,6 +104,8 @@ func TestNetworkFailureAndRefusals(t *testing.T) {
 		{[]string{"--url", gl.URL, "--token", "GR1348941legacy"}, 2, "--token: expected a runner authentication token"},
 		{[]string{"--token", "glrt-good-0123456789"}, 2, "--url is required with --non-interactive"},
 		{[]string{"--url", "ftp://x", "--token", "glrt-good-0123456789"}, 2, `--url: "ftp://x" is not an http:// or https:// URL`},
+		// the API's URL, as the daemon's loader refuses it (not a 404 from …/api/v4/api/v4)
+		{[]string{"--url", gl.URL + "/api/v4/", "--token", "glrt-good-0123456789"}, 2, `--url: "` + gl.URL + `/api/v4/": give GitLab's own URL, without /api/v4`},
 	}
 	for _, c := range cases {
 		r := runReg("", append(append([]string{}, base...), append(c.args, cfg)...)...)

@@ -216,6 +216,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	store, err := state.Open(cfg.StateFile)
 	if err != nil {
+		if msg, ok := strings.CutPrefix(err.Error(), "state_file: "); ok {
+			// a problem of the path the file gives: located as its errors are
+			err = cfg.KeyError("state_file", msg)
+		}
 		fmt.Fprintf(stderr, "paas-runner: %v\n", err)
 		return exitUsage
 	}
@@ -373,7 +377,12 @@ func logSnapshot(d forcer, log *zap.Logger) {
 	st := d.Stats()
 	log.Info("tracked jobs", zap.Int("jobs", st.Jobs), zap.Int("provisioning", st.Provisioning), zap.Int("launched", st.Launched))
 	for _, j := range jobs {
-		log.Info("tracked job", zap.String("runner_name", j.Runner), zap.Int64("job_id", j.JobID), zap.String("phase", string(j.Phase)), zap.Time("since", j.Since))
+		// "runner" as in the dispatcher's lines: the name, else the ID
+		name := j.RunnerName
+		if name == "" {
+			name = j.Runner
+		}
+		log.Info("tracked job", zap.String("runner", name), zap.String("runner_id", j.Runner), zap.Int64("job_id", j.JobID), zap.String("phase", string(j.Phase)), zap.Time("since", j.Since))
 	}
 }
 

@@ -276,6 +276,12 @@ func (b *baseImage) forget() {
 	b.mu.Unlock()
 }
 
+// baseImports serialises the making of one base image tag across the
+// executors of a daemon (one per local-docker runner, each with its own
+// baseImage): two imports of a tag at once leave the first image on the
+// engine, untagged, for good.
+var baseImports sync.Map // tag → *sync.Mutex
+
 // ensure builds the base image unless it exists.
 func (b *baseImage) ensure(ctx context.Context) error {
 	b.mu.Lock()
@@ -284,6 +290,9 @@ func (b *baseImage) ensure(ctx context.Context) error {
 		return nil
 	}
 	tag := b.tagLocked()
+	m, _ := baseImports.LoadOrStore(tag, new(sync.Mutex))
+	m.(*sync.Mutex).Lock()
+	defer m.(*sync.Mutex).Unlock()
 	if _, err := b.cli.ImageInspect(ctx, tag); err == nil {
 		b.ready = true
 		return nil

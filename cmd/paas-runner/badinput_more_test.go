@@ -179,7 +179,7 @@ func TestBadStateFiles(t *testing.T) {
 		os.Mkdir(state, 0o700)
 		defer os.Remove(state)
 		code, stderr := runOnce(t, env, cfg(""))
-		checkRefused(t, code, stderr, "paas-runner: state_file: "+state+" is a directory")
+		checkRefused(t, code, stderr, ":1: state_file: "+state+" is a directory")
 	})
 	t.Run("its directory is a file", func(t *testing.T) {
 		f := filepath.Join(dir, "plain")

@@ -53,7 +53,7 @@ func locksCmd(args []string, stdout, stderr io.Writer) int {
 		return verbMistake(stderr, "locks", "release: missing NAME")
 	case release && len(pos) > 2:
 		return verbMistake(stderr, "locks", "release: unexpected arguments after NAME: "+strings.Join(pos[2:], " "))
-	case !release && len(pos) > 1 && !isFile(pos[0]):
+	case !release && len(pos) > 1 && !isFile(pos[0]) && !strings.HasSuffix(pos[0], ".toml"):
 		// `locks relase CONFIG NAME`: a mistyped subcommand, not a CONFIG
 		return verbMistake(stderr, "locks", fmt.Sprintf("unknown subcommand %q (the only one is release)", pos[0]))
 	case !release && len(pos) > 1:
